@@ -1,0 +1,2 @@
+/* actor.c - see actor.h. */
+#include "actor.h"

@@ -1,0 +1,2 @@
+/* auth.c - see auth.h. */
+#include "auth.h"

@@ -1,0 +1,2 @@
+/* bus.c - see bus.h. */
+#include "bus.h"

@@ -1,0 +1,61 @@
+/* bus.h - the UNIX-socket notification bus between the Parley processes on one host. */
+#ifndef BUS_H
+#define BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley.h"
+
+/*
+ * Every process binds one datagram socket in the bus directory and sends each hint to every
+ * socket there (its own included, so local and remote waiters wake the same way). No broker.
+ * Sends are non-blocking: a full or dead receiver loses the hint, never stalls the publisher;
+ * sockets of dead processes are unlinked when found. A hint is a wake-up, not the truth: the
+ * receiver reads MySQL (durable events) or uses the small inline payload (ephemeral events).
+ */
+enum bus_topic {
+	BUS_USER_EVENT = 1,	/* key = user: durable event(s) up to seq are in MySQL */
+	BUS_USER_EPHEMERAL,	/* key = user: payload is an ephemeral event (typing, presence) */
+	BUS_ROOM,		/* key = room: payload is a room_message event, seq its id */
+	BUS_SHUTDOWN		/* internal: wakes a process's own loop (never sent to peers) */
+};
+
+#define BUS_PAYLOAD_MAX 3072
+
+struct bus_hint {
+	enum bus_topic	topic;
+	char		key[PARLEY_ID_MAX + 1];
+	uint64_t	seq;
+	size_t		len;			/* payload bytes, 0 when none */
+	char		payload[BUS_PAYLOAD_MAX + 1];	/* NUL-terminated */
+};
+
+struct bus;
+
+/* Bind this process's socket in dir (created if missing, mode 0770). NULL and *cause on failure (caller frees cause). */
+struct bus	*bus_new(const char *dir, char **cause);
+void		 bus_free(struct bus *);
+/* The receive fd, non-blocking, for the owner's event loop (poll for POLLIN). */
+int		 bus_fd(const struct bus *);
+/*
+ * Send a hint to every process on the bus. Any thread may call it. Never blocks. 0 when it was
+ * handed to every live peer, -1 when some peer could not take it (counted; a gap check covers it).
+ * A payload longer than BUS_PAYLOAD_MAX is not sent inline (len = 0 is sent: receivers refetch).
+ */
+int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
+		     const char *payload, size_t len);
+/* Receive one hint; only the thread owning the loop calls it. 0 got one; -1/EAGAIN none left. */
+int		 bus_recv(struct bus *, struct bus_hint *);
+
+struct bus_stats {
+	uint64_t	sent;		/* datagrams handed to a peer */
+	uint64_t	dropped;	/* a peer's queue was full */
+	uint64_t	stale;		/* dead peers' sockets removed */
+	uint64_t	received;
+	uint64_t	malformed;
+	size_t		peers;
+};
+void		 bus_stats(struct bus *, struct bus_stats *);
+
+#endif

@@ -1,0 +1,32 @@
+/* cache.h - conversation summaries in memcached, with MySQL as the fallback and the refill. */
+#ifndef CACHE_H
+#define CACHE_H
+
+struct config;
+struct store;
+
+/*
+ * One struct cache per thread (a memcached_st is not thread-safe). Timeouts are short
+ * (config.memcached_timeout_ms) and failed servers are removed and retried later, so memcached
+ * being down or stopped (SIGSTOP) costs at most one timeout and never fails a request.
+ */
+struct cache;
+
+/* Never fails: an empty memcached_servers gives a cache that always misses. Caller frees. */
+struct cache	*cache_new(const struct config *);
+void		 cache_free(struct cache *);
+/* 1 when the last memcached operation succeeded (for /health: "ok" or "down"). */
+int		 cache_alive(struct cache *);
+/* Probe memcached now (a version/no-op call); returns cache_alive(). */
+int		 cache_check(struct cache *);
+
+/*
+ * GET /conversations: from memcached; on a miss or when memcached is down, built from MySQL
+ * (store_conversations_json) and written back. limit applies to the list. *json caller frees.
+ * Fails only when MySQL fails too (errno from store).
+ */
+int	cache_conversations(struct cache *, struct store *, const char *user, int limit, char **json);
+/* Forget user's summaries after their conversations changed (send, receipt, group change). */
+void	cache_invalidate(struct cache *, const char *user);
+
+#endif

@@ -1,0 +1,2 @@
+/* chat.c - see chat.h. */
+#include "chat.h"

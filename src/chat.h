@@ -1,0 +1,71 @@
+/* chat.h - the operations of the contract, shared by both daemons: store, then cache, then bus. */
+#ifndef CHAT_H
+#define CHAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol.h"
+#include "store.h"
+
+struct bus;
+struct cache;
+struct config;
+
+/*
+ * A chat context is what one thread needs to carry out requests: its own store and cache
+ * connections plus the process's bus (shared; bus_publish is thread-safe). Blocking: call only
+ * from worker or request threads, never from an event loop. Every write follows one order:
+ * commit in MySQL, then invalidate summaries, then publish hints; so an acknowledged result is
+ * durable and a lost hint only delays.
+ *
+ * Every function returns 0 or -1 with errno as in parley.h (EINVAL, EACCES, ENOENT, EBUSY,
+ * EAGAIN, EIO). Output strings are JSON texts the caller frees.
+ */
+struct chat {
+	const struct config	*cfg;
+	struct store		*store;
+	struct cache		*cache;
+	struct bus		*bus;		/* may be NULL (tools, tests) */
+};
+
+/* Open store and cache connections for the calling thread. */
+void	chat_init(struct chat *, const struct config *, struct bus *);
+void	chat_clear(struct chat *);
+
+/* Send (idempotent). On a new message, every target's log got an event and was hinted. */
+int	chat_send(struct chat *, const char *user, const struct proto_send *, struct store_send_res *);
+/* Group commit of sends by one user (see store_send_batch). */
+int	chat_send_batch(struct chat *, const char *user, const struct proto_send *const *reqs,
+	    size_t n, struct store_send_res *res, int *err);
+
+/* {"events":[..],"next":N} (has_more < 0) or with "has_more" (has_more >= 0 asks for it). */
+int	chat_events_json(struct chat *, const char *user, uint64_t after, int limit, int with_has_more,
+	    char **json, size_t *nevents);
+
+int	chat_receipt(struct chat *, const char *user, const struct proto_receipt_req *);
+int	chat_receipts_json(struct chat *, const char *user, uint64_t message_id, char **json);
+
+/* Typing: an ephemeral event to the peer or to every other member of the group (EACCES if not one). */
+int	chat_typing(struct chat *, const char *user, const struct proto_target *);
+/* Presence: a connection of user came (+1) or went (-1) on node; hints watchers on a transition. */
+int	chat_presence(struct chat *, const char *user, const char *node, int delta);
+int	chat_presence_json(struct chat *, char *const *users, size_t n, char **json);
+
+int	chat_conversations_json(struct chat *, const char *user, int limit, char **json);
+
+int	chat_group_create(struct chat *, const char *user, const struct proto_group_create *,
+	    uint64_t *group_id);
+int	chat_group_json(struct chat *, const char *user, uint64_t group_id, char **json);
+int	chat_group_add(struct chat *, const char *by, uint64_t group_id, const char *user);
+int	chat_group_remove(struct chat *, const char *by, uint64_t group_id, const char *user);
+
+/* Room comment: stored, rate limited (EBUSY), broadcast on the bus. *event the room_message event. */
+int	chat_room_post(struct chat *, const char *user, const char *room, const char *text, char **event);
+int	chat_room_history_json(struct chat *, const char *room, uint64_t after, int limit, char **json,
+	    size_t *nevents);
+
+/* {"status":"ok","mysql":"ok"|"down","memcached":"ok"|"down","bus":"ok"|"down"}; -1/EAGAIN when MySQL is down (body still set). */
+int	chat_health_json(struct chat *, char **json);
+
+#endif

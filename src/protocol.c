@@ -1,0 +1,2 @@
+/* protocol.c - see protocol.h. */
+#include "protocol.h"

@@ -1,0 +1,153 @@
+/* protocol.h - the JSON wire contract (shared/spec/protocol.md): strict decoding, canonical encoding. */
+#ifndef PROTOCOL_H
+#define PROTOCOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley.h"
+
+struct json_object;
+
+/*
+ * Decoding is strict about what it reads and lenient about what it does not: unknown fields are
+ * ignored; a known field of the wrong type, size or encoding fails with errno EINVAL,
+ * *field naming it (static string, do not free) and *why a short human reason (static string).
+ * All decoded strings are copies owned by the struct; free with the matching _clear().
+ */
+
+/* Identifier checks (user ids: [A-Za-z0-9_.@+-], 1..64 bytes). 1 when valid. */
+int	protocol_valid_user(const char *);
+int	protocol_valid_id(const char *);	/* client_msg_id, device id: 1..64 bytes, printable, no controls */
+int	protocol_valid_room(const char *);	/* same alphabet as users */
+/* Is buf[0..len) valid UTF-8 (no overlongs, surrogates or > U+10FFFF)? */
+int	protocol_valid_utf8(const char *, size_t);
+/* Trim leading/trailing Unicode white space in place-ish: returns a new string (caller frees). */
+char	*protocol_trim(const char *);
+/* Number of Unicode code points in a valid UTF-8 string. */
+size_t	protocol_utf8_chars(const char *);
+
+/* POST /messages and the send_message frame. Exactly one of to / group_id is set. */
+struct proto_send {
+	char		*to;		/* NULL for a group message */
+	uint64_t	 group_id;	/* 0 for a 1:1 message */
+	char		*content;	/* already trimmed */
+	char		*client_msg_id;
+};
+/* max_chars: the configured content limit (characters after trimming). */
+int	protocol_decode_send(struct json_object *, int max_chars, struct proto_send *,
+	    const char **field, const char **why);
+void	protocol_send_clear(struct proto_send *);
+
+/* POST /receipts and the delivered / read frames. */
+enum proto_receipt { PROTO_DELIVERED = 1, PROTO_READ = 2 };
+struct proto_receipt_req {
+	uint64_t		message_id;
+	enum proto_receipt	status;
+};
+int	protocol_decode_receipt(struct json_object *, struct proto_receipt_req *,
+	    const char **field, const char **why);
+const char *protocol_receipt_name(enum proto_receipt);
+
+/* POST /typing and the typing frame: exactly one of to / group_id. */
+struct proto_target {
+	char		*to;
+	uint64_t	 group_id;
+};
+int	protocol_decode_target(struct json_object *, struct proto_target *,
+	    const char **field, const char **why);
+void	protocol_target_clear(struct proto_target *);
+
+/* POST /groups. */
+struct proto_group_create {
+	char	 *name;		/* 1..100 characters */
+	char	**members;	/* valid user ids, de-duplicated, creator excluded */
+	size_t	  nmembers;	/* at most 1000 */
+};
+int	protocol_decode_group_create(struct json_object *, struct proto_group_create *,
+	    const char **field, const char **why);
+void	protocol_group_create_clear(struct proto_group_create *);
+
+/* POST /groups/{id}/members: {"user":"dave"}. Returns a copy in *user (caller frees). */
+int	protocol_decode_user_field(struct json_object *, char **user, const char **field, const char **why);
+
+/* POST /rooms/{room}/messages and the room_message frame: "text", trimmed, 1..max_chars. */
+int	protocol_decode_room_text(struct json_object *, int max_chars, char **text,
+	    const char **field, const char **why);
+
+/* WebSocket client frames. */
+enum proto_frame {
+	PROTO_F_AUTH, PROTO_F_SYNC, PROTO_F_SEND, PROTO_F_DELIVERED, PROTO_F_READ, PROTO_F_TYPING,
+	PROTO_F_JOIN_ROOM, PROTO_F_LEAVE_ROOM, PROTO_F_ROOM_MESSAGE, PROTO_F_PING
+};
+struct proto_frame_req {
+	enum proto_frame		type;
+	char				*token;		/* AUTH */
+	int				 has_after;	/* SYNC */
+	uint64_t			 after;
+	struct proto_send		 send;		/* SEND */
+	struct proto_receipt_req	 receipt;	/* DELIVERED / READ */
+	struct proto_target		 target;	/* TYPING */
+	char				*room;		/* *_ROOM */
+	char				*text;		/* ROOM_MESSAGE */
+};
+/*
+ * Decode one text frame. -1/EINVAL with *field and *why for bad JSON ("json"), unknown type ("type")
+ * or a bad field. On failure of a send_message frame, *client_msg_id is set when one could be read
+ * (so the ack error can name it; caller frees).
+ */
+int	protocol_decode_frame(const char *buf, size_t len, int content_max_chars, int room_max_chars,
+	    struct proto_frame_req *, const char **field, const char **why, char **client_msg_id);
+void	protocol_frame_clear(struct proto_frame_req *);
+
+/* Query strings: parse an unsigned decimal in [min,max]; -1/EINVAL otherwise. */
+int	protocol_parse_u64(const char *, uint64_t min, uint64_t max, uint64_t *out);
+
+/*
+ * Encoding. Every function returns a new NUL-terminated JSON text (caller frees).
+ */
+struct proto_message {
+	uint64_t	 id;
+	const char	*from;
+	const char	*to;		/* NULL for group messages */
+	uint64_t	 group_id;	/* 0 for 1:1 */
+	const char	*content;
+	const char	*client_msg_id;
+	int64_t		 ts;
+};
+/* {"type":"new_message","seq":N,"message":{...}} */
+char	*protocol_event_new_message(uint64_t seq, const struct proto_message *);
+/* {"type":"message_status","seq":N,"message_id":..,"status":..,"by":..,"ts":..} */
+char	*protocol_event_message_status(uint64_t seq, uint64_t message_id, enum proto_receipt,
+	    const char *by, int64_t ts);
+/* {"type":"group_update","seq":N,"group_id":..,"action":..,"user":..,"by":..} */
+char	*protocol_event_group_update(uint64_t seq, uint64_t group_id, const char *action,
+	    const char *user, const char *by);
+/* {"type":"typing","from":..,"to":..} or with "group_id" */
+char	*protocol_event_typing(const char *from, const char *to, uint64_t group_id);
+/* {"type":"presence","user":..,"online":..,"last_seen":..} (last_seen null when 0) */
+char	*protocol_event_presence(const char *user, int online, int64_t last_seen);
+/* {"type":"room_message","room":..,"comment":{"id":..,"user":..,"text":..,"ts":..}} */
+char	*protocol_event_room_message(const char *room, uint64_t id, const char *user,
+	    const char *text, int64_t ts);
+/* Put "seq" into a stored event body that was kept without it (the log stores bodies seq-free). */
+char	*protocol_event_with_seq(const char *body, uint64_t seq);
+
+/* {"events":[e1,e2,...],"next":N} plus ,"has_more":bool when has_more >= 0. events are JSON texts. */
+char	*protocol_events_page(char *const *events, size_t n, uint64_t next, int has_more);
+
+/* Errors. */
+/* The contract's code for an errno (see parley.h): "bad_request", ..., "internal". */
+const char *protocol_errno_code(int err);
+/* The HTTP status for an errno: 400, 401, 403, 404, 413, 429, 503, 500. */
+int	protocol_errno_status(int err);
+/* {"error":{"code":..,"message":..}} */
+char	*protocol_error_body(const char *code, const char *message);
+/* {"type":"error","code":..,"message":..} */
+char	*protocol_error_frame(const char *code, const char *message);
+/* {"type":"ack","client_msg_id":..,"status":"success","server_msg_id":..,"seq":..} */
+char	*protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq);
+/* {"type":"ack","client_msg_id":..,"status":"error","error":{"code":..,"message":..}} */
+char	*protocol_ack_error(const char *client_msg_id, const char *code, const char *message);
+
+#endif

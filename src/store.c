@@ -1,0 +1,2 @@
+/* store.c - see store.h. */
+#include "store.h"

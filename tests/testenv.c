@@ -1,0 +1,105 @@
+/* testenv.c - what Check tests share: the throwaway stack's config, unique names, fault injection. */
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "testenv.h"
+#include "xmalloc.h"
+
+void
+testenv_config(struct config *cfg)
+{
+	const char *path = getenv("PARLEY_TEST_CONFIG");
+	char *cause = NULL;
+
+	if (path == NULL)
+		fatal("PARLEY_TEST_CONFIG is not set: run through tests/harness/with-services");
+	if (config_load(cfg, path, &cause) != 0)
+		fatal("test config: %s", cause);
+}
+
+char *
+testenv_name(const char *prefix)
+{
+	static unsigned counter;
+	char *s;
+
+	xasprintf(&s, "%s%ld-%u-%u", prefix, (long)getpid(),
+	    __atomic_add_fetch(&counter, 1, __ATOMIC_RELAXED), (unsigned)(random() % 100000));
+	if (strlen(s) > 64)
+		s[64] = '\0';
+	return s;
+}
+
+const char *
+testenv_dir(void)
+{
+	const char *d = getenv("PARLEY_TEST_DIR");
+
+	if (d == NULL)
+		fatal("PARLEY_TEST_DIR is not set: run through tests/harness/with-services");
+	return d;
+}
+
+void
+testenv_sh(const char *fmt, ...)
+{
+	va_list ap;
+	char *cmd;
+	int rc;
+
+	va_start(ap, fmt);
+	xvasprintf(&cmd, fmt, ap);
+	va_end(ap);
+	rc = system(cmd);
+	if (rc != 0)
+		fatal("command failed (%d): %s", rc, cmd);
+	free(cmd);
+}
+
+static pid_t
+testenv_pidfile(const char *name)
+{
+	char path[4096];
+	long pid = 0;
+	FILE *f;
+
+	snprintf(path, sizeof path, "%s/%s", testenv_dir(), name);
+	if ((f = fopen(path, "r")) == NULL)
+		fatal("cannot open %s", path);
+	if (fscanf(f, "%ld", &pid) != 1)
+		fatal("no pid in %s", path);
+	fclose(f);
+	return (pid_t)pid;
+}
+
+void
+testenv_memcached_signal(int sig)
+{
+	if (kill(testenv_pidfile("memcached.pid"), sig) != 0)
+		fatal("kill memcached: %d", sig);
+}
+
+void
+testenv_memcached_restart(void)
+{
+	const char *d = testenv_dir();
+
+	testenv_sh("memcached $( [ $(id -u) = 0 ] && echo -u root ) -s '%s/memcached.sock' -a 0700 "
+	    "-m 64 -c 1024 -P '%s/memcached.pid' -d && for i in $(seq 50); do "
+	    "[ -S '%s/memcached.sock' ] && exit 0; sleep 0.1; done; exit 1", d, d, d);
+}
+
+void
+testenv_mysql_restart(void)
+{
+	const char *src = getenv("PARLEY_SRCDIR");
+
+	testenv_sh("'%s/tests/harness/services' restart-mysql '%s' >/dev/null",
+	    src != NULL ? src : ".", testenv_dir());
+}

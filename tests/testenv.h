@@ -1,0 +1,25 @@
+/* testenv.h - what Check tests share: the throwaway stack's config, unique names, fault injection. */
+#ifndef TESTENV_H
+#define TESTENV_H
+
+#include <stddef.h>
+
+struct config;
+
+/*
+ * Load the config written by tests/harness/services ($PARLEY_TEST_CONFIG) into cfg; aborts the
+ * test binary when there is none (run it through tests/harness/with-services).
+ */
+void	testenv_config(struct config *cfg);
+/* A name unique across test processes and runs: prefix + pid + counter, at most 64 bytes. Caller frees. */
+char	*testenv_name(const char *prefix);
+/* The throwaway stack's directory (for bus directories and sockets of a test). */
+const char *testenv_dir(void);
+/* Faults a real part can produce on demand: memcached stopped (SIGSTOP), continued, killed, restarted; MySQL restarted. */
+void	testenv_memcached_signal(int sig);
+void	testenv_memcached_restart(void);
+void	testenv_mysql_restart(void);
+/* Run a shell command, fail the test when it exits non-zero. */
+void	testenv_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
