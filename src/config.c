@@ -1,2 +1,538 @@
-/* config.c - see config.h. */
+/* config.c - the read-only configuration of a Parley process, loaded from an INI-style file. */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
 #include "config.h"
+#include "log.h"
+#include "parley.h"
+#include "xmalloc.h"
+
+/* The shortest HS256 secret we accept: 256 bits, the size of the HMAC output. */
+#define CONFIG_SECRET_MIN 32
+
+enum config_type {
+	CT_STR,		/* any string */
+	CT_STR_NONEMPTY,	/* a string that must not be empty */
+	CT_STR_OPT,	/* a string; empty means "not set" (NULL) */
+	CT_INT,		/* decimal integer in [min, max] */
+	CT_SIZE,	/* byte count with optional k/m/g suffix, in [min, max] */
+	CT_BOOL,	/* yes/no/true/false/on/off/1/0 */
+	CT_MODE,	/* octal permission bits in [min, max] */
+	CT_LEVEL	/* log level name */
+};
+
+/*
+ * One row per key: everything the parser, the defaults and the documentation need. sdef is the
+ * default of a string key (NULL: unset), idef of every other type.
+ */
+struct config_key {
+	const char		*name;
+	enum config_type	 type;
+	size_t			 off;
+	long long		 min;
+	long long		 max;
+	const char		*sdef;
+	long long		 idef;
+};
+
+#define S(name, type, field, def) \
+	{ name, type, offsetof(struct config, field), 0, 0, def, 0 }
+#define I(name, type, field, min, max, def) \
+	{ name, type, offsetof(struct config, field), min, max, NULL, def }
+
+static const struct config_key config_keys[] = {
+	S("mysql.socket",		CT_STR_OPT,	 mysql_socket,		NULL),
+	S("mysql.host",			CT_STR_NONEMPTY, mysql_host,		"127.0.0.1"),
+	I("mysql.port",			CT_INT,		 mysql_port,		1, 65535, 3306),
+	S("mysql.user",			CT_STR_NONEMPTY, mysql_user,		"parley"),
+	S("mysql.password",		CT_STR,		 mysql_password,	""),
+	S("mysql.database",		CT_STR_NONEMPTY, mysql_database,	"parley"),
+	I("mysql.connect_timeout",	CT_INT,		 mysql_connect_timeout,	1, 3600, 2),
+	I("mysql.rw_timeout",		CT_INT,		 mysql_rw_timeout,	1, 3600, 10),
+
+	S("memcached.servers",		CT_STR,		 memcached_servers,	"127.0.0.1:11211"),
+	I("memcached.timeout_ms",	CT_INT,		 memcached_timeout_ms,	1, 60000, 100),
+	I("memcached.ttl",		CT_INT,		 memcached_ttl,		1, 2592000, 300),
+
+	S("auth.jwt_secret",		CT_STR,		 jwt_secret,		NULL),
+	I("auth.jwt_leeway",		CT_INT,		 jwt_leeway,		0, 3600, 30),
+	I("auth.token_ttl",		CT_INT,		 token_ttl,		1, 31536000, 3600),
+
+	S("bus.dir",			CT_STR_NONEMPTY, bus_dir,		"/run/parley/bus"),
+
+	I("limits.body_max",		CT_SIZE,	 body_max,		1024, 67108864, 65536),
+	I("limits.content_max_chars",	CT_INT,		 content_max_chars,	1, 65536, 4000),
+	I("limits.room_text_max_chars",	CT_INT,		 room_text_max_chars,	1, 65536, 500),
+	I("limits.room_rate_per_sec",	CT_INT,		 room_rate_per_sec,	1, 100000, 10),
+	I("limits.room_history",	CT_INT,		 room_history,		1, 100000, 200),
+	I("limits.poll_timeout_max",	CT_INT,		 poll_timeout_max,	1, 3600, 60),
+	I("limits.page_max",		CT_INT,		 page_max,		1, 10000, 500),
+
+	I("actor.workers",		CT_INT,		 actor_workers,		1, 1024, 4),
+	I("actor.mailbox",		CT_INT,		 actor_mailbox,		1, 1000000, 256),
+	I("actor.retries",		CT_INT,		 actor_retries,		1, 100, 5),
+	I("actor.backoff_ms",		CT_INT,		 actor_backoff_ms,	1, 60000, 50),
+	I("actor.idle_ms",		CT_INT,		 actor_idle_ms,		10, 86400000, 30000),
+
+	S("fcgi.listen",		CT_STR_NONEMPTY, fcgi_listen,		"/run/parley/fcgi.sock"),
+	I("fcgi.socket_mode",		CT_MODE,	 fcgi_socket_mode,	0, 0777, 0660),
+	I("fcgi.threads",		CT_INT,		 fcgi_threads,		1, 1024, 4),
+	I("fcgi.max_parked",		CT_INT,		 fcgi_max_parked,	0, 1000000, 10000),
+
+	S("ws.listen",			CT_STR_NONEMPTY, ws_listen,		"127.0.0.1"),
+	I("ws.port",			CT_INT,		 ws_port,		1, 65535, 8081),
+	I("ws.max_connections",		CT_INT,		 ws_max_connections,	1, 1000000, 10000),
+	I("ws.max_message",		CT_SIZE,	 ws_max_message,	256, 16777216, 65536),
+	I("ws.queue_bytes",		CT_SIZE,	 ws_queue_bytes,	1024, 1073741824, 262144),
+	I("ws.queue_frames",		CT_INT,		 ws_queue_frames,	1, 1000000, 1024),
+	I("ws.ping_interval",		CT_INT,		 ws_ping_interval,	1, 3600, 20),
+	I("ws.idle_timeout",		CT_INT,		 ws_idle_timeout,	2, 86400, 60),
+	I("ws.auth_timeout",		CT_INT,		 ws_auth_timeout,	1, 3600, 10),
+	S("ws.origins",			CT_STR,		 ws_origins,		""),
+
+	I("log.level",			CT_LEVEL,	 log_level,		0, 0, LOG_LEVEL_INFO),
+	I("log.syslog",			CT_BOOL,	 log_syslog,		0, 1, 0),
+};
+
+#undef S
+#undef I
+
+static const char *config_sections[] = {
+	"mysql", "memcached", "auth", "bus", "limits", "actor", "fcgi", "ws", "log"
+};
+
+static char **
+config_str(struct config *cfg, const struct config_key *k)
+{
+	return (char **)((char *)cfg + k->off);
+}
+
+static int *
+config_int(struct config *cfg, const struct config_key *k)
+{
+	return (int *)((char *)cfg + k->off);
+}
+
+static size_t *
+config_size(struct config *cfg, const struct config_key *k)
+{
+	return (size_t *)((char *)cfg + k->off);
+}
+
+static const struct config_key *
+config_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < PARLEY_NITEMS(config_keys); i++) {
+		if (strcmp(config_keys[i].name, name) == 0)
+			return &config_keys[i];
+	}
+	return NULL;
+}
+
+void
+config_defaults(struct config *cfg)
+{
+	const struct config_key *k;
+	size_t i;
+
+	memset(cfg, 0, sizeof *cfg);
+	for (i = 0; i < PARLEY_NITEMS(config_keys); i++) {
+		k = &config_keys[i];
+		switch (k->type) {
+		case CT_STR:
+		case CT_STR_NONEMPTY:
+		case CT_STR_OPT:
+			*config_str(cfg, k) = k->sdef != NULL ? xstrdup(k->sdef) : NULL;
+			break;
+		case CT_SIZE:
+			*config_size(cfg, k) = (size_t)k->idef;
+			break;
+		default:
+			*config_int(cfg, k) = (int)k->idef;
+			break;
+		}
+	}
+}
+
+void
+config_clear(struct config *cfg)
+{
+	const struct config_key *k;
+	size_t i;
+
+	if (cfg == NULL)
+		return;
+	for (i = 0; i < PARLEY_NITEMS(config_keys); i++) {
+		k = &config_keys[i];
+		if (k->type == CT_STR || k->type == CT_STR_NONEMPTY || k->type == CT_STR_OPT) {
+			free(*config_str(cfg, k));
+			*config_str(cfg, k) = NULL;
+		}
+	}
+	free(cfg->path);
+	cfg->path = NULL;
+}
+
+/* Parse a whole decimal (or, with base 8, octal) number; no sign games, no trailing junk. */
+static int
+config_number(const char *s, int base, long long *out)
+{
+	char *end;
+	long long v = 0;
+
+	if (*s == '\0' || isspace((unsigned char)*s) || *s == '+')
+		return -1;
+	errno = 0;
+	v = strtoll(s, &end, base);
+	if (errno != 0 || *end != '\0')
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* A byte count: digits and an optional binary suffix k, m or g (case-insensitive, "b" optional). */
+static int
+config_bytes(const char *s, long long *out)
+{
+	char buf[64], *end;
+	unsigned long long v, mult = 1;
+	size_t len = strlen(s);
+
+	if (len == 0 || len >= sizeof buf || !isdigit((unsigned char)s[0]))
+		return -1;
+	memcpy(buf, s, len + 1);
+	if (len > 1 && (buf[len - 1] == 'b' || buf[len - 1] == 'B') &&
+	    !isdigit((unsigned char)buf[len - 2]))
+		buf[--len] = '\0';
+	switch (buf[len - 1]) {
+	case 'k': case 'K':
+		mult = 1024ULL;
+		break;
+	case 'm': case 'M':
+		mult = 1024ULL * 1024;
+		break;
+	case 'g': case 'G':
+		mult = 1024ULL * 1024 * 1024;
+		break;
+	}
+	if (mult != 1)
+		buf[--len] = '\0';
+	if (len == 0)
+		return -1;
+	errno = 0;
+	v = strtoull(buf, &end, 10);
+	if (errno != 0 || *end != '\0' || v > (unsigned long long)LLONG_MAX / mult)
+		return -1;
+	*out = (long long)(v * mult);
+	return 0;
+}
+
+static int
+config_bool(const char *s)
+{
+	static const char *yes[] = { "yes", "true", "on", "1" };
+	static const char *no[] = { "no", "false", "off", "0" };
+	size_t i;
+
+	for (i = 0; i < PARLEY_NITEMS(yes); i++) {
+		if (strcasecmp(s, yes[i]) == 0)
+			return 1;
+		if (strcasecmp(s, no[i]) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+/* Validate and store one value; *why is a reason without the key (caller frees). */
+static int
+config_apply(struct config *cfg, const struct config_key *k, const char *value, char **why)
+{
+	long long v = 0;
+	char **sp;
+	int b;
+
+	switch (k->type) {
+	case CT_STR:
+	case CT_STR_NONEMPTY:
+	case CT_STR_OPT:
+		if (k->type == CT_STR_NONEMPTY && *value == '\0') {
+			*why = xstrdup("must not be empty");
+			return -1;
+		}
+		sp = config_str(cfg, k);
+		free(*sp);
+		*sp = (k->type == CT_STR_OPT && *value == '\0') ? NULL : xstrdup(value);
+		return 0;
+	case CT_INT:
+		if (config_number(value, 10, &v) != 0) {
+			xasprintf(why, "\"%s\" is not an integer (expected %lld..%lld)", value,
+			    k->min, k->max);
+			return -1;
+		}
+		break;
+	case CT_SIZE:
+		if (config_bytes(value, &v) != 0) {
+			xasprintf(why, "\"%s\" is not a size (bytes, or a number with k, m or g)",
+			    value);
+			return -1;
+		}
+		break;
+	case CT_MODE:
+		if (value[0] < '0' || value[0] > '7' || config_number(value, 8, &v) != 0) {
+			xasprintf(why, "\"%s\" is not an octal mode (e.g. 0660)", value);
+			return -1;
+		}
+		if (v < k->min || v > k->max) {
+			xasprintf(why, "\"%s\" is out of range (%04llo..%04llo)", value, k->min,
+			    k->max);
+			return -1;
+		}
+		/* libfcgi aborts on some malformed records: never let every local user reach it. */
+		if (v & 0002) {
+			xasprintf(why, "\"%s\" would make the socket world-writable", value);
+			return -1;
+		}
+		*config_int(cfg, k) = (int)v;
+		return 0;
+	case CT_BOOL:
+		if ((b = config_bool(value)) < 0) {
+			xasprintf(why, "\"%s\" is not a boolean (yes/no, true/false, on/off, 1/0)",
+			    value);
+			return -1;
+		}
+		*config_int(cfg, k) = b;
+		return 0;
+	case CT_LEVEL:
+		if ((b = log_level_parse(value)) < 0) {
+			xasprintf(why, "\"%s\" is not a log level (debug, info, warn, error)",
+			    value);
+			return -1;
+		}
+		*config_int(cfg, k) = b;
+		return 0;
+	}
+	if (v < k->min || v > k->max) {
+		xasprintf(why, "\"%s\" is out of range (%lld..%lld)", value, k->min, k->max);
+		return -1;
+	}
+	if (k->type == CT_SIZE)
+		*config_size(cfg, k) = (size_t)v;
+	else
+		*config_int(cfg, k) = (int)v;
+	return 0;
+}
+
+int
+config_set(struct config *cfg, const char *key, const char *value, char **cause)
+{
+	const struct config_key *k;
+	char *why = NULL;
+
+	if ((k = config_find(key)) == NULL) {
+		xasprintf(cause, "%s: unknown key", key);
+		errno = EINVAL;
+		return -1;
+	}
+	if (config_apply(cfg, k, value, &why) != 0) {
+		xasprintf(cause, "%s: %s", key, why);
+		free(why);
+		errno = EINVAL;
+		return -1;
+	}
+	return 0;
+}
+
+int
+config_validate(const struct config *cfg, char **cause)
+{
+	const char *where = cfg->path != NULL ? cfg->path : "configuration";
+
+	if (cfg->jwt_secret == NULL || *cfg->jwt_secret == '\0') {
+		xasprintf(cause, "%s: auth.jwt_secret: required (at least %d bytes)", where,
+		    CONFIG_SECRET_MIN);
+		goto fail;
+	}
+	if (strlen(cfg->jwt_secret) < CONFIG_SECRET_MIN) {
+		xasprintf(cause, "%s: auth.jwt_secret: too short (%zu bytes, at least %d)", where,
+		    strlen(cfg->jwt_secret), CONFIG_SECRET_MIN);
+		goto fail;
+	}
+	/* The pings are what keep a quiet but healthy connection from hitting the idle timeout. */
+	if (cfg->ws_ping_interval >= cfg->ws_idle_timeout) {
+		xasprintf(cause, "%s: ws.ping_interval: must be less than ws.idle_timeout (%d)",
+		    where, cfg->ws_idle_timeout);
+		goto fail;
+	}
+	return 0;
+fail:
+	errno = EINVAL;
+	return -1;
+}
+
+/* Strip leading and trailing white space in place; returns the first kept character. */
+static char *
+config_trim(char *s)
+{
+	char *e;
+
+	while (isspace((unsigned char)*s))
+		s++;
+	e = s + strlen(s);
+	while (e > s && isspace((unsigned char)e[-1]))
+		*--e = '\0';
+	return s;
+}
+
+static int
+config_known_section(const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < PARLEY_NITEMS(config_sections); i++) {
+		if (strcmp(config_sections[i], s) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* Handle one line of a file; *why gets "key: reason" (caller frees) on failure. */
+static int
+config_line(struct config *cfg, char *line, char *section, size_t sectionsz, unsigned *seen,
+    unsigned lineno, char **why)
+{
+	const struct config_key *k;
+	char *s, *eq, *key, *value, *full, *reason = NULL;
+	size_t len, idx;
+
+	s = config_trim(line);
+	if (*s == '\0' || *s == '#' || *s == ';')
+		return 0;
+	if (*s == '[') {
+		len = strlen(s);
+		if (s[len - 1] != ']') {
+			xasprintf(why, "%s: section header without ']'", s);
+			return -1;
+		}
+		s[len - 1] = '\0';
+		s = config_trim(s + 1);
+		if (!config_known_section(s) || strlen(s) >= sectionsz) {
+			xasprintf(why, "[%s]: unknown section", s);
+			return -1;
+		}
+		strcpy(section, s);
+		return 0;
+	}
+	if ((eq = strchr(s, '=')) == NULL) {
+		xasprintf(why, "%s: missing '='", s);
+		return -1;
+	}
+	*eq = '\0';
+	key = config_trim(s);
+	value = config_trim(eq + 1);
+	len = strlen(value);
+	if (len >= 2 && value[0] == '"' && value[len - 1] == '"') {
+		value[len - 1] = '\0';
+		value++;
+	}
+	if (*key == '\0') {
+		xasprintf(why, "=%s: missing key", value);
+		return -1;
+	}
+	/* Outside any section a key must be written in full ("mysql.host = ..."). */
+	if (*section != '\0')
+		xasprintf(&full, "%s.%s", section, key);
+	else
+		full = xstrdup(key);
+	if ((k = config_find(full)) == NULL) {
+		xasprintf(why, "%s: unknown key", full);
+		goto fail;
+	}
+	idx = (size_t)(k - config_keys);
+	if (seen[idx] != 0) {
+		xasprintf(why, "%s: set twice (first on line %u)", full, seen[idx]);
+		goto fail;
+	}
+	seen[idx] = lineno;
+	if (config_apply(cfg, k, value, &reason) != 0) {
+		xasprintf(why, "%s: %s", full, reason);
+		free(reason);
+		goto fail;
+	}
+	free(full);
+	return 0;
+fail:
+	free(full);
+	return -1;
+}
+
+int
+config_load(struct config *cfg, const char *path, char **cause)
+{
+	unsigned seen[PARLEY_NITEMS(config_keys)] = { 0 };
+	char section[32] = "", *line = NULL, *why = NULL;
+	size_t linesz = 0;
+	unsigned lineno = 0;
+	ssize_t n;
+	FILE *f;
+	int saved;
+
+	config_defaults(cfg);
+	cfg->path = xstrdup(path);
+	if ((f = fopen(path, "r")) == NULL) {
+		saved = errno;
+		xasprintf(cause, "%s: %s", path, strerror(saved));
+		config_clear(cfg);
+		errno = saved;
+		return -1;
+	}
+	while ((n = getline(&line, &linesz, f)) != -1) {
+		lineno++;
+		if ((size_t)n != strlen(line)) {
+			xasprintf(&why, "line contains a NUL byte");
+			goto fail;
+		}
+		if (config_line(cfg, line, section, sizeof section, seen, lineno, &why) != 0)
+			goto fail;
+	}
+	if (ferror(f)) {
+		xasprintf(&why, "read error: %s", strerror(errno));
+		goto fail;
+	}
+	fclose(f);
+	free(line);
+	if (config_validate(cfg, cause) != 0) {
+		config_clear(cfg);
+		errno = EINVAL;
+		return -1;
+	}
+	return 0;
+fail:
+	xasprintf(cause, "%s:%u: %s", path, lineno, why);
+	free(why);
+	free(line);
+	fclose(f);
+	config_clear(cfg);
+	errno = EINVAL;
+	return -1;
+}
+
+const char *
+config_path(const char *arg)
+{
+	const char *env;
+
+	if (arg != NULL && *arg != '\0')
+		return arg;
+	if ((env = getenv("PARLEY_CONFIG")) != NULL && *env != '\0')
+		return env;
+	return NULL;
+}

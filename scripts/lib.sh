@@ -1,0 +1,41 @@
+# scripts/lib.sh - what scripts/demo, scripts/test and scripts/stack share: packages and the build.
+# Sourced, not run.
+
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# Debian 12 packages: to build, to test, and to run the local stack.
+PARLEY_PACKAGES="build-essential autoconf automake libtool pkg-config
+	libjson-c-dev libmemcached-dev libmariadb-dev libssl-dev libwebsockets-dev libfcgi-dev check
+	mariadb-server mariadb-client memcached lighttpd apache2 nginx-light
+	python3 python3-websockets curl wrk"
+
+say() { printf '==> %s\n' "$*"; }
+
+# Install whatever of PARLEY_PACKAGES is missing (apt-get as root, else through sudo).
+install_packages() {
+	local missing=() p sudo=()
+	for p in $PARLEY_PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	[ ${#missing[@]} -eq 0 ] && { say "all Debian packages present"; return 0; }
+	[ "$(id -u)" = 0 ] || sudo=(sudo)
+	say "installing ${missing[*]}"
+	"${sudo[@]}" apt-get update -qq
+	# Stop the packages' own services from starting: Parley runs private instances under ./var.
+	DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 "${sudo[@]}" apt-get install -y -qq \
+		--no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# build DIR [configure args...]: an out-of-tree build in DIR, warnings are errors.
+build() {
+	local dir=$1; shift
+	[ -x "$top/configure" ] && [ "$top/configure" -nt "$top/configure.ac" ] || (cd "$top" && ./autogen.sh >/dev/null 2>&1)
+	mkdir -p "$dir"
+	if [ ! -f "$dir/Makefile" ]; then
+		(cd "$dir" && "$top/configure" -q "$@") || return 1
+	fi
+	make -C "$dir" -j"$(nproc)" >"$dir/make.log" 2>&1 || { tail -40 "$dir/make.log"; return 1; }
+	if grep -E 'warning:' "$dir/make.log" >/dev/null; then
+		grep -E 'warning:' "$dir/make.log"; say "compiler warnings (treated as errors)"; return 1
+	fi
+}
