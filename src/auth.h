@@ -22,7 +22,10 @@ struct auth_identity {
  */
 int	auth_verify(const char *token, const char *secret, int leeway, int64_t now,
 	    struct auth_identity *id, const char **why);
-/* Mint a token for user (and device, may be NULL) valid for ttl seconds from now. Caller frees. */
+/*
+ * Mint a token for user (and device, may be NULL) valid for ttl seconds from now. Caller frees.
+ * NULL with errno EINVAL when user or device is not a valid id (or the secret is empty).
+ */
 char	*auth_mint(const char *secret, const char *user, const char *device, int64_t now, int ttl);
 
 #endif

@@ -1,2 +1,497 @@
-/* cache.c - see cache.h. */
+/* cache.c - conversation summaries in memcached, with MySQL as the fallback and the refill. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <json-c/json.h>
+#include <libmemcached/memcached.h>
+
 #include "cache.h"
+#include "config.h"
+#include "log.h"
+#include "parley.h"
+#include "store.h"
+#include "xmalloc.h"
+
+/*
+ * Keys and invalidation.
+ *
+ * Per user there are two keys:
+ *   parley:convgen:v1:<user>  a generation number (decimal, so memcached can "incr" it);
+ *   parley:conv:v1:<user>     "<gen> <count>\n<json>": the summary list built from MySQL while the
+ *                             generation was <gen>; <count> entries, at most CACHE_LIST_MAX.
+ * A summary is served only when its <gen> equals the current generation. Invalidation (after the
+ * MySQL commit) increments the generation; a refill reads the generation BEFORE it reads MySQL and
+ * tags what it writes with that value. So the classic race (reader misses, reads old rows, writer
+ * commits and invalidates, reader writes the old rows back) leaves a value tagged with a generation
+ * that is already gone: nobody ever serves it, it just expires. A missing generation key is a miss
+ * and is created with a fresh time-based seed via "add" (never overwriting one a writer just
+ * bumped), so an evicted or restarted memcached cannot resurrect an old tag either.
+ *
+ * A generation bump that cannot reach memcached (down or stopped) is remembered in this struct and
+ * replayed before this cache reads memcached again (more than CACHE_PENDING_MAX pending users:
+ * flush_all instead). Residual window, documented: while another thread or process, whose cache
+ * never saw the failure, reads a memcached that was only stopped (SIGSTOP, its data intact) before
+ * this cache has replayed its bumps, it may serve a summary up to memcached_ttl old.
+ *
+ * Failures: libmemcached 1.1.4 keeps paying one poll timeout per call against a stopped server
+ * whatever its failure behaviours say (tried: SERVER_FAILURE_LIMIT, SERVER_TIMEOUT_LIMIT,
+ * REMOVE_FAILED_SERVERS), so this cache has its own breaker: after any connection failure or
+ * timeout it does not talk to memcached for CACHE_RETRY_MS. A dead or stopped memcached costs one
+ * timeout (config.memcached_timeout_ms) per window per thread; requests are answered from MySQL.
+ */
+
+#define CACHE_LIST_MAX		100	/* conversations kept in one summary */
+#define CACHE_RETRY_MS		1000	/* pause after a memcached failure */
+#define CACHE_PENDING_MAX	256	/* remembered failed invalidations */
+#define CACHE_GEN_TTL		86400	/* seconds; a lost generation only costs a miss */
+#define CACHE_KEY_MAX		128
+#define CACHE_VALUE_MAX		(1000 * 1000)	/* below memcached's default 1 MiB item limit */
+
+struct cache {
+	memcached_st	*mc;		/* NULL when memcached is disabled */
+	int		 ttl;
+	int		 alive;
+	int64_t		 down_until;	/* monotonic ms; no memcached I/O before this */
+	char		**pending;	/* users whose generation bump failed */
+	size_t		 npending;
+	int		 pending_overflow;
+};
+
+/* Add the servers of a "host:port[,host:port]" list; 0 when at least one was added. */
+static int
+cache_add_tcp(memcached_st *mc, const char *list)
+{
+	char *copy, *item, *save = NULL, *host, *colon;
+	unsigned long port;
+	int added = 0;
+
+	copy = xstrdup(list);
+	for (item = strtok_r(copy, ", ", &save); item != NULL; item = strtok_r(NULL, ", ", &save)) {
+		host = item;
+		port = 11211;
+		if (*host == '[') {		/* [v6addr]:port */
+			host++;
+			if ((colon = strchr(host, ']')) == NULL)
+				goto bad;
+			*colon++ = '\0';
+			if (*colon == ':')
+				port = strtoul(colon + 1, NULL, 10);
+		} else if ((colon = strrchr(host, ':')) != NULL) {
+			*colon = '\0';
+			port = strtoul(colon + 1, NULL, 10);
+		}
+		if (*host == '\0' || port == 0 || port > 65535)
+			goto bad;
+		if (memcached_server_add(mc, host, (in_port_t)port) != MEMCACHED_SUCCESS)
+			goto bad;
+		added++;
+		continue;
+bad:
+		log_warn("memcached: ignoring bad server \"%s\"", item);
+	}
+	free(copy);
+	return added > 0 ? 0 : -1;
+}
+
+/* Short timeouts and failed-server handling: a stopped memcached must never stall a request. */
+static void
+cache_behaviours(memcached_st *mc, int timeout_ms)
+{
+	if (timeout_ms <= 0)
+		timeout_ms = 100;
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_POLL_TIMEOUT, (uint64_t)timeout_ms);
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, (uint64_t)timeout_ms);
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_SND_TIMEOUT, (uint64_t)timeout_ms * 1000);
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_RCV_TIMEOUT, (uint64_t)timeout_ms * 1000);
+	/*
+	 * Not REMOVE_FAILED_SERVERS: ejecting a server moves its keys to another one, and when it
+	 * comes back its old generation and old summary (neither saw the bumps made meanwhile)
+	 * would be served again. Keys stay put; a failed server's keys fall back to MySQL, and the
+	 * breaker below (cache_result) bounds the cost. A failed connection is retried after
+	 * RETRY_TIMEOUT, not on every call.
+	 */
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_SERVER_FAILURE_LIMIT, 1);
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_RETRY_TIMEOUT, CACHE_RETRY_MS / 1000);
+	memcached_behavior_set(mc, MEMCACHED_BEHAVIOR_TCP_NODELAY, 1);
+}
+
+struct cache *
+cache_new(const struct config *cfg)
+{
+	struct cache *c;
+	const char *servers = cfg->memcached_servers;
+	int rc;
+
+	c = xcalloc(1, sizeof *c);
+	c->ttl = cfg->memcached_ttl > 0 ? cfg->memcached_ttl : 300;
+	c->pending = xcalloc(CACHE_PENDING_MAX, sizeof *c->pending);
+	if (servers == NULL || *servers == '\0')
+		return c;
+	if ((c->mc = memcached_create(NULL)) == NULL)
+		fatal("memcached_create: out of memory");
+	cache_behaviours(c->mc, cfg->memcached_timeout_ms);
+	if (*servers == '/')
+		rc = memcached_server_add_unix_socket(c->mc, servers) == MEMCACHED_SUCCESS ? 0 : -1;
+	else
+		rc = cache_add_tcp(c->mc, servers);
+	if (rc != 0) {
+		log_warn("memcached: no usable server in \"%s\"; summaries come from MySQL", servers);
+		memcached_free(c->mc);
+		c->mc = NULL;
+		return c;
+	}
+	c->alive = 1;	/* until an operation says otherwise */
+	return c;
+}
+
+void
+cache_free(struct cache *c)
+{
+	size_t i;
+
+	if (c == NULL)
+		return;
+	if (c->mc != NULL)
+		memcached_free(c->mc);
+	for (i = 0; i < c->npending; i++)
+		free(c->pending[i]);
+	free(c->pending);
+	free(c);
+}
+
+int
+cache_alive(struct cache *c)
+{
+	return c->mc != NULL && c->alive;
+}
+
+/* May this cache talk to memcached now? */
+static int
+cache_usable(struct cache *c)
+{
+	return c->mc != NULL && parley_mono_ms() >= c->down_until;
+}
+
+/* Record the outcome of one operation; 0 when memcached answered (even "not found"). */
+static int
+cache_result(struct cache *c, memcached_return_t rc, const char *what)
+{
+	if (!memcached_fatal(rc)) {
+		if (!c->alive)
+			log_info("memcached: reachable again");
+		c->alive = 1;
+		return 0;
+	}
+	if (c->alive)
+		log_warn("memcached: %s: %s; using MySQL for %d ms", what,
+		    memcached_strerror(c->mc, rc), CACHE_RETRY_MS);
+	c->alive = 0;
+	c->down_until = parley_mono_ms() + CACHE_RETRY_MS;
+	return -1;
+}
+
+static void
+cache_key_gen(char *buf, size_t len, const char *user)
+{
+	snprintf(buf, len, "parley:convgen:v1:%s", user);
+}
+
+static void
+cache_key_data(char *buf, size_t len, const char *user)
+{
+	snprintf(buf, len, "parley:conv:v1:%s", user);
+}
+
+/* A generation seed no earlier generation of this user can equal (microseconds + noise). */
+static uint64_t
+cache_seed(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return ((uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000) * 16 +
+	    (uint64_t)(random() & 15);
+}
+
+/* Bump user's generation: every summary written before is dead. 0, or -1 when memcached failed. */
+static int
+cache_bump(struct cache *c, const char *user)
+{
+	char key[CACHE_KEY_MAX], val[32];
+	memcached_return_t rc;
+	uint64_t v;
+	int n;
+
+	cache_key_gen(key, sizeof key, user);
+	rc = memcached_increment(c->mc, key, strlen(key), 1, &v);
+	if (rc != MEMCACHED_NOTFOUND)
+		return cache_result(c, rc, "incr");
+	/* No generation: no summary can be served; start one so a racing refill's tag is stale. */
+	n = snprintf(val, sizeof val, "%" PRIu64, cache_seed());
+	rc = memcached_add(c->mc, key, strlen(key), val, (size_t)n, CACHE_GEN_TTL, 0);
+	return cache_result(c, rc, "add");
+}
+
+/* Remember a bump that could not be made, to replay it before this cache reads memcached again. */
+static void
+cache_pending_add(struct cache *c, const char *user)
+{
+	size_t i;
+
+	if (c->pending_overflow)
+		return;
+	for (i = 0; i < c->npending; i++) {
+		if (strcmp(c->pending[i], user) == 0)
+			return;
+	}
+	if (c->npending == CACHE_PENDING_MAX) {
+		for (i = 0; i < c->npending; i++)
+			free(c->pending[i]);
+		c->npending = 0;
+		c->pending_overflow = 1;
+		return;
+	}
+	c->pending[c->npending++] = xstrdup(user);
+}
+
+/* Replay remembered bumps; 0 when none is left (memcached may then be read). */
+static int
+cache_pending_flush(struct cache *c)
+{
+	if (c->pending_overflow) {
+		if (cache_result(c, memcached_flush(c->mc, 0), "flush") != 0)
+			return -1;
+		log_warn("memcached: too many lost invalidations; flushed the cache");
+		c->pending_overflow = 0;
+	}
+	while (c->npending > 0) {
+		if (cache_bump(c, c->pending[c->npending - 1]) != 0)
+			return -1;
+		free(c->pending[--c->npending]);
+	}
+	return 0;
+}
+
+void
+cache_invalidate(struct cache *c, const char *user)
+{
+	if (c->mc == NULL)
+		return;
+	if (!cache_usable(c) || cache_pending_flush(c) != 0 || cache_bump(c, user) != 0)
+		cache_pending_add(c, user);
+}
+
+int
+cache_check(struct cache *c)
+{
+	if (c->mc == NULL)
+		return 0;
+	if (cache_usable(c) && cache_pending_flush(c) == 0)
+		cache_result(c, memcached_version(c->mc), "version");
+	return cache_alive(c);
+}
+
+/* Number of entries of a {"conversations":[...]} text; -1 when it is not one. */
+static int
+cache_count(const char *json)
+{
+	struct json_object *o, *a;
+	int n = -1;
+
+	if ((o = json_tokener_parse(json)) == NULL)
+		return -1;
+	if (json_object_object_get_ex(o, "conversations", &a) && json_object_is_type(a, json_type_array))
+		n = (int)json_object_array_length(a);
+	json_object_put(o);
+	return n;
+}
+
+/* A copy of a {"conversations":[...]} text keeping only the first limit entries. */
+static char *
+cache_truncate(const char *json, int limit)
+{
+	struct json_object *o, *a;
+	char *out;
+	size_t len;
+
+	if ((o = json_tokener_parse(json)) == NULL)
+		return NULL;
+	if (!json_object_object_get_ex(o, "conversations", &a) ||
+	    !json_object_is_type(a, json_type_array)) {
+		json_object_put(o);
+		return NULL;
+	}
+	len = json_object_array_length(a);
+	if ((size_t)limit < len)
+		json_object_array_del_idx(a, (size_t)limit, len - (size_t)limit);
+	out = xstrdup(json_object_to_json_string_ext(o,
+	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(o);
+	return out;
+}
+
+/* The answer for limit from a list of count entries (count <= limit: the text as is). */
+static int
+cache_answer(const char *json, int count, int limit, char **out)
+{
+	if (count <= limit) {
+		*out = xstrdup(json);
+		return 0;
+	}
+	if ((*out = cache_truncate(json, limit)) == NULL) {
+		errno = EIO;
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Look the summary up. Returns 1 and *out on a usable hit; 0 on a miss with *gen the generation
+ * to tag a refill with (*have_gen 0 when a refill must not be written); -1 when memcached failed.
+ */
+static int
+cache_lookup(struct cache *c, const char *user, int limit, char **out, uint64_t *gen, int *have_gen)
+{
+	char kdata[CACHE_KEY_MAX], kgen[CACHE_KEY_MAX], val[32];
+	const char *keys[2] = { kdata, kgen };
+	size_t lens[2];
+	memcached_result_st *r;
+	memcached_return_t rc;
+	char *data = NULL, *end;
+	const char *key, *v, *json;
+	size_t klen, vlen;
+	uint64_t dgen;
+	long count;
+	int found_gen = 0, ret = 0, n;
+
+	*have_gen = 0;
+	cache_key_data(kdata, sizeof kdata, user);
+	cache_key_gen(kgen, sizeof kgen, user);
+	lens[0] = strlen(kdata);
+	lens[1] = strlen(kgen);
+	rc = memcached_mget(c->mc, keys, lens, 2);
+	if (cache_result(c, rc, "mget") != 0)
+		return -1;
+	while ((r = memcached_fetch_result(c->mc, NULL, &rc)) != NULL) {
+		key = memcached_result_key_value(r);
+		klen = memcached_result_key_length(r);
+		v = memcached_result_value(r);
+		vlen = memcached_result_length(r);
+		if (klen == lens[1] && memcmp(key, kgen, klen) == 0 && vlen < sizeof val) {
+			memcpy(val, v, vlen);
+			val[vlen] = '\0';
+			*gen = strtoull(val, &end, 10);
+			found_gen = end != val;
+		} else if (klen == lens[0] && memcmp(key, kdata, klen) == 0) {
+			free(data);
+			data = xstrndup(v, vlen);
+		}
+		memcached_result_free(r);
+	}
+	if (rc != MEMCACHED_END && rc != MEMCACHED_NOTFOUND && cache_result(c, rc, "fetch") != 0) {
+		free(data);
+		return -1;
+	}
+
+	if (!found_gen) {
+		/* Start a generation; if another client just did, do not refill (it may be a bump). */
+		*gen = cache_seed();
+		n = snprintf(val, sizeof val, "%" PRIu64, *gen);
+		rc = memcached_add(c->mc, kgen, lens[1], val, (size_t)n, CACHE_GEN_TTL, 0);
+		if (cache_result(c, rc, "add") != 0)
+			ret = -1;
+		else
+			*have_gen = rc == MEMCACHED_SUCCESS || rc == MEMCACHED_STORED;
+		goto out;
+	}
+	*have_gen = 1;
+	if (data == NULL)
+		goto out;
+	/* "<gen> <count>\n<json>" */
+	dgen = strtoull(data, &end, 10);
+	if (end == data || dgen != *gen || *end != ' ')
+		goto out;
+	count = strtol(end + 1, &end, 10);
+	if (*end != '\n' || count < 0 || count > CACHE_LIST_MAX)
+		goto out;
+	json = end + 1;
+	if (limit > CACHE_LIST_MAX && count == CACHE_LIST_MAX)
+		goto out;	/* the list may have been cut: MySQL must answer */
+	if (cache_answer(json, (int)count, limit, out) == 0)
+		ret = 1;
+out:
+	free(data);
+	return ret;
+}
+
+/* Write the summary list json (count entries) tagged with gen. Failures only cost a later miss. */
+static void
+cache_store(struct cache *c, const char *user, uint64_t gen, int count, const char *json)
+{
+	char kdata[CACHE_KEY_MAX], *val;
+	memcached_return_t rc;
+	int n;
+
+	cache_key_data(kdata, sizeof kdata, user);
+	n = xasprintf(&val, "%" PRIu64 " %d\n%s", gen, count, json);
+	if (n > CACHE_VALUE_MAX) {
+		free(val);
+		return;		/* memcached refuses items over 1 MB: serve this user from MySQL */
+	}
+	rc = memcached_set(c->mc, kdata, strlen(kdata), val, (size_t)n, (time_t)c->ttl, 0);
+	/* A refused item is memcached answering, not memcached being down. */
+	if (rc != MEMCACHED_E2BIG && rc != MEMCACHED_SERVER_ERROR)
+		cache_result(c, rc, "set");
+	free(val);
+}
+
+int
+cache_conversations(struct cache *c, struct store *st, const char *user, int limit, char **json)
+{
+	char *full = NULL, *cut;
+	uint64_t gen = 0;
+	int have_gen = 0, count;
+
+	*json = NULL;
+	if (limit < 1) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (cache_usable(c) && cache_pending_flush(c) == 0) {
+		switch (cache_lookup(c, user, limit, json, &gen, &have_gen)) {
+		case 1:
+			return 0;
+		case -1:
+			have_gen = 0;
+			break;
+		}
+	}
+	if (!have_gen)
+		return store_conversations_json(st, user, limit, json);
+
+	/* Refill: read at least CACHE_LIST_MAX so the cached list serves every smaller limit. */
+	if (store_conversations_json(st, user, limit > CACHE_LIST_MAX ? limit : CACHE_LIST_MAX,
+	    &full) != 0)
+		return -1;
+	if ((count = cache_count(full)) < 0) {
+		log_warn("conversations of %s: unexpected summary JSON", user);
+		*json = full;
+		return 0;
+	}
+	if (count <= CACHE_LIST_MAX)
+		cache_store(c, user, gen, count, full);
+	else if ((cut = cache_truncate(full, CACHE_LIST_MAX)) != NULL) {
+		cache_store(c, user, gen, CACHE_LIST_MAX, cut);
+		free(cut);
+	}
+	if (cache_answer(full, count, limit, json) != 0) {
+		free(full);
+		return -1;
+	}
+	free(full);
+	return 0;
+}

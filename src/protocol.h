@@ -100,11 +100,20 @@ int	protocol_decode_frame(const char *buf, size_t len, int content_max_chars, in
 	    struct proto_frame_req *, const char **field, const char **why, char **client_msg_id);
 void	protocol_frame_clear(struct proto_frame_req *);
 
+/*
+ * Parse a JSON text (an HTTP body, a frame): strict JSON, nothing but white space after it.
+ * NULL when it is not JSON. Caller json_object_put()s the result.
+ */
+struct json_object *protocol_parse_json(const char *buf, size_t len);
+
 /* Query strings: parse an unsigned decimal in [min,max]; -1/EINVAL otherwise. */
 int	protocol_parse_u64(const char *, uint64_t min, uint64_t max, uint64_t *out);
 
 /*
- * Encoding. Every function returns a new NUL-terminated JSON text (caller frees).
+ * Encoding. Every function returns a new NUL-terminated JSON text (caller frees): compact, keys in
+ * the contract's order, "/" and non-ASCII not escaped. A NULL string argument is written as null.
+ * For the durable events, seq 0 leaves "seq" out: the seq-free body the log stores (seqs start
+ * at 1), to be completed by protocol_event_with_seq().
  */
 struct proto_message {
 	uint64_t	 id;

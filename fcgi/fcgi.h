@@ -1,0 +1,28 @@
+/* fcgi.h - the parley-fcgi process: the state its request threads, loop and workers share. */
+#ifndef FCGI_H
+#define FCGI_H
+
+#include <stdint.h>
+
+#include "config.h"
+#include "metrics.h"
+
+struct bus;
+struct park;
+
+/*
+ * One per process, set up by main() before any thread starts. After that only the atomics
+ * (metrics, stopping) change; everything else is read-only or has its own lock (bus, park).
+ */
+struct fcgi_app {
+	struct config	 cfg;
+	struct metrics	 metrics;
+	struct bus	*bus;
+	struct park	*park;
+	int		 listen_fd;
+	int		 stop_fd;	/* eventfd, readable once shutdown began */
+	int		 stopping;	/* atomic */
+	int64_t		 started_ms;
+};
+
+#endif

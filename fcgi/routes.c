@@ -1,0 +1,743 @@
+/* routes.c - the HTTP API of the contract: routing, authentication, validation, handlers. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <json-c/json.h>
+
+#include "auth.h"
+#include "chat.h"
+#include "config.h"
+#include "fcgi.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "park.h"
+#include "protocol.h"
+#include "routes.h"
+#include "store.h"
+#include "xmalloc.h"
+
+#define ROUTE_SEGS_MAX		6
+#define ROUTE_LIMIT_DEFAULT	100
+#define ROUTE_POLL_DEFAULT_S	30
+#define ROUTE_PRESENCE_MAX	500
+
+/* Everything a handler needs. */
+struct rctx {
+	struct fcgi_app		*app;
+	const struct config	*cfg;
+	struct chat		*chat;
+	const struct http_req	*req;
+	struct http_resp	*resp;
+	struct park_spec	*spec;
+	struct auth_identity	 id;
+	uint64_t		 num;		/* the {n} of the path */
+	const char		*name;		/* the {s} of the path (decoded) */
+	int			 park;		/* set: ROUTE_PARK */
+};
+
+typedef void (*handler_fn)(struct rctx *);
+
+struct method {
+	const char	*method;
+	handler_fn	 fn;
+};
+
+struct route {
+	const char	*pattern[ROUTE_SEGS_MAX];	/* literal, "{n}" number, "{s}" any */
+	const char	*allow;
+	int		 noauth;
+	struct method	 methods[3];
+};
+
+static void h_send(struct rctx *);
+static void h_poll(struct rctx *);
+static void h_long_poll(struct rctx *);
+static void h_sync(struct rctx *);
+static void h_receipt(struct rctx *);
+static void h_receipts_get(struct rctx *);
+static void h_typing(struct rctx *);
+static void h_conversations(struct rctx *);
+static void h_group_create(struct rctx *);
+static void h_group_get(struct rctx *);
+static void h_group_add(struct rctx *);
+static void h_group_remove(struct rctx *);
+static void h_presence(struct rctx *);
+static void h_room_post(struct rctx *);
+static void h_room_get(struct rctx *);
+static void h_health(struct rctx *);
+static void h_metrics(struct rctx *);
+
+static const struct route routes[] = {
+	{ { "messages" }, "GET, POST", 0, { { "GET", h_poll }, { "POST", h_send } } },
+	{ { "messages", "long_poll" }, "GET", 0, { { "GET", h_long_poll } } },
+	{ { "messages", "{n}", "receipts" }, "GET", 0, { { "GET", h_receipts_get } } },
+	{ { "sync" }, "GET", 0, { { "GET", h_sync } } },
+	{ { "receipts" }, "POST", 0, { { "POST", h_receipt } } },
+	{ { "typing" }, "POST", 0, { { "POST", h_typing } } },
+	{ { "conversations" }, "GET", 0, { { "GET", h_conversations } } },
+	{ { "groups" }, "POST", 0, { { "POST", h_group_create } } },
+	{ { "groups", "{n}" }, "GET", 0, { { "GET", h_group_get } } },
+	{ { "groups", "{n}", "members" }, "POST", 0, { { "POST", h_group_add } } },
+	{ { "groups", "{n}", "members", "{s}" }, "DELETE", 0, { { "DELETE", h_group_remove } } },
+	{ { "presence" }, "GET", 0, { { "GET", h_presence } } },
+	{ { "rooms", "{s}", "messages" }, "GET, POST", 0,
+	    { { "GET", h_room_get }, { "POST", h_room_post } } },
+	{ { "health" }, "GET", 1, { { "GET", h_health } } },
+	{ { "metrics" }, "GET", 0, { { "GET", h_metrics } } },
+};
+
+/* --- answers ------------------------------------------------------------------------------ */
+
+static void
+r_json(struct rctx *c, char *json)
+{
+	http_resp_json(c->resp, 200, json);
+}
+
+static void
+r_no_content(struct rctx *c)
+{
+	http_resp_json(c->resp, 204, NULL);
+}
+
+/* A failed chat/store call: the contract's status for errno; MySQL trouble is counted. */
+static void
+r_errno(struct rctx *c, int err)
+{
+	if (err == EAGAIN || protocol_errno_status(err) == 500)
+		metrics_add(&c->app->metrics, M_STORE_ERRORS, 1);
+	http_resp_errno(c->resp, err, NULL);
+}
+
+/* --- input ------------------------------------------------------------------------------- */
+
+/* The body as a JSON object, or a 400 answer and NULL. Caller puts the object. */
+static struct json_object *
+body_object(struct rctx *c)
+{
+	struct json_tokener *tok;
+	struct json_object *obj;
+
+	if (c->req->body == NULL) {
+		http_resp_bad_field(c->resp, "body", "a JSON object is required");
+		return NULL;
+	}
+	tok = json_tokener_new();
+	obj = json_tokener_parse_ex(tok, c->req->body, (int)c->req->body_len);
+	if (obj == NULL || json_tokener_get_error(tok) != json_tokener_success ||
+	    json_tokener_get_parse_end(tok) != c->req->body_len) {
+		/* Trailing white space after the value is fine; anything else is not JSON. */
+		size_t off = obj != NULL ? json_tokener_get_parse_end(tok) : 0;
+
+		if (obj == NULL || strspn(c->req->body + off, " \t\r\n") != c->req->body_len - off) {
+			json_object_put(obj);
+			json_tokener_free(tok);
+			http_resp_bad_field(c->resp, "body", "not valid JSON");
+			return NULL;
+		}
+	}
+	json_tokener_free(tok);
+	if (!json_object_is_type(obj, json_type_object)) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, "body", "must be a JSON object");
+		return NULL;
+	}
+	return obj;
+}
+
+/*
+ * An unsigned query parameter in [min,max]; dflt when absent. 0 on success, -1 after a 400
+ * answer naming it.
+ */
+static int
+query_u64(struct rctx *c, const char *key, uint64_t min, uint64_t max, uint64_t dflt,
+    uint64_t *out, int *present)
+{
+	char *v, why[80];
+	int rc;
+
+	if (present != NULL)
+		*present = 0;
+	rc = http_query_get(c->req->query, key, &v);
+	if (rc == 0) {
+		*out = dflt;
+		return 0;
+	}
+	if (rc < 0 || protocol_parse_u64(v, min, max, out) < 0) {
+		snprintf(why, sizeof why, "must be an integer from %" PRIu64 " to %" PRIu64, min, max);
+		http_resp_bad_field(c->resp, key, why);
+		free(v);
+		return -1;
+	}
+	free(v);
+	if (present != NULL)
+		*present = 1;
+	return 0;
+}
+
+static int
+query_after(struct rctx *c, uint64_t *after, int *present)
+{
+	return query_u64(c, "after", 0, (uint64_t)INT64_MAX, 0, after, present);
+}
+
+static int
+query_limit(struct rctx *c, int dflt, int *limit)
+{
+	uint64_t v;
+	int max = c->cfg->page_max;
+
+	if (query_u64(c, "limit", 1, (uint64_t)max, (uint64_t)(dflt < max ? dflt : max), &v,
+	    NULL) < 0)
+		return -1;
+	*limit = (int)v;
+	return 0;
+}
+
+static int
+query_timeout(struct rctx *c, int dflt, int *timeout)
+{
+	uint64_t v;
+	int max = c->cfg->poll_timeout_max;
+
+	if (query_u64(c, "timeout", 0, (uint64_t)max, (uint64_t)(dflt < max ? dflt : max), &v,
+	    NULL) < 0)
+		return -1;
+	*timeout = (int)v;
+	return 0;
+}
+
+/* Ask to park this request (a long poll with nothing to answer yet). */
+static void
+park_it(struct rctx *c, enum park_kind kind, const char *key, uint64_t after, int limit,
+    int timeout)
+{
+	memset(c->spec, 0, sizeof *c->spec);
+	c->spec->kind = kind;
+	snprintf(c->spec->key, sizeof c->spec->key, "%s", key);
+	c->spec->after = after;
+	c->spec->limit = limit;
+	c->spec->timeout_s = timeout;
+	c->park = 1;
+}
+
+/* --- handlers ---------------------------------------------------------------------------- */
+
+static void
+h_send(struct rctx *c)
+{
+	struct json_object *obj;
+	struct proto_send req;
+	struct store_send_res res;
+	const char *field = NULL, *why = NULL;
+	char *json;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	memset(&req, 0, sizeof req);
+	if (protocol_decode_send(obj, c->cfg->content_max_chars, &req, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	memset(&res, 0, sizeof res);
+	if (chat_send(c->chat, c->id.user, &req, &res) < 0) {
+		r_errno(c, errno);
+		protocol_send_clear(&req);
+		return;
+	}
+	metrics_add(&c->app->metrics, res.duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
+	xasprintf(&json, "{\"server_msg_id\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"duplicate\":%s}",
+	    res.server_msg_id, res.seq, res.duplicate ? "true" : "false");
+	r_json(c, json);
+	store_send_res_clear(&res);
+	protocol_send_clear(&req);
+}
+
+static void
+h_poll(struct rctx *c)
+{
+	uint64_t after;
+	size_t n;
+	char *json;
+	int limit;
+
+	if (query_after(c, &after, NULL) < 0 || query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0)
+		return;
+	if (chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_long_poll(struct rctx *c)
+{
+	uint64_t after;
+	size_t n;
+	char *json;
+	int limit, timeout;
+
+	if (query_after(c, &after, NULL) < 0 || query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0 ||
+	    query_timeout(c, ROUTE_POLL_DEFAULT_S, &timeout) < 0)
+		return;
+	if (timeout > 0) {
+		/* The park registers the waiter before it reads MySQL (no lost wake-up). */
+		park_it(c, PARK_EVENTS, c->id.user, after, limit, timeout);
+		return;
+	}
+	if (chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_sync(struct rctx *c)
+{
+	uint64_t after;
+	size_t n;
+	char *device = NULL, *json;
+	int limit, timeout, given, rc;
+
+	rc = http_query_get(c->req->query, "device_id", &device);
+	if (rc == 0 && c->id.device[0] != '\0') {
+		device = xstrdup(c->id.device);
+		rc = 1;
+	}
+	if (rc <= 0 || !protocol_valid_id(device)) {
+		http_resp_bad_field(c->resp, "device_id",
+		    rc == 0 ? "required (or a token with a dev claim)" : "not a valid device id");
+		goto out;
+	}
+	if (query_after(c, &after, &given) < 0 || query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0 ||
+	    query_timeout(c, 0, &timeout) < 0)
+		goto out;
+	/* The client says it has everything up to after: that is where this device resumes. */
+	if (given)
+		rc = store_cursor_set(c->chat->store, c->id.user, device, after);
+	else
+		rc = store_cursor_get(c->chat->store, c->id.user, device, &after);
+	if (rc < 0) {
+		r_errno(c, errno);
+		goto out;
+	}
+	if (timeout > 0) {
+		park_it(c, PARK_SYNC, c->id.user, after, limit, timeout);
+		goto out;
+	}
+	if (chat_events_json(c->chat, c->id.user, after, limit, 1, &json, &n) < 0) {
+		r_errno(c, errno);
+		goto out;
+	}
+	r_json(c, json);
+out:
+	free(device);
+}
+
+static void
+h_receipt(struct rctx *c)
+{
+	struct json_object *obj;
+	struct proto_receipt_req req;
+	const char *field = NULL, *why = NULL;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	memset(&req, 0, sizeof req);
+	if (protocol_decode_receipt(obj, &req, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	if (chat_receipt(c->chat, c->id.user, &req) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_no_content(c);
+}
+
+static void
+h_receipts_get(struct rctx *c)
+{
+	char *json;
+
+	if (chat_receipts_json(c->chat, c->id.user, c->num, &json) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_typing(struct rctx *c)
+{
+	struct json_object *obj;
+	struct proto_target t;
+	const char *field = NULL, *why = NULL;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	memset(&t, 0, sizeof t);
+	if (protocol_decode_target(obj, &t, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	if (chat_typing(c->chat, c->id.user, &t) < 0)
+		r_errno(c, errno);
+	else
+		r_no_content(c);
+	protocol_target_clear(&t);
+}
+
+static void
+h_conversations(struct rctx *c)
+{
+	char *json;
+	int limit;
+
+	if (query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0)
+		return;
+	if (chat_conversations_json(c->chat, c->id.user, limit, &json) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_group_create(struct rctx *c)
+{
+	struct json_object *obj;
+	struct proto_group_create req;
+	const char *field = NULL, *why = NULL;
+	uint64_t gid;
+	char *json;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	memset(&req, 0, sizeof req);
+	if (protocol_decode_group_create(obj, &req, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	if (chat_group_create(c->chat, c->id.user, &req, &gid) < 0)
+		r_errno(c, errno);
+	else {
+		xasprintf(&json, "{\"group_id\":%" PRIu64 "}", gid);
+		r_json(c, json);
+	}
+	protocol_group_create_clear(&req);
+}
+
+static void
+h_group_get(struct rctx *c)
+{
+	char *json;
+
+	if (chat_group_json(c->chat, c->id.user, c->num, &json) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_group_add(struct rctx *c)
+{
+	struct json_object *obj;
+	const char *field = NULL, *why = NULL;
+	char *user = NULL;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	if (protocol_decode_user_field(obj, &user, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	if (chat_group_add(c->chat, c->id.user, c->num, user) < 0)
+		r_errno(c, errno);
+	else
+		r_no_content(c);
+	free(user);
+}
+
+static void
+h_group_remove(struct rctx *c)
+{
+	if (!protocol_valid_user(c->name)) {
+		http_resp_bad_field(c->resp, "user", "not a valid user id");
+		return;
+	}
+	if (chat_group_remove(c->chat, c->id.user, c->num, c->name) < 0)
+		r_errno(c, errno);
+	else
+		r_no_content(c);
+}
+
+static void
+h_presence(struct rctx *c)
+{
+	char *users = NULL, **v = NULL, *p, *comma, *json;
+	size_t n = 0, i;
+	int rc;
+
+	rc = http_query_get(c->req->query, "users", &users);
+	if (rc <= 0 || *users == '\0') {
+		http_resp_bad_field(c->resp, "users", rc < 0 ? "badly encoded" :
+		    "required: a comma-separated list of user ids");
+		goto out;
+	}
+	v = xcalloc(ROUTE_PRESENCE_MAX, sizeof *v);
+	for (p = users; p != NULL; p = comma) {
+		if ((comma = strchr(p, ',')) != NULL)
+			*comma++ = '\0';
+		if (!protocol_valid_user(p)) {
+			http_resp_bad_field(c->resp, "users", "contains an invalid user id");
+			goto out;
+		}
+		for (i = 0; i < n && strcmp(v[i], p) != 0; i++)
+			;
+		if (i < n)
+			continue;
+		if (n == ROUTE_PRESENCE_MAX) {
+			http_resp_bad_field(c->resp, "users", "at most 500 users");
+			goto out;
+		}
+		v[n++] = p;
+	}
+	if (chat_presence_json(c->chat, v, n, &json) < 0)
+		r_errno(c, errno);
+	else
+		r_json(c, json);
+out:
+	free(v);
+	free(users);
+}
+
+static void
+h_room_post(struct rctx *c)
+{
+	struct json_object *obj;
+	const char *field = NULL, *why = NULL;
+	char *text = NULL, *event = NULL;
+
+	if (!protocol_valid_room(c->name)) {
+		http_resp_bad_field(c->resp, "room", "not a valid room name");
+		return;
+	}
+	if ((obj = body_object(c)) == NULL)
+		return;
+	if (protocol_decode_room_text(obj, c->cfg->room_text_max_chars, &text, &field, &why) < 0) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, field, why);
+		return;
+	}
+	json_object_put(obj);
+	if (chat_room_post(c->chat, c->id.user, c->name, text, &event) < 0)
+		r_errno(c, errno);
+	else
+		r_json(c, event);
+	free(text);
+}
+
+static void
+h_room_get(struct rctx *c)
+{
+	uint64_t after;
+	size_t n;
+	char *json;
+	int limit, timeout;
+
+	if (!protocol_valid_room(c->name)) {
+		http_resp_bad_field(c->resp, "room", "not a valid room name");
+		return;
+	}
+	if (query_after(c, &after, NULL) < 0 ||
+	    query_limit(c, c->cfg->room_history, &limit) < 0 || query_timeout(c, 0, &timeout) < 0)
+		return;
+	if (timeout > 0) {
+		park_it(c, PARK_ROOM, c->name, after, limit, timeout);
+		return;
+	}
+	if (chat_room_history_json(c->chat, c->name, after, limit, &json, &n) < 0) {
+		r_errno(c, errno);
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_health(struct rctx *c)
+{
+	char *json = NULL;
+
+	if (chat_health_json(c->chat, &json) < 0) {
+		if (json == NULL) {
+			r_errno(c, EAGAIN);
+			return;
+		}
+		http_resp_json(c->resp, 503, json);
+		c->resp->retry_after = 1;
+		return;
+	}
+	r_json(c, json);
+}
+
+static void
+h_metrics(struct rctx *c)
+{
+	char *extra = park_metrics(c->app->park, "parley_fcgi");
+	char *text = metrics_render(&c->app->metrics, "parley_fcgi", extra);
+
+	free(extra);
+	http_resp_json(c->resp, 200, text);
+	c->resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+}
+
+/* --- routing ----------------------------------------------------------------------------- */
+
+/* Split the path into percent-decoded segments. -1 when it cannot be a route of ours. */
+static int
+split_path(const char *path, char **segs, size_t *nsegs)
+{
+	const char *p = path, *slash;
+	size_t n = 0, len;
+
+	*nsegs = 0;
+	if (*p != '/')
+		return -1;
+	p++;
+	while (*p != '\0') {
+		if (n == ROUTE_SEGS_MAX)
+			goto fail;
+		slash = strchr(p, '/');
+		len = slash != NULL ? (size_t)(slash - p) : strlen(p);
+		if (len == 0 || (segs[n] = http_pct_decode(p, len, 0)) == NULL)
+			goto fail;
+		n++;
+		if (slash == NULL)
+			break;
+		p = slash + 1;
+		if (*p == '\0')		/* a trailing slash names no route */
+			goto fail;
+	}
+	*nsegs = n;
+	return 0;
+fail:
+	while (n > 0)
+		free(segs[--n]);
+	return -1;
+}
+
+/* Does the route match the segments? Fills c->num / c->name from its placeholders. */
+static int
+route_match(const struct route *r, char **segs, size_t n, struct rctx *c)
+{
+	size_t i;
+	uint64_t v;
+
+	for (i = 0; i < ROUTE_SEGS_MAX && r->pattern[i] != NULL; i++) {
+		if (i >= n)
+			return 0;
+		if (strcmp(r->pattern[i], "{n}") == 0) {
+			if (protocol_parse_u64(segs[i], 1, (uint64_t)INT64_MAX, &v) < 0)
+				return 0;
+			c->num = v;
+		} else if (strcmp(r->pattern[i], "{s}") == 0)
+			c->name = segs[i];
+		else if (strcmp(r->pattern[i], segs[i]) != 0)
+			return 0;
+	}
+	return i == n;
+}
+
+/* Authorization: Bearer <jwt>. 0 and c->id, or -1 after a 401 answer. */
+static int
+authenticate(struct rctx *c)
+{
+	const char *h = c->req->authorization, *why = "missing bearer token";
+
+	if (h != NULL && strncasecmp(h, "Bearer ", 7) == 0) {
+		h += 7;
+		while (*h == ' ')
+			h++;
+		if (auth_verify(h, c->cfg->jwt_secret, c->cfg->jwt_leeway, (int64_t)time(NULL),
+		    &c->id, &why) == 0)
+			return 0;
+	}
+	http_resp_error(c->resp, 401, "unauthorized", why);
+	return -1;
+}
+
+enum route_result
+routes_handle(struct fcgi_app *app, struct chat *chat, const struct http_req *req,
+    struct http_resp *resp, struct park_spec *spec)
+{
+	struct rctx c;
+	const struct route *r = NULL;
+	char *segs[ROUTE_SEGS_MAX];
+	size_t nsegs = 0, i, j;
+
+	memset(&c, 0, sizeof c);
+	c.app = app;
+	c.cfg = &app->cfg;
+	c.chat = chat;
+	c.req = req;
+	c.resp = resp;
+	c.spec = spec;
+	memset(resp, 0, sizeof *resp);
+
+	if (split_path(req->path, segs, &nsegs) == 0) {
+		for (i = 0; i < PARLEY_NITEMS(routes); i++) {
+			if (route_match(&routes[i], segs, nsegs, &c)) {
+				r = &routes[i];
+				break;
+			}
+		}
+	}
+	if (r == NULL) {
+		http_resp_error(resp, 404, "not_found", "no such route");
+		goto out;
+	}
+	for (j = 0; j < PARLEY_NITEMS(r->methods) && r->methods[j].method != NULL; j++) {
+		if (strcmp(r->methods[j].method, req->method) == 0)
+			break;
+	}
+	if (j == PARLEY_NITEMS(r->methods) || r->methods[j].method == NULL) {
+		http_resp_error(resp, 405, "method_not_allowed", "method not allowed here");
+		resp->allow = r->allow;
+		goto out;
+	}
+	if (!r->noauth && authenticate(&c) < 0)
+		goto out;
+	if (req->too_large) {
+		http_resp_error(resp, 413, "payload_too_large", "the body is over the size limit");
+		goto out;
+	}
+	if (req->bad_length) {
+		http_resp_bad_field(resp, "Content-Length", "not a number");
+		goto out;
+	}
+	r->methods[j].fn(&c);
+out:
+	for (i = 0; i < nsegs; i++)
+		free(segs[i]);
+	return c.park ? ROUTE_PARK : ROUTE_ANSWER;
+}

@@ -1,0 +1,647 @@
+/* check_bus.c - the notification bus between real processes: delivery, dead and stopped peers, bad input. */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bus.h"
+#include "log.h"
+#include "parley.h"
+#include "testenv.h"
+#include "xmalloc.h"
+
+/* A busprobe child with its stdout on a pipe. */
+struct probe {
+	pid_t	pid;
+	int	fd;
+	char	buf[65536];
+	size_t	len;
+};
+
+/* A fresh bus directory of this test (not yet created: bus_new must create it). */
+static char *
+bus_dir(void)
+{
+	char *tmpl, *dir;
+
+	xasprintf(&tmpl, "%s/bus.XXXXXX", testenv_dir());
+	ck_assert_ptr_nonnull(mkdtemp(tmpl));
+	xasprintf(&dir, "%s/d", tmpl);
+	free(tmpl);
+	return dir;
+}
+
+static char *
+probe_path(void)
+{
+	const char *bd = getenv("PARLEY_BUILDDIR");
+	char exe[PATH_MAX], *p, *s;
+	ssize_t n;
+
+	if (bd != NULL) {
+		xasprintf(&s, "%s/tests/busprobe", bd);
+		return s;
+	}
+	n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	ck_assert_int_gt(n, 0);
+	exe[n] = '\0';
+	if ((p = strrchr(exe, '/')) != NULL)
+		*p = '\0';
+	xasprintf(&s, "%s/busprobe", exe);
+	return s;
+}
+
+/* Start busprobe with argv (NULL-terminated, without the program name). */
+static void
+probe_start(struct probe *p, char *const *args)
+{
+	char *argv[16], *path = probe_path();
+	int pfd[2], i;
+
+	argv[0] = path;
+	for (i = 0; args[i] != NULL && i < 14; i++)
+		argv[i + 1] = args[i];
+	argv[i + 1] = NULL;
+	ck_assert_int_eq(pipe(pfd), 0);
+	p->len = 0;
+	p->pid = fork();
+	ck_assert_int_ge(p->pid, 0);
+	if (p->pid == 0) {
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		close(pfd[1]);
+		execv(path, argv);
+		_exit(127);
+	}
+	close(pfd[1]);
+	p->fd = pfd[0];
+	free(path);
+}
+
+/* Next line of the probe's output within timeout_ms; 1 got one (no newline), 0 none. */
+static int
+probe_line(struct probe *p, char *line, size_t size, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = p->fd, .events = POLLIN };
+	int64_t deadline = parley_mono_ms() + timeout_ms;
+	char *nl;
+	ssize_t n;
+	int left;
+
+	for (;;) {
+		if ((nl = memchr(p->buf, '\n', p->len)) != NULL) {
+			size_t l = (size_t)(nl - p->buf);
+
+			snprintf(line, size, "%.*s", (int)l, p->buf);
+			memmove(p->buf, nl + 1, p->len - l - 1);
+			p->len -= l + 1;
+			return 1;
+		}
+		if (p->len == sizeof p->buf)
+			p->len = 0;	/* a line longer than the buffer: not ours */
+		left = (int)(deadline - parley_mono_ms());
+		if (left <= 0 || poll(&pfd, 1, left) <= 0)
+			return 0;
+		n = read(p->fd, p->buf + p->len, sizeof p->buf - p->len);
+		if (n <= 0)
+			return 0;
+		p->len += (size_t)n;
+	}
+}
+
+/* Wait for the probe to exit; its status. */
+static int
+probe_wait(struct probe *p)
+{
+	int st;
+
+	ck_assert_int_eq(waitpid(p->pid, &st, 0), p->pid);
+	close(p->fd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static void
+probe_kill(struct probe *p)
+{
+	kill(p->pid, SIGKILL);
+	(void)probe_wait(p);
+}
+
+static void
+probe_ready(struct probe *p)
+{
+	char line[256];
+
+	ck_assert_msg(probe_line(p, line, sizeof line, 5000), "probe did not start");
+	ck_assert_str_eq(line, "ready");
+}
+
+/* Receive one hint on b within timeout_ms; 1 got it. */
+static int
+recv_wait(struct bus *b, struct bus_hint *h, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = bus_fd(b), .events = POLLIN };
+	int64_t deadline = parley_mono_ms() + timeout_ms;
+	int left;
+
+	for (;;) {
+		if (bus_recv(b, h) == 0)
+			return 1;
+		ck_assert_int_eq(errno, EAGAIN);
+		left = (int)(deadline - parley_mono_ms());
+		if (left <= 0)
+			return 0;
+		(void)poll(&pfd, 1, left);
+	}
+}
+
+/* The file name of pid's socket in dir, or NULL. Caller frees. */
+static char *
+sock_of(const char *dir, pid_t pid)
+{
+	struct dirent *de;
+	char prefix[32], *s = NULL;
+	DIR *d = opendir(dir);
+
+	ck_assert_ptr_nonnull(d);
+	snprintf(prefix, sizeof prefix, "%ld-", (long)pid);
+	while ((de = readdir(d)) != NULL) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0)
+			s = xstrdup(de->d_name);
+	}
+	closedir(d);
+	return s;
+}
+
+static struct bus *
+bus_open(const char *dir)
+{
+	struct bus *b;
+	char *cause = NULL;
+
+	b = bus_new(dir, &cause);
+	ck_assert_msg(b != NULL, "bus_new: %s", cause != NULL ? cause : "?");
+	return b;
+}
+
+/* The directory is created 0770, our socket is 0660, and bus_free removes it. */
+START_TEST(test_dir_and_modes)
+{
+	char *dir = bus_dir(), *name, *path, *long_dir, *cause, big[100];
+	struct bus *b = bus_open(dir);
+	struct stat st;
+
+	ck_assert_int_eq(stat(dir, &st), 0);
+	ck_assert_int_eq(st.st_mode & 07777, 0770);
+	name = sock_of(dir, getpid());
+	ck_assert_ptr_nonnull(name);
+	xasprintf(&path, "%s/%s", dir, name);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert(S_ISSOCK(st.st_mode));
+	ck_assert_int_eq(st.st_mode & 0777, 0660);
+	bus_free(b);
+	ck_assert_int_eq(stat(path, &st), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	bus_free(NULL);
+	/* A path the socket name cannot fit in fails with a cause. */
+	memset(big, 'x', sizeof big - 1);
+	big[sizeof big - 1] = '\0';
+	xasprintf(&long_dir, "%s/%s", dir, big);
+	ck_assert_ptr_null(bus_new(long_dir, &cause));
+	ck_assert_ptr_nonnull(cause);
+	free(cause);
+	free(long_dir);
+	free(path);
+	free(name);
+	free(dir);
+}
+END_TEST
+
+/* A hint reaches the publishing process itself and another process. */
+START_TEST(test_self_and_other)
+{
+	char *dir = bus_dir(), line[512];
+	struct bus_hint h;
+	struct bus_stats st;
+	struct probe p;
+	struct bus *b = bus_open(dir);
+
+	probe_start(&p, (char *[]){ dir, "listen", "1", NULL });
+	probe_ready(&p);
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, "alice", 42, "hi there", 8), 0);
+
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_int_eq(h.topic, BUS_USER_EVENT);
+	ck_assert_str_eq(h.key, "alice");
+	ck_assert_uint_eq(h.seq, 42);
+	ck_assert_uint_eq(h.len, 8);
+	ck_assert_str_eq(h.payload, "hi there");
+
+	ck_assert(probe_line(&p, line, sizeof line, 3000));
+	ck_assert_str_eq(line, "1 alice 42 8 hi there");
+	ck_assert_int_eq(probe_wait(&p), 0);
+
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.sent, 2);
+	ck_assert_uint_eq(st.received, 1);
+	ck_assert_uint_eq(st.dropped, 0);
+	/* BUS_SHUTDOWN only wakes our own loop. */
+	ck_assert_int_eq(bus_publish(b, BUS_SHUTDOWN, "", 0, NULL, 0), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_int_eq(h.topic, BUS_SHUTDOWN);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.sent, 3);
+	bus_free(b);
+	free(dir);
+}
+END_TEST
+
+/* A hint published by one process reaches two other processes. */
+START_TEST(test_one_to_two)
+{
+	char *dir = bus_dir(), line[512];
+	struct probe l1, l2, pub;
+
+	probe_start(&l1, (char *[]){ dir, "listen", "1", NULL });
+	probe_ready(&l1);
+	probe_start(&l2, (char *[]){ dir, "listen", "1", NULL });
+	probe_ready(&l2);
+	probe_start(&pub, (char *[]){ dir, "publish", "3", "room1", "7", "{\"x\":1}", NULL });
+	ck_assert(probe_line(&pub, line, sizeof line, 5000));
+	ck_assert_str_eq(line, "sent=3 dropped=0 stale=0 peers=2");
+	ck_assert_int_eq(probe_wait(&pub), 0);
+
+	ck_assert(probe_line(&l1, line, sizeof line, 3000));
+	ck_assert_str_eq(line, "3 room1 7 7 {\"x\":1}");
+	ck_assert(probe_line(&l2, line, sizeof line, 3000));
+	ck_assert_str_eq(line, "3 room1 7 7 {\"x\":1}");
+	ck_assert_int_eq(probe_wait(&l1), 0);
+	ck_assert_int_eq(probe_wait(&l2), 0);
+	free(dir);
+}
+END_TEST
+
+/*
+ * A stopped subscriber whose queue is full does not slow publishing down, live peers still get
+ * hints, and once it is killed its socket is found stale and removed.
+ */
+START_TEST(test_stopped_and_killed_peer)
+{
+	char *dir = bus_dir(), *dead, *path, line[512];
+	struct probe stopped, live;
+	struct bus_stats st;
+	struct bus_hint h;
+	struct stat sb;
+	struct bus *b;
+	int64_t t0, t1, worst = 0, t;
+	int i, failed = 0, seen = 0;
+
+	probe_start(&stopped, (char *[]){ dir, "listen", "1000000", "60", NULL });
+	probe_ready(&stopped);
+	probe_start(&live, (char *[]){ dir, "listen", "1000000", "60", NULL });
+	probe_ready(&live);
+	b = bus_open(dir);
+	ck_assert_int_eq(kill(stopped.pid, SIGSTOP), 0);
+
+	t0 = parley_mono_ms();
+	for (i = 0; i < 100000; i++) {
+		t = parley_mono_ms();
+		if (bus_publish(b, BUS_USER_EVENT, "burst", (uint64_t)i, "x", 1) != 0) {
+			ck_assert_int_eq(errno, EAGAIN);
+			failed++;
+		}
+		if (parley_mono_ms() - t > worst)
+			worst = parley_mono_ms() - t;
+	}
+	t1 = parley_mono_ms();
+	bus_stats(b, &st);
+	ck_assert_msg(t1 - t0 < 10000, "100k publishes took %lld ms", (long long)(t1 - t0));
+	ck_assert_msg(worst < 1000, "one publish took %lld ms", (long long)worst);
+	ck_assert_uint_gt(st.dropped, 0);
+	ck_assert_int_gt(failed, 0);
+	ck_assert_uint_eq(st.sent + st.dropped, 300000);
+	ck_assert_uint_eq(st.peers, 2);
+
+	/* The live peer still gets a new hint (retry: its queue may be full of the burst). */
+	while (bus_recv(b, &h) == 0)
+		;
+	for (i = 0; i < 100 && !seen; i++) {
+		(void)bus_publish(b, BUS_USER_EVENT, "marker", 1, NULL, 0);
+		while (!seen && probe_line(&live, line, sizeof line, 50)) {
+			if (strcmp(line, "1 marker 1 0 ") == 0)
+				seen = 1;
+		}
+	}
+	ck_assert_msg(seen, "live peer never got the marker");
+
+	/* Kill the stopped one: its socket stays behind until a publish finds it dead. */
+	dead = sock_of(dir, stopped.pid);
+	ck_assert_ptr_nonnull(dead);
+	probe_kill(&stopped);
+	xasprintf(&path, "%s/%s", dir, dead);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	(void)bus_publish(b, BUS_USER_EVENT, "after", 1, NULL, 0);
+	ck_assert_int_eq(stat(path, &sb), -1);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.stale, 1);
+	(void)bus_publish(b, BUS_USER_EVENT, "after", 2, NULL, 0);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.peers, 1);
+
+	probe_kill(&live);
+	bus_free(b);
+	free(path);
+	free(dead);
+	free(dir);
+}
+END_TEST
+
+/* bus_new removes the sockets that crashed processes left behind, and only those. */
+START_TEST(test_stale_at_new)
+{
+	char *dir = bus_dir(), *left, *path;
+	struct probe live;
+	struct bus_stats st;
+	struct stat sb;
+	struct bus *b;
+	pid_t pid;
+	int status;
+
+	probe_start(&live, (char *[]){ dir, "listen", "1", "20", NULL });
+	probe_ready(&live);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char *cause;
+
+		/* A crash: exit without bus_free. */
+		if (bus_new(dir, &cause) == NULL)
+			_exit(1);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_int_eq(status, 0);
+	left = sock_of(dir, pid);
+	ck_assert_ptr_nonnull(left);
+	xasprintf(&path, "%s/%s", dir, left);
+
+	b = bus_open(dir);
+	ck_assert_int_eq(stat(path, &sb), -1);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.stale, 1);
+	ck_assert_uint_eq(st.peers, 1);		/* the live probe stays */
+	ck_assert_int_eq(bus_publish(b, BUS_ROOM, "r", 1, NULL, 0), 0);
+	ck_assert_int_eq(probe_wait(&live), 0);
+	bus_free(b);
+	free(path);
+	free(left);
+	free(dir);
+}
+END_TEST
+
+/* Bind a datagram socket at dir/name; the fd. */
+static int
+bind_at(const char *dir, const char *name)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+
+	ck_assert_int_ge(fd, 0);
+	snprintf(sun.sun_path, sizeof sun.sun_path, "%s/%s", dir, name);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+	return fd;
+}
+
+/*
+ * Only sockets nobody is bound to are removed, even when their pid looks dead (a process in
+ * another pid namespace), and files that are not bus sockets are left alone.
+ */
+START_TEST(test_only_dead_removed)
+{
+	char *dir = bus_dir(), *path;
+	struct bus_stats st;
+	struct stat sb;
+	struct bus *b;
+	char buf[64];
+	int live, gone;
+
+	b = bus_open(dir);	/* creates dir */
+	bus_free(b);
+	/* pid 999999999 is above pid_max: kill() says ESRCH. */
+	live = bind_at(dir, "999999999-live.sock");
+	gone = bind_at(dir, "999999999-gone.sock");
+	close(gone);
+	xasprintf(&path, "%s/notes.txt", dir);
+	close(open(path, O_CREAT | O_WRONLY, 0600));
+	free(path);
+
+	b = bus_open(dir);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.stale, 1);
+	ck_assert_uint_eq(st.peers, 1);
+	xasprintf(&path, "%s/999999999-gone.sock", dir);
+	ck_assert_int_eq(stat(path, &sb), -1);
+	free(path);
+	xasprintf(&path, "%s/notes.txt", dir);
+	ck_assert_int_eq(stat(path, &sb), 0);
+	free(path);
+	/* The live one is a peer: it gets hints. */
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, "zed", 3, NULL, 0), 0);
+	ck_assert_int_eq(recv(live, buf, sizeof buf, MSG_DONTWAIT), 14 + 3);
+	close(live);
+	bus_free(b);
+	free(dir);
+}
+END_TEST
+
+/* A payload up to BUS_PAYLOAD_MAX travels inline; a longer one is sent without payload. */
+START_TEST(test_large_payload)
+{
+	char *dir = bus_dir(), *big = xmalloc(BUS_PAYLOAD_MAX + 2);
+	struct bus *b = bus_open(dir);
+	struct bus_hint h;
+	size_t i;
+
+	for (i = 0; i < BUS_PAYLOAD_MAX + 1; i++)
+		big[i] = (char)('a' + i % 26);
+	big[BUS_PAYLOAD_MAX + 1] = '\0';
+
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EPHEMERAL, "bob", 0, big, BUS_PAYLOAD_MAX), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_uint_eq(h.len, BUS_PAYLOAD_MAX);
+	ck_assert_int_eq(memcmp(h.payload, big, BUS_PAYLOAD_MAX), 0);
+	ck_assert_int_eq(h.payload[BUS_PAYLOAD_MAX], '\0');
+
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EPHEMERAL, "bob", 9, big, BUS_PAYLOAD_MAX + 1), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_str_eq(h.key, "bob");
+	ck_assert_uint_eq(h.seq, 9);
+	ck_assert_uint_eq(h.len, 0);
+	ck_assert_str_eq(h.payload, "");
+
+	/* A key longer than an id is refused. */
+	memset(big, 'k', PARLEY_ID_MAX + 1);
+	big[PARLEY_ID_MAX + 1] = '\0';
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, big, 1, NULL, 0), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	big[PARLEY_ID_MAX] = '\0';
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, big, 1, NULL, 0), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_str_eq(h.key, big);
+
+	bus_free(b);
+	free(big);
+	free(dir);
+}
+END_TEST
+
+/* Datagrams that are not well-formed hints are counted and skipped. */
+START_TEST(test_malformed)
+{
+	char *dir = bus_dir();
+	struct bus *b = bus_open(dir);
+	struct sockaddr_un sun;
+	socklen_t sl = sizeof sun;
+	struct bus_hint h;
+	struct bus_stats st;
+	unsigned char good[14 + 3] = { 1, 1, 3, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 'a', 'b', 'c' };
+	unsigned char d[8192];
+	int fd, n = 0;
+
+	ck_assert_int_eq(getsockname(bus_fd(b), (struct sockaddr *)&sun, &sl), 0);
+	fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	ck_assert_int_ge(fd, 0);
+#define SEND(buf, len) do {						\
+	ck_assert_int_eq(sendto(fd, buf, len, 0, (struct sockaddr *)&sun, sl), (ssize_t)(len)); \
+	n++;								\
+} while (0)
+	SEND("", 0);					/* empty */
+	SEND("hello", 5);				/* too short */
+	memcpy(d, good, sizeof good); d[0] = 2;		/* unknown version */
+	SEND(d, sizeof good);
+	memcpy(d, good, sizeof good); d[1] = 0;		/* unknown topic */
+	SEND(d, sizeof good);
+	memcpy(d, good, sizeof good); d[1] = 99;
+	SEND(d, sizeof good);
+	memcpy(d, good, sizeof good); d[2] = 4;		/* key longer than the datagram */
+	SEND(d, sizeof good);
+	memcpy(d, good, sizeof good);			/* trailing garbage */
+	d[sizeof good] = 'x';
+	SEND(d, sizeof good + 1);
+	memcpy(d, good, sizeof good); d[4] = 10;	/* payload length beyond the end */
+	SEND(d, sizeof good);
+	memcpy(d, good, sizeof good); d[15] = '\0';	/* NUL inside the key */
+	SEND(d, sizeof good);
+	memset(d, 0, sizeof d);				/* oversized */
+	memcpy(d, good, sizeof good);
+	SEND(d, sizeof d);
+	SEND(good, sizeof good);
+#undef SEND
+	close(fd);
+
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_int_eq(h.topic, BUS_USER_EVENT);
+	ck_assert_str_eq(h.key, "abc");
+	ck_assert_uint_eq(h.seq, 5);
+	ck_assert_int_eq(bus_recv(b, &h), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.malformed, (uint64_t)(n - 1));
+	ck_assert_uint_eq(st.received, 1);
+	bus_free(b);
+	free(dir);
+}
+END_TEST
+
+struct pub_arg {
+	struct bus	*b;
+	int		 n;
+};
+
+static void *
+publisher(void *arg)
+{
+	struct pub_arg *a = arg;
+	int i;
+
+	for (i = 0; i < a->n; i++)
+		(void)bus_publish(a->b, BUS_USER_EVENT, "t", (uint64_t)i, "p", 1);
+	return NULL;
+}
+
+/* Many threads publish while peers come and go: every send is accounted for, nothing crashes. */
+START_TEST(test_threads_and_churn)
+{
+	char *dir = bus_dir();
+	struct bus *b = bus_open(dir), *other;
+	struct pub_arg a = { b, 20000 };
+	struct bus_stats st;
+	pthread_t t[4];
+	int i;
+
+	for (i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_create(&t[i], NULL, publisher, &a), 0);
+	for (i = 0; i < 200; i++) {
+		other = bus_open(dir);
+		usleep(200);
+		bus_free(other);
+	}
+	for (i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+	(void)bus_publish(b, BUS_USER_EVENT, "t", 0, NULL, 0);
+	bus_stats(b, &st);
+	/* Every publish reached at least our own socket or was counted dropped there. */
+	ck_assert_uint_ge(st.sent + st.dropped, 80000);
+	ck_assert_uint_eq(st.peers, 0);
+	ck_assert_uint_eq(st.stale, 0);
+	bus_free(b);
+	free(dir);
+}
+END_TEST
+
+static Suite *
+bus_suite(void)
+{
+	Suite *s = suite_create("bus");
+	TCase *tc = tcase_create("bus");
+
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_dir_and_modes);
+	tcase_add_test(tc, test_self_and_other);
+	tcase_add_test(tc, test_one_to_two);
+	tcase_add_test(tc, test_stopped_and_killed_peer);
+	tcase_add_test(tc, test_stale_at_new);
+	tcase_add_test(tc, test_only_dead_removed);
+	tcase_add_test(tc, test_large_payload);
+	tcase_add_test(tc, test_malformed);
+	tcase_add_test(tc, test_threads_and_churn);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(bus_suite());
+	int failed;
+
+	log_init("check_bus", LOG_LEVEL_WARN, 0);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,1156 @@
+/* check_store.c - the MySQL store against the real throwaway MariaDB: logs, idempotency, receipts, faults. */
+#include <check.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "parley.h"
+#include "protocol.h"
+#include "store.h"
+#include "testenv.h"
+#include "xmalloc.h"
+
+static struct config cfg;
+
+static void
+setup(void)
+{
+	testenv_config(&cfg);
+}
+
+static void
+teardown(void)
+{
+	config_clear(&cfg);
+}
+
+static struct json_object *
+parse(const char *s)
+{
+	struct json_object *o = json_tokener_parse(s);
+
+	ck_assert_msg(o != NULL, "not JSON: %s", s);
+	return o;
+}
+
+static struct json_object *
+field(struct json_object *o, const char *k)
+{
+	struct json_object *v = NULL;
+
+	ck_assert_msg(json_object_object_get_ex(o, k, &v), "no \"%s\" in %s", k,
+	    json_object_to_json_string(o));
+	return v;
+}
+
+static const char *
+fstr(struct json_object *o, const char *k)
+{
+	return json_object_get_string(field(o, k));
+}
+
+static int64_t
+fint(struct json_object *o, const char *k)
+{
+	return json_object_get_int64(field(o, k));
+}
+
+/* Send one 1:1 (to != NULL) or group message; asserts success. */
+static void
+send1(struct store *s, const char *from, const char *to, uint64_t g, const char *content,
+    const char *cmid, struct store_send_res *res)
+{
+	struct store_send_req r = { from, to, g, content, cmid };
+
+	ck_assert_msg(store_send(s, &r, res) == 0, "send %s -> %s: %s", from, to != NULL ? to : "group",
+	    strerror(errno));
+}
+
+/* The whole log of user after `after`, read in pages of 7 (checks paging too). */
+static void
+read_all(struct store *s, const char *user, uint64_t after, struct store_page *all)
+{
+	struct store_page p;
+	size_t i;
+
+	memset(all, 0, sizeof *all);
+	for (;;) {
+		ck_assert_int_eq(store_events(s, user, after, 7, &p), 0);
+		for (i = 0; i < p.n; i++) {
+			all->events = xreallocarray(all->events, all->n + 1, sizeof *all->events);
+			all->events[all->n++] = xstrdup(p.events[i]);
+		}
+		ck_assert(p.n <= 7);
+		if (p.n > 0)
+			ck_assert_uint_eq(p.next, (uint64_t)fint(parse(p.events[p.n - 1]), "seq"));
+		else
+			ck_assert_uint_eq(p.next, after);
+		after = p.next;
+		if (!p.has_more) {
+			store_page_clear(&p);
+			break;
+		}
+		ck_assert_uint_eq(p.n, 7);
+		store_page_clear(&p);
+	}
+	all->next = after;
+}
+
+/* Assert the log's seqs are exactly 1..n. */
+static void
+assert_gap_free(const struct store_page *p, size_t n)
+{
+	size_t i;
+	struct json_object *o;
+
+	ck_assert_uint_eq(p->n, n);
+	for (i = 0; i < p->n; i++) {
+		o = parse(p->events[i]);
+		ck_assert_int_eq(fint(o, "seq"), (int64_t)i + 1);
+		json_object_put(o);
+	}
+}
+
+START_TEST(test_send_and_read_back)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct store *s = store_new(&cfg);
+	struct store_send_res r1, r2, r3;
+	struct store_page p;
+	struct json_object *o, *m;
+	uint64_t last;
+
+	ck_assert_int_eq(store_ping(s), 0);
+	send1(s, a, b, 0, "Hi \xc3\xa9\xf0\x9f\x98\x80 \"q\"", "c-1", &r1);
+	ck_assert_uint_gt(r1.server_msg_id, 0);
+	ck_assert_uint_eq(r1.seq, 1);
+	ck_assert_int_eq(r1.duplicate, 0);
+	ck_assert_int_gt(r1.ts, 0);
+	ck_assert_uint_eq(r1.targets.n, 2);
+	ck_assert_str_eq(r1.targets.v[0].user, a);
+	ck_assert_uint_eq(r1.targets.v[0].seq, 1);
+	ck_assert_str_eq(r1.targets.v[1].user, b);
+	ck_assert_uint_eq(r1.targets.v[1].seq, 1);
+
+	ck_assert_int_eq(store_events(s, b, 0, 10, &p), 0);
+	ck_assert_uint_eq(p.n, 1);
+	ck_assert_uint_eq(p.next, 1);
+	ck_assert_int_eq(p.has_more, 0);
+	o = parse(p.events[0]);
+	ck_assert_str_eq(fstr(o, "type"), "new_message");
+	ck_assert_int_eq(fint(o, "seq"), 1);
+	m = field(o, "message");
+	ck_assert_int_eq(fint(m, "id"), (int64_t)r1.server_msg_id);
+	ck_assert_str_eq(fstr(m, "from"), a);
+	ck_assert_str_eq(fstr(m, "to"), b);
+	ck_assert(json_object_get_type(field(m, "group_id")) == json_type_null);
+	ck_assert_str_eq(fstr(m, "content"), "Hi \xc3\xa9\xf0\x9f\x98\x80 \"q\"");
+	ck_assert_str_eq(fstr(m, "client_msg_id"), "c-1");
+	ck_assert_int_eq(fint(m, "ts"), r1.ts);
+	json_object_put(o);
+	store_page_clear(&p);
+
+	/* The sender's own log has it too (other devices). */
+	ck_assert_int_eq(store_events(s, a, 0, 10, &p), 0);
+	ck_assert_uint_eq(p.n, 1);
+	store_page_clear(&p);
+
+	/* Retry: same id and seq, duplicate, no new event anywhere. */
+	send1(s, a, b, 0, "Hi again (ignored)", "c-1", &r2);
+	ck_assert_int_eq(r2.duplicate, 1);
+	ck_assert_uint_eq(r2.server_msg_id, r1.server_msg_id);
+	ck_assert_uint_eq(r2.seq, r1.seq);
+	ck_assert_int_eq(r2.ts, r1.ts);
+	ck_assert_uint_eq(r2.targets.n, 0);
+	ck_assert_int_eq(store_last_seq(s, a, &last), 0);
+	ck_assert_uint_eq(last, 1);
+	ck_assert_int_eq(store_last_seq(s, b, &last), 0);
+	ck_assert_uint_eq(last, 1);
+
+	/* The same client_msg_id from another sender is another message. */
+	send1(s, b, a, 0, "reply", "c-1", &r3);
+	ck_assert_int_eq(r3.duplicate, 0);
+	ck_assert_uint_ne(r3.server_msg_id, r1.server_msg_id);
+	ck_assert_uint_eq(r3.seq, 2);
+
+	/* A large content survives (result buffers grow). */
+	{
+		char *big = xmalloc(20001);
+		struct store_send_res r4;
+
+		memset(big, 'x', 20000);
+		big[20000] = '\0';
+		send1(s, a, b, 0, big, "c-big", &r4);
+		ck_assert_int_eq(store_events(s, b, 2, 10, &p), 0);
+		ck_assert_uint_eq(p.n, 1);
+		o = parse(p.events[0]);
+		ck_assert_uint_eq(strlen(fstr(field(o, "message"), "content")), 20000);
+		json_object_put(o);
+		store_page_clear(&p);
+		store_send_res_clear(&r4);
+		free(big);
+	}
+	ck_assert_int_eq(store_events(s, testenv_name("nobody"), 0, 10, &p), 0);
+	ck_assert_uint_eq(p.n, 0);
+	ck_assert_uint_eq(p.next, 0);
+	store_page_clear(&p);
+	ck_assert_int_eq(store_last_seq(s, testenv_name("nobody"), &last), 0);
+	ck_assert_uint_eq(last, 0);
+
+	store_send_res_clear(&r1);
+	store_send_res_clear(&r2);
+	store_send_res_clear(&r3);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
+START_TEST(test_invalid_arguments)
+{
+	struct store *s = store_new(&cfg);
+	struct store_send_req bad[] = {
+		{ "bad user", "bob", 0, "x", "c" },
+		{ "alice", "bob", 0, "", "c" },
+		{ "alice", "bob", 0, "x", "" },
+		{ "alice", "bob", 7, "x", "c" },	/* both to and group */
+		{ "alice", NULL, 0, "x", "c" },		/* neither */
+		{ "alice", "bob", 0, "\xff\xfe", "c" },	/* not UTF-8 */
+	};
+	struct store_send_res res;
+	struct store_page p;
+	uint64_t v;
+	size_t i;
+	char *j;
+	int ch;
+	struct store_targets t;
+
+	for (i = 0; i < PARLEY_NITEMS(bad); i++) {
+		errno = 0;
+		ck_assert_int_eq(store_send(s, &bad[i], &res), -1);
+		ck_assert_int_eq(errno, EINVAL);
+	}
+	ck_assert_int_eq(store_events(s, "a b", 0, 10, &p), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(store_events(s, "alice", 0, 0, &p), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(store_cursor_get(s, "alice", "", &v), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(store_receipt(s, "alice", 0, PROTO_READ, &ch, &t), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(store_conversations_json(s, "al ice", 10, &j), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(store_room_post(s, "r 1", "alice", "x", 10, &v, (int64_t *)&v), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	store_free(s);
+}
+END_TEST
+
+START_TEST(test_seq_gap_free_and_paging)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	struct store_page all;
+	char cmid[32];
+	int i;
+
+	for (i = 0; i < 30; i++) {
+		snprintf(cmid, sizeof cmid, "m%d", i);
+		send1(s, a, i % 3 == 0 ? c : b, 0, "x", cmid, &r);
+		ck_assert_uint_eq(r.seq, (uint64_t)i + 1);
+		store_send_res_clear(&r);
+	}
+	read_all(s, a, 0, &all);
+	assert_gap_free(&all, 30);
+	ck_assert_uint_eq(all.next, 30);
+	store_page_clear(&all);
+	read_all(s, b, 0, &all);
+	assert_gap_free(&all, 20);
+	store_page_clear(&all);
+	read_all(s, c, 0, &all);
+	assert_gap_free(&all, 10);
+	store_page_clear(&all);
+	/* after= skips. */
+	read_all(s, a, 25, &all);
+	ck_assert_uint_eq(all.n, 5);
+	ck_assert_int_eq(fint(parse(all.events[0]), "seq"), 26);
+	store_page_clear(&all);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+/* --- concurrency --------------------------------------------------------------------------- */
+
+struct worker {
+	const char		*from;
+	const char		*to;
+	const char		*cmid;	/* NULL: own ids */
+	int			 n;
+	int			 id;
+	struct store_send_res	 res;
+	int			 failures;
+};
+
+static void *
+same_cmid_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct store *s = store_new(&cfg);
+	struct store_send_req r = { w->from, w->to, 0, "once", w->cmid };
+
+	if (store_send(s, &r, &w->res) != 0)
+		w->failures++;
+	store_free(s);
+	return NULL;
+}
+
+START_TEST(test_idempotent_under_concurrency)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct worker w[8];
+	pthread_t th[8];
+	struct store *s;
+	struct store_page all;
+	int i, round, fresh;
+
+	for (round = 0; round < 3; round++) {
+		char cmid[16];
+
+		snprintf(cmid, sizeof cmid, "same-%d", round);
+		memset(w, 0, sizeof w);
+		for (i = 0; i < 8; i++) {
+			w[i] = (struct worker){ .from = a, .to = b, .cmid = cmid };
+			ck_assert_int_eq(pthread_create(&th[i], NULL, same_cmid_worker, &w[i]), 0);
+		}
+		for (i = 0; i < 8; i++)
+			pthread_join(th[i], NULL);
+		fresh = 0;
+		for (i = 0; i < 8; i++) {
+			ck_assert_int_eq(w[i].failures, 0);
+			ck_assert_uint_eq(w[i].res.server_msg_id, w[0].res.server_msg_id);
+			ck_assert_uint_eq(w[i].res.seq, (uint64_t)round + 1);
+			if (!w[i].res.duplicate) {
+				fresh++;
+				ck_assert_uint_eq(w[i].res.targets.n, 2);
+			} else
+				ck_assert_uint_eq(w[i].res.targets.n, 0);
+			store_send_res_clear(&w[i].res);
+		}
+		ck_assert_int_eq(fresh, 1);
+	}
+	s = store_new(&cfg);
+	read_all(s, a, 0, &all);
+	assert_gap_free(&all, 3);
+	store_page_clear(&all);
+	read_all(s, b, 0, &all);
+	assert_gap_free(&all, 3);
+	store_page_clear(&all);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
+static void *
+many_worker(void *arg)
+{
+	struct worker *w = arg;
+	struct store *s = store_new(&cfg);
+	struct store_send_req r = { w->from, w->to, 0, "hello", NULL };
+	struct store_send_res res;
+	char cmid[32];
+	int i;
+
+	for (i = 0; i < w->n; i++) {
+		snprintf(cmid, sizeof cmid, "w%d-%d", w->id, i);
+		r.client_msg_id = cmid;
+		if (store_send(s, &r, &res) != 0)
+			w->failures++;
+		else
+			store_send_res_clear(&res);
+	}
+	store_free(s);
+	return NULL;
+}
+
+START_TEST(test_concurrent_appends_one_log)
+{
+	char *b = testenv_name("bob"), *from[8];
+	struct worker w[8];
+	pthread_t th[8];
+	struct store *s;
+	struct store_page all;
+	uint64_t last;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		/* Half the senders share one name: their own logs are contended too. */
+		from[i] = i < 4 ? testenv_name("snd") : xstrdup(from[0]);
+		w[i] = (struct worker){ .from = from[i], .to = b, .n = 25, .id = i };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, many_worker, &w[i]), 0);
+	}
+	for (i = 0; i < 8; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(w[i].failures, 0);
+	}
+	s = store_new(&cfg);
+	read_all(s, b, 0, &all);
+	assert_gap_free(&all, 200);
+	store_page_clear(&all);
+	read_all(s, from[0], 0, &all);
+	assert_gap_free(&all, 125);
+	store_page_clear(&all);
+	ck_assert_int_eq(store_last_seq(s, b, &last), 0);
+	ck_assert_uint_eq(last, 200);
+	store_free(s);
+	for (i = 0; i < 8; i++)
+		free(from[i]);
+	free(b);
+}
+END_TEST
+
+/* --- groups -------------------------------------------------------------------------------- */
+
+/* The last event of user's log, parsed. */
+static struct json_object *
+last_event(struct store *s, const char *user)
+{
+	struct store_page p;
+	struct json_object *o;
+	uint64_t last;
+
+	ck_assert_int_eq(store_last_seq(s, user, &last), 0);
+	ck_assert_uint_gt(last, 0);
+	ck_assert_int_eq(store_events(s, user, last - 1, 10, &p), 0);
+	ck_assert_uint_eq(p.n, 1);
+	o = parse(p.events[0]);
+	ck_assert_int_eq(fint(o, "seq"), (int64_t)last);
+	store_page_clear(&p);
+	return o;
+}
+
+START_TEST(test_groups)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char *d = testenv_name("dave"), *members[3], **list, *json;
+	struct store *s = store_new(&cfg);
+	struct store_send_res r1, r2;
+	struct store_send_req req;
+	struct store_targets t;
+	struct store_page all;
+	struct json_object *o;
+	uint64_t g, last;
+	size_t n;
+	int member;
+
+	send1(s, b, c, 0, "before", "pre", &r1);	/* b and c start at different seqs */
+	store_send_res_clear(&r1);
+	members[0] = b;
+	members[1] = c;
+	members[2] = b;	/* duplicates are merged */
+	ck_assert_int_eq(store_group_create(s, a, "Team \xe2\x9c\x93", members, 3, &g, &t), 0);
+	ck_assert_uint_gt(g, 0);
+	ck_assert_uint_eq(t.n, 3);
+	store_targets_clear(&t);
+	o = last_event(s, c);
+	ck_assert_str_eq(fstr(o, "type"), "group_update");
+	ck_assert_str_eq(fstr(o, "action"), "created");
+	ck_assert_int_eq(fint(o, "group_id"), (int64_t)g);
+	ck_assert_str_eq(fstr(o, "by"), a);
+	ck_assert_int_eq(fint(o, "seq"), 2);
+	json_object_put(o);
+
+	ck_assert_int_eq(store_group_json(s, b, g, &json), 0);
+	o = parse(json);
+	ck_assert_str_eq(fstr(o, "name"), "Team \xe2\x9c\x93");
+	ck_assert_int_eq(fint(o, "group_id"), (int64_t)g);
+	ck_assert_uint_eq(json_object_array_length(field(o, "members")), 3);
+	ck_assert_uint_eq(json_object_array_length(field(o, "admins")), 1);
+	ck_assert_str_eq(json_object_get_string(json_object_array_get_idx(field(o, "admins"), 0)), a);
+	json_object_put(o);
+	free(json);
+	ck_assert_int_eq(store_group_json(s, d, g, &json), -1);
+	ck_assert_int_eq(errno, EACCES);
+	ck_assert_int_eq(store_group_json(s, a, g + 1000000, &json), -1);
+	ck_assert_int_eq(errno, ENOENT);
+
+	/* Fan-out: each member gets it with its own seq. */
+	send1(s, b, NULL, g, "to all", "g1", &r2);
+	ck_assert_uint_eq(r2.targets.n, 3);
+	ck_assert_str_eq(r2.targets.v[0].user, b);
+	ck_assert_uint_eq(r2.seq, 3);	/* pre, created, this */
+	o = last_event(s, a);
+	ck_assert_int_eq(fint(o, "seq"), 2);	/* created, this */
+	ck_assert_int_eq(fint(field(o, "message"), "group_id"), (int64_t)g);
+	ck_assert(json_object_get_type(field(field(o, "message"), "to")) == json_type_null);
+	json_object_put(o);
+	o = last_event(s, c);
+	ck_assert_int_eq(fint(o, "seq"), 3);
+	ck_assert_int_eq(fint(field(o, "message"), "id"), (int64_t)r2.server_msg_id);
+	json_object_put(o);
+	store_send_res_clear(&r2);
+
+	/* Non-member and unknown group. */
+	req = (struct store_send_req){ d, NULL, g, "let me in", "x1" };
+	ck_assert_int_eq(store_send(s, &req, &r2), -1);
+	ck_assert_int_eq(errno, EACCES);
+	req.group_id = g + 1000000;
+	ck_assert_int_eq(store_send(s, &req, &r2), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_int_eq(store_last_seq(s, d, &last), 0);
+	ck_assert_uint_eq(last, 0);
+
+	/* Membership: only admins add; adding twice is quiet; members may leave. */
+	ck_assert_int_eq(store_group_add(s, b, g, d, &t), -1);
+	ck_assert_int_eq(errno, EACCES);
+	ck_assert_int_eq(store_group_add(s, a, g, d, &t), 0);
+	ck_assert_uint_eq(t.n, 4);
+	store_targets_clear(&t);
+	o = last_event(s, d);
+	ck_assert_str_eq(fstr(o, "action"), "member_added");
+	ck_assert_str_eq(fstr(o, "user"), d);
+	ck_assert_int_eq(fint(o, "seq"), 1);
+	json_object_put(o);
+	ck_assert_int_eq(store_group_add(s, a, g, d, &t), 0);
+	ck_assert_uint_eq(t.n, 0);
+	ck_assert_int_eq(store_is_member(s, g, d, &member), 0);
+	ck_assert_int_eq(member, 1);
+
+	ck_assert_int_eq(store_group_remove(s, b, g, c, &t), -1);
+	ck_assert_int_eq(errno, EACCES);
+	ck_assert_int_eq(store_group_remove(s, c, g, c, &t), 0);	/* leaves */
+	ck_assert_uint_eq(t.n, 4);
+	store_targets_clear(&t);
+	o = last_event(s, c);
+	ck_assert_str_eq(fstr(o, "action"), "member_removed");
+	ck_assert_str_eq(fstr(o, "user"), c);
+	json_object_put(o);
+	ck_assert_int_eq(store_group_remove(s, a, g, c, &t), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_int_eq(store_is_member(s, g, c, &member), 0);
+	ck_assert_int_eq(member, 0);
+	req = (struct store_send_req){ c, NULL, g, "still here?", "x2" };
+	ck_assert_int_eq(store_send(s, &req, &r2), -1);
+	ck_assert_int_eq(errno, EACCES);
+
+	ck_assert_int_eq(store_group_members(s, g, &list, &n), 0);
+	ck_assert_uint_eq(n, 3);
+	for (size_t i = 0; i < n; i++)
+		free(list[i]);
+	free(list);
+	ck_assert_int_eq(store_group_members(s, g + 1000000, &list, &n), -1);
+	ck_assert_int_eq(errno, ENOENT);
+
+	/* d heard of its own arrival and of c leaving. */
+	read_all(s, d, 0, &all);
+	assert_gap_free(&all, 2);
+	store_page_clear(&all);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+	free(d);
+}
+END_TEST
+
+START_TEST(test_batch)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_send_req reqs[5];
+	struct store_send_res res[5];
+	struct store_page all;
+	int err[5], i;
+
+	reqs[0] = (struct store_send_req){ a, b, 0, "one", "b1" };
+	reqs[1] = (struct store_send_req){ a, NULL, 999999999, "nogroup", "b2" };
+	reqs[2] = (struct store_send_req){ a, c, 0, "two", "b3" };
+	reqs[3] = (struct store_send_req){ a, b, 0, "one again", "b1" };	/* repeat in batch */
+	reqs[4] = (struct store_send_req){ a, b, 0, "", "b5" };
+	ck_assert_int_eq(store_send_batch(s, reqs, 5, res, err), 0);
+	ck_assert_int_eq(err[0], 0);
+	ck_assert_int_eq(err[1], ENOENT);
+	ck_assert_int_eq(err[2], 0);
+	ck_assert_int_eq(err[3], 0);
+	ck_assert_int_eq(err[4], EINVAL);
+	ck_assert_uint_eq(res[0].seq, 1);
+	ck_assert_uint_eq(res[2].seq, 2);
+	ck_assert_int_eq(res[3].duplicate, 1);
+	ck_assert_uint_eq(res[3].server_msg_id, res[0].server_msg_id);
+	ck_assert_uint_eq(res[3].seq, res[0].seq);
+	ck_assert_uint_lt(res[0].server_msg_id, res[2].server_msg_id);
+	for (i = 0; i < 5; i++)
+		store_send_res_clear(&res[i]);
+	/* The whole batch again: all duplicates, nothing new. */
+	ck_assert_int_eq(store_send_batch(s, reqs, 4, res, err), 0);
+	ck_assert_int_eq(res[0].duplicate, 1);
+	ck_assert_int_eq(res[2].duplicate, 1);
+	ck_assert_uint_eq(res[2].seq, 2);
+	for (i = 0; i < 4; i++)
+		store_send_res_clear(&res[i]);
+	read_all(s, a, 0, &all);
+	assert_gap_free(&all, 2);
+	store_page_clear(&all);
+	read_all(s, b, 0, &all);
+	assert_gap_free(&all, 1);
+	store_page_clear(&all);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+START_TEST(test_cursors)
+{
+	char *a = testenv_name("alice");
+	struct store *s = store_new(&cfg);
+	uint64_t v = 99;
+
+	ck_assert_int_eq(store_cursor_get(s, a, "phone", &v), 0);
+	ck_assert_uint_eq(v, 0);
+	ck_assert_int_eq(store_cursor_set(s, a, "phone", 5), 0);
+	ck_assert_int_eq(store_cursor_set(s, a, "laptop", 9), 0);
+	ck_assert_int_eq(store_cursor_get(s, a, "phone", &v), 0);
+	ck_assert_uint_eq(v, 5);
+	ck_assert_int_eq(store_cursor_set(s, a, "phone", 2), 0);	/* may move back */
+	ck_assert_int_eq(store_cursor_get(s, a, "phone", &v), 0);
+	ck_assert_uint_eq(v, 2);
+	ck_assert_int_eq(store_cursor_get(s, a, "laptop", &v), 0);
+	ck_assert_uint_eq(v, 9);
+	store_free(s);
+	free(a);
+}
+END_TEST
+
+/* --- receipts and conversations ------------------------------------------------------------ */
+
+static void
+assert_receipts(struct store *s, const char *user, uint64_t mid, int members, const char *delivered,
+    const char *read)
+{
+	struct json_object *o, *dl, *rd;
+	char *json, buf[512];
+	size_t i;
+
+	ck_assert_int_eq(store_receipts_json(s, user, mid, &json), 0);
+	o = parse(json);
+	ck_assert_int_eq(fint(o, "members"), members);
+	dl = field(o, "delivered");
+	rd = field(o, "read");
+	buf[0] = '\0';
+	for (i = 0; i < json_object_array_length(dl); i++) {
+		strcat(buf, i ? "," : "");
+		strcat(buf, json_object_get_string(json_object_array_get_idx(dl, i)));
+	}
+	ck_assert_str_eq(buf, delivered);
+	buf[0] = '\0';
+	for (i = 0; i < json_object_array_length(rd); i++) {
+		strcat(buf, i ? "," : "");
+		strcat(buf, json_object_get_string(json_object_array_get_idx(rd, i)));
+	}
+	ck_assert_str_eq(buf, read);
+	json_object_put(o);
+	free(json);
+}
+
+/* The conversation entry of user with `with` (1:1) or group g; asserts it exists. */
+static struct json_object *
+conversation(struct store *s, const char *user, const char *with, uint64_t g, int *pos)
+{
+	struct json_object *o, *l, *e, *r = NULL;
+	char *json;
+	size_t i;
+
+	ck_assert_int_eq(store_conversations_json(s, user, 50, &json), 0);
+	o = parse(json);
+	l = field(o, "conversations");
+	for (i = 0; i < json_object_array_length(l); i++) {
+		e = json_object_array_get_idx(l, i);
+		if ((with != NULL && json_object_get_type(field(e, "with")) == json_type_string &&
+		    strcmp(fstr(e, "with"), with) == 0) ||
+		    (g != 0 && json_object_get_type(field(e, "group_id")) == json_type_int &&
+		    (uint64_t)fint(e, "group_id") == g)) {
+			r = json_object_get(e);
+			if (pos != NULL)
+				*pos = (int)i;
+		}
+	}
+	ck_assert_msg(r != NULL, "no conversation in %s", json);
+	json_object_put(o);
+	free(json);
+	return r;
+}
+
+START_TEST(test_receipts)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_send_res m1, m2, m3;
+	struct store_targets t;
+	struct json_object *o;
+	char *json;
+	int changed;
+
+	send1(s, a, b, 0, "one", "r1", &m1);
+	send1(s, a, b, 0, "two", "r2", &m2);
+	send1(s, a, b, 0, "three", "r3", &m3);
+	assert_receipts(s, a, m1.server_msg_id, 1, "", "");
+	o = conversation(s, b, a, 0, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 3);
+	json_object_put(o);
+
+	/* delivered up to m2 covers m1; the sender hears of it. */
+	ck_assert_int_eq(store_receipt(s, b, m2.server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	ck_assert_uint_eq(t.n, 1);
+	ck_assert_str_eq(t.v[0].user, a);
+	ck_assert_uint_eq(t.v[0].seq, 4);
+	store_targets_clear(&t);
+	o = last_event(s, a);
+	ck_assert_str_eq(fstr(o, "type"), "message_status");
+	ck_assert_int_eq(fint(o, "seq"), 4);
+	ck_assert_int_eq(fint(o, "message_id"), (int64_t)m2.server_msg_id);
+	ck_assert_str_eq(fstr(o, "status"), "delivered");
+	ck_assert_str_eq(fstr(o, "by"), b);
+	ck_assert_int_gt(fint(o, "ts"), 0);
+	json_object_put(o);
+	assert_receipts(s, a, m1.server_msg_id, 1, b, "");
+	assert_receipts(s, b, m2.server_msg_id, 1, b, "");
+	assert_receipts(s, a, m3.server_msg_id, 1, "", "");
+
+	/* Never moves back: delivered m1 again changes nothing, no event. */
+	ck_assert_int_eq(store_receipt(s, b, m1.server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
+	ck_assert_int_eq(changed, 0);
+	ck_assert_uint_eq(t.n, 0);
+
+	/* read m1: read moves (delivered stays at m2); unread counts what is after m1. */
+	ck_assert_int_eq(store_receipt(s, b, m1.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	store_targets_clear(&t);
+	o = last_event(s, a);
+	ck_assert_str_eq(fstr(o, "status"), "read");
+	json_object_put(o);
+	assert_receipts(s, a, m1.server_msg_id, 1, b, b);
+	assert_receipts(s, a, m2.server_msg_id, 1, b, "");
+	o = conversation(s, b, a, 0, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 2);
+	json_object_put(o);
+
+	/* read m3 implies delivered m3. */
+	ck_assert_int_eq(store_receipt(s, b, m3.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	store_targets_clear(&t);
+	assert_receipts(s, a, m3.server_msg_id, 1, b, b);
+	o = conversation(s, b, a, 0, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 0);
+	json_object_put(o);
+	ck_assert_int_eq(store_receipt(s, b, m2.server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
+	ck_assert_int_eq(changed, 0);
+	ck_assert_int_eq(store_receipt(s, b, m3.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert_int_eq(changed, 0);
+
+	/* Strangers. */
+	ck_assert_int_eq(store_receipts_json(s, c, m1.server_msg_id, &json), -1);
+	ck_assert_int_eq(errno, EACCES);
+	ck_assert_int_eq(store_receipt(s, c, m1.server_msg_id, PROTO_READ, &changed, &t), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_int_eq(store_receipt(s, a, m1.server_msg_id, PROTO_READ, &changed, &t), -1);
+	ck_assert_int_eq(errno, ENOENT);	/* the sender is no recipient */
+	ck_assert_int_eq(store_receipts_json(s, a, 999999999999ULL, &json), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_int_eq(store_receipt(s, b, 999999999999ULL, PROTO_READ, &changed, &t), -1);
+	ck_assert_int_eq(errno, ENOENT);
+
+	store_send_res_clear(&m1);
+	store_send_res_clear(&m2);
+	store_send_res_clear(&m3);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+START_TEST(test_group_receipts_and_conversations)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char *members[2] = { NULL, NULL };
+	struct store *s = store_new(&cfg);
+	struct store_send_res m1, m2, m3;
+	struct store_targets t;
+	struct json_object *o, *m;
+	uint64_t g;
+	int changed, pos1, pos2;
+
+	members[0] = b;
+	members[1] = c;
+	ck_assert_int_eq(store_group_create(s, a, "g", members, 2, &g, &t), 0);
+	store_targets_clear(&t);
+	send1(s, a, NULL, g, "hello group", "gm1", &m1);
+	send1(s, c, b, 0, "psst", "p1", &m2);
+	assert_receipts(s, a, m1.server_msg_id, 2, "", "");
+	ck_assert_int_eq(store_receipt(s, b, m1.server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	store_targets_clear(&t);
+	ck_assert_int_eq(store_receipt(s, c, m1.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	ck_assert_str_eq(t.v[0].user, a);
+	store_targets_clear(&t);
+	{
+		char *x = b, *y = c, exp[200];
+
+		if (strcmp(x, y) > 0) {
+			x = c;
+			y = b;
+		}
+		snprintf(exp, sizeof exp, "%s,%s", x, y);
+		assert_receipts(s, b, m1.server_msg_id, 2, exp, c);
+	}
+	/* A sender reading its own group message is no recipient. */
+	ck_assert_int_eq(store_receipt(s, a, m1.server_msg_id, PROTO_READ, &changed, &t), -1);
+	ck_assert_int_eq(errno, ENOENT);
+
+	/* bob: the 1:1 with carol is newer than the group; the group has 1 unread (delivered only). */
+	o = conversation(s, b, c, 0, &pos1);
+	ck_assert_int_eq(fint(o, "unread"), 1);
+	ck_assert(json_object_get_type(field(o, "group_id")) == json_type_null);
+	m = field(o, "last_message");
+	ck_assert_int_eq(fint(m, "id"), (int64_t)m2.server_msg_id);
+	ck_assert_str_eq(fstr(m, "content"), "psst");
+	ck_assert_str_eq(fstr(m, "from"), c);
+	ck_assert_int_eq(fint(o, "last_ts"), m2.ts);
+	json_object_put(o);
+	o = conversation(s, b, NULL, g, &pos2);
+	ck_assert(json_object_get_type(field(o, "with")) == json_type_null);
+	ck_assert_int_eq(fint(o, "unread"), 1);
+	ck_assert_str_eq(fstr(field(o, "last_message"), "content"), "hello group");
+	json_object_put(o);
+	ck_assert_int_lt(pos1, pos2);
+	/* The sender's own conversation rows have nothing unread. */
+	o = conversation(s, a, NULL, g, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 0);
+	json_object_put(o);
+	/* A new group message moves the group to the top. */
+	send1(s, c, NULL, g, "newest", "gm2", &m3);
+	o = conversation(s, b, NULL, g, &pos2);
+	ck_assert_int_eq(pos2, 0);
+	ck_assert_int_eq(fint(o, "unread"), 2);
+	json_object_put(o);
+	o = conversation(s, c, NULL, g, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 0);	/* carol read m1 and sent m3 */
+	json_object_put(o);
+
+	store_send_res_clear(&m1);
+	store_send_res_clear(&m2);
+	store_send_res_clear(&m3);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+START_TEST(test_note_to_self)
+{
+	char *a = testenv_name("alice");
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	struct store_targets t;
+	struct store_page all;
+	struct json_object *o;
+	int changed;
+
+	send1(s, a, a, 0, "remember", "n1", &r);
+	ck_assert_uint_eq(r.targets.n, 1);
+	ck_assert_uint_eq(r.seq, 1);
+	read_all(s, a, 0, &all);
+	assert_gap_free(&all, 1);
+	store_page_clear(&all);
+	o = conversation(s, a, a, 0, NULL);
+	ck_assert_int_eq(fint(o, "unread"), 0);
+	json_object_put(o);
+	ck_assert_int_eq(store_receipt(s, a, r.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	ck_assert_uint_eq(t.n, 0);	/* nobody to tell */
+	assert_receipts(s, a, r.server_msg_id, 1, a, a);
+	store_send_res_clear(&r);
+	store_free(s);
+	free(a);
+}
+END_TEST
+
+/* --- presence and rooms -------------------------------------------------------------------- */
+
+START_TEST(test_presence)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	char *n1 = testenv_name("node"), *n2 = testenv_name("node"), *json, *users[2];
+	struct store *s = store_new(&cfg);
+	struct json_object *o, *e;
+	int ch;
+
+	ck_assert_int_eq(store_presence_update(s, a, n1, 1, 1000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	ck_assert_int_eq(store_presence_update(s, a, n2, 1, 1001, &ch), 0);
+	ck_assert_int_eq(ch, 0);
+	ck_assert_int_eq(store_presence_update(s, a, n1, -1, 1002, &ch), 0);
+	ck_assert_int_eq(ch, 0);
+	users[0] = a;
+	users[1] = b;
+	ck_assert_int_eq(store_presence_json(s, users, 2, &json), 0);
+	o = parse(json);
+	e = json_object_array_get_idx(field(o, "presence"), 0);
+	ck_assert_str_eq(fstr(e, "user"), a);
+	ck_assert(json_object_get_boolean(field(e, "online")));
+	e = json_object_array_get_idx(field(o, "presence"), 1);
+	ck_assert_str_eq(fstr(e, "user"), b);
+	ck_assert(!json_object_get_boolean(field(e, "online")));
+	ck_assert(json_object_get_type(field(e, "last_seen")) == json_type_null);
+	json_object_put(o);
+	free(json);
+	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	/* An extra -1 does not go negative. */
+	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5001, &ch), 0);
+	ck_assert_int_eq(ch, 0);
+	ck_assert_int_eq(store_presence_json(s, users, 1, &json), 0);
+	o = parse(json);
+	e = json_object_array_get_idx(field(o, "presence"), 0);
+	ck_assert(!json_object_get_boolean(field(e, "online")));
+	ck_assert_int_eq(fint(e, "last_seen"), 5000);
+	json_object_put(o);
+	free(json);
+
+	/* A restarted node drops its connections. */
+	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 6000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	ck_assert_int_eq(store_presence_reset(s, n1, 7000), 0);
+	ck_assert_int_eq(store_presence_json(s, &users[1], 1, &json), 0);
+	o = parse(json);
+	e = json_object_array_get_idx(field(o, "presence"), 0);
+	ck_assert(!json_object_get_boolean(field(e, "online")));
+	ck_assert_int_eq(fint(e, "last_seen"), 7000);
+	json_object_put(o);
+	free(json);
+	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 8000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	store_free(s);
+	free(a);
+	free(b);
+	free(n1);
+	free(n2);
+}
+END_TEST
+
+START_TEST(test_rooms)
+{
+	char *room = testenv_name("room"), *u[8], *spammer;
+	struct store *s;
+	struct store_page p;
+	struct json_object *o, *c;
+	uint64_t id, ids[8];
+	int64_t ts;
+	int i, ok, busy;
+
+	cfg.room_history = 5;	/* read by the store at each post */
+	s = store_new(&cfg);
+	for (i = 0; i < 8; i++) {
+		u[i] = testenv_name("viewer");
+		ck_assert_int_eq(store_room_post(s, room, u[i], "hi \xf0\x9f\x8e\x89", 10, &ids[i], &ts), 0);
+		ck_assert_int_gt(ts, 0);
+		if (i > 0)
+			ck_assert_uint_gt(ids[i], ids[i - 1]);
+	}
+	ck_assert_int_eq(store_room_history(s, room, 0, 100, &p), 0);
+	ck_assert_uint_eq(p.n, 5);	/* only the newest 5 kept */
+	ck_assert_int_eq(p.has_more, 0);
+	o = parse(p.events[0]);
+	ck_assert_str_eq(fstr(o, "type"), "room_message");
+	ck_assert_str_eq(fstr(o, "room"), room);
+	c = field(o, "comment");
+	ck_assert_int_eq(fint(c, "id"), (int64_t)ids[3]);
+	ck_assert_str_eq(fstr(c, "user"), u[3]);
+	ck_assert_str_eq(fstr(c, "text"), "hi \xf0\x9f\x8e\x89");
+	json_object_put(o);
+	ck_assert_uint_eq(p.next, ids[7]);
+	store_page_clear(&p);
+	ck_assert_int_eq(store_room_history(s, room, ids[5], 1, &p), 0);
+	ck_assert_uint_eq(p.n, 1);
+	ck_assert_int_eq(p.has_more, 1);
+	ck_assert_uint_eq(p.next, ids[6]);
+	store_page_clear(&p);
+
+	/* Rate limit: 3/s; 10 posts in well under a second span at most two windows. */
+	ok = busy = 0;
+	spammer = testenv_name("spammer");
+	for (i = 0; i < 10; i++) {
+		if (store_room_post(s, room, spammer, "spam", 3, &id, &ts) == 0)
+			ok++;
+		else {
+			ck_assert_int_eq(errno, EBUSY);
+			busy++;
+		}
+	}
+	ck_assert_int_le(ok, 6);
+	ck_assert_int_ge(ok, 3);
+	ck_assert_int_eq(ok + busy, 10);
+	free(spammer);
+	/* Others are not limited by the spammer's posts. */
+	ck_assert_int_eq(store_room_post(s, room, u[1], "me too", 3, &id, &ts), 0);
+	store_free(s);
+	for (i = 0; i < 8; i++)
+		free(u[i]);
+	free(room);
+}
+END_TEST
+
+/* --- faults -------------------------------------------------------------------------------- */
+
+/*
+ * Restart MariaDB in a session of its own: Check kills a test's whole process group when the test
+ * ends, which would take a mariadbd started from inside the test with it.
+ */
+static void
+restart_mysql(void)
+{
+	const char *src = getenv("PARLEY_SRCDIR");
+
+	testenv_sh("setsid '%s/tests/harness/services' restart-mysql '%s' >/dev/null </dev/null",
+	    src != NULL ? src : ".", testenv_dir());
+}
+
+START_TEST(test_mysql_down_fails_fast)
+{
+	struct store_send_req r = { "alice", "bob", 0, "x", "down-1" };
+	struct store_send_res res;
+	struct store_page p;
+	struct store *s;
+	int64_t t0;
+	char *sock;
+
+	xasprintf(&sock, "%s/no-such-mysql.sock", testenv_dir());
+	free(cfg.mysql_socket);
+	cfg.mysql_socket = sock;
+	s = store_new(&cfg);
+	t0 = parley_mono_ms();
+	ck_assert_int_eq(store_send(s, &r, &res), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	ck_assert_int_eq(store_ping(s), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	ck_assert_int_eq(store_events(s, "alice", 0, 10, &p), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	ck_assert_int_lt(parley_mono_ms() - t0, 1000);
+	/* After the backoff window a call tries again (and fails again, still fast). */
+	usleep(2100 * 1000);
+	t0 = parley_mono_ms();
+	ck_assert_int_eq(store_ping(s), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	ck_assert_int_lt(parley_mono_ms() - t0, 1000);
+	ck_assert_uint_eq(store_reconnects(s), 0);
+	store_free(s);
+}
+END_TEST
+
+START_TEST(test_mysql_restart)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct store *s = store_new(&cfg);
+	struct store_send_req r = { a, b, 0, "after restart", "rs-1" };
+	struct store_send_res res;
+	struct store_page all;
+	uint64_t before;
+	int i, rc = -1;
+
+	send1(s, a, b, 0, "before restart", "rs-0", &res);
+	store_send_res_clear(&res);
+	before = store_reconnects(s);
+	restart_mysql();
+	/* The first call may fail with EAGAIN; within a few backoff windows one must succeed. */
+	for (i = 0; i < 20 && rc != 0; i++) {
+		if ((rc = store_send(s, &r, &res)) != 0) {
+			ck_assert_int_eq(errno, EAGAIN);
+			usleep(250 * 1000);
+		}
+	}
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_le(i, 2);
+	ck_assert_uint_gt(store_reconnects(s), before);
+	ck_assert_int_eq(res.duplicate, 0);
+	ck_assert_uint_eq(res.seq, 2);
+	store_send_res_clear(&res);
+	read_all(s, b, 0, &all);
+	assert_gap_free(&all, 2);
+	store_page_clear(&all);
+	ck_assert_int_eq(store_ping(s), 0);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
+static Suite *
+store_suite(void)
+{
+	Suite *su = suite_create("store");
+	TCase *tc;
+
+	tc = tcase_create("basics");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_send_and_read_back);
+	tcase_add_test(tc, test_invalid_arguments);
+	tcase_add_test(tc, test_seq_gap_free_and_paging);
+	tcase_add_test(tc, test_batch);
+	tcase_add_test(tc, test_cursors);
+	tcase_add_test(tc, test_note_to_self);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("concurrency");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_idempotent_under_concurrency);
+	tcase_add_test(tc, test_concurrent_appends_one_log);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("features");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_groups);
+	tcase_add_test(tc, test_receipts);
+	tcase_add_test(tc, test_group_receipts_and_conversations);
+	tcase_add_test(tc, test_presence);
+	tcase_add_test(tc, test_rooms);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("faults");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_mysql_down_fails_fast);
+	tcase_add_test(tc, test_mysql_restart);
+	suite_add_tcase(su, tc);
+	return su;
+}
+
+int
+main(void)
+{
+	SRunner *sr = srunner_create(store_suite());
+	int failed;
+
+	log_init("check_store", LOG_LEVEL_WARN, 0);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,432 @@
+/* conn.c - connection ids, the user and room indexes, and the bounded outbound queue. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libwebsockets.h>
+
+#include "conn.h"
+#include "xmalloc.h"
+
+/* A slot resolves an id; the generation makes an id of a closed connection stale. */
+struct slot {
+	struct conn	*c;
+	uint32_t	 gen;
+	uint32_t	 next_free;
+};
+
+struct conns {
+	struct slot		*slots;
+	size_t			 nslots;
+	uint32_t		 free_head;	/* index + 1; 0 when none */
+	size_t			 count;
+	struct conn_user	**users;
+	size_t			 nusers, users_mask;
+	struct conn_room	**rooms;
+	size_t			 nrooms, rooms_mask;
+};
+
+/* FNV-1a: short keys, good enough spread, no allocation. */
+static size_t
+conn_hash(const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+
+	for (; *s != '\0'; s++) {
+		h ^= (unsigned char)*s;
+		h *= 1099511628211ULL;
+	}
+	return (size_t)h;
+}
+
+struct conns *
+conns_new(size_t max)
+{
+	struct conns *cs;
+	size_t i;
+
+	cs = xcalloc(1, sizeof *cs);
+	cs->nslots = max;
+	cs->slots = xcalloc(max, sizeof *cs->slots);
+	for (i = 0; i < max; i++)
+		cs->slots[i].next_free = i + 2 <= max ? (uint32_t)(i + 2) : 0;
+	cs->free_head = max > 0 ? 1 : 0;
+	cs->users_mask = 1023;
+	cs->users = xcalloc(cs->users_mask + 1, sizeof *cs->users);
+	cs->rooms_mask = 255;
+	cs->rooms = xcalloc(cs->rooms_mask + 1, sizeof *cs->rooms);
+	return cs;
+}
+
+void
+conns_free(struct conns *cs)
+{
+	struct conn_user *u, *un;
+	struct conn_room *r, *rn;
+	size_t i;
+
+	if (cs == NULL)
+		return;
+	for (i = 0; i <= cs->users_mask; i++) {
+		for (u = cs->users[i]; u != NULL; u = un) {
+			un = u->next;
+			free(u);
+		}
+	}
+	for (i = 0; i <= cs->rooms_mask; i++) {
+		for (r = cs->rooms[i]; r != NULL; r = rn) {
+			rn = r->next;
+			free(r);
+		}
+	}
+	free(cs->users);
+	free(cs->rooms);
+	free(cs->slots);
+	free(cs);
+}
+
+size_t
+conns_count(const struct conns *cs)
+{
+	return cs->count;
+}
+
+int
+conn_register(struct conns *cs, struct conn *c)
+{
+	struct slot *s;
+	uint32_t idx;
+
+	if (cs->free_head == 0)
+		return -1;
+	idx = cs->free_head - 1;
+	s = &cs->slots[idx];
+	cs->free_head = s->next_free;
+	s->c = c;
+	s->gen++;
+	c->id = ((uint64_t)s->gen << 32) | idx;
+	c->registered = 1;
+	cs->count++;
+	return 0;
+}
+
+struct conn *
+conn_find(struct conns *cs, uint64_t id)
+{
+	uint32_t idx = (uint32_t)id, gen = (uint32_t)(id >> 32);
+
+	if (idx >= cs->nslots || cs->slots[idx].gen != gen)
+		return NULL;
+	return cs->slots[idx].c;
+}
+
+int
+conn_at(struct conns *cs, size_t *i, struct conn **c)
+{
+	while (*i < cs->nslots) {
+		*c = cs->slots[(*i)++].c;
+		if (*c != NULL)
+			return 0;
+	}
+	return -1;
+}
+
+/* Double the user table when it holds more entries than buckets (keeps chains short). */
+static void
+conn_users_grow(struct conns *cs)
+{
+	struct conn_user **nt, *u, *un;
+	size_t i, nmask = (cs->users_mask + 1) * 2 - 1;
+
+	if (cs->nusers <= cs->users_mask + 1)
+		return;
+	nt = xcalloc(nmask + 1, sizeof *nt);
+	for (i = 0; i <= cs->users_mask; i++) {
+		for (u = cs->users[i]; u != NULL; u = un) {
+			un = u->next;
+			u->next = nt[conn_hash(u->name) & nmask];
+			nt[conn_hash(u->name) & nmask] = u;
+		}
+	}
+	free(cs->users);
+	cs->users = nt;
+	cs->users_mask = nmask;
+}
+
+static void
+conn_rooms_grow(struct conns *cs)
+{
+	struct conn_room **nt, *r, *rn;
+	size_t i, nmask = (cs->rooms_mask + 1) * 2 - 1;
+
+	if (cs->nrooms <= cs->rooms_mask + 1)
+		return;
+	nt = xcalloc(nmask + 1, sizeof *nt);
+	for (i = 0; i <= cs->rooms_mask; i++) {
+		for (r = cs->rooms[i]; r != NULL; r = rn) {
+			rn = r->next;
+			r->next = nt[conn_hash(r->name) & nmask];
+			nt[conn_hash(r->name) & nmask] = r;
+		}
+	}
+	free(cs->rooms);
+	cs->rooms = nt;
+	cs->rooms_mask = nmask;
+}
+
+struct conn_user *
+conns_user(struct conns *cs, const char *user)
+{
+	struct conn_user *u;
+
+	for (u = cs->users[conn_hash(user) & cs->users_mask]; u != NULL; u = u->next) {
+		if (strcmp(u->name, user) == 0)
+			return u;
+	}
+	return NULL;
+}
+
+void
+conn_set_user(struct conns *cs, struct conn *c, const char *user)
+{
+	struct conn_user *u;
+	size_t b;
+
+	if ((u = conns_user(cs, user)) == NULL) {
+		u = xcalloc(1, sizeof *u);
+		strncpy(u->name, user, PARLEY_ID_MAX);
+		b = conn_hash(user) & cs->users_mask;
+		u->next = cs->users[b];
+		cs->users[b] = u;
+		cs->nusers++;
+		conn_users_grow(cs);
+	}
+	c->user = u;
+	c->uprev = NULL;
+	c->unext = u->head;
+	if (u->head != NULL)
+		u->head->uprev = c;
+	u->head = c;
+	u->n++;
+}
+
+/* Remove an entry from a chained table (users or rooms share the layout of next + name). */
+static void
+conn_user_drop(struct conns *cs, struct conn_user *u)
+{
+	struct conn_user **pp;
+
+	for (pp = &cs->users[conn_hash(u->name) & cs->users_mask]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == u) {
+			*pp = u->next;
+			cs->nusers--;
+			free(u);
+			return;
+		}
+	}
+}
+
+struct conn_room *
+conns_room(struct conns *cs, const char *room)
+{
+	struct conn_room *r;
+
+	for (r = cs->rooms[conn_hash(room) & cs->rooms_mask]; r != NULL; r = r->next) {
+		if (strcmp(r->name, room) == 0)
+			return r;
+	}
+	return NULL;
+}
+
+static void
+conn_room_drop(struct conns *cs, struct conn_room *r)
+{
+	struct conn_room **pp;
+
+	for (pp = &cs->rooms[conn_hash(r->name) & cs->rooms_mask]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == r) {
+			*pp = r->next;
+			cs->nrooms--;
+			free(r);
+			return;
+		}
+	}
+}
+
+int
+conn_join(struct conns *cs, struct conn *c, const char *room)
+{
+	struct conn_room *r;
+	struct room_join *j;
+	size_t b;
+
+	for (j = c->rooms; j != NULL; j = j->cnext) {
+		if (strcmp(j->room->name, room) == 0)
+			return 0;
+	}
+	if (c->nrooms >= CONN_ROOMS_MAX) {
+		errno = E2BIG;
+		return -1;
+	}
+	if ((r = conns_room(cs, room)) == NULL) {
+		r = xcalloc(1, sizeof *r);
+		strncpy(r->name, room, PARLEY_ID_MAX);
+		b = conn_hash(room) & cs->rooms_mask;
+		r->next = cs->rooms[b];
+		cs->rooms[b] = r;
+		cs->nrooms++;
+		conn_rooms_grow(cs);
+	}
+	j = xcalloc(1, sizeof *j);
+	j->room = r;
+	j->conn = c;
+	j->rnext = r->head;
+	if (r->head != NULL)
+		r->head->rprev = j;
+	r->head = j;
+	r->n++;
+	j->cnext = c->rooms;
+	c->rooms = j;
+	c->nrooms++;
+	return 0;
+}
+
+/* Unlink one membership from its room (dropping an empty room) and free it. */
+static void
+conn_join_free(struct conns *cs, struct room_join *j)
+{
+	struct conn_room *r = j->room;
+
+	if (j->rprev != NULL)
+		j->rprev->rnext = j->rnext;
+	else
+		r->head = j->rnext;
+	if (j->rnext != NULL)
+		j->rnext->rprev = j->rprev;
+	if (--r->n == 0)
+		conn_room_drop(cs, r);
+	free(j);
+}
+
+void
+conn_leave(struct conns *cs, struct conn *c, const char *room)
+{
+	struct room_join **pp, *j;
+
+	for (pp = &c->rooms; (j = *pp) != NULL; pp = &j->cnext) {
+		if (strcmp(j->room->name, room) == 0) {
+			*pp = j->cnext;
+			c->nrooms--;
+			conn_join_free(cs, j);
+			return;
+		}
+	}
+}
+
+void
+conn_unregister(struct conns *cs, struct conn *c)
+{
+	struct room_join *j, *jn;
+	struct conn_user *u = c->user;
+	uint32_t idx;
+
+	for (j = c->rooms; j != NULL; j = jn) {
+		jn = j->cnext;
+		conn_join_free(cs, j);
+	}
+	c->rooms = NULL;
+	c->nrooms = 0;
+	if (u != NULL) {
+		if (c->uprev != NULL)
+			c->uprev->unext = c->unext;
+		else
+			u->head = c->unext;
+		if (c->unext != NULL)
+			c->unext->uprev = c->uprev;
+		if (--u->n == 0)
+			conn_user_drop(cs, u);
+		c->user = NULL;
+	}
+	if (c->registered) {
+		idx = (uint32_t)c->id;
+		cs->slots[idx].c = NULL;
+		cs->slots[idx].gen++;
+		cs->slots[idx].next_free = cs->free_head;
+		cs->free_head = idx + 1;
+		cs->count--;
+		c->registered = 0;
+	}
+	conn_queue_drop(c);
+	conn_backlog_free(c);
+	free(c->rxbuf);
+	c->rxbuf = NULL;
+	c->rxlen = 0;
+}
+
+void
+conn_queue_force(struct conn *c, const char *text, size_t len)
+{
+	struct frame *f;
+
+	f = xmalloc(sizeof *f + LWS_PRE + len);
+	f->next = NULL;
+	f->len = len;
+	memcpy(f->buf + LWS_PRE, text, len);
+	if (c->qtail != NULL)
+		c->qtail->next = f;
+	else
+		c->qhead = f;
+	c->qtail = f;
+	c->qbytes += (uint32_t)len;
+	c->qframes++;
+}
+
+int
+conn_queue(struct conn *c, const char *text, size_t len, size_t max_bytes, size_t max_frames)
+{
+	if ((size_t)c->qbytes + len > max_bytes || (size_t)c->qframes + 1 > max_frames) {
+		errno = ENOBUFS;
+		return -1;
+	}
+	conn_queue_force(c, text, len);
+	return 0;
+}
+
+struct frame *
+conn_dequeue(struct conn *c)
+{
+	struct frame *f = c->qhead;
+
+	if (f == NULL)
+		return NULL;
+	c->qhead = f->next;
+	if (c->qhead == NULL)
+		c->qtail = NULL;
+	c->qbytes -= (uint32_t)f->len;
+	c->qframes--;
+	return f;
+}
+
+void
+conn_queue_drop(struct conn *c)
+{
+	struct frame *f;
+
+	while ((f = conn_dequeue(c)) != NULL)
+		free(f);
+}
+
+void
+conn_backlog_free(struct conn *c)
+{
+	struct backlog *b = c->backlog;
+	size_t i;
+
+	if (b == NULL)
+		return;
+	for (i = 0; i < b->n; i++)
+		free(b->events[i]);
+	free(b->events);
+	free(b);
+	c->backlog = NULL;
+}

@@ -1,0 +1,136 @@
+/* conn.h - one WebSocket connection's state, its bounded outbound queue, and the loop's indexes. */
+#ifndef WS_CONN_H
+#define WS_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "parley.h"
+
+struct lws;
+
+/*
+ * Everything here belongs to the libwebsockets service thread: no locks. Other threads refer to a
+ * connection only by its id (slot index + generation), which the loop resolves with conn_find();
+ * an id whose connection closed resolves to NULL, so late results of work are simply dropped.
+ *
+ * A struct conn lives in lws's per-session user space (zeroed by lws). It stays small: an idle
+ * authenticated connection holds no heap buffers (outbound frames, reassembly and replay
+ * backlogs are allocated only while in use).
+ */
+enum conn_state {
+	CONN_NEW = 0,		/* upgraded, waiting for the auth frame */
+	CONN_AUTHING,		/* token verified, cursor and presence being read (worker) */
+	CONN_READY,		/* "ready" queued: takes frames */
+	CONN_CLOSING		/* close queued: takes nothing more */
+};
+
+/* One outbound text frame, with lws's LWS_PRE headroom in front of the payload. */
+struct frame {
+	struct frame	*next;
+	size_t		 len;
+	unsigned char	 buf[];		/* LWS_PRE + len bytes */
+};
+
+/* A replay page fetched from MySQL, handed to the queue as it drains. */
+struct backlog {
+	char		**events;
+	size_t		  n;
+	size_t		  pos;
+	uint64_t	  next;		/* the page's last seq */
+	int		  has_more;
+};
+
+struct conn_user;
+struct room_join;
+
+struct conn {
+	struct lws		*wsi;
+	uint64_t		 id;		/* 0 until registered */
+	struct conn_user	*user;		/* set once the token is verified */
+	struct conn		*unext, *uprev;	/* the user's connections */
+	struct room_join	*rooms;		/* rooms joined */
+	struct frame		*qhead, *qtail;
+	uint32_t		 qbytes;
+	uint32_t		 qframes;
+	char			*rxbuf;		/* fragment reassembly, NULL unless in use */
+	uint32_t		 rxlen;
+	uint32_t		 epoch;		/* bumped by each sync: stale pages are dropped */
+	uint64_t		 delivered;	/* highest seq queued to this client */
+	uint64_t		 hint_max;	/* highest seq hinted while replaying */
+	struct backlog		*backlog;
+	int64_t			 auth_deadline;	/* monotonic ms */
+	const char		*close_reason;	/* static string */
+	uint16_t		 close_code;
+	uint8_t			 state;		/* enum conn_state */
+	uint8_t			 live:1,	/* synced: durable events are pushed */
+				 fetching:1,	/* a page is being read from MySQL */
+				 need_fetch:1,	/* a fetch could not be posted: retry on the tick */
+				 registered:1,	/* counted, has an id */
+				 presence:1,	/* presence +1 was posted */
+				 rx_discard:1,	/* an oversized message is being dropped */
+				 rx_binary:1,
+				 writable_asked:1;
+	uint8_t			 nrooms;
+	char			 device[PARLEY_ID_MAX + 1];
+};
+
+struct conn_user {
+	struct conn_user	*next;		/* hash chain */
+	struct conn		*head;
+	size_t			 n;
+	char			 name[PARLEY_ID_MAX + 1];
+};
+
+struct conn_room {
+	struct conn_room	*next;		/* hash chain */
+	struct room_join	*head;
+	size_t			 n;
+	char			 name[PARLEY_ID_MAX + 1];
+};
+
+struct room_join {
+	struct conn_room	*room;
+	struct conn		*conn;
+	struct room_join	*rnext, *rprev;	/* the room's members */
+	struct room_join	*cnext;		/* the connection's rooms */
+};
+
+/* The loop's tables: id slots, users, rooms. */
+struct conns;
+
+struct conns	*conns_new(size_t max);
+void		 conns_free(struct conns *);
+size_t		 conns_count(const struct conns *);
+
+/* Give c an id; -1 when every slot is taken. */
+int		 conn_register(struct conns *, struct conn *);
+/* Forget c: its id stops resolving, it leaves its user and rooms, its buffers are freed. */
+void		 conn_unregister(struct conns *, struct conn *);
+struct conn	*conn_find(struct conns *, uint64_t id);
+/* Iterate over every registered connection: i from 0 while conn_at() returns 0. */
+int		 conn_at(struct conns *, size_t *i, struct conn **);
+
+/* Attach c to user (creates the entry). */
+void		 conn_set_user(struct conns *, struct conn *, const char *user);
+struct conn_user *conns_user(struct conns *, const char *user);
+
+/* Rooms: 0, or -1 with errno E2BIG when c is in too many rooms. Joining twice is a no-op. */
+#define CONN_ROOMS_MAX 32
+int		 conn_join(struct conns *, struct conn *, const char *room);
+void		 conn_leave(struct conns *, struct conn *, const char *room);
+struct conn_room *conns_room(struct conns *, const char *room);
+
+/*
+ * Outbound queue. conn_queue() copies text; 0 when queued, -1 with errno ENOBUFS when the frame
+ * would pass max_bytes or max_frames (the caller closes the client as too slow).
+ */
+int		 conn_queue(struct conn *, const char *text, size_t len, size_t max_bytes,
+		     size_t max_frames);
+/* Queue without limit checks (ready, errors before a close: one frame). */
+void		 conn_queue_force(struct conn *, const char *text, size_t len);
+struct frame	*conn_dequeue(struct conn *);
+void		 conn_queue_drop(struct conn *);
+void		 conn_backlog_free(struct conn *);
+
+#endif

@@ -1,0 +1,935 @@
+/* loop.c - the libwebsockets side of parley-ws: upgrades, auth, frames, delivery, back-pressure. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <json-c/json.h>
+
+#include "actor.h"
+#include "auth.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "ws.h"
+#include "xmalloc.h"
+
+#define WS_TICK_US	(1000 * 1000)
+#define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
+
+static void loop_pump(struct ws *, struct conn *);
+
+/* --- the completion queue ---------------------------------------------------------------- */
+
+struct done *
+ws_done_new(enum done_kind kind, uint64_t conn)
+{
+	struct done *d;
+
+	d = xcalloc(1, sizeof *d);
+	d->kind = kind;
+	d->conn = conn;
+	return d;
+}
+
+void
+ws_done_free(struct done *d)
+{
+	size_t i;
+
+	if (d == NULL)
+		return;
+	for (i = 0; i < d->n; i++)
+		free(d->events[i]);
+	free(d->events);
+	free(d->text);
+	free(d);
+}
+
+void
+ws_done_push(struct ws *ws, struct done *d)
+{
+	int wake;
+
+	d->next = NULL;
+	pthread_mutex_lock(&ws->qlock);
+	if (d->kind == DONE_HINT) {
+		if (ws->qhints >= WS_HINTS_MAX) {
+			/* The loop is far behind: forget hints, it resyncs every live connection. */
+			ws->qoverflow = 1;
+			pthread_mutex_unlock(&ws->qlock);
+			ws_done_free(d);
+			return;
+		}
+		ws->qhints++;
+	}
+	wake = ws->qhead == NULL;
+	if (ws->qtail != NULL)
+		ws->qtail->next = d;
+	else
+		ws->qhead = d;
+	ws->qtail = d;
+	/* Under the lock: main clears ctx (under it too) before destroying the context. */
+	if (wake && ws->ctx != NULL)
+		lws_cancel_service(ws->ctx);
+	pthread_mutex_unlock(&ws->qlock);
+}
+
+/* --- sending and closing ------------------------------------------------------------------ */
+
+static void
+loop_writable(struct conn *c)
+{
+	if (!c->writable_asked) {
+		c->writable_asked = 1;
+		lws_callback_on_writable(c->wsi);
+	}
+}
+
+/* Send what is queued, then a close frame with code and reason; hard-closed after a grace time. */
+static void
+loop_close(struct conn *c, uint16_t code, const char *reason)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	c->state = CONN_CLOSING;
+	c->close_code = code;
+	c->close_reason = reason;
+	c->live = 0;
+	conn_backlog_free(c);
+	free(c->rxbuf);
+	c->rxbuf = NULL;
+	c->rxlen = 0;
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, WS_CLOSE_GRACE);
+	loop_writable(c);
+}
+
+/* A client that does not read: drop what it has not taken and close it (memory stays bounded). */
+static void
+loop_slow(struct ws *ws, struct conn *c)
+{
+	metrics_add(&ws->metrics, M_WS_SLOW_CLOSED, 1);
+	log_info("closing a slow client of %s: outbound queue full (%" PRIu32 " frames, %" PRIu32
+	    " bytes)", c->user != NULL ? c->user->name : "-", c->qframes, c->qbytes);
+	conn_queue_drop(c);
+	loop_close(c, 1008, "slow consumer: outbound queue full");
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 2);
+}
+
+/* Queue one frame within the connection's limits; 0, or -1 when the client was cut off. */
+static int
+loop_send(struct ws *ws, struct conn *c, const char *text, size_t len)
+{
+	if (c->state == CONN_CLOSING)
+		return -1;
+	if (conn_queue(c, text, len, ws->cfg->ws_queue_bytes, (size_t)ws->cfg->ws_queue_frames) != 0) {
+		loop_slow(ws, c);
+		return -1;
+	}
+	loop_writable(c);
+	return 0;
+}
+
+static void
+loop_error(struct ws *ws, struct conn *c, const char *code, const char *message)
+{
+	char *f;
+
+	f = protocol_error_frame(code, message);
+	loop_send(ws, c, f, strlen(f));
+	free(f);
+}
+
+/* An error frame that must get out (auth failures, too large), then the close. */
+static void
+loop_fail(struct conn *c, const char *code, const char *message, uint16_t close_code,
+    const char *reason)
+{
+	char *f;
+
+	if (c->state == CONN_CLOSING)
+		return;
+	f = protocol_error_frame(code, message);
+	conn_queue_force(c, f, strlen(f));
+	free(f);
+	loop_close(c, close_code, reason);
+}
+
+/* --- posting jobs ------------------------------------------------------------------------- */
+
+static struct job *
+loop_job(struct conn *c)
+{
+	struct job *j;
+
+	j = xcalloc(1, sizeof *j);
+	j->conn = c->id;
+	j->epoch = c->epoch;
+	if (c->user != NULL)
+		memcpy(j->user, c->user->name, sizeof j->user);
+	memcpy(j->device, c->device, sizeof j->device);
+	return j;
+}
+
+/* Post j for c's user; on failure (mailbox full, shutting down) j is freed and -1 returned. */
+static int
+loop_post(struct ws *ws, struct job *j, int kind)
+{
+	if (actor_post(ws->pool, j->user, kind, ACTOR_BACKPRESSURE, j) == 0)
+		return 0;
+	ws_job_free(kind, j);
+	return -1;
+}
+
+/* Read the user's log after what c got; pages flow back through DONE_PAGE. */
+static void
+loop_fetch(struct ws *ws, struct conn *c)
+{
+	struct job *j;
+
+	if (c->fetching || c->state != CONN_READY)
+		return;
+	j = loop_job(c);
+	j->after = c->delivered;
+	c->fetching = 1;
+	c->need_fetch = 0;
+	if (loop_post(ws, j, JOB_FETCH) != 0) {
+		c->fetching = 0;
+		c->need_fetch = 1;	/* the tick retries */
+	}
+}
+
+/* --- auth --------------------------------------------------------------------------------- */
+
+/* A device id for a token without "dev": random, so two such connections are two devices. */
+static void
+loop_device_id(struct conn *c)
+{
+	unsigned char r[8];
+	size_t i;
+
+	if (lws_get_random(lws_get_context(c->wsi), r, sizeof r) != sizeof r) {
+		uint64_t v = (uint64_t)parley_mono_ms() ^ c->id;
+
+		memcpy(r, &v, sizeof r);
+	}
+	memcpy(c->device, "ws-", 3);
+	for (i = 0; i < sizeof r; i++)
+		snprintf(c->device + 3 + 2 * i, 3, "%02x", r[i]);
+}
+
+/* The token is good: read cursor and count presence on the user's actor, then "ready". */
+static void
+loop_auth_ok(struct ws *ws, struct conn *c, const struct auth_identity *id)
+{
+	struct job *j;
+
+	conn_set_user(ws->conns, c, id->user);
+	if (id->device[0] != '\0')
+		memcpy(c->device, id->device, sizeof c->device);
+	else
+		loop_device_id(c);
+	c->state = CONN_AUTHING;
+	j = loop_job(c);
+	if (loop_post(ws, j, JOB_AUTH) != 0) {
+		loop_fail(c, "unavailable", "server busy, retry later", 1013, "try again later");
+		return;
+	}
+	c->presence = 1;
+	/* Frames sent before "ready" wait in lws until the connection is ready. */
+	lws_rx_flow_control(c->wsi, 0);
+}
+
+static void
+loop_auth(struct ws *ws, struct conn *c, const char *token)
+{
+	struct auth_identity id;
+	const char *why = "invalid token";
+
+	if (auth_verify(token, ws->cfg->jwt_secret, ws->cfg->jwt_leeway, parley_now_ms() / 1000,
+	    &id, &why) != 0) {
+		loop_fail(c, "unauthorized", why, 1008, "unauthorized");
+		return;
+	}
+	loop_auth_ok(ws, c, &id);
+}
+
+static void
+loop_ready(struct ws *ws, struct conn *c, struct done *d)
+{
+	struct json_object *o;
+	const char *s;
+
+	if (c->state != CONN_AUTHING)
+		return;
+	lws_rx_flow_control(c->wsi, 1);
+	if (d->err != 0) {
+		loop_fail(c, "unavailable", "storage unavailable, retry later", 1013,
+		    "try again later");
+		return;
+	}
+	c->state = CONN_READY;
+	o = json_object_new_object();
+	json_object_object_add(o, "type", json_object_new_string("ready"));
+	json_object_object_add(o, "user", json_object_new_string(c->user->name));
+	json_object_object_add(o, "device_id", json_object_new_string(c->device));
+	json_object_object_add(o, "last_seq", json_object_new_uint64(d->seq));
+	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+	    JSON_C_TO_STRING_NOSLASHESCAPE);
+	conn_queue_force(c, s, strlen(s));
+	loop_writable(c);
+	json_object_put(o);
+}
+
+/* --- client frames ------------------------------------------------------------------------ */
+
+static void
+loop_bad_frame(struct ws *ws, struct conn *c, const char *field, const char *why)
+{
+	char *msg;
+
+	xasprintf(&msg, "%s: %s", field, why);
+	loop_error(ws, c, "bad_request", msg);
+	free(msg);
+}
+
+static void
+loop_sync(struct ws *ws, struct conn *c, const struct proto_frame_req *r)
+{
+	struct job *j;
+
+	c->epoch++;
+	c->live = 0;
+	c->need_fetch = 0;
+	c->hint_max = 0;
+	conn_backlog_free(c);
+	j = loop_job(c);
+	j->has_after = r->has_after;
+	j->after = r->after;
+	c->fetching = 1;
+	if (loop_post(ws, j, JOB_SYNC) != 0) {
+		c->fetching = 0;
+		loop_error(ws, c, "rate_limited", "too many requests in flight, retry sync");
+	}
+}
+
+/* Hand a decoded frame to its job (the job takes the decoded strings). */
+static void
+loop_job_frame(struct ws *ws, struct conn *c, struct proto_frame_req *r, int kind)
+{
+	struct job *j;
+	const char *cmid = r->send.client_msg_id;
+	char *ack;
+
+	j = loop_job(c);
+	j->req = *r;
+	memset(r, 0, sizeof *r);
+	if (actor_post(ws->pool, j->user, kind, ACTOR_BACKPRESSURE, j) == 0)
+		return;
+	cmid = j->req.send.client_msg_id;
+	if (kind == JOB_SEND) {
+		ack = protocol_ack_error(cmid, "rate_limited", "too many messages in flight, retry");
+		loop_send(ws, c, ack, strlen(ack));
+		free(ack);
+	} else
+		loop_error(ws, c, "rate_limited", "too many requests in flight, retry");
+	ws_job_free(kind, j);
+}
+
+static void
+loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
+{
+	struct proto_frame_req r;
+	const char *field = "json", *why = "invalid";
+	char *cmid = NULL, *ack;
+
+	if (protocol_decode_frame(buf, len, ws->cfg->content_max_chars, ws->cfg->room_text_max_chars,
+	    &r, &field, &why, &cmid) != 0) {
+		if (cmid != NULL) {
+			char *msg;
+
+			xasprintf(&msg, "%s: %s", field, why);
+			ack = protocol_ack_error(cmid, "bad_request", msg);
+			loop_send(ws, c, ack, strlen(ack));
+			free(ack);
+			free(msg);
+			free(cmid);
+			return;
+		}
+		loop_bad_frame(ws, c, field, why);
+		return;
+	}
+	switch (r.type) {
+	case PROTO_F_AUTH:
+		loop_error(ws, c, "bad_request", "type: already authenticated");
+		break;
+	case PROTO_F_SYNC:
+		loop_sync(ws, c, &r);
+		break;
+	case PROTO_F_SEND:
+		loop_job_frame(ws, c, &r, JOB_SEND);
+		break;
+	case PROTO_F_DELIVERED:
+	case PROTO_F_READ:
+		loop_job_frame(ws, c, &r, JOB_RECEIPT);
+		break;
+	case PROTO_F_TYPING:
+		loop_job_frame(ws, c, &r, JOB_TYPING);
+		break;
+	case PROTO_F_ROOM_MESSAGE:
+		loop_job_frame(ws, c, &r, JOB_ROOM_POST);
+		break;
+	case PROTO_F_JOIN_ROOM:
+		if (conn_join(ws->conns, c, r.room) != 0)
+			loop_error(ws, c, "bad_request", "room: too many rooms joined");
+		break;
+	case PROTO_F_LEAVE_ROOM:
+		conn_leave(ws->conns, c, r.room);
+		break;
+	case PROTO_F_PING:
+		loop_send(ws, c, "{\"type\":\"pong\"}", 15);
+		break;
+	}
+	protocol_frame_clear(&r);
+}
+
+/* Before auth the only frame taken is {"type":"auth"}: anything else closes. */
+static void
+loop_frame_new(struct ws *ws, struct conn *c, const char *buf, size_t len)
+{
+	struct proto_frame_req r;
+	const char *field = "json", *why = "invalid";
+	char *cmid = NULL;
+
+	if (protocol_decode_frame(buf, len, ws->cfg->content_max_chars, ws->cfg->room_text_max_chars,
+	    &r, &field, &why, &cmid) != 0 || r.type != PROTO_F_AUTH) {
+		free(cmid);
+		protocol_frame_clear(&r);
+		loop_fail(c, "unauthorized", "the first frame must be {\"type\":\"auth\",\"token\":..}",
+		    1008, "unauthorized");
+		return;
+	}
+	loop_auth(ws, c, r.token);
+	protocol_frame_clear(&r);
+}
+
+static void
+loop_message(struct ws *ws, struct conn *c, const char *buf, size_t len)
+{
+	metrics_add(&ws->metrics, M_WS_FRAMES_IN, 1);
+	switch (c->state) {
+	case CONN_NEW:
+		loop_frame_new(ws, c, buf, len);
+		break;
+	case CONN_AUTHING:
+	case CONN_READY:
+		loop_frame_ready(ws, c, buf, len);
+		break;
+	default:
+		break;
+	}
+}
+
+/* Reassemble fragments up to ws_max_message; the common unfragmented frame is used in place. */
+static void
+loop_receive(struct ws *ws, struct conn *c, const char *in, size_t len)
+{
+	size_t remaining = lws_remaining_packet_payload(c->wsi);
+	int final = lws_is_final_fragment(c->wsi);
+
+	if (c->state == CONN_CLOSING)
+		return;
+	if ((size_t)c->rxlen + len + remaining > ws->cfg->ws_max_message) {
+		char *msg;
+
+		xasprintf(&msg, "message larger than %zu bytes", ws->cfg->ws_max_message);
+		loop_fail(c, "payload_too_large", msg, 1009, "message too big");
+		free(msg);
+		return;
+	}
+	if (lws_frame_is_binary(c->wsi))
+		c->rx_binary = 1;
+	if (c->rxlen == 0 && final) {
+		if (c->rx_binary)
+			goto binary;
+		loop_message(ws, c, in, len);
+		return;
+	}
+	if (!c->rx_binary) {
+		c->rxbuf = xrealloc(c->rxbuf, (size_t)c->rxlen + len + (final ? 0 : remaining) + 1);
+		memcpy(c->rxbuf + c->rxlen, in, len);
+	}
+	c->rxlen += (uint32_t)len;
+	if (!final)
+		return;
+	if (c->rx_binary)
+		goto binary;
+	loop_message(ws, c, c->rxbuf, c->rxlen);
+	free(c->rxbuf);
+	c->rxbuf = NULL;
+	c->rxlen = 0;
+	return;
+binary:
+	free(c->rxbuf);
+	c->rxbuf = NULL;
+	c->rxlen = 0;
+	c->rx_binary = 0;
+	if (c->state == CONN_NEW)
+		loop_fail(c, "unauthorized", "the first frame must be {\"type\":\"auth\",\"token\":..}",
+		    1008, "unauthorized");
+	else
+		loop_error(ws, c, "bad_request", "json: binary frames are not accepted, send text");
+}
+
+/* --- delivery ----------------------------------------------------------------------------- */
+
+/* The seq of a stored event text: its first "seq" key (the canonical encoders put it second). */
+static uint64_t
+loop_event_seq(const char *ev)
+{
+	const char *p = strstr(ev, "\"seq\":");
+
+	return p != NULL ? strtoull(p + 6, NULL, 10) : 0;
+}
+
+/*
+ * Move replayed events into the queue while it has room (a replay is flow-controlled, never a
+ * reason to cut a client off), then fetch more or go live.
+ */
+static void
+loop_pump(struct ws *ws, struct conn *c)
+{
+	struct backlog *b = c->backlog;
+	size_t max_bytes = ws->cfg->ws_queue_bytes / 2, max_frames = (size_t)ws->cfg->ws_queue_frames / 2;
+	uint64_t seq;
+	char *ev;
+
+	if (max_frames == 0)
+		max_frames = 1;
+	if (b == NULL || c->state != CONN_READY)
+		return;
+	while (b->pos < b->n) {
+		if (c->qframes > 0 && (c->qframes >= max_frames || c->qbytes >= max_bytes))
+			return;	/* WRITEABLE pumps again */
+		ev = b->events[b->pos++];
+		seq = loop_event_seq(ev);
+		if (seq != 0 && seq <= c->delivered)
+			continue;
+		conn_queue_force(c, ev, strlen(ev));
+		if (seq > c->delivered)
+			c->delivered = seq;
+		loop_writable(c);
+	}
+	if (b->next > c->delivered)
+		c->delivered = b->next;
+	if (b->has_more || c->hint_max > c->delivered) {
+		conn_backlog_free(c);
+		loop_fetch(ws, c);
+		return;
+	}
+	conn_backlog_free(c);
+	c->live = 1;
+}
+
+static void
+loop_page(struct ws *ws, struct conn *c, struct done *d)
+{
+	struct backlog *b;
+
+	if (d->epoch != c->epoch || c->state != CONN_READY)
+		return;
+	c->fetching = 0;
+	if (d->err != 0) {
+		if (c->live)
+			c->need_fetch = 1;	/* catch-up: the tick tries again */
+		else
+			loop_error(ws, c, "unavailable", "sync failed: storage unavailable, retry");
+		return;
+	}
+	if (!c->live)
+		c->delivered = d->seq;	/* a sync starts at its after, even one going back */
+	b = xcalloc(1, sizeof *b);
+	b->events = d->events;
+	b->n = d->n;
+	b->next = d->next;
+	b->has_more = d->has_more > 0;
+	d->events = NULL;
+	d->n = 0;
+	c->backlog = b;
+	loop_pump(ws, c);
+}
+
+/* A durable event for c's user up to seq: push it if it is the next one, else catch up. */
+static void
+loop_user_event(struct ws *ws, struct conn *c, const struct done *d)
+{
+	if (c->state != CONN_READY)
+		return;
+	if (!c->live && !c->fetching && c->backlog == NULL)
+		return;		/* not synced yet: it gets this by its sync */
+	if (d->seq <= c->delivered)
+		return;
+	if (c->fetching || c->backlog != NULL || !c->live) {
+		if (d->seq > c->hint_max)
+			c->hint_max = d->seq;
+		return;
+	}
+	if (d->text != NULL && d->seq == c->delivered + 1 && strstr(d->text, "\"seq\":") != NULL) {
+		if (loop_send(ws, c, d->text, d->len) == 0)
+			c->delivered = d->seq;
+		return;
+	}
+	c->hint_max = d->seq;
+	loop_fetch(ws, c);
+}
+
+static void
+loop_room_event(struct ws *ws, const char *room, const char *text, size_t len)
+{
+	struct conn_room *r;
+	struct room_join *j, *jn;
+
+	if ((r = conns_room(ws->conns, room)) == NULL)
+		return;
+	for (j = r->head; j != NULL; j = jn) {
+		jn = j->rnext;	/* loop_send never unlinks, but stay safe */
+		if (j->conn->state == CONN_READY)
+			loop_send(ws, j->conn, text, len);
+	}
+}
+
+static void
+loop_hint(struct ws *ws, struct done *d)
+{
+	struct conn_user *u;
+	struct conn *c;
+	struct job *j;
+
+	metrics_add(&ws->metrics, M_BUS_HINTS_IN, 1);
+	switch (d->topic) {
+	case BUS_USER_EVENT:
+		if ((u = conns_user(ws->conns, d->key)) == NULL)
+			return;
+		for (c = u->head; c != NULL; c = c->unext)
+			loop_user_event(ws, c, d);
+		break;
+	case BUS_USER_EPHEMERAL:
+		if (d->text == NULL || (u = conns_user(ws->conns, d->key)) == NULL)
+			return;
+		for (c = u->head; c != NULL; c = c->unext) {
+			if (c->state == CONN_READY)
+				loop_send(ws, c, d->text, d->len);
+		}
+		break;
+	case BUS_ROOM:
+		if (conns_room(ws->conns, d->key) == NULL)
+			return;
+		if (d->text != NULL) {
+			loop_room_event(ws, d->key, d->text, d->len);
+			return;
+		}
+		j = xcalloc(1, sizeof *j);
+		snprintf(j->user, sizeof j->user, "room:%.59s", d->key);
+		j->req.room = xstrdup(d->key);
+		j->after = d->seq;
+		(void)loop_post(ws, j, JOB_ROOM_FETCH);
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+loop_frame_done(struct ws *ws, struct conn *c, struct done *d)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	loop_send(ws, c, d->text, d->len);
+	if (d->close_code != 0)
+		loop_close(c, d->close_code, "closed");
+}
+
+/* Lost hints (the loop fell behind): every live connection re-reads its log. */
+static void
+loop_resync_all(struct ws *ws)
+{
+	struct conn *c;
+	size_t i = 0;
+
+	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (c->live && !c->fetching && c->backlog == NULL)
+			loop_fetch(ws, c);
+	}
+}
+
+static void loop_stop(struct ws *);
+
+/* Everything workers and the bus reader finished since the last wake-up. */
+static void
+loop_drain(struct ws *ws)
+{
+	struct done *d, *dn;
+	struct conn *c;
+	size_t hints = 0;
+	int overflow;
+
+	pthread_mutex_lock(&ws->qlock);
+	d = ws->qhead;
+	ws->qhead = ws->qtail = NULL;
+	ws->qhints = 0;
+	overflow = ws->qoverflow;
+	ws->qoverflow = 0;
+	pthread_mutex_unlock(&ws->qlock);
+
+	for (; d != NULL; d = dn) {
+		dn = d->next;
+		if (d->kind == DONE_HINT) {
+			hints++;
+			loop_hint(ws, d);
+		} else if (d->kind == DONE_ROOM) {
+			loop_room_event(ws, d->key, d->text, d->len);
+		} else if ((c = conn_find(ws->conns, d->conn)) != NULL) {
+			switch (d->kind) {
+			case DONE_READY:
+				loop_ready(ws, c, d);
+				break;
+			case DONE_FRAME:
+				loop_frame_done(ws, c, d);
+				break;
+			case DONE_PAGE:
+				loop_page(ws, c, d);
+				break;
+			default:
+				break;
+			}
+		}
+		ws_done_free(d);
+	}
+	if (overflow) {
+		log_warn("bus hints dropped: the loop fell behind; resyncing every connection");
+		loop_resync_all(ws);
+	}
+	if (__atomic_load_n(&ws->stop, __ATOMIC_ACQUIRE) && !ws->stopping)
+		loop_stop(ws);
+}
+
+/* --- shutdown and the tick ---------------------------------------------------------------- */
+
+static void
+loop_stop(struct ws *ws)
+{
+	struct conn *c;
+	size_t i = 0;
+
+	ws->stopping = 1;
+	ws->stop_deadline = parley_mono_ms() + 3000;
+	log_info("shutting down: closing %zu connections", conns_count(ws->conns));
+	while (conn_at(ws->conns, &i, &c) == 0)
+		loop_close(c, 1001, "server shutting down");
+}
+
+static void
+loop_tick(lws_sorted_usec_list_t *sul)
+{
+	struct ws *ws = lws_container_of(sul, struct ws, tick);
+	int64_t now = parley_mono_ms();
+	struct conn *c;
+	size_t i = 0;
+
+	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (c->state == CONN_NEW && now >= c->auth_deadline)
+			loop_fail(c, "unauthorized", "no auth frame in time", 1008, "auth timeout");
+		else if (c->need_fetch && c->state == CONN_READY)
+			loop_fetch(ws, c);
+	}
+	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, WS_TICK_US);
+}
+
+void
+ws_tick_start(struct ws *ws)
+{
+	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, WS_TICK_US);
+}
+
+/* --- upgrade checks ----------------------------------------------------------------------- */
+
+/* Refuse an upgrade with a plain HTTP answer (the socket is fresh: a short write cannot block). */
+static int
+loop_refuse(struct lws *wsi, int status, const char *text, const char *code, const char *message)
+{
+	char body[256], resp[512];
+	int bl, rl;
+
+	bl = snprintf(body, sizeof body, "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code,
+	    message);
+	rl = snprintf(resp, sizeof resp, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+	    "Content-Length: %d\r\n%sConnection: close\r\n\r\n%s", status, text, bl,
+	    status == 503 ? "Retry-After: 5\r\n" : "", body);
+	(void)send(lws_get_socket_fd(wsi), resp, (size_t)rl, MSG_NOSIGNAL | MSG_DONTWAIT);
+	return -1;
+}
+
+static int
+loop_origin_ok(struct ws *ws, struct lws *wsi)
+{
+	char origin[256];
+	size_t i;
+
+	if (ws->norigins == 0)
+		return 1;
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) <= 0)
+		return 1;	/* not a browser: Origin protects browsers' users only */
+	if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) < 0)
+		return 0;
+	for (i = 0; i < ws->norigins; i++) {
+		if (strcmp(origin, ws->origins[i]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* Path, Origin and capacity, before the 101 (never in HTTP_CONFIRM_UPGRADE: CVE-2025-11677). */
+static int
+loop_filter(struct ws *ws, struct lws *wsi)
+{
+	char path[64];
+
+	if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) < 0 ||
+	    (strcmp(path, "/ws") != 0 && strcmp(path, "/ws/") != 0))
+		return loop_refuse(wsi, 404, "Not Found", "not_found", "WebSocket endpoint is /ws");
+	if (!loop_origin_ok(ws, wsi))
+		return loop_refuse(wsi, 403, "Forbidden", "forbidden", "origin not allowed");
+	if (ws->stopping || conns_count(ws->conns) >= (size_t)ws->cfg->ws_max_connections)
+		return loop_refuse(wsi, 503, "Service Unavailable", "unavailable",
+		    "too many connections");
+	return 0;
+}
+
+/* The upgrade is done: count the connection and take a URL token if there is one. */
+static int
+loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
+{
+	char buf[2048];
+	const char *token;
+
+	c->wsi = wsi;
+	if (conn_register(ws->conns, c) != 0)
+		return -1;
+	metrics_add(&ws->metrics, M_WS_CONNECTIONS, 1);
+	c->state = CONN_NEW;
+	c->auth_deadline = parley_mono_ms() + (int64_t)ws->cfg->ws_auth_timeout * 1000;
+	/* The request headers are still attached here (lws drops them after ESTABLISHED). */
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS) > 0 &&
+	    (token = lws_get_urlarg_by_name(wsi, "access_token=", buf, sizeof buf)) != NULL)
+		loop_auth(ws, c, token);
+	return 0;
+}
+
+static void
+loop_closed(struct ws *ws, struct conn *c)
+{
+	struct job *j;
+
+	if (!c->registered)
+		return;
+	if (c->presence && c->user != NULL) {
+		j = loop_job(c);
+		if (loop_post(ws, j, JOB_PRESENCE_DOWN) != 0)
+			log_warn("presence of %s: could not post the disconnect", c->user->name);
+	}
+	conn_unregister(ws->conns, c);
+	metrics_add(&ws->metrics, M_WS_CONNECTIONS, -1);
+}
+
+static int
+loop_writeable(struct ws *ws, struct conn *c)
+{
+	struct frame *f;
+	int n;
+
+	c->writable_asked = 0;
+	if ((f = conn_dequeue(c)) == NULL) {
+		if (c->state == CONN_CLOSING) {
+			lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
+			    (unsigned char *)(uintptr_t)c->close_reason, strlen(c->close_reason));
+			return -1;
+		}
+		return 0;
+	}
+	n = lws_write(c->wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_TEXT);
+	free(f);
+	if (n < 0)
+		return -1;
+	metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
+	if (c->backlog != NULL)
+		loop_pump(ws, c);
+	if (c->qhead != NULL || c->state == CONN_CLOSING)
+		loop_writable(c);
+	return 0;
+}
+
+/* GET /metrics on the daemon's own port (not proxied): Prometheus text. */
+static int
+loop_http(struct ws *ws, struct lws *wsi, const char *uri)
+{
+	unsigned char hdr[LWS_PRE + 512], *p = hdr + LWS_PRE, *end = hdr + sizeof hdr - 1;
+	struct actor_stats st;
+	char *text, *extra, *body;
+	size_t len;
+
+	if (strcmp(uri, "/metrics") != 0) {
+		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL) != 0)
+			return -1;
+		return lws_http_transaction_completed(wsi) ? -1 : 0;
+	}
+	actor_pool_stats(ws->pool, &st);
+	xasprintf(&extra, "# HELP parley_ws_actor_queued messages waiting in actor mailboxes\n"
+	    "# TYPE parley_ws_actor_queued gauge\nparley_ws_actor_queued %zu\n", st.queued);
+	text = metrics_render(&ws->metrics, "parley_ws", extra);
+	free(extra);
+	len = strlen(text);
+	body = xmalloc(LWS_PRE + len);
+	memcpy(body + LWS_PRE, text, len);
+	free(text);
+	if (lws_add_http_common_headers(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4", len, &p,
+	    end) != 0 || lws_finalize_write_http_header(wsi, hdr + LWS_PRE, &p, end) != 0 ||
+	    lws_write(wsi, (unsigned char *)body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) != (int)len) {
+		free(body);
+		return -1;
+	}
+	free(body);
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+int
+ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
+{
+	struct ws *ws = lws_context_user(lws_get_context(wsi));
+	struct conn *c = user;
+
+	switch (reason) {
+	case LWS_CALLBACK_HTTP:
+		return loop_http(ws, wsi, in != NULL ? (const char *)in : "");
+	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+		return loop_filter(ws, wsi);
+	case LWS_CALLBACK_ESTABLISHED:
+		return loop_established(ws, c, wsi);
+	case LWS_CALLBACK_RECEIVE:
+		loop_receive(ws, c, in, len);
+		return 0;
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+		return loop_writeable(ws, c);
+	case LWS_CALLBACK_CLOSED:
+	case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+		if (c != NULL)
+			loop_closed(ws, c);
+		return 0;
+	case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+		loop_drain(ws);
+		return 0;
+	default:
+		return lws_callback_http_dummy(wsi, reason, user, in, len);
+	}
+}

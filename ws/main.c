@@ -1,0 +1,290 @@
+/* main.c - parley-ws: start-up, the threads around the libwebsockets loop, and shutdown. */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "actor.h"
+#include "chat.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "store.h"
+#include "ws.h"
+#include "xmalloc.h"
+
+/* lws's rx buffer per connection: small, because idle connections are the common case. */
+#define WS_RX_BUFFER	1024
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: parley-ws [--config FILE]\n"
+	    "  --config FILE   configuration file (default: $PARLEY_CONFIG)\n");
+	exit(2);
+}
+
+/* lws's own messages go through our log (errors and warnings only; they are rare). */
+static void
+ws_lws_log(int level, const char *line)
+{
+	size_t n = strlen(line);
+
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		n--;
+	if (level & LLL_ERR)
+		log_warn("lws: %.*s", (int)n, line);
+	else
+		log_debug("lws: %.*s", (int)n, line);
+}
+
+/* The presence node: stable across restarts of this daemon, so a restart clears its old rows. */
+static void
+ws_node_id(struct ws *ws)
+{
+	char host[256];
+
+	if (gethostname(host, sizeof host) != 0)
+		strcpy(host, "localhost");
+	host[sizeof host - 1] = '\0';
+	snprintf(ws->node, sizeof ws->node, "ws:%d:%.40s", ws->cfg->ws_port, host);
+}
+
+static void
+ws_origins(struct ws *ws)
+{
+	char *copy, *tok, *save = NULL;
+
+	copy = xstrdup(ws->cfg->ws_origins != NULL ? ws->cfg->ws_origins : "");
+	for (tok = strtok_r(copy, ", \t", &save); tok != NULL; tok = strtok_r(NULL, ", \t", &save)) {
+		ws->origins = xreallocarray(ws->origins, ws->norigins + 1, sizeof *ws->origins);
+		ws->origins[ws->norigins++] = xstrdup(tok);
+	}
+	free(copy);
+}
+
+/* Connections counted for this node by a previous run of it are gone: reset them (blocking, before the loop). */
+static void
+ws_presence_reset(struct ws *ws)
+{
+	struct chat ch;
+
+	chat_init(&ch, ws->cfg, NULL);
+	if (store_presence_reset(ch.store, ws->node, parley_now_ms()) != 0)
+		log_warn("presence reset for %s failed: %s", ws->node, strerror(errno));
+	chat_clear(&ch);
+}
+
+/* The bus reader: only bus_recv, never MySQL; every hint goes to the loop's queue. */
+static void *
+ws_bus_thread(void *arg)
+{
+	struct ws *ws = arg;
+	struct bus_hint *h;
+	struct pollfd pfd;
+	struct done *d;
+
+	h = xmalloc(sizeof *h);
+	pfd.fd = bus_fd(ws->bus);
+	pfd.events = POLLIN;
+	for (;;) {
+		if (poll(&pfd, 1, -1) == -1 && errno != EINTR) {
+			log_error("bus poll: %s", strerror(errno));
+			break;
+		}
+		while (bus_recv(ws->bus, h) == 0) {
+			if (h->topic == BUS_SHUTDOWN)
+				goto out;
+			d = ws_done_new(DONE_HINT, 0);
+			d->topic = h->topic;
+			d->seq = h->seq;
+			memcpy(d->key, h->key, sizeof d->key);
+			if (h->len > 0) {
+				d->text = xmalloc(h->len + 1);
+				memcpy(d->text, h->payload, h->len + 1);
+				d->len = h->len;
+			}
+			ws_done_push(ws, d);
+		}
+	}
+out:
+	free(h);
+	return NULL;
+}
+
+/* The signal thread: SIGTERM/SIGINT start the graceful shutdown in the loop. */
+static void *
+ws_signal_thread(void *arg)
+{
+	struct ws *ws = arg;
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	for (;;) {
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		log_info("signal %d: shutting down", sig);
+		__atomic_store_n(&ws->stop, 1, __ATOMIC_RELEASE);
+		pthread_mutex_lock(&ws->qlock);
+		if (ws->ctx != NULL)
+			lws_cancel_service(ws->ctx);
+		pthread_mutex_unlock(&ws->qlock);
+	}
+	return NULL;
+}
+
+static struct lws_context *
+ws_context(struct ws *ws)
+{
+	struct lws_context_creation_info info;
+	const struct config *cfg = ws->cfg;
+
+	memset(ws->protocols, 0, sizeof ws->protocols);
+	ws->protocols[0].name = "parley.v1";
+	ws->protocols[0].callback = ws_callback;
+	ws->protocols[0].per_session_data_size = sizeof(struct conn);
+	ws->protocols[0].rx_buffer_size = WS_RX_BUFFER;
+	/* Whole frames go to send() in one piece; lws keeps any unsent rest itself. */
+	ws->protocols[0].tx_packet_size = cfg->ws_max_message + 1024;
+
+	memset(&ws->retry, 0, sizeof ws->retry);
+	ws->retry.secs_since_valid_ping = (uint16_t)cfg->ws_ping_interval;
+	ws->retry.secs_since_valid_hangup = (uint16_t)cfg->ws_idle_timeout;
+
+	memset(&info, 0, sizeof info);
+	info.port = cfg->ws_port;
+	info.iface = cfg->ws_listen;
+	info.protocols = ws->protocols;
+	info.user = ws;
+	info.count_threads = 1;
+	info.retry_and_idle_policy = &ws->retry;
+	info.timeout_secs = 10;
+	info.gid = -1;
+	info.uid = -1;
+	info.options = LWS_SERVER_OPTION_VALIDATE_UTF8 | LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND;
+	if (strchr(cfg->ws_listen, ':') == NULL)
+		info.options |= LWS_SERVER_OPTION_DISABLE_IPV6;
+	return lws_create_context(&info);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct actor_config acfg;
+	struct config cfg;
+	struct ws ws;
+	pthread_t bus_thread, sig_thread;
+	const char *arg = NULL, *path;
+	char *cause = NULL;
+	struct done *d, *dn;
+	sigset_t set;
+	size_t i;
+	int ch;
+
+	while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c':
+			arg = optarg;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+
+	log_init("parley-ws", LOG_LEVEL_INFO, 0);
+	config_defaults(&cfg);
+	if ((path = config_path(arg)) == NULL)
+		fatal("no configuration: use --config FILE or set PARLEY_CONFIG");
+	if (config_load(&cfg, path, &cause) != 0 || config_validate(&cfg, &cause) != 0)
+		fatal("%s", cause);
+	log_init("parley-ws", (enum log_level)cfg.log_level, cfg.log_syslog);
+	lws_set_log_level(cfg.log_level == LOG_LEVEL_DEBUG ? LLL_ERR | LLL_WARN : LLL_ERR,
+	    ws_lws_log);
+
+	/* Every thread inherits this mask: only the signal thread takes SIGTERM/SIGINT. */
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+	memset(&ws, 0, sizeof ws);
+	ws.cfg = &cfg;
+	pthread_mutex_init(&ws.qlock, NULL);
+	ws.page_limit = cfg.page_max < 200 ? cfg.page_max : 200;
+	if (ws.page_limit < 1)
+		ws.page_limit = 1;
+	ws_node_id(&ws);
+	ws_origins(&ws);
+	ws.conns = conns_new((size_t)cfg.ws_max_connections);
+	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
+		fatal("bus: %s", cause);
+	ws_presence_reset(&ws);
+
+	memset(&acfg, 0, sizeof acfg);
+	acfg.workers = cfg.actor_workers;
+	acfg.mailbox = cfg.actor_mailbox;
+	acfg.retries = cfg.actor_retries;
+	acfg.backoff_ms = cfg.actor_backoff_ms;
+	acfg.idle_ms = cfg.actor_idle_ms;
+	acfg.batch = 64;
+	ws.pool = actor_pool_new(&acfg, &ws_actor_ops, &ws);
+
+	if ((ws.ctx = ws_context(&ws)) == NULL)
+		fatal("cannot listen on %s port %d", cfg.ws_listen, cfg.ws_port);
+	ws_tick_start(&ws);
+	if (pthread_create(&bus_thread, NULL, ws_bus_thread, &ws) != 0 ||
+	    pthread_create(&sig_thread, NULL, ws_signal_thread, &ws) != 0)
+		fatal("cannot start threads");
+	pthread_detach(sig_thread);
+	log_info("listening on %s:%d (path /ws, subprotocol parley.v1), node %s", cfg.ws_listen,
+	    cfg.ws_port, ws.node);
+
+	for (;;) {
+		if (lws_service(ws.ctx, 0) < 0)
+			break;
+		if (ws.stopping && (conns_count(ws.conns) == 0 ||
+		    parley_mono_ms() >= ws.stop_deadline))
+			break;
+	}
+
+	/* Workers may still push results: they must not wake a context being destroyed. */
+	pthread_mutex_lock(&ws.qlock);
+	ws.ctx = NULL;
+	pthread_mutex_unlock(&ws.qlock);
+	{
+		struct lws_context *ctx = lws_get_context(NULL);
+		(void)ctx;
+	}
+	lws_context_destroy(ws_context_of(&ws));
+	actor_pool_free(ws.pool);
+	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);
+	pthread_join(bus_thread, NULL);
+	for (d = ws.qhead; d != NULL; d = dn) {
+		dn = d->next;
+		ws_done_free(d);
+	}
+	bus_free(ws.bus);
+	conns_free(ws.conns);
+	for (i = 0; i < ws.norigins; i++)
+		free(ws.origins[i]);
+	free(ws.origins);
+	log_info("stopped");
+	config_clear(&cfg);
+	return 0;
+}

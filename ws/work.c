@@ -1,0 +1,343 @@
+/* work.c - the blocking half of parley-ws: jobs run by actor workers, each with its own chat. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "actor.h"
+#include "chat.h"
+#include "config.h"
+#include "log.h"
+#include "store.h"
+#include "ws.h"
+#include "xmalloc.h"
+
+/* A worker's context: the daemon and this thread's own MySQL and memcached connections. */
+struct wctx {
+	struct ws	*ws;
+	struct chat	 chat;
+};
+
+static void *
+work_init(void *arg)
+{
+	struct wctx *w;
+
+	w = xcalloc(1, sizeof *w);
+	w->ws = arg;
+	chat_init(&w->chat, w->ws->cfg, w->ws->bus);
+	return w;
+}
+
+static void
+work_free(void *ctx)
+{
+	struct wctx *w = ctx;
+
+	chat_clear(&w->chat);
+	free(w);
+}
+
+void
+ws_job_free(int kind, void *data)
+{
+	struct job *j = data;
+
+	(void)kind;
+	if (j == NULL)
+		return;
+	protocol_frame_clear(&j->req);
+	free(j);
+}
+
+/* A message a client may read for an errno of an operation (never internals). */
+static const char *
+work_errmsg(int err)
+{
+	switch (err) {
+	case EINVAL:
+		return "invalid request";
+	case EPERM:
+		return "not authenticated";
+	case EACCES:
+		return "not allowed: not a member of that group";
+	case ENOENT:
+		return "no such message or group";
+	case EMSGSIZE:
+		return "too large";
+	case EBUSY:
+		return "too many requests, slow down";
+	case EAGAIN:
+		return "storage unavailable, retry later";
+	default:
+		return "internal error";
+	}
+}
+
+/* One frame for the connection the job came from. */
+static void
+work_frame(struct ws *ws, const struct job *j, char *text, uint16_t close_code)
+{
+	struct done *d;
+
+	d = ws_done_new(DONE_FRAME, j->conn);
+	d->text = text;
+	d->len = strlen(text);
+	d->close_code = close_code;
+	ws_done_push(ws, d);
+}
+
+static void
+work_error(struct ws *ws, const struct job *j, int err)
+{
+	work_frame(ws, j, protocol_error_frame(protocol_errno_code(err), work_errmsg(err)), 0);
+}
+
+static void
+work_ack(struct ws *ws, const struct job *j, const struct store_send_res *res, int err)
+{
+	const char *cmid = j->req.send.client_msg_id;
+
+	if (err != 0) {
+		work_frame(ws, j, protocol_ack_error(cmid, protocol_errno_code(err),
+		    work_errmsg(err)), 0);
+		return;
+	}
+	metrics_add(&ws->metrics, res->duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
+	work_frame(ws, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq), 0);
+}
+
+/* Read a page of the user's log after j->after and hand it to the loop. */
+static int
+work_page(struct wctx *w, const struct job *j, uint64_t after)
+{
+	struct store_page page;
+	struct done *d;
+
+	memset(&page, 0, sizeof page);
+	if (store_events(w->chat.store, j->user, after, w->ws->page_limit, &page) != 0)
+		return -1;
+	d = ws_done_new(DONE_PAGE, j->conn);
+	d->epoch = j->epoch;
+	d->seq = after;
+	d->next = page.next;
+	d->has_more = page.has_more;
+	d->events = page.events;
+	d->n = page.n;
+	page.events = NULL;
+	page.n = 0;
+	store_page_clear(&page);
+	ws_done_push(w->ws, d);
+	return 0;
+}
+
+/* Presence +1 (once, even across retries), then the device cursor for "ready". */
+static int
+work_auth(struct wctx *w, struct job *j)
+{
+	struct done *d;
+	uint64_t cursor = 0;
+
+	if (!j->presence_done) {
+		if (chat_presence(&w->chat, j->user, w->ws->node, 1) != 0 && errno == EAGAIN)
+			return -1;
+		j->presence_done = 1;
+	}
+	if (store_cursor_get(w->chat.store, j->user, j->device, &cursor) != 0)
+		return -1;
+	d = ws_done_new(DONE_READY, j->conn);
+	d->seq = cursor;
+	ws_done_push(w->ws, d);
+	return 0;
+}
+
+/* sync: an explicit after becomes the device's cursor (as GET /sync); else the cursor is read. */
+static int
+work_sync(struct wctx *w, struct job *j)
+{
+	uint64_t after = j->after;
+
+	if (j->has_after) {
+		if (store_cursor_set(w->chat.store, j->user, j->device, after) != 0)
+			return -1;
+	} else if (store_cursor_get(w->chat.store, j->user, j->device, &after) != 0)
+		return -1;
+	/* A retry after a failed read must not set the cursor again from a stale default. */
+	j->has_after = 1;
+	j->after = after;
+	return work_page(w, j, after);
+}
+
+/* A room event by id, for a hint too large to carry it. */
+static int
+work_room_fetch(struct wctx *w, struct job *j)
+{
+	struct json_object *o = NULL, *a, *e;
+	const char *room = j->req.room;
+	struct done *d;
+	char *json = NULL;
+
+	if (chat_room_history_json(&w->chat, room, j->after > 0 ? j->after - 1 : 0, 1, &json,
+	    NULL) != 0)
+		return errno == EAGAIN ? -1 : 0;
+	if ((o = json_tokener_parse(json)) != NULL &&
+	    json_object_object_get_ex(o, "events", &a) && json_object_is_type(a, json_type_array) &&
+	    json_object_array_length(a) == 1) {
+		e = json_object_array_get_idx(a, 0);
+		d = ws_done_new(DONE_ROOM, 0);
+		strncpy(d->key, room, PARLEY_ID_MAX);
+		d->seq = j->after;
+		d->text = xstrdup(json_object_to_json_string_ext(e,
+		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+		d->len = strlen(d->text);
+		ws_done_push(w->ws, d);
+	}
+	json_object_put(o);
+	free(json);
+	return 0;
+}
+
+/* Run one job. Expected failures become frames here; only EAGAIN goes back for a retry. */
+static int
+work_dispatch(void *ctx, const char *key, int kind, void *data)
+{
+	struct wctx *w = ctx;
+	struct job *j = data;
+	struct store_send_res res;
+	char *ev = NULL;
+	int rc;
+
+	(void)key;
+	switch (kind) {
+	case JOB_AUTH:
+		return work_auth(w, j);
+	case JOB_SYNC:
+		return work_sync(w, j);
+	case JOB_FETCH:
+		return work_page(w, j, j->after);
+	case JOB_SEND:
+		if (chat_send(&w->chat, j->user, &j->req.send, &res) != 0) {
+			if (errno == EAGAIN)
+				return -1;
+			work_ack(w->ws, j, NULL, errno);
+			return 0;
+		}
+		work_ack(w->ws, j, &res, 0);
+		store_send_res_clear(&res);
+		return 0;
+	case JOB_RECEIPT:
+		rc = chat_receipt(&w->chat, j->user, &j->req.receipt);
+		break;
+	case JOB_TYPING:
+		rc = chat_typing(&w->chat, j->user, &j->req.target);
+		break;
+	case JOB_ROOM_POST:
+		rc = chat_room_post(&w->chat, j->user, j->req.room, j->req.text, &ev);
+		free(ev);
+		break;
+	case JOB_PRESENCE_DOWN:
+		rc = chat_presence(&w->chat, j->user, w->ws->node, -1);
+		break;
+	case JOB_ROOM_FETCH:
+		return work_room_fetch(w, j);
+	default:
+		errno = EINVAL;
+		return -1;
+	}
+	if (rc == 0)
+		return 0;
+	if (errno == EAGAIN)
+		return -1;
+	if (kind != JOB_PRESENCE_DOWN)
+		work_error(w->ws, j, errno);
+	return 0;
+}
+
+static int
+work_batchable(int kind)
+{
+	return kind == JOB_SEND;
+}
+
+/* Group commit: consecutive sends of one user go to MySQL in one transaction. */
+static int
+work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n, int *err)
+{
+	struct wctx *w = ctx;
+	const struct proto_send **reqs;
+	struct store_send_res *res;
+	struct job *j;
+	size_t i;
+	int rc;
+
+	(void)kind;
+	reqs = xcalloc(n, sizeof *reqs);
+	res = xcalloc(n, sizeof *res);
+	for (i = 0; i < n; i++)
+		reqs[i] = &((struct job *)data[i])->req.send;
+	rc = chat_send_batch(&w->chat, key, reqs, n, res, err);
+	if (rc != 0 && errno == EAGAIN) {
+		for (i = 0; i < n; i++)
+			store_send_res_clear(&res[i]);
+		free(res);
+		free(reqs);
+		errno = EAGAIN;
+		return -1;
+	}
+	for (i = 0; i < n; i++) {
+		j = data[i];
+		if (err[i] == EAGAIN)
+			continue;	/* escalated by the pool: failed() answers it */
+		work_ack(w->ws, j, &res[i], err[i]);
+		err[i] = 0;
+		store_send_res_clear(&res[i]);
+	}
+	free(res);
+	free(reqs);
+	return 0;
+}
+
+/* Out of retries (MySQL down for longer than the backoff) or a bug: tell the client. */
+static void
+work_failed(void *ctx, const char *key, int kind, void *data, int err)
+{
+	struct wctx *w = ctx;
+	struct job *j = data;
+	struct done *d;
+
+	(void)key;
+	switch (kind) {
+	case JOB_AUTH:
+		d = ws_done_new(DONE_READY, j->conn);
+		d->err = err;
+		ws_done_push(w->ws, d);
+		break;
+	case JOB_SYNC:
+	case JOB_FETCH:
+		d = ws_done_new(DONE_PAGE, j->conn);
+		d->epoch = j->epoch;
+		d->err = err;
+		ws_done_push(w->ws, d);
+		break;
+	case JOB_SEND:
+		work_ack(w->ws, j, NULL, err);
+		break;
+	case JOB_PRESENCE_DOWN:
+	case JOB_ROOM_FETCH:
+		break;
+	default:
+		work_error(w->ws, j, err);
+		break;
+	}
+}
+
+const struct actor_ops ws_actor_ops = {
+	.worker_init = work_init,
+	.worker_free = work_free,
+	.dispatch = work_dispatch,
+	.batchable = work_batchable,
+	.dispatch_batch = work_dispatch_batch,
+	.failed = work_failed,
+	.free_data = ws_job_free,
+};

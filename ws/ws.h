@@ -1,0 +1,121 @@
+/* ws.h - parley-ws: the daemon's state, the loop's completion queue, and the worker jobs. */
+#ifndef WS_WS_H
+#define WS_WS_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libwebsockets.h>
+
+#include "bus.h"
+#include "metrics.h"
+#include "parley.h"
+#include "protocol.h"
+
+struct actor_pool;
+struct config;
+struct conns;
+
+/*
+ * Threads: one libwebsockets service thread (the loop: every struct conn, every lws call but
+ * lws_cancel_service), the actor workers (MySQL, memcached: jobs below), one bus reader (bus_recv
+ * only) and one signal thread. Workers and the bus reader hand results to the loop through the
+ * completion queue (ws_done_push), which wakes the loop with lws_cancel_service().
+ */
+
+/* What comes back to the loop. */
+enum done_kind {
+	DONE_READY,	/* auth job finished: cursor in seq, or err */
+	DONE_FRAME,	/* one frame for a connection (ack, error), then close if close_code */
+	DONE_PAGE,	/* events read from MySQL for a sync or a catch-up */
+	DONE_HINT,	/* a bus hint */
+	DONE_ROOM	/* a room event fetched because its hint carried no payload */
+};
+
+struct done {
+	struct done	*next;
+	enum done_kind	 kind;
+	uint64_t	 conn;
+	uint32_t	 epoch;
+	int		 err;
+	uint16_t	 close_code;
+	int		 has_more;
+	enum bus_topic	 topic;
+	uint64_t	 seq;		/* READY: cursor; PAGE: the page's after; HINT: seq */
+	uint64_t	 next;		/* PAGE: last seq returned */
+	char		**events;	/* PAGE */
+	size_t		 n;
+	char		*text;		/* FRAME / HINT payload / ROOM event; NULL when none */
+	size_t		 len;
+	char		 key[PARLEY_ID_MAX + 1];
+};
+
+/* The jobs posted to the actor pool (keyed by user). */
+enum job_kind {
+	JOB_AUTH,		/* presence +1, device cursor -> DONE_READY */
+	JOB_SYNC,		/* store or read the cursor, first page -> DONE_PAGE */
+	JOB_FETCH,		/* a page after a seq -> DONE_PAGE */
+	JOB_SEND,		/* chat_send -> ack */
+	JOB_RECEIPT,
+	JOB_TYPING,
+	JOB_ROOM_POST,
+	JOB_PRESENCE_DOWN,	/* presence -1 when a connection closes */
+	JOB_ROOM_FETCH		/* a room event by id (key "room:NAME") */
+};
+
+struct job {
+	uint64_t		 conn;
+	uint32_t		 epoch;
+	int			 has_after;
+	int			 presence_done;
+	uint64_t		 after;
+	char			 user[PARLEY_ID_MAX + 1];
+	char			 device[PARLEY_ID_MAX + 1];
+	struct proto_frame_req	 req;		/* decoded frame (send, receipt, typing, room) */
+};
+
+struct ws {
+	const struct config	*cfg;
+	struct lws_context	*ctx;
+	struct bus		*bus;
+	struct actor_pool	*pool;
+	struct metrics		 metrics;
+	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
+	int			 page_limit;	/* events per replay page */
+
+	/* Completion queue: any thread pushes, the loop drains. */
+	pthread_mutex_t		 qlock;
+	struct done		*qhead, *qtail;
+	size_t			 qhints;	/* hints waiting */
+	int			 qoverflow;	/* hints were dropped: resync every live connection */
+	int			 stop;		/* atomic: SIGTERM/SIGINT seen */
+
+	/* Loop thread only. */
+	struct conns		*conns;
+	char			**origins;
+	size_t			 norigins;
+	int			 stopping;
+	int64_t			 stop_deadline;
+	lws_sorted_usec_list_t	 tick;
+	struct lws_protocols	 protocols[2];
+	lws_retry_bo_t		 retry;
+};
+
+/* The largest number of hints waiting for the loop before they are dropped (then: resync). */
+#define WS_HINTS_MAX 65536
+
+/* Any thread: hand d to the loop (takes ownership) and wake it. */
+void	ws_done_push(struct ws *, struct done *);
+struct done *ws_done_new(enum done_kind, uint64_t conn);
+void	ws_done_free(struct done *);
+
+/* work.c: the actor pool's operations. */
+extern const struct actor_ops ws_actor_ops;
+void	ws_job_free(int kind, void *job);
+
+/* loop.c: the libwebsockets protocol callback and the loop's periodic tick. */
+int	ws_callback(struct lws *, enum lws_callback_reasons, void *user, void *in, size_t len);
+void	ws_tick_start(struct ws *);
+
+#endif
