@@ -528,7 +528,7 @@ park_dispatch(void *wctx, const char *key, int kind, void *data)
 	struct park_wake *wake = data;
 	struct waiter *w, *prev = NULL;
 	char *json, *cached = NULL;
-	size_t i;
+	size_t i, n;
 
 	(void)key;
 	for (i = 0; i < wake->n; i++) {
@@ -561,8 +561,17 @@ park_dispatch(void *wctx, const char *key, int kind, void *data)
 			waiter_unref(w);
 			break;
 		case PM_TIMEOUT:
+			/*
+			 * One last read: a hint the bus lost (a full receiver queue) then only
+			 * delayed the answer. A failing read still ends the poll as a timeout.
+			 */
 			metrics_add(p->m, M_POLLS_TIMED_OUT, 1);
-			park_answer_empty(p, w);
+			json = NULL;
+			if (park_query(&wk->chat, w, &json, &n) == 0 && n > 0)
+				park_answer_json(p, w, json);
+			else
+				park_answer_empty(p, w);
+			free(json);
 			waiter_unref(w);
 			break;
 		}

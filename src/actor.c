@@ -50,7 +50,7 @@ struct actor {
 	struct actor		*next, *prev;	/* run queue, delay list or idle list */
 };
 
-/* A doubly-linked list of actors (run queue: FIFO; delay list: by not_before; idle: by idle_since). */
+/* A doubly-linked list of actors (run queue FIFO; delay list by not_before; idle by idle_since). */
 struct actor_list {
 	struct actor	*first, *last;
 };
@@ -333,8 +333,12 @@ actor_batch_len(struct actor_pool *p, struct actor *a)
 	if (p->ops.dispatch_batch == NULL || p->ops.batchable == NULL || p->cfg.batch <= 1 ||
 	    !p->ops.batchable(m->kind))
 		return 1;
-	for (m = m->next; m != NULL && n < (size_t)p->cfg.batch && m->kind == a->head->kind; m = m->next)
+	/* batchable() runs under the pool lock: it must be a pure test of the kind. */
+	for (m = m->next; m != NULL && n < (size_t)p->cfg.batch; m = m->next) {
+		if (m->kind != a->head->kind)
+			break;
 		n++;
+	}
 	return n;
 }
 

@@ -61,7 +61,7 @@ struct bus_peer {
 	int	 refs;		/* under bus.lock */
 };
 
-/* An immutable snapshot of the peers; publishers hold a reference while they send outside the lock. */
+/* An immutable snapshot of the peers: publishers hold a reference while sending outside the lock. */
 struct bus_peers {
 	struct bus_peer	**v;
 	size_t		  n;

@@ -7,8 +7,9 @@ struct store;
 
 /*
  * One struct cache per thread (a memcached_st is not thread-safe). Timeouts are short
- * (config.memcached_timeout_ms) and failed servers are removed and retried later, so memcached
- * being down or stopped (SIGSTOP) costs at most one timeout and never fails a request.
+ * (config.memcached_timeout_ms) and after a failure the cache leaves memcached alone for a second,
+ * so memcached being down or stopped (SIGSTOP) costs at most one timeout per second and never
+ * fails a request.
  */
 struct cache;
 

@@ -93,7 +93,7 @@ static const struct config_key config_keys[] = {
 	I("ws.queue_bytes",		CT_SIZE,	 ws_queue_bytes,	1024, 1073741824, 262144),
 	I("ws.queue_frames",		CT_INT,		 ws_queue_frames,	1, 1000000, 1024),
 	I("ws.ping_interval",		CT_INT,		 ws_ping_interval,	1, 3600, 20),
-	I("ws.idle_timeout",		CT_INT,		 ws_idle_timeout,	2, 86400, 60),
+	I("ws.idle_timeout",		CT_INT,		 ws_idle_timeout,	2, 3600, 60),
 	I("ws.auth_timeout",		CT_INT,		 ws_auth_timeout,	1, 3600, 10),
 	S("ws.origins",			CT_STR,		 ws_origins,		""),
 
@@ -486,6 +486,13 @@ config_load(struct config *cfg, const char *path, char **cause)
 	int saved;
 
 	config_defaults(cfg);
+	if (path == NULL) {
+		/* Without a file there is no jwt_secret, so no configuration can work. */
+		xasprintf(cause, "no configuration file (use --config PATH or set PARLEY_CONFIG)");
+		config_clear(cfg);
+		errno = ENOENT;
+		return -1;
+	}
 	cfg->path = xstrdup(path);
 	if ((f = fopen(path, "r")) == NULL) {
 		saved = errno;

@@ -61,7 +61,7 @@ void	protocol_target_clear(struct proto_target *);
 /* POST /groups. */
 struct proto_group_create {
 	char	 *name;		/* 1..100 characters */
-	char	**members;	/* valid user ids, de-duplicated, creator excluded */
+	char	**members;	/* valid user ids, de-duplicated, in request order (may name the creator: the store adds it once) */
 	size_t	  nmembers;	/* at most 1000 */
 };
 int	protocol_decode_group_create(struct json_object *, struct proto_group_create *,

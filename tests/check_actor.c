@@ -360,7 +360,7 @@ poster_main(void *arg)
 	return NULL;
 }
 
-/* Under load with many workers, no key ever runs on two workers at once, and keys do run in parallel. */
+/* Under load with many workers no key ever runs on two workers at once; keys do run in parallel. */
 START_TEST(test_exclusive_per_key)
 {
 	struct poster ps[4];
@@ -553,7 +553,7 @@ START_TEST(test_retry_success_and_permanent)
 }
 END_TEST
 
-/* Actors with nothing to do are freed after idle_ms; a busy one is kept; a reclaimed key comes back. */
+/* Idle actors are freed after idle_ms; a busy one is kept; a reclaimed key comes back. */
 START_TEST(test_idle_reclaim)
 {
 	struct tctx t;

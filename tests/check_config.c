@@ -476,6 +476,11 @@ START_TEST(test_missing_file)
 	ck_assert_ptr_nonnull(strstr(cause, "No such file"));
 	free(cause);
 	free(path);
+	/* No path at all (config_path() found none): a clear message, no crash. */
+	ck_assert_int_eq(config_load(&c, NULL, &cause), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_ptr_nonnull(strstr(cause, "PARLEY_CONFIG"));
+	free(cause);
 }
 END_TEST
 

@@ -90,9 +90,10 @@ testenv_memcached_restart(void)
 {
 	const char *d = testenv_dir();
 
-	testenv_sh("memcached $( [ $(id -u) = 0 ] && echo -u root ) -s '%s/memcached.sock' -a 0700 "
+	/* A killed memcached leaves its socket file behind: remove it so the wait below means something. */
+	testenv_sh("rm -f '%s/memcached.sock' && memcached $( [ $(id -u) = 0 ] && echo -u root ) -s '%s/memcached.sock' -a 0700 "
 	    "-m 64 -c 1024 -P '%s/memcached.pid' -d && for i in $(seq 50); do "
-	    "[ -S '%s/memcached.sock' ] && exit 0; sleep 0.1; done; exit 1", d, d, d);
+	    "[ -S '%s/memcached.sock' ] && exit 0; sleep 0.1; done; exit 1", d, d, d, d);
 }
 
 void

@@ -495,8 +495,9 @@ loop_event_seq(const char *ev)
 }
 
 /*
- * Move replayed events into the queue while it has room (a replay is flow-controlled, never a
- * reason to cut a client off), then fetch more or go live.
+ * Move fetched events into the queue, then fetch more or go live. A sync's replay is
+ * flow-controlled (it waits while the queue is half full: asking for history is no reason to be
+ * cut off); a live connection's catch-up is held to the queue limits like any push.
  */
 static void
 loop_pump(struct ws *ws, struct conn *c)
@@ -511,13 +512,16 @@ loop_pump(struct ws *ws, struct conn *c)
 	if (b == NULL || c->state != CONN_READY)
 		return;
 	while (b->pos < b->n) {
-		if (c->qframes > 0 && (c->qframes >= max_frames || c->qbytes >= max_bytes))
-			return;	/* WRITEABLE pumps again */
+		if (!c->live && c->qframes > 0 && (c->qframes >= max_frames || c->qbytes >= max_bytes))
+			return;	/* a replay waits: WRITEABLE pumps again */
 		ev = b->events[b->pos++];
 		seq = loop_event_seq(ev);
 		if (seq != 0 && seq <= c->delivered)
 			continue;
-		conn_queue_force(c, ev, strlen(ev));
+		if (!c->live)
+			conn_queue_force(c, ev, strlen(ev));
+		else if (loop_send(ws, c, ev, strlen(ev)) != 0)
+			return;	/* live and the queue is full: cut off as too slow */
 		if (seq > c->delivered)
 			c->delivered = seq;
 		loop_writable(c);
@@ -553,7 +557,7 @@ loop_page(struct ws *ws, struct conn *c, struct done *d)
 	b = xcalloc(1, sizeof *b);
 	b->events = d->events;
 	b->n = d->n;
-	b->next = d->next;
+	b->next = d->last;
 	b->has_more = d->has_more > 0;
 	d->events = NULL;
 	d->n = 0;

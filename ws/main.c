@@ -185,6 +185,7 @@ main(int argc, char **argv)
 	};
 	struct actor_config acfg;
 	struct config cfg;
+	struct lws_context *ctx;
 	struct ws ws;
 	pthread_t bus_thread, sig_thread;
 	const char *arg = NULL, *path;
@@ -264,14 +265,11 @@ main(int argc, char **argv)
 	}
 
 	/* Workers may still push results: they must not wake a context being destroyed. */
+	ctx = ws.ctx;
 	pthread_mutex_lock(&ws.qlock);
 	ws.ctx = NULL;
 	pthread_mutex_unlock(&ws.qlock);
-	{
-		struct lws_context *ctx = lws_get_context(NULL);
-		(void)ctx;
-	}
-	lws_context_destroy(ws_context_of(&ws));
+	lws_context_destroy(ctx);
 	actor_pool_free(ws.pool);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);
 	pthread_join(bus_thread, NULL);

@@ -121,7 +121,7 @@ work_page(struct wctx *w, const struct job *j, uint64_t after)
 	d = ws_done_new(DONE_PAGE, j->conn);
 	d->epoch = j->epoch;
 	d->seq = after;
-	d->next = page.next;
+	d->last = page.next;
 	d->has_more = page.has_more;
 	d->events = page.events;
 	d->n = page.n;

@@ -43,7 +43,7 @@ struct done {
 	int		 has_more;
 	enum bus_topic	 topic;
 	uint64_t	 seq;		/* READY: cursor; PAGE: the page's after; HINT: seq */
-	uint64_t	 next;		/* PAGE: last seq returned */
+	uint64_t	 last;		/* PAGE: last seq returned */
 	char		**events;	/* PAGE */
 	size_t		 n;
 	char		*text;		/* FRAME / HINT payload / ROOM event; NULL when none */

@@ -1,0 +1,819 @@
+#!/usr/bin/python3
+"""fcgi_test.py - drive parley-fcgi through a real web server (stdlib only).
+
+Run by tests/integration/test_fcgi.sh, which starts the processes and passes them in the
+environment:
+  PARLEY_HTTP     base URL of the web server in front of parley-fcgi (process FCGI_PID)
+  PARLEY_HTTP2    (optional) a second web server in front of a second parley-fcgi on the same bus
+  FCGI_PID        pid of the parley-fcgi behind PARLEY_HTTP (threads, fds)
+  PARLEY_TEST_CONFIG  the config (its jwt_secret mints tokens)
+Usage: fcgi_test.py PHASE   where PHASE is one of
+  full      every route, long polls, sync, 2000 parked polls, hang-up, two processes
+  basic     send, duplicate, long-poll wake/timeout, 401 (for the Apache and nginx variants)
+  fdleak    many requests; the process's fd count must come back (Apache: FCGI_KEEP_CONN)
+  park N    park N long polls and print their count (then the caller sends SIGTERM)
+  mysqldown MySQL is stopped: 503 + Retry-After
+  recovered MySQL is back: requests work again without a restart
+Prints "N passed, N failed" last; exit status 1 when anything failed.
+"""
+import asyncio
+import base64
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+PASSED = 0
+FAILED = 0
+RUN_ID = "%d%04x" % (os.getpid(), int.from_bytes(os.urandom(2), "big"))
+NAME_COUNTER = [0]
+
+
+def name(prefix):
+    """A user/room/device name unique across runs."""
+    NAME_COUNTER[0] += 1
+    return "%s_%s_%d" % (prefix, RUN_ID, NAME_COUNTER[0])
+
+
+def check(cond, what, detail=""):
+    global PASSED, FAILED
+    if cond:
+        PASSED += 1
+        print("ok   %s" % what, flush=True)
+    else:
+        FAILED += 1
+        print("FAIL %s %s" % (what, detail), flush=True)
+    return cond
+
+
+# --- tokens -------------------------------------------------------------------------------
+
+def config_secret(path):
+    section = ""
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("["):
+                section = line.strip("[]").strip()
+            elif "=" in line and section == "auth":
+                k, v = line.split("=", 1)
+                if k.strip() == "jwt_secret":
+                    return v.strip()
+    raise SystemExit("no jwt_secret in " + path)
+
+
+SECRET = None
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(user, exp_in=3600, alg="HS256", dev=None, secret=None, sign=True):
+    header = {"alg": alg, "typ": "JWT"}
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + exp_in}
+    if dev is not None:
+        claims["dev"] = dev
+    h = b64u(json.dumps(header).encode())
+    p = b64u(json.dumps(claims).encode())
+    if not sign:
+        return h + "." + p + "."
+    key = (secret or SECRET).encode()
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384}[alg if alg in ("HS256", "HS384") else "HS256"]
+    sig = hmac.new(key, (h + "." + p).encode(), digest).digest()
+    return h + "." + p + "." + b64u(sig)
+
+
+# --- HTTP ---------------------------------------------------------------------------------
+
+class Resp:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+
+    def json(self):
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+    def __repr__(self):
+        return "<%d %r>" % (self.status, self.body[:300])
+
+
+def req(base, method, path, tok=None, body=None, raw=None, headers=None, timeout=75):
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    h = dict(headers or {})
+    if tok is not None:
+        h["Authorization"] = "Bearer " + tok
+    data = None
+    if raw is not None:
+        data = raw if isinstance(raw, bytes) else raw.encode()
+    elif body is not None:
+        data = json.dumps(body).encode()
+    if data is not None:
+        h["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=h)
+    r = conn.getresponse()
+    out = Resp(r.status, r.getheaders(), r.read().decode("utf-8", "replace"))
+    conn.close()
+    return out
+
+
+async def areq(base, method, path, tok=None, body=None, timeout=75):
+    """A minimal HTTP/1.1 client on asyncio streams (thousands at once)."""
+    u = urllib.parse.urlsplit(base)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port)
+    data = json.dumps(body).encode() if body is not None else b""
+    head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, u.hostname)
+    if tok is not None:
+        head += "Authorization: Bearer %s\r\n" % tok
+    if body is not None:
+        head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
+    writer.write(head.encode() + b"\r\n" + data)
+    await writer.drain()
+    try:
+        raw = await asyncio.wait_for(reader.read(-1), timeout)
+    finally:
+        writer.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = [tuple(x.split(": ", 1)) for x in lines[1:] if ": " in x]
+    hd = {k.lower(): v for k, v in headers}
+    if hd.get("transfer-encoding", "").lower() == "chunked":
+        body_b, pos = b"", 0
+        while True:
+            end = rest.index(b"\r\n", pos)
+            n = int(rest[pos:end].split(b";")[0], 16)
+            if n == 0:
+                break
+            body_b += rest[end + 2:end + 2 + n]
+            pos = end + 2 + n + 2
+        rest = body_b
+    return Resp(status, headers, rest.decode("utf-8", "replace"))
+
+
+def metric(base, tok, mname):
+    r = req(base, "GET", "/metrics", tok)
+    m = re.search(r"^parley_fcgi_%s (\d+)$" % re.escape(mname), r.body, re.M)
+    return int(m.group(1)) if m else -1
+
+
+def proc_threads(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return -1
+
+
+def proc_fds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def wait_until(fn, timeout=10.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
+def err_code(r):
+    j = r.json()
+    try:
+        return j["error"]["code"]
+    except (TypeError, KeyError):
+        return None
+
+
+def err_msg(r):
+    j = r.json()
+    try:
+        return j["error"]["message"]
+    except (TypeError, KeyError):
+        return ""
+
+
+def send(base, tok, to, content, cmid=None, group=None):
+    body = {"content": content, "client_msg_id": cmid or name("c")}
+    if group is not None:
+        body["group_id"] = group
+    else:
+        body["to"] = to
+    return req(base, "POST", "/messages", tok, body)
+
+
+def last_seq(base, tok):
+    after = 0
+    while True:
+        r = req(base, "GET", "/messages?after=%d&limit=500" % after, tok)
+        j = r.json()
+        if not j["events"]:
+            return j["next"]
+        after = j["next"]
+
+
+class Poller(threading.Thread):
+    """A long poll on its own thread; records when its answer came."""
+
+    def __init__(self, base, path, tok):
+        super().__init__(daemon=True)
+        self.base, self.path, self.tok = base, path, tok
+        self.resp, self.t_done = None, None
+
+    def run(self):
+        try:
+            self.resp = req(self.base, "GET", self.path, self.tok)
+        except Exception as e:  # noqa: BLE001 - reported by the check
+            self.resp = Resp(0, [], repr(e))
+        self.t_done = time.monotonic()
+
+
+def wait_parked(base, tok, n, timeout=10.0):
+    return wait_until(lambda: metric(base, tok, "polls_parked") >= n, timeout)
+
+
+# --- phases ------------------------------------------------------------------------------
+
+def t_health(base):
+    r = req(base, "GET", "/health")
+    j = r.json() or {}
+    check(r.status == 200 and j.get("status") == "ok" and j.get("mysql") == "ok",
+          "GET /health 200 without a token", r)
+    check(r.headers.get("content-type", "").startswith("application/json"), "health is JSON", r.headers)
+
+
+def t_errors(base):
+    alice = name("alice")
+    ta = token(alice)
+    r = req(base, "GET", "/nope", ta)
+    check(r.status == 404 and err_code(r) == "not_found", "unknown route 404", r)
+    r = req(base, "GET", "/messages/", ta)
+    check(r.status == 404, "trailing slash 404", r)
+    r = req(base, "GET", "/groups/abc", ta)
+    check(r.status == 404, "non-numeric group id 404", r)
+    for method, path, allow in (("PUT", "/messages", "GET, POST"), ("DELETE", "/sync", "GET"),
+                                ("GET", "/receipts", "POST"), ("POST", "/messages/long_poll", "GET"),
+                                ("GET", "/groups/5/members/bob", "DELETE"),
+                                ("PATCH", "/rooms/r1/messages", "GET, POST")):
+        r = req(base, method, path, ta)
+        check(r.status == 405 and r.headers.get("allow") == allow and r.json() is not None,
+              "%s %s 405 Allow: %s" % (method, path, allow), (r, r.headers.get("allow")))
+    # 401 variants
+    cases = [
+        ("no header", None, {}),
+        ("Basic scheme", None, {"Authorization": "Basic YWxpY2U6cHc="}),
+        ("garbage token", "not.a.token", {}),
+        ("alg none", token(alice, alg="none", sign=False), {}),
+        ("HS384", token(alice, alg="HS384"), {}),
+        ("expired", token(alice, exp_in=-3600), {}),
+        ("wrong secret", token(alice, secret="another-secret-0123456789abcdef0123456789"), {}),
+        ("bad sub", token("bad user!"), {}),
+    ]
+    for what, tok, hdrs in cases:
+        r = req(base, "GET", "/messages", tok, headers=hdrs)
+        check(r.status == 401 and err_code(r) == "unauthorized" and
+              r.headers.get("www-authenticate", "").startswith("Bearer"),
+              "401 for %s" % what, r)
+    r = req(base, "GET", "/metrics")
+    check(r.status == 401, "/metrics needs a token", r)
+
+
+def t_limits(base):
+    alice, bob = name("alice"), name("bob")
+    ta = token(alice)
+    # body over 64 KiB: refused before it is read; at the limit: accepted.
+    pad_for = lambda total: total - len(json.dumps({"to": bob, "content": "x", "client_msg_id": "c-lim", "pad": ""}))
+    body = {"to": bob, "content": "x", "client_msg_id": name("c"), "pad": ""}
+    base_len = len(json.dumps(body))
+    body["pad"] = "a" * (65536 - base_len)
+    raw = json.dumps(body)
+    check(len(raw) == 65536, "body of exactly 64 KiB built", len(raw))
+    r = req(base, "POST", "/messages", ta, raw=raw)
+    check(r.status == 200 and r.json().get("server_msg_id"), "64 KiB body accepted", r)
+    body["pad"] += "a"
+    r = req(base, "POST", "/messages", ta, raw=json.dumps(body))
+    check(r.status == 413 and err_code(r) == "payload_too_large", "64 KiB + 1 body: 413", r)
+    del pad_for
+    # content length in characters (after trimming), multibyte counts as one
+    r = send(base, ta, bob, "é" * 4000)
+    check(r.status == 200, "content of 4000 characters accepted", r)
+    r = send(base, ta, bob, "x" * 4001)
+    check(r.status == 400 and err_code(r) == "bad_request" and "content" in err_msg(r),
+          "content of 4001 characters: 400 naming content", r)
+    r = send(base, ta, bob, "   ")
+    check(r.status == 400 and "content" in err_msg(r), "blank content: 400 naming content", r)
+    r = req(base, "POST", "/messages", ta, body={"to": bob, "content": "hi"})
+    check(r.status == 400 and "client_msg_id" in err_msg(r), "missing client_msg_id: 400 naming it", r)
+    r = req(base, "POST", "/messages", ta, body={"to": "bad user", "content": "hi", "client_msg_id": "x"})
+    check(r.status == 400 and "to" in err_msg(r), "bad recipient: 400 naming to", r)
+    r = req(base, "POST", "/messages", ta, body={"to": bob, "content": 5, "client_msg_id": "x"})
+    check(r.status == 400 and "content" in err_msg(r), "content of the wrong type: 400", r)
+    r = req(base, "POST", "/messages", ta, raw='{"to":')
+    check(r.status == 400 and "body" in err_msg(r), "bad JSON: 400 naming body", r)
+    r = req(base, "POST", "/messages", ta, raw='[1,2]')
+    check(r.status == 400 and "body" in err_msg(r), "JSON array body: 400", r)
+    r = req(base, "POST", "/messages", ta)
+    check(r.status == 400 and "body" in err_msg(r), "empty body: 400", r)
+    for q, field in (("limit=0", "limit"), ("limit=501", "limit"), ("after=abc", "after"),
+                     ("after=-1", "after"), ("limit=1x", "limit")):
+        r = req(base, "GET", "/messages?" + q, ta)
+        check(r.status == 400 and field in err_msg(r), "GET /messages?%s: 400 naming %s" % (q, field), r)
+    for q, field in (("timeout=61", "timeout"), ("timeout=-1", "timeout"), ("after=%ZZ", "after")):
+        r = req(base, "GET", "/messages/long_poll?" + q, ta)
+        check(r.status == 400 and field in err_msg(r), "long_poll?%s: 400 naming %s" % (q, field), r)
+    r = req(base, "GET", "/messages?limit=500", ta)
+    check(r.status == 200, "limit=500 accepted", r)
+    r = req(base, "GET", "/presence", ta)
+    check(r.status == 400 and "users" in err_msg(r), "presence without users: 400", r)
+    r = req(base, "GET", "/presence?users=a,bad%20user", ta)
+    check(r.status == 400 and "users" in err_msg(r), "presence with a bad user id: 400", r)
+    r = req(base, "GET", "/sync", ta)
+    check(r.status == 400 and "device_id" in err_msg(r), "sync without device_id: 400", r)
+    r = req(base, "POST", "/receipts", ta, body={"message_id": 1, "status": "seen"})
+    check(r.status == 400 and "status" in err_msg(r), "receipt with a bad status: 400 naming it", r)
+    r = req(base, "POST", "/typing", ta, body={})
+    check(r.status == 400, "typing without a target: 400", r)
+    r = req(base, "POST", "/rooms/r1/messages", ta, body={"text": "x" * 501})
+    check(r.status == 400 and "text" in err_msg(r), "room text of 501 characters: 400 naming text", r)
+    r = req(base, "GET", "/rooms/bad%20room/messages", ta)
+    check(r.status == 400 and "room" in err_msg(r), "bad room name: 400 naming room", r)
+    # no answer leaks internals
+    for r in (req(base, "GET", "/messages?after=abc", ta), req(base, "POST", "/messages", ta, raw="{")):
+        check("sql" not in r.body.lower() and "/tmp" not in r.body and "/run" not in r.body,
+              "error body free of internals", r)
+
+
+def t_send_poll(base):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    cmid = name("c")
+    r1 = send(base, ta, bob, "hello", cmid)
+    j1 = r1.json() or {}
+    check(r1.status == 200 and j1.get("duplicate") is False and j1.get("server_msg_id", 0) > 0 and
+          j1.get("seq", 0) >= 1, "send: 200 with server_msg_id, seq, duplicate:false", r1)
+    r2 = send(base, ta, bob, "hello", cmid)
+    j2 = r2.json() or {}
+    check(r2.status == 200 and j2.get("duplicate") is True and
+          j2.get("server_msg_id") == j1.get("server_msg_id"),
+          "retried send: same server_msg_id, duplicate:true", r2)
+    r = req(base, "GET", "/messages?after=0", tb)
+    ev = [e for e in (r.json() or {}).get("events", []) if e.get("type") == "new_message" and
+          e["message"].get("client_msg_id") == cmid]
+    check(r.status == 200 and len(ev) == 1 and ev[0]["message"]["id"] == j1.get("server_msg_id") and
+          ev[0]["message"]["from"] == alice and ev[0]["message"]["content"] == "hello",
+          "recipient got the message exactly once", r)
+    r = req(base, "GET", "/messages?after=0", ta)
+    check(any(e.get("message", {}).get("client_msg_id") == cmid for e in r.json()["events"]),
+          "sender's own log has the message", r)
+    # short poll pages
+    for i in range(4):
+        send(base, ta, bob, "m%d" % i)
+    r = req(base, "GET", "/messages?after=0&limit=2", tb)
+    j = r.json()
+    check(r.status == 200 and len(j["events"]) == 2 and j["next"] == j["events"][-1]["seq"] and
+          "has_more" not in j, "short poll honours limit, next = last seq", r)
+    r = req(base, "GET", "/messages?after=%d" % j["next"], tb)
+    seqs = [e["seq"] for e in r.json()["events"]]
+    check(seqs == list(range(j["next"] + 1, j["next"] + 1 + len(seqs))) and len(seqs) == 3,
+          "next page continues gap-free", seqs)
+    r = req(base, "GET", "/messages?after=1000000", tb)
+    check(r.json() == {"events": [], "next": 1000000}, "short poll past the end: empty, next=after", r)
+
+
+def t_long_poll(base, base2=None, what=""):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    send(base, ta, bob, "first")
+    after = last_seq(base, tb)
+    # immediate answer when something is there
+    t0 = time.monotonic()
+    r = req(base, "GET", "/messages/long_poll?after=0&timeout=10", tb)
+    check(r.status == 200 and len(r.json()["events"]) >= 1 and time.monotonic() - t0 < 1.0,
+          "long poll with events answers at once%s" % what, r)
+    # wake by another client
+    poll_base = base2 or base
+    p = Poller(poll_base, "/messages/long_poll?after=%d&timeout=20" % after, tb)
+    parked0 = metric(poll_base, tb, "polls_parked")
+    p.start()
+    wait_parked(poll_base, tb, parked0 + 1)
+    time.sleep(0.1)
+    cmid = name("c")
+    r = send(base, ta, bob, "wake up", cmid)
+    t_ack = time.monotonic()
+    p.join(20)
+    j = p.resp.json() if p.resp is not None else None
+    ok = (p.resp is not None and p.resp.status == 200 and j is not None and len(j["events"]) >= 1 and
+          j["events"][0]["message"]["client_msg_id"] == cmid and j["next"] == after + 1)
+    check(ok, "parked long poll gets the message%s" % what, p.resp)
+    if ok:
+        lat = (p.t_done - t_ack) * 1000
+        check(lat < 100, "long poll answered within 100 ms of the send ack%s (%.1f ms)" % (what, lat), lat)
+    # timeout
+    after = last_seq(base, tb)
+    t0 = time.monotonic()
+    r = req(base, "GET", "/messages/long_poll?after=%d&timeout=1" % after, tb)
+    dt = time.monotonic() - t0
+    check(r.status == 200 and r.body == '{"events":[],"next":%d}' % after and 0.9 <= dt < 3,
+          "long poll times out with {\"events\":[],\"next\":after}%s (%.2f s)" % (what, dt), r)
+    r = req(base, "GET", "/messages/long_poll?after=%d&timeout=0" % after, tb)
+    check(r.body == '{"events":[],"next":%d}' % after, "timeout=0 answers at once", r)
+
+
+def t_sync(base):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    dev = name("dev")
+    for i in range(3):
+        send(base, ta, bob, "s%d" % i)
+    r = req(base, "GET", "/sync?device_id=%s&after=0&limit=2" % dev, tb)
+    j = r.json()
+    check(r.status == 200 and len(j["events"]) == 2 and j["has_more"] is True and j["next"] == 2,
+          "sync page with has_more:true", r)
+    r = req(base, "GET", "/sync?device_id=%s&after=%d" % (dev, j["next"]), tb)
+    j = r.json()
+    check(len(j["events"]) == 1 and j["has_more"] is False and j["next"] == 3, "sync rest, has_more:false", r)
+    r = req(base, "GET", "/sync?device_id=%s&after=%d" % (dev, j["next"]), tb)
+    check(r.json() == {"events": [], "next": 3, "has_more": False}, "sync at the end: empty", r)
+    # the device stops here (cursor 3); more arrives; it resumes without after
+    for i in range(2):
+        send(base, ta, bob, "later%d" % i)
+    r = req(base, "GET", "/sync?device_id=%s" % dev, tb)
+    j = r.json()
+    check([e["seq"] for e in j["events"]] == [4, 5] and j["next"] == 5,
+          "sync resumes the device exactly where it stopped", r)
+    # another device has its own cursor (starts at 0)
+    r = req(base, "GET", "/sync?device_id=%s" % name("dev"), tb)
+    check(len(r.json()["events"]) == 5, "a new device starts from the beginning", r)
+    # device from the token's dev claim
+    tdev = token(bob, dev=dev)
+    r = req(base, "GET", "/sync?after=5", tdev)
+    check(r.status == 200 and r.json()["next"] == 5, "device_id from the token's dev claim", r)
+    # sync long poll: parks and wakes
+    p = Poller(base, "/sync?device_id=%s&after=5&timeout=10" % dev, tb)
+    parked0 = metric(base, tb, "polls_parked")
+    p.start()
+    wait_parked(base, tb, parked0 + 1)
+    send(base, ta, bob, "for sync")
+    p.join(10)
+    j = p.resp.json() if p.resp else None
+    check(j is not None and [e["seq"] for e in j["events"]] == [6] and j["has_more"] is False,
+          "sync with timeout waits and wakes", p.resp)
+    r = req(base, "GET", "/sync?device_id=%s&after=6&timeout=1" % dev, tb)
+    check(r.body == '{"events":[],"next":6,"has_more":false}', "sync long poll timeout shape", r)
+
+
+def t_receipts_typing(base):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    r = send(base, ta, bob, "read me")
+    mid = r.json()["server_msg_id"]
+    a_after = last_seq(base, ta)
+    r = req(base, "POST", "/receipts", tb, body={"message_id": mid, "status": "read"})
+    check(r.status == 204 and r.body == "", "POST /receipts 204", r)
+    r = req(base, "GET", "/messages/%d/receipts" % mid, ta)
+    j = r.json() or {}
+    check(r.status == 200 and bob in j.get("read", []) and bob in j.get("delivered", []),
+          "GET receipts: read implies delivered", r)
+    r = req(base, "GET", "/messages?after=%d" % a_after, ta)
+    st = [e for e in r.json()["events"] if e["type"] == "message_status"]
+    check(len(st) == 1 and st[0]["message_id"] == mid and st[0]["status"] == "read" and st[0]["by"] == bob,
+          "sender's log has the message_status event", r)
+    r = req(base, "GET", "/messages/%d/receipts" % mid, token(name("eve")))
+    check(r.status in (403, 404), "receipts of someone else's message refused", r)
+    r = req(base, "POST", "/receipts", tb, body={"message_id": 999999999, "status": "read"})
+    check(r.status == 404 and err_code(r) == "not_found", "receipt for a missing message: 404", r)
+    # typing reaches a waiting long poll (ephemeral: next stays)
+    b_after = last_seq(base, tb)
+    p = Poller(base, "/messages/long_poll?after=%d&timeout=10" % b_after, tb)
+    parked0 = metric(base, tb, "polls_parked")
+    p.start()
+    wait_parked(base, tb, parked0 + 1)
+    r = req(base, "POST", "/typing", ta, body={"to": bob})
+    check(r.status == 204, "POST /typing 204", r)
+    p.join(10)
+    j = p.resp.json() if p.resp else None
+    check(j is not None and j["next"] == b_after and len(j["events"]) == 1 and
+          j["events"][0].get("type") == "typing" and j["events"][0].get("from") == alice and
+          "seq" not in j["events"][0], "typing event answers a waiting long poll", p.resp)
+
+
+def t_conversations_groups_presence(base):
+    alice, bob, carol, dave = name("alice"), name("bob"), name("carol"), name("dave")
+    ta, tb, tc, td = token(alice), token(bob), token(carol), token(dave)
+    send(base, ta, bob, "conv")
+    r = req(base, "GET", "/conversations?limit=10", ta)
+    j = r.json() or {}
+    check(r.status == 200 and any(c.get("with") == bob for c in j.get("conversations", [])),
+          "GET /conversations lists the peer", r)
+    r = req(base, "GET", "/conversations?limit=0", ta)
+    check(r.status == 400 and "limit" in err_msg(r), "conversations limit=0: 400", r)
+    r = req(base, "POST", "/groups", ta, body={"name": "team", "members": [bob, carol]})
+    gid = (r.json() or {}).get("group_id")
+    check(r.status == 200 and isinstance(gid, int) and gid > 0, "POST /groups gives group_id", r)
+    r = req(base, "POST", "/groups", ta, body={"name": "", "members": [bob]})
+    check(r.status == 400 and "name" in err_msg(r), "group without a name: 400", r)
+    r = req(base, "GET", "/groups/%d" % gid, tb)
+    j = r.json() or {}
+    check(r.status == 200 and set(j.get("members", [])) >= {alice, bob, carol} and alice in j.get("admins", []),
+          "GET /groups/{id}: members and admins", r)
+    r = req(base, "GET", "/groups/%d" % gid, td)
+    check(r.status == 403, "non-member GET group: 403", r)
+    r = req(base, "POST", "/groups/%d/members" % gid, tb, body={"user": dave})
+    check(r.status == 403, "non-admin adds: 403", r)
+    r = req(base, "POST", "/groups/%d/members" % gid, ta, body={"user": dave})
+    check(r.status == 204, "admin adds a member: 204", r)
+    r = req(base, "POST", "/groups/%d/members" % gid, ta, body={"user": 7})
+    check(r.status == 400 and "user" in err_msg(r), "add with a bad user field: 400", r)
+    r = send(base, td, None, "hi group", group=gid)
+    check(r.status == 200, "new member sends to the group", r)
+    r = req(base, "GET", "/messages?after=0", tc)
+    check(any(e.get("message", {}).get("group_id") == gid for e in r.json()["events"]),
+          "group message reaches another member", r)
+    r = req(base, "DELETE", "/groups/%d/members/%s" % (gid, dave), td)
+    check(r.status == 204, "a member removes itself: 204", r)
+    r = send(base, td, None, "still here?", group=gid)
+    check(r.status == 403, "a removed member cannot send to the group: 403", r)
+    r = req(base, "GET", "/groups/999999999", ta)
+    check(r.status in (403, 404), "missing group refused", r)
+    r = req(base, "GET", "/presence?users=%s,%s" % (alice, bob), ta)
+    j = r.json() or {}
+    check(r.status == 200 and {p.get("user") for p in j.get("presence", [])} == {alice, bob},
+          "GET /presence lists the users", r)
+
+
+def t_rooms(base):
+    room = name("room")
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    r = req(base, "POST", "/rooms/%s/messages" % room, ta, body={"text": "  hello room  "})
+    j = r.json() or {}
+    check(r.status == 200 and j.get("type") == "room_message" and j.get("comment", {}).get("text") == "hello room",
+          "POST room message (trimmed)", r)
+    first = j.get("comment", {}).get("id", 0)
+    r = req(base, "GET", "/rooms/%s/messages" % room, tb)
+    j = r.json() or {}
+    check(r.status == 200 and len(j.get("events", [])) == 1 and j["next"] == first,
+          "GET room history", r)
+    # long poll on the room
+    p = Poller(base, "/rooms/%s/messages?after=%d&timeout=10" % (room, first), tb)
+    parked0 = metric(base, tb, "polls_parked")
+    p.start()
+    wait_parked(base, tb, parked0 + 1)
+    req(base, "POST", "/rooms/%s/messages" % room, ta, body={"text": "second"})
+    p.join(10)
+    j = p.resp.json() if p.resp else None
+    check(j is not None and len(j["events"]) == 1 and j["events"][0]["comment"]["text"] == "second",
+          "room long poll wakes on a new comment", p.resp)
+    r = req(base, "GET", "/rooms/%s/messages?after=%d&timeout=1" % (room, j["next"] if j else 0), tb)
+    check(r.status == 200 and r.json()["events"] == [], "room long poll times out empty", r)
+    # rate limit: more than 10 a second
+    codes = [req(base, "POST", "/rooms/%s/messages" % room, tb, body={"text": "spam%d" % i}) for i in range(14)]
+    limited = [r for r in codes if r.status == 429]
+    check(limited and err_code(limited[0]) == "rate_limited" and limited[0].headers.get("retry-after"),
+          "room rate limit: 429 with Retry-After", [r.status for r in codes])
+
+
+def t_metrics(base):
+    tok = token(name("ops"))
+    r = req(base, "GET", "/metrics", tok)
+    check(r.status == 200 and r.headers.get("content-type", "").startswith("text/plain") and
+          "parley_fcgi_http_requests_total" in r.body and "parley_fcgi_polls_parked" in r.body and
+          "parley_fcgi_actor_processed_total" in r.body, "GET /metrics Prometheus text", r.body[:200])
+
+
+async def mass_polls(base, n, pid):
+    sender = name("sender")
+    ts = token(sender)
+    users = [name("w") for _ in range(n)]
+    toks = [token(u) for u in users]
+    threads0 = proc_threads(pid)
+    parked0 = metric(base, ts, "polls_parked")
+    async def poll(i, tok):
+        # paced connects (about 1000/s) so no listen queue overflows on the way in
+        await asyncio.sleep(i * 0.001)
+        return await areq(base, "GET", "/messages/long_poll?after=0&timeout=50", tok, timeout=60)
+
+    tasks = [asyncio.ensure_future(poll(i, t)) for i, t in enumerate(toks)]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 40:
+        await asyncio.sleep(0.25)
+        parked = await asyncio.get_event_loop().run_in_executor(None, metric, base, ts, "polls_parked")
+        if parked >= parked0 + n:
+            break
+    check(parked >= parked0 + n, "%d long polls parked at once" % n, parked - parked0)
+    threads1 = proc_threads(pid)
+    fds1 = proc_fds(pid)
+    check(threads1 == threads0, "thread count constant with %d parked polls (%d -> %d)" % (n, threads0, threads1))
+    check(fds1 >= n, "each parked poll holds just its connection (%d fds)" % fds1)
+    done = [t for t in tasks if t.done()]
+    check(not done, "no poll answered before its message", [t.result() for t in done[:3]])
+    cmids = [name("c") for _ in range(n)]
+    sem2 = asyncio.Semaphore(32)
+
+    async def send1(u, c):
+        async with sem2:
+            return await areq(base, "POST", "/messages", ts, {"to": u, "content": "for " + u, "client_msg_id": c})
+
+    t1 = time.monotonic()
+    sends = await asyncio.gather(*[send1(u, c) for u, c in zip(users, cmids)])
+    check(all(s.status == 200 for s in sends), "%d sends acknowledged" % n, [s for s in sends if s.status != 200][:3])
+    res = await asyncio.gather(*tasks, return_exceptions=True)
+    dt = time.monotonic() - t1
+    good = 0
+    bad = []
+    for r, c in zip(res, cmids):
+        if isinstance(r, Resp) and r.status == 200:
+            j = r.json()
+            if j and len(j["events"]) == 1 and j["events"][0]["message"]["client_msg_id"] == c and j["next"] == 1:
+                good += 1
+                continue
+        bad.append(r)
+    check(good == n, "all %d parked polls answered with their own message (%.1f s)" % (n, dt), bad[:3])
+    check(proc_threads(pid) == threads0, "thread count unchanged after the wake-up")
+
+
+def t_mass(base, pid, n):
+    asyncio.run(mass_polls(base, n, pid))
+
+
+def t_hangup(base, pid):
+    bob = name("bob")
+    tb = token(bob)
+    gone0 = metric(base, tb, "polls_gone")
+    parked0 = metric(base, tb, "polls_parked")
+    fds0 = proc_fds(pid)
+    u = urllib.parse.urlsplit(base)
+    socks = []
+    for _ in range(5):
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(("GET /messages/long_poll?after=0&timeout=50 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % tb).encode())
+        socks.append(s)
+    check(wait_parked(base, tb, parked0 + 5), "5 polls parked before hang-up")
+    check(proc_fds(pid) >= fds0 + 5, "parked polls hold fds")
+    for s in socks:
+        s.close()
+    ok = wait_until(lambda: metric(base, tb, "polls_gone") >= gone0 + 5, 5)
+    check(ok, "clients that hung up are noticed (polls_gone +5)", metric(base, tb, "polls_gone") - gone0)
+    check(wait_until(lambda: metric(base, tb, "polls_parked") <= parked0, 5), "and no longer parked")
+    check(wait_until(lambda: proc_fds(pid) <= fds0 + 1, 5), "and their fds are closed (%d -> %d)" % (fds0, proc_fds(pid)))
+
+
+def t_two_processes(base, base2):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    # waiter on process 2, sender through process 1, and the other way round
+    for wb, sb, what in ((base2, base, "1 -> 2"), (base, base2, "2 -> 1")):
+        after = last_seq(sb, tb)
+        p = Poller(wb, "/messages/long_poll?after=%d&timeout=15" % after, tb)
+        parked0 = metric(wb, tb, "polls_parked")
+        p.start()
+        wait_parked(wb, tb, parked0 + 1)
+        cmid = name("c")
+        send(sb, ta, bob, "across", cmid)
+        t_ack = time.monotonic()
+        p.join(15)
+        j = p.resp.json() if p.resp else None
+        ok = j is not None and j["events"] and j["events"][0]["message"]["client_msg_id"] == cmid
+        check(ok, "a send through process %s wakes the other process's waiter" % what, p.resp)
+        if ok:
+            check((p.t_done - t_ack) < 0.1, "across processes within 100 ms (%.1f ms)" % ((p.t_done - t_ack) * 1000))
+
+
+def t_fdleak(base, pid):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    req(base, "GET", "/health")
+    time.sleep(0.3)
+    fds0 = proc_fds(pid)
+    for i in range(150):
+        req(base, "GET", "/messages?after=0", tb)
+        req(base, "GET", "/health")
+    for i in range(20):
+        send(base, ta, bob, "x%d" % i)
+        after = last_seq(base, tb)
+        req(base, "GET", "/messages/long_poll?after=%d&timeout=0" % after, tb)
+    # a few long polls that park and are answered from another thread
+    for i in range(10):
+        after = last_seq(base, tb)
+        p = Poller(base, "/messages/long_poll?after=%d&timeout=5" % after, tb)
+        p.start()
+        time.sleep(0.05)
+        send(base, ta, bob, "y%d" % i)
+        p.join(10)
+    fds1 = wait_until(lambda: proc_fds(pid) <= fds0 + 2, 5) and proc_fds(pid)
+    check(proc_fds(pid) <= fds0 + 2, "no descriptor leak after %d requests (%d -> %d fds)" % (560, fds0, proc_fds(pid)))
+    del fds1
+
+
+def phase_park(base, n):
+    bob = name("bob")
+    tb = token(bob)
+    after = last_seq(base, tb)
+    parked0 = metric(base, tb, "polls_parked")
+    polls = [Poller(base, "/messages/long_poll?after=%d&timeout=50" % after, tb) for _ in range(n)]
+    for p in polls:
+        p.start()
+    check(wait_parked(base, tb, parked0 + n), "%d polls parked before SIGTERM" % n)
+    # tell the caller to send SIGTERM, then wait for the answers
+    print("PARKED", flush=True)
+    for p in polls:
+        p.join(20)
+    ok = all(p.resp is not None and p.resp.status == 200 and p.resp.body == '{"events":[],"next":%d}' % after
+             for p in polls)
+    check(ok, "SIGTERM answers every parked poll with the empty result", [p.resp for p in polls[:3]])
+
+
+def phase_mysqldown(base):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    r = send(base, ta, bob, "while down")
+    check(r.status == 503 and err_code(r) == "unavailable" and r.headers.get("retry-after"),
+          "MySQL down: send 503 + Retry-After", r)
+    r = req(base, "GET", "/messages?after=0", tb)
+    check(r.status == 503 and r.headers.get("retry-after"), "MySQL down: poll 503 + Retry-After", r)
+    r = req(base, "GET", "/messages/long_poll?after=0&timeout=5", tb)
+    check(r.status == 503 and r.headers.get("retry-after"), "MySQL down: long poll 503 + Retry-After", r)
+    r = req(base, "GET", "/health")
+    j = r.json() or {}
+    check(r.status == 503 and j.get("mysql") == "down" and r.headers.get("retry-after"),
+          "MySQL down: /health 503 mysql:down", r)
+    check("sql" not in r.body.lower() or "mysql" in r.body, "no internals in the 503", r)
+
+
+def phase_recovered(base):
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    ok = wait_until(lambda: req(base, "GET", "/health").status == 200, 20, 0.2)
+    check(ok, "MySQL back: /health 200 without a restart")
+    r = send(base, ta, bob, "after recovery")
+    check(r.status == 200, "MySQL back: send works", r)
+    r = req(base, "GET", "/messages?after=0", tb)
+    check(r.status == 200 and len(r.json()["events"]) == 1, "MySQL back: poll works", r)
+
+
+def main():
+    global SECRET
+    SECRET = config_secret(os.environ["PARLEY_TEST_CONFIG"])
+    base = os.environ["PARLEY_HTTP"]
+    base2 = os.environ.get("PARLEY_HTTP2")
+    pid = int(os.environ.get("FCGI_PID", "0"))
+    phase = sys.argv[1] if len(sys.argv) > 1 else "full"
+    try:
+        if phase == "full":
+            t_health(base)
+            t_errors(base)
+            t_limits(base)
+            t_send_poll(base)
+            t_long_poll(base)
+            t_sync(base)
+            t_receipts_typing(base)
+            t_conversations_groups_presence(base)
+            t_rooms(base)
+            t_metrics(base)
+            t_hangup(base, pid)
+            if base2:
+                t_two_processes(base, base2)
+            t_mass(base, pid, int(os.environ.get("FCGI_MASS", "2000")))
+        elif phase == "basic":
+            what = " (%s)" % os.environ.get("FCGI_SERVER", "")
+            t_health(base)
+            r = req(base, "GET", "/messages")
+            check(r.status == 401, "401 without a token" + what, r)
+            t_send_poll(base)
+            t_long_poll(base, what=what)
+        elif phase == "fdleak":
+            t_fdleak(base, pid)
+        elif phase == "park":
+            phase_park(base, int(sys.argv[2]))
+        elif phase == "mysqldown":
+            phase_mysqldown(base)
+        elif phase == "recovered":
+            phase_recovered(base)
+        else:
+            raise SystemExit("unknown phase " + phase)
+    except Exception as e:  # noqa: BLE001 - a crash of the test is a failure, not a pass
+        import traceback
+        traceback.print_exc()
+        check(False, "phase %s crashed: %r" % (phase, e))
+    print("%d passed, %d failed" % (PASSED, FAILED), flush=True)
+    sys.exit(1 if FAILED else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,790 @@
+#!/usr/bin/python3
+"""ws_test.py - integration tests of parley-ws, driven by a real WebSocket client.
+
+Run by tests/integration/test_ws.sh under tests/harness/with-services (which exports
+PARLEY_TEST_CONFIG, PARLEY_TEST_DIR, PARLEY_SRCDIR, PARLEY_BUILDDIR). Starts its own parley-ws
+processes on free ports with private bus directories; the client is the Debian package
+python3-websockets (asyncio). Prints one line per test and "N passed, N failed" at the end.
+"""
+import asyncio
+import base64
+import configparser
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.error
+import urllib.request
+
+import websockets
+
+BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
+SRC = os.environ.get("PARLEY_SRCDIR", ".")
+BASE_CONF = os.environ["PARLEY_TEST_CONFIG"]
+TOP = tempfile.mkdtemp(prefix="ws-test.", dir=os.environ.get("PARLEY_TEST_DIR") or None)
+
+_conf = configparser.ConfigParser(interpolation=None)
+_conf.read(BASE_CONF)
+SECRET = _conf["auth"]["jwt_secret"].encode()
+RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
+_n = [0]
+
+
+def uname(prefix):
+    """A user id unique across test runs sharing the database."""
+    _n[0] += 1
+    return "%s_%s_%d" % (prefix, RUN, _n[0])
+
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(sub, dev=None, exp_in=3600, alg="HS256", secret=None):
+    header = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    claims = {"sub": sub, "exp": int(time.time()) + exp_in, "iat": int(time.time())}
+    if dev:
+        claims["dev"] = dev
+    body = b64(json.dumps(claims).encode())
+    if alg == "none":
+        return header + "." + body + "."
+    mac = hmac.new(secret or SECRET, (header + "." + body).encode(), hashlib.sha256).digest()
+    return header + "." + body + "." + b64(mac)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Daemon:
+    """One parley-ws process with its own config (base config + overrides) and port."""
+
+    def __init__(self, name, bus=None, **ws):
+        self.name = name
+        self.port = free_port()
+        self.dir = os.path.join(TOP, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.bus = bus or os.path.join(TOP, "bus")
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(BASE_CONF)
+        conf["bus"] = {"dir": self.bus}
+        conf["ws"] = {"listen": "127.0.0.1", "port": str(self.port)}
+        for k, v in ws.items():
+            conf["ws"][k] = str(v)
+        conf["log"] = {"level": "info"}
+        self.conf = os.path.join(self.dir, "parley.conf")
+        with open(self.conf, "w") as f:
+            conf.write(f)
+        self.log = open(os.path.join(self.dir, "parley-ws.log"), "ab")
+        self.proc = subprocess.Popen([os.path.join(BUILD, "parley-ws"), "--config", self.conf],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %s; see %s" % (name, self.proc.returncode, self.dir))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("%s did not listen" % name)
+        self.url = "ws://127.0.0.1:%d/ws" % self.port
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def metric(self, name):
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=3) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("parley_ws_" + name + " "):
+                    return int(line.split()[1])
+        return None
+
+
+class Client:
+    """A WebSocket with an inbox: frames read while waiting for another one are kept."""
+
+    def __init__(self, ws, ready=None):
+        self.ws = ws
+        self.ready = ready
+        self.inbox = []
+
+    async def send(self, obj):
+        await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj))
+
+    async def next(self, pred=lambda m: True, timeout=5.0):
+        for i, m in enumerate(self.inbox):
+            if pred(m):
+                return self.inbox.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("timed out waiting for a frame; inbox: %s" % self.inbox[-5:])
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), left)
+            except asyncio.TimeoutError:
+                raise AssertionError("timed out waiting for a frame; inbox: %s" % self.inbox[-5:])
+            m = json.loads(raw)
+            if pred(m):
+                return m
+            self.inbox.append(m)
+
+    async def none(self, pred, secs):
+        try:
+            m = await self.next(pred, secs)
+        except AssertionError:
+            return
+        raise AssertionError("unexpected frame: %s" % m)
+
+    async def close(self):
+        await self.ws.close()
+
+
+async def connect(daemon, user, dev=None, how="url", sync=None, **kw):
+    """Authenticated client; sync=SEQ (or True for the device cursor) starts the live stream."""
+    tok = token(user, dev)
+    url = daemon.url + ("?access_token=" + tok if how == "url" else "")
+    ws = await websockets.connect(url, subprotocols=["parley.v1"], **kw)
+    if how == "frame":
+        await ws.send(json.dumps({"type": "auth", "token": tok}))
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert ready["type"] == "ready", ready
+    c = Client(ws, ready)
+    if sync is not None:
+        await c.send({"type": "sync"} if sync is True else {"type": "sync", "after": sync})
+    return c
+
+
+def is_msg(cmid):
+    return lambda m: m.get("type") == "new_message" and m["message"]["client_msg_id"] == cmid
+
+
+def is_ack(cmid):
+    return lambda m: m.get("type") == "ack" and m.get("client_msg_id") == cmid
+
+
+async def send(c, to, content, cmid=None, group_id=None):
+    cmid = cmid or uname("c")
+    frame = {"type": "send_message", "client_msg_id": cmid, "content": content}
+    if group_id:
+        frame["group_id"] = group_id
+    else:
+        frame["to"] = to
+    await c.send(frame)
+    ack = await c.next(is_ack(cmid))
+    return cmid, ack
+
+
+async def expect_close(ws, code, timeout=5.0):
+    """Read until the server closes; returns the frames seen; asserts the close code."""
+    frames = []
+    try:
+        while True:
+            frames.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+    except websockets.ConnectionClosed as e:
+        assert e.code == code, "close code %s (%s), wanted %s; frames %s" % (e.code, e.reason, code, frames)
+        return frames
+    except asyncio.TimeoutError:
+        raise AssertionError("not closed within %ss; frames %s" % (timeout, frames))
+
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+# --- auth ---------------------------------------------------------------------------------
+
+@test
+async def auth_url_token(env):
+    u = uname("alice")
+    c = await connect(env.a, u, dev="laptop")
+    assert c.ready == {"type": "ready", "user": u, "device_id": "laptop", "last_seq": 0}, c.ready
+    await c.send({"type": "ping"})
+    assert (await c.next())["type"] == "pong"
+    await c.close()
+
+
+@test
+async def auth_frame(env):
+    u = uname("alice")
+    c = await connect(env.a, u, how="frame")
+    assert c.ready["user"] == u and c.ready["device_id"], c.ready
+    # A second auth frame is a bad request, not a new identity.
+    await c.send({"type": "auth", "token": token(uname("mallory"))})
+    e = await c.next()
+    assert e["type"] == "error" and e["code"] == "bad_request", e
+    await c.close()
+
+
+async def _bad_token(env, tok, in_url):
+    url = env.a.url + ("?access_token=" + tok if in_url else "")
+    ws = await websockets.connect(url, subprotocols=["parley.v1"])
+    if not in_url:
+        await ws.send(json.dumps({"type": "auth", "token": tok}))
+    frames = await expect_close(ws, 1008)
+    assert frames and frames[0]["type"] == "error" and frames[0]["code"] == "unauthorized", frames
+    assert not any(f.get("type") == "ready" for f in frames), frames
+
+
+@test
+async def auth_expired(env):
+    await _bad_token(env, token(uname("bob"), exp_in=-600), True)
+    await _bad_token(env, token(uname("bob"), exp_in=-600), False)
+
+
+@test
+async def auth_wrong_signature(env):
+    await _bad_token(env, token(uname("bob"), secret=b"another-secret-0123456789abcdef0123"), True)
+    await _bad_token(env, token(uname("bob"), secret=b"another-secret-0123456789abcdef0123"), False)
+
+
+@test
+async def auth_alg_none(env):
+    await _bad_token(env, token(uname("bob"), alg="none"), True)
+    await _bad_token(env, token(uname("bob"), alg="none"), False)
+
+
+@test
+async def auth_missing_or_not_first(env):
+    for first in ({"type": "sync"}, {"type": "auth"}, "not json", {"type": "ping"}):
+        ws = await websockets.connect(env.a.url, subprotocols=["parley.v1"])
+        await ws.send(first if isinstance(first, str) else json.dumps(first))
+        frames = await expect_close(ws, 1008)
+        assert frames[0]["code"] == "unauthorized", frames
+
+
+@test
+async def auth_timeout(env):
+    # env.lim runs with auth_timeout = 1
+    ws = await websockets.connect(env.lim.url, subprotocols=["parley.v1"])
+    t0 = time.monotonic()
+    frames = await expect_close(ws, 1008, timeout=5)
+    took = time.monotonic() - t0
+    assert 0.9 <= took <= 3.5, took
+    assert frames[0]["code"] == "unauthorized", frames
+
+
+# --- messaging ----------------------------------------------------------------------------
+
+@test
+async def send_ack_push(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.a, bob, how="frame", sync=0)
+    cmid, ack = await send(a, bob, "Hi Bob")
+    assert ack["status"] == "success" and ack["server_msg_id"] > 0 and ack["seq"] == 1, ack
+    m = await b.next(is_msg(cmid))
+    assert m["seq"] == 1 and m["message"]["id"] == ack["server_msg_id"], m
+    assert m["message"]["from"] == alice and m["message"]["to"] == bob and m["message"]["content"] == "Hi Bob", m
+    # The sending device also gets the event of its own log (documented in docs/websocket.md).
+    echo = await a.next(is_msg(cmid))
+    assert echo["seq"] == 1, echo
+    # and back
+    cmid2, ack2 = await send(b, alice, "Hi Alice")
+    assert ack2["seq"] == 2, ack2
+    m2 = await a.next(is_msg(cmid2))
+    assert m2["seq"] == 2 and m2["message"]["from"] == bob, m2
+    await a.close()
+    await b.close()
+
+
+@test
+async def same_user_two_devices(env):
+    alice, bob = uname("alice"), uname("bob")
+    a1 = await connect(env.a, alice, dev="phone", sync=0)
+    a2 = await connect(env.a, alice, dev="laptop", sync=0)
+    b1 = await connect(env.a, bob, dev="phone", sync=0)
+    b2 = await connect(env.a, bob, dev="laptop", sync=0)
+    cmid, ack = await send(a1, bob, "to both of your devices")
+    for c in (b1, b2, a2):
+        m = await c.next(is_msg(cmid))
+        assert m["message"]["id"] == ack["server_msg_id"], m
+    for c in (a1, a2, b1, b2):
+        await c.none(is_msg(cmid), 0.3)
+        await c.close()
+
+
+@test
+async def offline_sync_exactly_once(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.a, bob, dev="tablet", sync=0)
+    first, _ = await send(a, bob, "before going offline")
+    m = await b.next(is_msg(first))
+    last_seen = m["seq"]
+    await b.close()
+    missed = []
+    for i in range(5):
+        cmid, _ = await send(a, bob, "missed %d" % i)
+        missed.append(cmid)
+    b = await connect(env.a, bob, dev="tablet", sync=last_seen)
+    got = [await b.next(lambda m: m.get("type") == "new_message") for _ in missed]
+    assert [g["message"]["client_msg_id"] for g in got] == missed, got
+    assert [g["seq"] for g in got] == list(range(last_seen + 1, last_seen + 6)), got
+    live, _ = await send(a, bob, "live again")
+    m = await b.next(lambda m: m.get("type") == "new_message")
+    assert m["message"]["client_msg_id"] == live, m
+    await b.none(lambda m: m.get("type") == "new_message", 0.5)
+    await b.close()
+    # ready.last_seq is the device cursor the sync stored; sync without "after" starts there.
+    b = await connect(env.a, bob, dev="tablet", sync=True)
+    assert b.ready["last_seq"] == last_seen, b.ready
+    got = [await b.next(lambda m: m.get("type") == "new_message") for _ in range(6)]
+    assert [g["message"]["client_msg_id"] for g in got] == missed + [live], got
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    await a.close()
+    await b.close()
+
+
+@test
+async def idempotent_retry(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.a, bob, sync=0)
+    cmid = uname("retry")
+    _, ack1 = await send(a, bob, "once", cmid=cmid)
+    _, ack2 = await send(a, bob, "once", cmid=cmid)
+    assert ack1["status"] == ack2["status"] == "success", (ack1, ack2)
+    assert ack1["server_msg_id"] == ack2["server_msg_id"] and ack1["seq"] == ack2["seq"], (ack1, ack2)
+    # The retry over a new connection (a reconnecting client) too.
+    a2 = await connect(env.b, alice)
+    await a2.send({"type": "send_message", "to": bob, "content": "once", "client_msg_id": cmid})
+    ack3 = await a2.next(is_ack(cmid))
+    assert ack3["server_msg_id"] == ack1["server_msg_id"], ack3
+    await b.next(is_msg(cmid))
+    await b.none(is_msg(cmid), 0.7)
+    for c in (a, a2, b):
+        await c.close()
+
+
+@test
+async def send_errors_and_bad_frames(env):
+    alice = uname("alice")
+    a = await connect(env.a, alice, sync=0)
+    cases = [
+        ("{not json", "json"),
+        (json.dumps({"type": "teleport"}), "type"),
+        (json.dumps({"no_type": 1}), "type"),
+        (json.dumps({"type": "delivered", "message_id": "x"}), "message_id"),
+        (json.dumps({"type": "join_room", "room": "bad room!"}), "room"),
+        (json.dumps([1, 2]), "json"),
+    ]
+    for raw, field in cases:
+        await a.send(raw)
+        e = await a.next()
+        assert e["type"] == "error" and e["code"] == "bad_request" and field in e["message"], (raw, e)
+    # A send_message with a bad field gets an ack with status error naming it.
+    cmid = uname("bad")
+    await a.send({"type": "send_message", "client_msg_id": cmid, "to": uname("bob"), "content": "   "})
+    ack = await a.next(is_ack(cmid))
+    assert ack["status"] == "error" and ack["error"]["code"] == "bad_request" and "content" in ack["error"]["message"], ack
+    # Not a member of the group: forbidden / not found, as an ack error.
+    cmid = uname("grp")
+    await a.send({"type": "send_message", "client_msg_id": cmid, "group_id": 999999999, "content": "x"})
+    ack = await a.next(is_ack(cmid))
+    assert ack["status"] == "error" and ack["error"]["code"] in ("forbidden", "not_found"), ack
+    # Binary frames are refused, the connection stays.
+    await a.send(b"\x00\x01")
+    e = await a.next()
+    assert e["type"] == "error" and e["code"] == "bad_request", e
+    await a.send({"type": "ping"})
+    assert (await a.next())["type"] == "pong"
+    await a.close()
+
+
+@test
+async def oversized_frame(env):
+    a = await connect(env.a, uname("alice"), sync=0, max_size=None)
+    other = await connect(env.a, uname("carol"))
+    await a.send("x" * (64 * 1024 + 1))
+    frames = await expect_close(a.ws, 1009)
+    assert frames and frames[-1]["code"] == "payload_too_large", frames
+    # Exactly 64 KiB is taken (and is bad JSON, so it gets an ordinary error).
+    b = await connect(env.a, uname("alice"), max_size=None)
+    await b.send(" " * (64 * 1024))
+    e = await b.next()
+    assert e["code"] == "bad_request", e
+    # Fragmented messages count as a whole.
+    await b.ws.send(iter(["x" * 40000, "x" * 40000]))
+    frames = await expect_close(b.ws, 1009)
+    assert frames[-1]["code"] == "payload_too_large", frames
+    await other.send({"type": "ping"})
+    assert (await other.next())["type"] == "pong"
+    await other.close()
+
+
+@test
+async def fragmented_message(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.a, bob, sync=0)
+    cmid = uname("frag")
+    text = json.dumps({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "é" * 3000})
+    await a.ws.send(iter([text[:1000], text[1000:5000], text[5000:]]))
+    ack = await a.next(is_ack(cmid))
+    assert ack["status"] == "success", ack
+    m = await b.next(is_msg(cmid))
+    assert m["message"]["content"] == "é" * 3000
+    await a.close()
+    await b.close()
+
+
+@test
+async def typing_receipts_presence(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.a, bob, sync=0)
+    cmid, ack = await send(a, bob, "read me")
+    await b.next(is_msg(cmid))
+    await b.send({"type": "typing", "to": alice})
+    t = await a.next(lambda m: m.get("type") == "typing")
+    assert t == {"type": "typing", "from": bob, "to": alice}, t
+    await b.send({"type": "read", "message_id": ack["server_msg_id"]})
+    st = await a.next(lambda m: m.get("type") == "message_status")
+    assert st["message_id"] == ack["server_msg_id"] and st["status"] == "read" and st["by"] == bob, st
+    assert st["seq"] > ack["seq"], st
+    # A receipt for a message that does not exist gets an error frame.
+    await b.send({"type": "delivered", "message_id": 987654321987})
+    e = await b.next(lambda m: m.get("type") == "error")
+    assert e["code"] == "not_found", e
+    # Presence: bob's last connection goes, alice (a recent peer) is told; bob comes back.
+    await b.close()
+    p = await a.next(lambda m: m.get("type") == "presence", 5)
+    assert p["user"] == bob and p["online"] is False and p["last_seen"], p
+    b = await connect(env.b, bob)
+    p = await a.next(lambda m: m.get("type") == "presence", 5)
+    assert p["user"] == bob and p["online"] is True, p
+    await a.close()
+    await b.close()
+
+
+@test
+async def rooms(env):
+    alice, bob, room = uname("alice"), uname("bob"), uname("room")
+    a = await connect(env.a, alice)
+    b = await connect(env.b, bob)
+    await b.send({"type": "join_room", "room": room})
+    await a.send({"type": "join_room", "room": room})
+    await asyncio.sleep(0.1)
+    await a.send({"type": "room_message", "room": room, "text": "  hello room  "})
+    for c in (a, b):
+        m = await c.next(lambda m: m.get("type") == "room_message")
+        assert m["room"] == room and m["comment"]["user"] == alice and m["comment"]["text"] == "hello room", m
+    await b.send({"type": "leave_room", "room": room})
+    await asyncio.sleep(0.1)
+    await a.send({"type": "room_message", "room": room, "text": "bob left"})
+    await a.next(lambda m: m.get("type") == "room_message")
+    await b.none(lambda m: m.get("type") == "room_message", 0.5)
+    await a.send({"type": "room_message", "room": room, "text": "x" * 501})
+    e = await a.next(lambda m: m.get("type") == "error")
+    assert e["code"] == "bad_request" and "text" in e["message"], e
+    await a.close()
+    await b.close()
+
+
+# --- limits -------------------------------------------------------------------------------
+
+@test
+async def max_connections_503(env):
+    # env.lim allows 4 connections; the auth_timeout test's socket is gone by now.
+    held = []
+    for _ in range(4):
+        held.append(await connect(env.lim, uname("u")))
+    try:
+        await websockets.connect(env.lim.url + "?access_token=" + token(uname("u")), subprotocols=["parley.v1"])
+        raise AssertionError("a fifth connection was accepted")
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 503, e.status_code
+    await held[0].close()
+    await asyncio.sleep(0.2)
+    held[0] = await connect(env.lim, uname("u"))
+    for c in held:
+        await c.close()
+
+
+@test
+async def origin_and_path(env):
+    u = uname("u")
+    url = env.org.url + "?access_token=" + token(u)
+    c = await websockets.connect(url, subprotocols=["parley.v1"], origin="https://chat.example")
+    assert json.loads(await c.recv())["type"] == "ready"
+    await c.close()
+    try:
+        await websockets.connect(url, subprotocols=["parley.v1"], origin="https://evil.example")
+        raise AssertionError("a foreign origin was accepted")
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 403, e.status_code
+    try:
+        await websockets.connect("ws://127.0.0.1:%d/other" % env.org.port, subprotocols=["parley.v1"])
+        raise AssertionError("a path other than /ws was upgraded")
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 404, e.status_code
+
+
+@test
+async def slow_reader_cut_off(env):
+    alice, slow, fast = uname("alice"), uname("slow"), uname("fast")
+    a = await connect(env.slow, alice, sync=0)
+    f = await connect(env.slow, fast, sync=0)
+    # A client that never reads, with a tiny receive buffer so the kernel holds little for it.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", env.slow.port))
+    s = await connect(env.slow, slow, sock=sock, max_queue=1, read_limit=4096)
+    await s.send({"type": "sync", "after": 0})
+    s.ws.transport.pause_reading()
+    before = env.slow.metric("ws_slow_closed_total")
+    content = "y" * 3900
+    sent = 0
+    t_end = time.monotonic() + 25
+    while time.monotonic() < t_end:
+        cmids = [uname("flood") for _ in range(50)]
+        for cmid in cmids:
+            await a.send({"type": "send_message", "client_msg_id": cmid, "to": slow, "content": content})
+        for cmid in cmids:
+            await a.next(is_ack(cmid), 10)
+        a.inbox.clear()
+        sent += len(cmids)
+        if env.slow.metric("ws_slow_closed_total") > before:
+            break
+    assert env.slow.metric("ws_slow_closed_total") == before + 1, "slow reader not cut off after %d messages" % sent
+    # Everyone else is unaffected: a message to the fast reader still arrives at once.
+    t0 = time.monotonic()
+    cmid, _ = await send(a, fast, "still fast")
+    await f.next(is_msg(cmid), 3)
+    assert time.monotonic() - t0 < 1.0
+    s.ws.transport.resume_reading()
+    try:
+        while True:
+            await asyncio.wait_for(s.ws.recv(), 5)
+    except websockets.ConnectionClosed:
+        pass
+    for c in (a, f):
+        await c.close()
+
+
+# --- across processes and transports ---------------------------------------------------------
+
+@test
+async def two_processes(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice, sync=0)
+    b = await connect(env.b, bob, sync=0)
+    b2 = await connect(env.a, bob, sync=0)
+    cmid, ack = await send(a, bob, "across processes")
+    for c in (b, b2):
+        m = await c.next(is_msg(cmid))
+        assert m["message"]["id"] == ack["server_msg_id"], m
+    cmid, _ = await send(b, alice, "and back")
+    await a.next(is_msg(cmid))
+    for c in (a, b, b2):
+        await c.close()
+
+
+@test
+async def lost_hint_gap_filled(env):
+    # env.iso has a bus of its own: its sends reach MySQL but no hint reaches env.a.
+    alice, bob = uname("alice"), uname("bob")
+    b = await connect(env.a, bob, sync=0)
+    ai = await connect(env.iso, alice)
+    lost, _ = await send(ai, bob, "hint lost")
+    await b.none(is_msg(lost), 0.7)
+    a = await connect(env.a, alice)
+    later, _ = await send(a, bob, "hint arrives")
+    m1 = await b.next(lambda m: m.get("type") == "new_message")
+    m2 = await b.next(lambda m: m.get("type") == "new_message")
+    assert (m1["message"]["client_msg_id"], m2["message"]["client_msg_id"]) == (lost, later), (m1, m2)
+    assert m2["seq"] == m1["seq"] + 1, (m1, m2)
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    for c in (a, ai, b):
+        await c.close()
+
+
+@test
+async def sigterm_closes_1001(env):
+    d = Daemon("term")
+    try:
+        c = await connect(d, uname("u"))
+        c2 = await connect(d, uname("u"), sync=0)
+        d.proc.send_signal(signal.SIGTERM)
+        for x in (c, c2):
+            await expect_close(x.ws, 1001)
+        rc = d.proc.wait(10)
+        assert rc == 0, rc
+    finally:
+        d.stop()
+
+
+# --- WebSocket <-> long poll (parley-fcgi behind lighttpd) -----------------------------------
+
+def http(env, method, path, tok, body=None, timeout=15):
+    req = urllib.request.Request(env.http + path, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Authorization": "Bearer " + tok, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read() or b"null")
+
+
+@test
+async def websocket_and_long_poll(env):
+    if env.http is None:
+        raise AssertionError("parley-fcgi / webserver not available: " + env.http_why)
+    alice, bob = uname("alice"), uname("bob")
+    # HTTP -> WebSocket
+    b = await connect(env.a, bob, sync=0)
+    cmid = uname("http")
+    st, res = await asyncio.get_running_loop().run_in_executor(
+        None, http, env, "POST", "/messages", token(alice), {"to": bob, "content": "over HTTP", "client_msg_id": cmid})
+    assert st == 200 and res["server_msg_id"] > 0, (st, res)
+    m = await b.next(is_msg(cmid))
+    assert m["message"]["id"] == res["server_msg_id"], m
+    # WebSocket -> parked long poll
+    box = {}
+
+    def poll():
+        box["r"] = http(env, "GET", "/messages/long_poll?after=%d&timeout=20" % m["seq"], token(bob), timeout=30)
+    th = threading.Thread(target=poll)
+    th.start()
+    await asyncio.sleep(0.5)
+    a = await connect(env.a, alice)
+    t0 = time.monotonic()
+    cmid2, ack = await send(a, bob, "over WebSocket")
+    await asyncio.get_running_loop().run_in_executor(None, th.join, 25)
+    took = time.monotonic() - t0
+    st, page = box["r"]
+    assert st == 200 and page["events"] and page["events"][0]["message"]["client_msg_id"] == cmid2, page
+    assert took < 3, took
+    await a.close()
+    await b.close()
+
+
+class Env:
+    pass
+
+
+def start_http(env):
+    """parley-fcgi behind lighttpd on env.a's bus, when both exist."""
+    env.http = None
+    env.fcgi = None
+    env.web = None
+    fcgi_bin = os.path.join(BUILD, "parley-fcgi")
+    web = os.path.join(SRC, "tests", "harness", "webserver")
+    if not os.access(fcgi_bin, os.X_OK) or not os.access(web, os.X_OK):
+        env.http_why = "parley-fcgi or tests/harness/webserver missing"
+        return
+    d = os.path.join(TOP, "fcgi")
+    os.makedirs(d, exist_ok=True)
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(BASE_CONF)
+    conf["bus"] = {"dir": env.a.bus}
+    sock = os.path.join(d, "fcgi.sock")
+    conf["fcgi"] = {"listen": sock}
+    path = os.path.join(d, "parley.conf")
+    with open(path, "w") as f:
+        conf.write(f)
+    log = open(os.path.join(d, "parley-fcgi.log"), "ab")
+    env.fcgi = subprocess.Popen([fcgi_bin, "--config", path], stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    out = subprocess.run([web, "start", "lighttpd", os.path.join(d, "web"), "--fcgi", sock],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        env.http_why = "webserver start failed: " + out.stderr[-300:]
+        return
+    env.web = os.path.join(d, "web")
+    for line in out.stdout.splitlines():
+        if "PARLEY_HTTP=" in line:
+            env.http = line.split("PARLEY_HTTP=", 1)[1].strip().strip("'\"")
+    if env.http is None:
+        env.http_why = "webserver printed no PARLEY_HTTP"
+
+
+async def run_all(env, only):
+    passed = failed = 0
+    for t in TESTS:
+        if only and t.__name__ not in only:
+            continue
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(t(env), 60)
+            passed += 1
+            print("ok - %s (%.1fs)" % (t.__name__, time.monotonic() - t0), flush=True)
+        except BaseException as e:  # noqa: B902 - a test failure of any kind is reported
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            failed += 1
+            print("not ok - %s: %s" % (t.__name__, e or type(e).__name__), flush=True)
+            traceback.print_exc(limit=3, file=sys.stdout)
+    return passed, failed
+
+
+def main():
+    only = set(sys.argv[1:])
+    env = Env()
+    daemons = []
+    rc = 1
+    try:
+        env.a = Daemon("a")
+        env.b = Daemon("b")
+        env.iso = Daemon("iso", bus=os.path.join(TOP, "bus-iso"))
+        env.lim = Daemon("lim", max_connections=4, auth_timeout=1)
+        env.org = Daemon("org", origins="https://chat.example, https://other.example")
+        env.slow = Daemon("slow", queue_bytes=65536, queue_frames=64)
+        daemons = [env.a, env.b, env.iso, env.lim, env.org, env.slow]
+        start_http(env)
+        passed, failed = asyncio.run(run_all(env, only))
+        for d in daemons:
+            code = d.stop()
+            if code != 0:
+                print("not ok - %s exited with %s at SIGTERM" % (d.name, code))
+                failed += 1
+        daemons = []
+        print("%d passed, %d failed" % (passed, failed))
+        rc = 0 if failed == 0 else 1
+    finally:
+        for d in daemons:
+            d.stop(signal.SIGKILL)
+        if getattr(env, "web", None):
+            subprocess.run([os.path.join(SRC, "tests", "harness", "webserver"), "stop", env.web],
+                           capture_output=True)
+        if getattr(env, "fcgi", None) is not None:
+            env.fcgi.terminate()
+            env.fcgi.wait(10)
+        if rc == 0 and not os.environ.get("PARLEY_KEEP"):
+            shutil.rmtree(TOP, ignore_errors=True)
+        else:
+            print("# logs kept in %s" % TOP)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
