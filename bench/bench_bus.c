@@ -24,7 +24,7 @@
  *      latency measured by the child from a CLOCK_MONOTONIC stamp in the payload, and RTT/2.
  *   2. paced: RATE hints/s for one second, one-way latency and delivery at that load.
  *   3. blast: BLAST hints as fast as one thread can publish; publish rate and how many arrived
- *      (the kernel queues at most net.unix.max_dgram_qlen + 1 datagrams per receiver).
+ *      (what a receiver's connection and our backlog for it cannot hold is dropped).
  * The child reports over a pipe, one line per phase.
  */
 

@@ -48,10 +48,10 @@ struct fcgi_thread {
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: parley-fcgi [-c config] [-l listen] [-t threads]\n"
-	    "  -c FILE   configuration file (default $PARLEY_CONFIG)\n"
-	    "  -l ADDR   listen on ADDR (/path.sock, :port or host:port), overrides fcgi.listen\n"
-	    "  -t N      request threads, overrides fcgi.threads\n"
+	fprintf(stderr, "usage: parley-fcgi [--config FILE] [--listen ADDR] [--threads N]\n"
+	    "  -c, --config FILE   configuration file (default $PARLEY_CONFIG)\n"
+	    "  -l, --listen ADDR   /path.sock, :port or host:port; overrides fcgi.listen\n"
+	    "  -t, --threads N     request threads; overrides fcgi.threads\n"
 	    "With a listening socket on fd 0 (spawn-fcgi) or passed by systemd, that one is used.\n");
 	exit(2);
 }
@@ -238,15 +238,15 @@ raise_fd_limit(void)
 	}
 }
 
-/* Remove our socket at exit, unless another process has bound the path since. */
+/* Remove our socket at exit, unless another process has bound the path since (other inode). */
 static void
-unlink_ours(const char *path, int fd)
+unlink_ours(const char *path, const struct stat *bound)
 {
-	struct stat a, b;
+	struct stat now;
 
 	if (path == NULL)
 		return;
-	if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev)
+	if (stat(path, &now) == 0 && now.st_ino == bound->st_ino && now.st_dev == bound->st_dev)
 		unlink(path);
 }
 
@@ -276,17 +276,24 @@ join_threads(struct fcgi_thread *threads, int n)
 int
 main(int argc, char **argv)
 {
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "threads", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
 	struct fcgi_app app;
 	struct fcgi_thread *threads;
 	const char *cfgarg = NULL, *path;
 	char *cause = NULL, *created = NULL;
+	struct stat bound;
 	sigset_t set;
 	uint64_t one = 1;
 	int ch, i, rc, sig, flags;
 
 	memset(&app, 0, sizeof app);
-	config_defaults(&app.cfg);
-	while ((ch = getopt(argc, argv, "c:l:t:h")) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:t:h", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			cfgarg = optarg;
@@ -298,20 +305,26 @@ main(int argc, char **argv)
 			usage();
 		}
 	}
-	if ((path = config_path(cfgarg)) != NULL && config_load(&app.cfg, path, &cause) < 0) {
+	/* config_load starts from the defaults; without a file it explains what is missing. */
+	path = config_path(cfgarg);
+	if (config_load(&app.cfg, path, &cause) < 0) {
 		fprintf(stderr, "parley-fcgi: %s\n", cause);
+		free(cause);
 		return 1;
 	}
 	optind = 1;
-	while ((ch = getopt(argc, argv, "c:l:t:h")) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:t:h", longopts, NULL)) != -1) {
 		if ((ch == 'l' && config_set(&app.cfg, "fcgi.listen", optarg, &cause) < 0) ||
 		    (ch == 't' && config_set(&app.cfg, "fcgi.threads", optarg, &cause) < 0)) {
 			fprintf(stderr, "parley-fcgi: %s\n", cause);
+			free(cause);
+			config_clear(&app.cfg);
 			return 1;
 		}
 	}
 	if (config_validate(&app.cfg, &cause) < 0) {
 		fprintf(stderr, "parley-fcgi: %s\n", cause);
+		free(cause);
 		return 1;
 	}
 	log_init("parley-fcgi", (enum log_level)app.cfg.log_level, app.cfg.log_syslog);
@@ -334,6 +347,8 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
 	app.listen_fd = open_listen(&app.cfg, &created);
+	if (created != NULL && stat(created, &bound) < 0)
+		fatal("stat %s: %s", created, strerror(errno));
 	if ((flags = fcntl(app.listen_fd, F_GETFL)) < 0 ||
 	    fcntl(app.listen_fd, F_SETFL, flags | O_NONBLOCK) < 0)
 		fatal("fcntl: %s", strerror(errno));
@@ -368,7 +383,7 @@ main(int argc, char **argv)
 	park_shutdown(app.park);
 	join_threads(threads, app.cfg.fcgi_threads);
 	park_free(app.park);
-	unlink_ours(created, app.listen_fd);
+	unlink_ours(created, &bound);
 	close(app.listen_fd);
 	bus_free(app.bus);
 	free(created);

@@ -25,6 +25,8 @@
 
 /* A wake that could not be handed to a worker (mailbox full) is tried again this much later. */
 #define PARK_RECHECK_MS		50
+/* After the bus lost hints, every waiter reads MySQL again, at most this often. */
+#define PARK_SWEEP_MS		200
 /* Timeouts are answered in batches of at most this many per worker message. */
 #define PARK_TIMEOUT_BATCH	64
 #define PARK_EPOLL_EVENTS	256
@@ -100,6 +102,8 @@ struct park {
 	int			 loop_stop;
 	int64_t			 next_wake;	/* when the loop wakes next (it is told of earlier dues) */
 	uint64_t		 timeout_rr;
+	uint64_t		 seen_dropped;	/* loop thread: bus drops already swept for */
+	int64_t			 last_sweep;
 
 	int			 ep;
 	int			 evfd;
@@ -795,11 +799,58 @@ park_expire(struct park *p)
 	}
 }
 
+/*
+ * The bus lost hints (a receiver's queue was full; we see the drops of this process's own
+ * publishes): a waiter may have missed its wake-up, so every waiter reads MySQL again. Rare
+ * with a large enough net.unix.max_dgram_qlen; without it, lost hints only delay a little.
+ */
+static void
+park_sweep(struct park *p)
+{
+	struct park_key *pk;
+	struct waiter *w;
+	struct park_wake **batches = NULL;
+	char **keys = NULL;
+	size_t i, n = 0, cap = 0;
+	int last;
+
+	pthread_mutex_lock(&p->lock);
+	for (i = 0; i < p->nbuckets; i++) {
+		while ((pk = p->buckets[i]) != NULL) {
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				batches = xreallocarray(batches, cap, sizeof *batches);
+				keys = xreallocarray(keys, cap, sizeof *keys);
+			}
+			batches[n] = park_wake_new(PM_WAKE);
+			keys[n] = xstrdup(pk->key);
+			/* Claiming the last waiter frees pk and unlinks it from the bucket. */
+			do {
+				w = pk->head;
+				last = w->next == NULL;
+				park_wake_push(batches[n], w);
+				park_claim_locked(p, w);
+			} while (!last);
+			n++;
+		}
+	}
+	pthread_mutex_unlock(&p->lock);
+	for (i = 0; i < n; i++) {
+		park_post(p, keys[i], batches[i]);
+		free(keys[i]);
+	}
+	if (n > 0)
+		log_debug("park: bus lost hints; %zu keys read again", n);
+	free(batches);
+	free(keys);
+}
+
 static void *
 park_loop(void *arg)
 {
 	struct park *p = arg;
 	struct epoll_event evs[PARK_EPOLL_EVENTS];
+	struct bus_stats bs;
 	int64_t now;
 	uint64_t v;
 	int n, i, timeout, busfd = bus_fd(p->bus);
@@ -821,6 +872,17 @@ park_loop(void *arg)
 			p->next_wake = now + timeout;
 		}
 		pthread_mutex_unlock(&p->lock);
+		bus_stats(p->bus, &bs);
+		if (bs.dropped != p->seen_dropped) {
+			if (now - p->last_sweep >= PARK_SWEEP_MS) {
+				p->seen_dropped = bs.dropped;
+				p->last_sweep = now;
+				park_sweep(p);
+				continue;
+			}
+			if (timeout < 0 || timeout > PARK_SWEEP_MS)
+				timeout = PARK_SWEEP_MS;
+		}
 
 		n = epoll_wait(p->ep, evs, PARK_EPOLL_EVENTS, timeout);
 		if (n < 0 && errno != EINTR)

@@ -1,5 +1,7 @@
-/* bus.c - the UNIX-socket notification bus: one datagram socket per process, hints sent to all. */
+/* bus.c - the UNIX-socket notification bus: a seqpacket listener per process, one connection per peer. */
 #include <sys/types.h>
+#include <sys/epoll.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/random.h>
@@ -8,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,21 +24,38 @@
 #include "xmalloc.h"
 
 /*
- * Wire format of one hint (one datagram, all integers little-endian):
+ * Wire format of one hint (one seqpacket record, all integers little-endian):
  *   0  version (BUS_WIRE_VERSION)
  *   1  topic
  *   2  key length (0..PARLEY_ID_MAX)
  *   3  reserved, 0
  *   4  payload length, 2 bytes (0..BUS_PAYLOAD_MAX)
  *   6  seq, 8 bytes
- *   14 key bytes, then payload bytes; the datagram ends exactly there.
+ *   14 key bytes, then payload bytes; the record ends exactly there.
+ *
+ * Why seqpacket connections and not datagrams to a bound socket: Linux queues at most
+ * net.unix.max_dgram_qlen + 1 (default 11) unconnected datagrams per receiver, whatever its
+ * buffer, so a burst lost hints. A connected pair is limited only by the sender's SO_SNDBUF
+ * (each small record costs about 768 bytes of it), and beyond that by our own backlog below.
  */
 #define BUS_WIRE_VERSION	1
 #define BUS_HDR			14
 #define BUS_DGRAM_MAX		(BUS_HDR + PARLEY_ID_MAX + BUS_PAYLOAD_MAX)
 
-/* Socket buffers asked for; the kernel caps them at [rw]mem_max unless we may force them. */
-#define BUS_SOCKBUF		(4 * 1024 * 1024)
+/* Send buffer asked for per connection; the kernel caps it at net.core.wmem_max. */
+#define BUS_SNDBUF		(1024 * 1024)
+/*
+ * What a peer's kernel buffer cannot take waits in a backlog of ours, flushed by the owner's
+ * loop when the socket turns writable. Bounded, so a stopped peer costs at most this much.
+ */
+#define BUS_BACKLOG_HINTS	32768
+#define BUS_BACKLOG_BYTES	(8 * 1024 * 1024)
+/* bus_recv looks at new connections and writable peers at least every this many records. */
+#define BUS_POLL_EVERY		64
+#define BUS_EPOLL_EVENTS	64
+/* epoll tags that are not connections. */
+#define BUS_EV_LISTEN		0
+#define BUS_EV_FLUSH		1
 /* Rescan the directory at least this often even when its mtime looks unchanged. */
 #define BUS_RESCAN_MS		1000
 /*
@@ -50,15 +70,23 @@
 #define BUS_RACY_NS		(50 * 1000000LL)
 
 /*
- * One other process's socket. Each peer gets its own connected sending socket, so that a stopped
- * peer only ties up the send buffer charged to that socket, never the sends to everyone else, and
- * a send needs no path lookup. Shared by successive peer lists; freed with its last reference.
+ * One process's listening socket and our connection to it. A stopped peer only fills the send
+ * buffer of its own connection and its own backlog, never the sends to everyone else. Shared
+ * by successive peer lists; freed with its last reference.
  */
 struct bus_peer {
-	char	*name;		/* file name in the bus directory */
-	pid_t	 pid;		/* from the name, 0 when it does not parse */
-	int	 fd;
-	int	 refs;		/* under bus.lock */
+	char		*name;		/* file name in the bus directory */
+	pid_t		 pid;		/* from the name, 0 when it does not parse */
+	int		 refs;		/* under bus.lock */
+
+	pthread_mutex_t	 lock;		/* the fields below */
+	int		 fd;		/* connected, non-blocking; -1 once broken */
+	int		 armed;		/* fd is in bus.ep waiting for EPOLLOUT */
+	unsigned char	*q;		/* backlog: records, each after a 2-byte length */
+	size_t		 qoff;		/* where the oldest starts */
+	size_t		 qlen;		/* bytes from qoff on */
+	size_t		 qcap;
+	size_t		 qn;		/* records in the backlog */
 };
 
 /* An immutable snapshot of the peers: publishers hold a reference while sending outside the lock. */
@@ -68,27 +96,48 @@ struct bus_peers {
 	int		  refs;	/* under bus.lock */
 };
 
+/* An accepted connection we receive on; loop thread only. */
+struct bus_conn {
+	int			 fd;
+	int			 ready;		/* on bus.ready */
+	TAILQ_ENTRY(bus_conn)	 all;
+	TAILQ_ENTRY(bus_conn)	 rlink;
+};
+TAILQ_HEAD(bus_conns, bus_conn);
+
 struct bus {
 	char		*dir;
 	char		*name;		/* our socket's file name */
-	int		 fd;		/* bound, receives */
-	int		 self_fd;	/* connected to our own socket */
+	int		 lfd;		/* listening */
+	int		 ep;		/* epoll: lfd, accepted connections, backlogged peers; bus_fd */
+	struct bus_peer	*self;		/* our connection to lfd */
 
 	pthread_mutex_t	 lock;
-	struct bus_peers *peers;	/* current snapshot */
+	struct bus_peers *peers;	/* current snapshot, without self */
 	struct timespec	 dir_mtime;	/* of the last scan */
 	int64_t		 scan_ms;	/* monotonic time of the last scan */
 	int64_t		 stat_ms;	/* and of the last look at the directory */
-	int		 rescan;	/* forced now: a dead peer's file was removed */
+	int		 rescan;	/* forced now: a connection broke */
 	int		 racy;		/* the last scan may have missed a socket: scan at the next look */
 
-	uint64_t	 sent, dropped, stale, received, malformed;	/* atomics */
+	/* loop thread only */
+	struct bus_conns conns;
+	struct bus_conns ready;		/* connections that may have a record, read round-robin */
+	int		 polled;	/* records read since the last epoll_wait */
+
+	uint64_t	 sent, dropped, stale, received, malformed, queued;	/* atomics */
 };
 
 static void
 bus_count(uint64_t *c, uint64_t n)
 {
 	__atomic_add_fetch(c, n, __ATOMIC_RELAXED);
+}
+
+static void
+bus_uncount(uint64_t *c, uint64_t n)
+{
+	__atomic_sub_fetch(c, n, __ATOMIC_RELAXED);
 }
 
 /* Parse "<pid>-<anything>.sock"; 1 when name is a bus socket name (pid may be 0 if absent). */
@@ -143,52 +192,20 @@ bus_unlink_stale(struct bus *b, const char *name)
 	}
 }
 
-static void
-bus_peer_unref(struct bus_peer *p)
-{
-	if (p == NULL || --p->refs > 0)
-		return;
-	close(p->fd);
-	free(p->name);
-	free(p);
-}
-
-/* Drop a reference to a snapshot; called with bus.lock held. */
-static void
-bus_peers_unref(struct bus_peers *ps)
-{
-	size_t i;
-
-	if (ps == NULL || --ps->refs > 0)
-		return;
-	for (i = 0; i < ps->n; i++)
-		bus_peer_unref(ps->v[i]);
-	free(ps->v);
-	free(ps);
-}
-
-static void
-bus_sockbuf(int fd, int opt, int force)
-{
-	int v = BUS_SOCKBUF;
-
-	if (setsockopt(fd, SOL_SOCKET, force, &v, sizeof v) == 0)
-		return;
-	(void)setsockopt(fd, SOL_SOCKET, opt, &v, sizeof v);
-}
-
-/* A new sending socket connected to name; -1 with errno (ECONNREFUSED: nobody bound there). */
+/* A new sending socket connected to name; -1 with errno (ECONNREFUSED: nobody listens there). */
 static int
 bus_connect(const char *dir, const char *name)
 {
 	struct sockaddr_un sun;
-	int fd;
+	int fd, v = BUS_SNDBUF;
 
 	if (bus_path(&sun, dir, name) != 0)
 		return -1;
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd == -1)
 		return -1;
+	/* Before connect: the buffer is charged to this socket from the first record on. */
+	(void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v);
 	if (connect(fd, (struct sockaddr *)&sun, sizeof sun) == -1) {
 		int e = errno;
 
@@ -196,8 +213,61 @@ bus_connect(const char *dir, const char *name)
 		errno = e;
 		return -1;
 	}
-	bus_sockbuf(fd, SO_SNDBUF, SO_SNDBUFFORCE);
 	return fd;
+}
+
+static struct bus_peer *
+bus_peer_new(const char *name, pid_t pid, int fd)
+{
+	struct bus_peer *p = xcalloc(1, sizeof *p);
+
+	p->name = xstrdup(name);
+	p->pid = pid;
+	p->fd = fd;
+	p->refs = 1;
+	pthread_mutex_init(&p->lock, NULL);
+	return p;
+}
+
+/* Drop a reference; the last one closes the connection and forgets its backlog. */
+static void
+bus_peer_unref(struct bus *b, struct bus_peer *p)
+{
+	if (p == NULL || --p->refs > 0)
+		return;
+	if (p->fd != -1)
+		close(p->fd);
+	bus_uncount(&b->queued, p->qn);
+	pthread_mutex_destroy(&p->lock);
+	free(p->q);
+	free(p->name);
+	free(p);
+}
+
+/* Drop a reference to a snapshot; called with bus.lock held. */
+static void
+bus_peers_unref(struct bus *b, struct bus_peers *ps)
+{
+	size_t i;
+
+	if (ps == NULL || --ps->refs > 0)
+		return;
+	for (i = 0; i < ps->n; i++)
+		bus_peer_unref(b, ps->v[i]);
+	free(ps->v);
+	free(ps);
+}
+
+/* 1 when p's connection still works; takes p.lock (so called with at most bus.lock held). */
+static int
+bus_peer_alive(struct bus_peer *p)
+{
+	int alive;
+
+	pthread_mutex_lock(&p->lock);
+	alive = p->fd != -1;
+	pthread_mutex_unlock(&p->lock);
+	return alive;
 }
 
 static struct bus_peer *
@@ -213,8 +283,8 @@ bus_peers_find(struct bus_peers *ps, const char *name)
 }
 
 /*
- * Build a new snapshot from the directory, reusing the sockets of peers already known and
- * removing the files of dead processes. Called with bus.lock held.
+ * Build a new snapshot from the directory, reusing the connections that still work, connecting
+ * to new (or broken) peers and removing the files of dead processes. Called with bus.lock held.
  */
 static int
 bus_scan(struct bus *b, const struct timespec *mtime)
@@ -238,7 +308,7 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 	while ((de = readdir(d)) != NULL) {
 		if (!bus_parse_name(de->d_name, &pid) || strcmp(de->d_name, b->name) == 0)
 			continue;
-		if ((p = bus_peers_find(b->peers, de->d_name)) != NULL) {
+		if ((p = bus_peers_find(b->peers, de->d_name)) != NULL && bus_peer_alive(p)) {
 			p->refs++;
 		} else {
 			if ((fd = bus_connect(b->dir, de->d_name)) == -1) {
@@ -246,11 +316,7 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 					bus_unlink_stale(b, de->d_name);
 				continue;
 			}
-			p = xcalloc(1, sizeof *p);
-			p->name = xstrdup(de->d_name);
-			p->pid = pid;
-			p->fd = fd;
-			p->refs = 1;
+			p = bus_peer_new(de->d_name, pid, fd);
 		}
 		if (ps->n == cap) {
 			cap *= 2;
@@ -260,7 +326,7 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 	}
 	closedir(d);
 
-	bus_peers_unref(b->peers);
+	bus_peers_unref(b, b->peers);
 	b->peers = ps;
 	b->dir_mtime = *mtime;
 	b->scan_ms = parley_mono_ms();
@@ -273,7 +339,7 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 
 /* The current snapshot, rescanned first when the directory may have changed; caller unrefs. */
 static struct bus_peers *
-bus_peers_get(struct bus *b)
+bus_peers_get(struct bus *b, int look)
 {
 	struct bus_peers *ps;
 	struct timespec mtime = { 0, 0 };
@@ -281,7 +347,7 @@ bus_peers_get(struct bus *b)
 	int64_t now = parley_mono_ms();
 
 	pthread_mutex_lock(&b->lock);
-	if (b->rescan || now - b->stat_ms >= BUS_STAT_MS) {
+	if (look && (b->rescan || now - b->stat_ms >= BUS_STAT_MS)) {
 		b->stat_ms = now;
 		if (stat(b->dir, &st) == 0)
 			mtime = st.st_mtim;
@@ -294,6 +360,198 @@ bus_peers_get(struct bus *b)
 		ps->refs++;
 	pthread_mutex_unlock(&b->lock);
 	return ps;
+}
+
+static void
+bus_peers_put(struct bus *b, struct bus_peers *ps)
+{
+	pthread_mutex_lock(&b->lock);
+	bus_peers_unref(b, ps);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* A connection broke (EPIPE, reset): if its process is gone remove its file; rescan either way. */
+static void
+bus_peer_gone(struct bus *b, const struct bus_peer *p)
+{
+	if (p != b->self && bus_pid_dead(p->pid))
+		bus_unlink_stale(b, p->name);
+	pthread_mutex_lock(&b->lock);
+	b->rescan = 1;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Forget a broken connection and what waited for it; called with p.lock held. */
+static void
+bus_peer_break(struct bus *b, struct bus_peer *p)
+{
+	if (p->fd != -1)
+		close(p->fd);	/* also takes it out of bus.ep */
+	p->fd = -1;
+	p->armed = 0;
+	bus_uncount(&b->queued, p->qn);
+	p->qoff = p->qlen = p->qn = 0;
+}
+
+/* Hand one record to the kernel; 1 taken, 0 buffer full, -1 connection broken. */
+static int
+bus_send1(struct bus *b, int fd, const unsigned char *buf, size_t n)
+{
+	if (send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n) {
+		bus_count(&b->sent, 1);
+		return 1;
+	}
+	switch (errno) {
+	case EAGAIN:
+	case ENOBUFS:
+	case ENOMEM:
+	case EINTR:
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* Send what waits in p's backlog, oldest first; p.lock held. 1 emptied, 0 still waiting, -1 broken. */
+static int
+bus_backlog_flush(struct bus *b, struct bus_peer *p)
+{
+	size_t n;
+	int rc;
+
+	while (p->qn > 0) {
+		n = (size_t)p->q[p->qoff] | ((size_t)p->q[p->qoff + 1] << 8);
+		if ((rc = bus_send1(b, p->fd, p->q + p->qoff + 2, n)) != 1)
+			return rc;
+		p->qoff += 2 + n;
+		p->qlen -= 2 + n;
+		p->qn--;
+		bus_uncount(&b->queued, 1);
+	}
+	p->qoff = p->qlen = 0;
+	return 1;
+}
+
+/* Append a record to p's backlog; p.lock held. -1 when the backlog is full. */
+static int
+bus_backlog_push(struct bus *b, struct bus_peer *p, const unsigned char *buf, size_t n)
+{
+	size_t need = p->qlen + 2 + n;
+
+	if (p->qn >= BUS_BACKLOG_HINTS || need > BUS_BACKLOG_BYTES)
+		return -1;
+	if (p->qoff + need > p->qcap) {
+		if (p->qoff > 0) {
+			memmove(p->q, p->q + p->qoff, p->qlen);
+			p->qoff = 0;
+		}
+		if (need > p->qcap) {
+			p->qcap = p->qcap == 0 ? 16384 : p->qcap;
+			while (p->qcap < need)
+				p->qcap *= 2;
+			p->q = xrealloc(p->q, p->qcap);
+		}
+	}
+	p->q[p->qoff + p->qlen] = (unsigned char)(n & 0xff);
+	p->q[p->qoff + p->qlen + 1] = (unsigned char)(n >> 8);
+	memcpy(p->q + p->qoff + p->qlen + 2, buf, n);
+	p->qlen += 2 + n;
+	p->qn++;
+	bus_count(&b->queued, 1);
+	return 0;
+}
+
+/* Ask the owner's loop to flush p's backlog when its socket turns writable; p.lock held. */
+static void
+bus_peer_arm(struct bus *b, struct bus_peer *p)
+{
+	struct epoll_event ev = { .events = EPOLLOUT, .data.u64 = BUS_EV_FLUSH };
+
+	if (p->armed)
+		return;
+	if (epoll_ctl(b->ep, EPOLL_CTL_ADD, p->fd, &ev) == 0 || errno == EEXIST)
+		p->armed = 1;
+	else
+		log_warn("bus: epoll_ctl: %s", strerror(errno));	/* the next publish flushes */
+}
+
+static void
+bus_peer_disarm(struct bus *b, struct bus_peer *p)
+{
+	if (!p->armed)
+		return;
+	(void)epoll_ctl(b->ep, EPOLL_CTL_DEL, p->fd, NULL);
+	p->armed = 0;
+}
+
+/*
+ * Give one record to a peer, behind whatever already waits for it, so hints arrive in order.
+ * 1 handed over (sent or queued), 0 dropped (backlog full), -1 connection broken.
+ */
+static int
+bus_peer_send(struct bus *b, struct bus_peer *p, const unsigned char *buf, size_t n)
+{
+	int rc;
+
+	pthread_mutex_lock(&p->lock);
+	if (p->fd == -1 && p == b->self) {
+		/* Our own listener never goes away: a broken self connection is simply remade. */
+		p->fd = bus_connect(b->dir, b->name);
+	}
+	if (p->fd == -1) {
+		rc = -1;
+		goto out;
+	}
+	rc = p->qn > 0 ? bus_backlog_flush(b, p) : 1;
+	if (rc == 1)
+		rc = bus_send1(b, p->fd, buf, n);
+	if (rc == -1) {
+		bus_peer_break(b, p);
+		goto out;
+	}
+	if (rc == 0) {
+		if (bus_backlog_push(b, p, buf, n) == 0) {
+			bus_peer_arm(b, p);
+			rc = 1;
+		} else {
+			bus_count(&b->dropped, 1);
+		}
+	}
+out:
+	pthread_mutex_unlock(&p->lock);
+	if (rc == -1)
+		bus_peer_gone(b, p);
+	return rc;
+}
+
+/* The owner's loop saw a writable peer: flush p's backlog, stop watching it once empty. */
+static void
+bus_peer_flush(struct bus *b, struct bus_peer *p)
+{
+	int rc = 1;
+
+	pthread_mutex_lock(&p->lock);
+	if (p->fd != -1 && p->qn > 0)
+		rc = bus_backlog_flush(b, p);
+	if (rc == -1)
+		bus_peer_break(b, p);
+	else if (rc == 1)
+		bus_peer_disarm(b, p);
+	pthread_mutex_unlock(&p->lock);
+	if (rc == -1)
+		bus_peer_gone(b, p);
+}
+
+static void
+bus_flush_all(struct bus *b)
+{
+	struct bus_peers *ps = bus_peers_get(b, 0);
+	size_t i;
+
+	bus_peer_flush(b, b->self);
+	for (i = 0; ps != NULL && i < ps->n; i++)
+		bus_peer_flush(b, ps->v[i]);
+	bus_peers_put(b, ps);
 }
 
 /* mkdir -p with mode for the directories we create. */
@@ -330,28 +588,16 @@ out:
 	return rc;
 }
 
-static void
-bus_warn_qlen(void)
-{
-	FILE *f = fopen("/proc/sys/net/unix/max_dgram_qlen", "r");
-	long q = 0;
-
-	if (f == NULL)
-		return;
-	if (fscanf(f, "%ld", &q) == 1 && q < 64)
-		log_info("bus: net.unix.max_dgram_qlen is %ld: a receiver queues at most %ld hints; "
-		    "raise it (e.g. 512) to absorb bursts", q, q + 1);
-	fclose(f);
-}
-
 struct bus *
 bus_new(const char *dir, char **cause)
 {
 	struct bus *b;
 	struct sockaddr_un sun;
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = BUS_EV_LISTEN };
 	struct timespec mtime = { 0, 0 };
 	struct stat st;
 	uint64_t rnd;
+	int fd;
 
 	*cause = NULL;
 	if (bus_mkdirs(dir, 0770) != 0) {
@@ -360,8 +606,10 @@ bus_new(const char *dir, char **cause)
 	}
 	b = xcalloc(1, sizeof *b);
 	b->dir = xstrdup(dir);
-	b->fd = b->self_fd = -1;
+	b->lfd = b->ep = -1;
 	pthread_mutex_init(&b->lock, NULL);
+	TAILQ_INIT(&b->conns);
+	TAILQ_INIT(&b->ready);
 
 	if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
 		rnd = (uint64_t)parley_now_ms() ^ ((uint64_t)getpid() << 32);
@@ -370,49 +618,72 @@ bus_new(const char *dir, char **cause)
 		xasprintf(cause, "bus socket path too long in %s", dir);
 		goto fail;
 	}
-	b->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (b->fd == -1 || bind(b->fd, (struct sockaddr *)&sun, sizeof sun) == -1) {
+	if ((b->ep = epoll_create1(EPOLL_CLOEXEC)) == -1) {
+		xasprintf(cause, "epoll_create1: %s", strerror(errno));
+		goto fail;
+	}
+	b->lfd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (b->lfd == -1 || bind(b->lfd, (struct sockaddr *)&sun, sizeof sun) == -1) {
+		xasprintf(cause, "bus socket %s: %s", sun.sun_path, strerror(errno));
+		if (b->lfd != -1) {
+			close(b->lfd);
+			b->lfd = -1;
+		}
+		goto fail;
+	}
+	if (chmod(sun.sun_path, 0660) == -1 || listen(b->lfd, SOMAXCONN) == -1 ||
+	    epoll_ctl(b->ep, EPOLL_CTL_ADD, b->lfd, &ev) == -1) {
 		xasprintf(cause, "bus socket %s: %s", sun.sun_path, strerror(errno));
 		goto fail;
 	}
-	if (chmod(sun.sun_path, 0660) == -1) {
-		xasprintf(cause, "chmod %s: %s", sun.sun_path, strerror(errno));
-		goto fail_unlink;
-	}
-	bus_sockbuf(b->fd, SO_RCVBUF, SO_RCVBUFFORCE);
-	if ((b->self_fd = bus_connect(dir, b->name)) == -1) {
+	if ((fd = bus_connect(dir, b->name)) == -1) {
 		xasprintf(cause, "bus socket %s: connect: %s", sun.sun_path, strerror(errno));
-		goto fail_unlink;
+		goto fail;
 	}
+	b->self = bus_peer_new(b->name, getpid(), fd);
 	/* The first scan also removes what crashed processes left: refused and their pid gone. */
 	if (stat(dir, &st) == 0)
 		mtime = st.st_mtim;
+	pthread_mutex_lock(&b->lock);
 	(void)bus_scan(b, &mtime);
-	bus_warn_qlen();
+	pthread_mutex_unlock(&b->lock);
 	return b;
 
-fail_unlink:
-	unlink(sun.sun_path);
 fail:
 	bus_free(b);
 	return NULL;
+}
+
+static void
+bus_conn_close(struct bus *b, struct bus_conn *c)
+{
+	if (c->ready)
+		TAILQ_REMOVE(&b->ready, c, rlink);
+	TAILQ_REMOVE(&b->conns, c, all);
+	close(c->fd);
+	free(c);
 }
 
 void
 bus_free(struct bus *b)
 {
 	struct sockaddr_un sun;
+	struct bus_conn *c;
 
 	if (b == NULL)
 		return;
-	if (b->fd != -1) {
+	while ((c = TAILQ_FIRST(&b->conns)) != NULL)
+		bus_conn_close(b, c);
+	if (b->lfd != -1) {
 		if (bus_path(&sun, b->dir, b->name) == 0)
 			unlink(sun.sun_path);
-		close(b->fd);
+		close(b->lfd);
 	}
-	if (b->self_fd != -1)
-		close(b->self_fd);
-	bus_peers_unref(b->peers);
+	if (b->self != NULL)
+		bus_peer_unref(b, b->self);
+	bus_peers_unref(b, b->peers);
+	if (b->ep != -1)
+		close(b->ep);
 	pthread_mutex_destroy(&b->lock);
 	free(b->name);
 	free(b->dir);
@@ -422,7 +693,7 @@ bus_free(struct bus *b)
 int
 bus_fd(const struct bus *b)
 {
-	return b->fd;
+	return b->ep;
 }
 
 /* Encode a hint into buf (BUS_DGRAM_MAX bytes); returns its length. */
@@ -446,7 +717,7 @@ bus_encode(unsigned char *buf, enum bus_topic topic, const char *key, size_t kle
 	return BUS_HDR + klen + len;
 }
 
-/* Validate and decode one datagram; -1 when it is not a well-formed hint. */
+/* Validate and decode one record; -1 when it is not a well-formed hint. */
 static int
 bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h)
 {
@@ -475,40 +746,6 @@ bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h)
 	return 0;
 }
 
-/* Send one datagram to a peer; 1 sent, 0 dropped (queue full), -1 peer gone. */
-static int
-bus_send(struct bus *b, int fd, const unsigned char *buf, size_t n)
-{
-	if (send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) == (ssize_t)n) {
-		bus_count(&b->sent, 1);
-		return 1;
-	}
-	switch (errno) {
-	case ECONNREFUSED:
-	case ECONNRESET:
-	case ENOTCONN:
-	case ENOENT:
-	case EPIPE:
-		return -1;
-	default:
-		/* EAGAIN / ENOBUFS: the receiver is slow or stopped; it refetches by cursor. */
-		bus_count(&b->dropped, 1);
-		return 0;
-	}
-}
-
-/* A peer refused a send: if its process is gone, remove its file and rescan. */
-static void
-bus_peer_gone(struct bus *b, const struct bus_peer *p)
-{
-	if (!bus_pid_dead(p->pid))
-		return;
-	bus_unlink_stale(b, p->name);
-	pthread_mutex_lock(&b->lock);
-	b->rescan = 1;
-	pthread_mutex_unlock(&b->lock);
-}
-
 int
 bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
     const char *payload, size_t len)
@@ -516,7 +753,7 @@ bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
 	unsigned char buf[BUS_DGRAM_MAX];
 	struct bus_peers *ps;
 	size_t i, n, klen;
-	int full = 0, rc;
+	int full = 0;
 
 	if (key == NULL)
 		key = "";
@@ -529,21 +766,16 @@ bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
 		len = 0;
 	n = bus_encode(buf, topic, key, klen, seq, payload, len);
 
-	if (bus_send(b, b->self_fd, buf, n) != 1)
+	if (bus_peer_send(b, b->self, buf, n) != 1)
 		full = 1;
 	if (topic == BUS_SHUTDOWN)
 		goto out;
-	ps = bus_peers_get(b);
+	ps = bus_peers_get(b, 1);
 	for (i = 0; ps != NULL && i < ps->n; i++) {
-		rc = bus_send(b, ps->v[i]->fd, buf, n);
-		if (rc == 0)
+		if (bus_peer_send(b, ps->v[i], buf, n) == 0)
 			full = 1;
-		else if (rc == -1)
-			bus_peer_gone(b, ps->v[i]);
 	}
-	pthread_mutex_lock(&b->lock);
-	bus_peers_unref(ps);
-	pthread_mutex_unlock(&b->lock);
+	bus_peers_put(b, ps);
 out:
 	if (full) {
 		errno = EAGAIN;
@@ -552,20 +784,122 @@ out:
 	return 0;
 }
 
+static void
+bus_ready_add(struct bus *b, struct bus_conn *c)
+{
+	if (c->ready)
+		return;
+	c->ready = 1;
+	TAILQ_INSERT_TAIL(&b->ready, c, rlink);
+}
+
+static void
+bus_ready_remove(struct bus *b, struct bus_conn *c)
+{
+	if (!c->ready)
+		return;
+	c->ready = 0;
+	TAILQ_REMOVE(&b->ready, c, rlink);
+}
+
+/* Take every pending connection into the epoll set (and the ready list: it may hold records). */
+static void
+bus_accept(struct bus *b)
+{
+	struct epoll_event ev = { .events = EPOLLIN };
+	struct bus_conn *c;
+	int fd;
+
+	for (;;) {
+		fd = accept4(b->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd == -1) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN)
+				log_warn("bus: accept: %s", strerror(errno));
+			return;
+		}
+		c = xcalloc(1, sizeof *c);
+		c->fd = fd;
+		ev.data.ptr = c;
+		if (epoll_ctl(b->ep, EPOLL_CTL_ADD, fd, &ev) == -1) {
+			log_warn("bus: epoll_ctl: %s", strerror(errno));
+			close(fd);
+			free(c);
+			continue;
+		}
+		TAILQ_INSERT_TAIL(&b->conns, c, all);
+		bus_ready_add(b, c);
+	}
+}
+
+/* Collect what epoll has: new connections, readable connections, writable backlogged peers. */
+static void
+bus_poll(struct bus *b)
+{
+	struct epoll_event evs[BUS_EPOLL_EVENTS];
+	int i, n, flush = 0;
+
+	b->polled = 0;
+	n = epoll_wait(b->ep, evs, BUS_EPOLL_EVENTS, 0);
+	for (i = 0; i < n; i++) {
+		if (evs[i].data.u64 == BUS_EV_LISTEN)
+			bus_accept(b);
+		else if (evs[i].data.u64 == BUS_EV_FLUSH)
+			flush = 1;
+		else
+			bus_ready_add(b, evs[i].data.ptr);
+	}
+	if (flush)
+		bus_flush_all(b);
+}
+
+/* 1 when a zero-length read on c means the other end closed (not an empty record). */
+static int
+bus_conn_eof(const struct bus_conn *c)
+{
+	struct pollfd pfd = { .fd = c->fd, .events = POLLRDHUP };
+
+	int n = poll(&pfd, 1, 0);
+
+	return n == -1 || (n == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0);
+}
+
 int
 bus_recv(struct bus *b, struct bus_hint *h)
 {
-	/* One byte more than the largest hint, so an oversized datagram shows as too long. */
+	/* One byte more than the largest hint, so an oversized record shows as too long. */
 	unsigned char buf[BUS_DGRAM_MAX + 1];
+	struct bus_conn *c;
 	ssize_t n;
 
 	for (;;) {
-		n = recv(b->fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
+		if (TAILQ_EMPTY(&b->ready) || b->polled >= BUS_POLL_EVERY) {
+			bus_poll(b);
+			if (TAILQ_EMPTY(&b->ready)) {
+				errno = EAGAIN;
+				return -1;
+			}
+		}
+		c = TAILQ_FIRST(&b->ready);
+		n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT | MSG_TRUNC);
 		if (n == -1) {
 			if (errno == EINTR)
 				continue;
-			return -1;
+			if (errno == EAGAIN)
+				bus_ready_remove(b, c);	/* epoll reports it again when it has more */
+			else
+				bus_conn_close(b, c);
+			continue;
 		}
+		if (n == 0 && bus_conn_eof(c)) {
+			bus_conn_close(b, c);
+			continue;
+		}
+		/* Round-robin: one record, then the next connection's turn. */
+		b->polled++;
+		TAILQ_REMOVE(&b->ready, c, rlink);
+		TAILQ_INSERT_TAIL(&b->ready, c, rlink);
 		if ((size_t)n <= BUS_DGRAM_MAX && bus_decode(buf, (size_t)n, h) == 0) {
 			bus_count(&b->received, 1);
 			return 0;
@@ -583,6 +917,7 @@ bus_stats(struct bus *b, struct bus_stats *st)
 	st->stale = __atomic_load_n(&b->stale, __ATOMIC_RELAXED);
 	st->received = __atomic_load_n(&b->received, __ATOMIC_RELAXED);
 	st->malformed = __atomic_load_n(&b->malformed, __ATOMIC_RELAXED);
+	st->queued = __atomic_load_n(&b->queued, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&b->lock);
 	st->peers = b->peers != NULL ? b->peers->n : 0;
 	pthread_mutex_unlock(&b->lock);

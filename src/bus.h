@@ -8,11 +8,13 @@
 #include "parley.h"
 
 /*
- * Every process binds one datagram socket in the bus directory and sends each hint to every
- * socket there (its own included, so local and remote waiters wake the same way). No broker.
- * Sends are non-blocking: a full or dead receiver loses the hint, never stalls the publisher;
- * sockets of dead processes are unlinked when found. A hint is a wake-up, not the truth: the
- * receiver reads MySQL (durable events) or uses the small inline payload (ephemeral events).
+ * Every process listens on one SOCK_SEQPACKET socket in the bus directory and keeps one
+ * connection to every socket there (its own included, so local and remote waiters wake the same
+ * way). No broker. Sends never block: what a peer's socket buffer cannot take waits, in order,
+ * in a bounded backlog that the owner's loop flushes (bus_recv) when the peer reads again; only
+ * a peer whose backlog is full (stopped, far behind) loses hints. Sockets of dead processes are
+ * unlinked when found. A hint is a wake-up, not the truth: the receiver reads MySQL (durable
+ * events) or uses the small inline payload (ephemeral events).
  */
 enum bus_topic {
 	BUS_USER_EVENT = 1,	/* key = user: durable event(s) up to seq are in MySQL */
@@ -36,11 +38,15 @@ struct bus;
 /* Bind this process's socket in dir (created if missing, mode 0770). NULL and *cause on failure (caller frees cause). */
 struct bus	*bus_new(const char *dir, char **cause);
 void		 bus_free(struct bus *);
-/* The receive fd, non-blocking, for the owner's event loop (poll for POLLIN). */
+/*
+ * The fd for the owner's event loop (an epoll fd: poll it for POLLIN, never read it). When it is
+ * readable call bus_recv until -1/EAGAIN: that also flushes backlogs to slow peers.
+ */
 int		 bus_fd(const struct bus *);
 /*
  * Send a hint to every process on the bus. Any thread may call it. Never blocks. 0 when it was
- * handed to every live peer, -1 when some peer could not take it (counted; a gap check covers it).
+ * handed to (or queued for) every live peer, -1/EAGAIN when some peer's backlog was full
+ * (counted in dropped; a gap check covers it). Queued hints die with bus_free.
  * A payload longer than BUS_PAYLOAD_MAX is not sent inline (len = 0 is sent: receivers refetch).
  */
 int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
@@ -49,12 +55,13 @@ int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
 int		 bus_recv(struct bus *, struct bus_hint *);
 
 struct bus_stats {
-	uint64_t	sent;		/* datagrams handed to a peer */
-	uint64_t	dropped;	/* a peer's queue was full */
+	uint64_t	sent;		/* hints handed to a peer's socket (own included) */
+	uint64_t	dropped;	/* a peer's backlog was full */
 	uint64_t	stale;		/* dead peers' sockets removed */
 	uint64_t	received;
 	uint64_t	malformed;
-	size_t		peers;
+	size_t		peers;		/* other processes connected to; our own socket not counted */
+	uint64_t	queued;		/* hints waiting in our backlogs for slow peers, now */
 };
 void		 bus_stats(struct bus *, struct bus_stats *);
 

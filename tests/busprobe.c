@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "bus.h"
 #include "log.h"
@@ -13,6 +14,9 @@
  * busprobe DIR listen N [TIMEOUT_S]
  *	bind the bus, print "ready", then print each hint as "topic key seq len payload" and exit 0
  *	after N hints, or 1 after TIMEOUT_S (default 10) seconds.
+ * busprobe DIR count N TIMEOUT_S DELAY_MS
+ *	bind, print "ready", read nothing for DELAY_MS, then receive until N hints have arrived and
+ *	print "count=N ordered=0|1" (ordered: their seqs were 0, 1, ..., N-1); exit 1 on timeout.
  * busprobe DIR publish TOPIC KEY SEQ [PAYLOAD]
  *	bind, publish one hint, print "sent=N dropped=N stale=N peers=N", exit 0 (1 if some peer
  *	could not take it).
@@ -21,6 +25,7 @@ static int
 usage(void)
 {
 	fprintf(stderr, "usage: busprobe DIR listen N [TIMEOUT_S]\n"
+	    "       busprobe DIR count N TIMEOUT_S DELAY_MS\n"
 	    "       busprobe DIR publish TOPIC KEY SEQ [PAYLOAD]\n");
 	return 2;
 }
@@ -54,6 +59,39 @@ probe_listen(struct bus *b, long want, long timeout_s)
 	return 0;
 }
 
+/* Receive want hints after a delay: a burst must wait for us, not be lost. */
+static int
+probe_count(struct bus *b, long want, long timeout_s, long delay_ms)
+{
+	struct pollfd pfd = { .fd = bus_fd(b), .events = POLLIN };
+	int64_t deadline;
+	struct bus_hint h;
+	long got = 0;
+	int ordered = 1, left;
+
+	printf("ready\n");
+	fflush(stdout);
+	usleep((useconds_t)delay_ms * 1000);
+	deadline = parley_mono_ms() + timeout_s * 1000;
+	while (got < want) {
+		while (got < want && bus_recv(b, &h) == 0) {
+			if (h.seq != (uint64_t)got)
+				ordered = 0;
+			got++;
+		}
+		if (got >= want)
+			break;
+		left = (int)(deadline - parley_mono_ms());
+		if (left <= 0)
+			break;
+		if (poll(&pfd, 1, left) == -1 && errno != EINTR)
+			break;
+	}
+	printf("count=%ld ordered=%d\n", got, ordered);
+	fflush(stdout);
+	return got == want ? 0 : 1;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -72,6 +110,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[2], "listen") == 0 && argc >= 4) {
 		rc = probe_listen(b, atol(argv[3]), argc >= 5 ? atol(argv[4]) : 10);
+	} else if (strcmp(argv[2], "count") == 0 && argc >= 6) {
+		rc = probe_count(b, atol(argv[3]), atol(argv[4]), atol(argv[5]));
 	} else if (strcmp(argv[2], "publish") == 0 && argc >= 6) {
 		const char *payload = argc >= 7 ? argv[6] : NULL;
 

@@ -374,8 +374,10 @@ conn_queue_force(struct conn *c, const char *text, size_t len)
 	memcpy(f->buf + LWS_PRE, text, len);
 	if (c->qtail != NULL)
 		c->qtail->next = f;
-	else
+	else {
 		c->qhead = f;
+		c->progress_ms = parley_mono_ms();
+	}
 	c->qtail = f;
 	c->qbytes += (uint32_t)len;
 	c->qframes++;

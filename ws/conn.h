@@ -60,6 +60,7 @@ struct conn {
 	uint64_t		 hint_max;	/* highest seq hinted while replaying */
 	struct backlog		*backlog;
 	int64_t			 auth_deadline;	/* monotonic ms */
+	int64_t			 progress_ms;	/* last frame written, or the queue became non-empty */
 	const char		*close_reason;	/* static string */
 	uint16_t		 close_code;
 	uint8_t			 state;		/* enum conn_state */

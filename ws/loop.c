@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include <ev.h>
 #include <json-c/json.h>
 
 #include "actor.h"
@@ -18,6 +19,7 @@
 
 #define WS_TICK_US	(1000 * 1000)
 #define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
+#define WS_STALL_MS	5000	/* pending frames and none taken for this long: too slow */
 
 static void loop_pump(struct ws *, struct conn *);
 
@@ -495,45 +497,42 @@ loop_event_seq(const char *ev)
 }
 
 /*
- * Move fetched events into the queue, then fetch more or go live. A sync's replay is
- * flow-controlled (it waits while the queue is half full: asking for history is no reason to be
- * cut off); a live connection's catch-up is held to the queue limits like any push.
+ * Move fetched events into the queue while it is below three quarters of its limits (the rest
+ * is headroom for pushes, acks and errors), then fetch more or go live. Pumping never cuts a
+ * client off; a client that stops taking frames is found by the tick (WS_STALL_MS).
  */
 static void
 loop_pump(struct ws *ws, struct conn *c)
 {
 	struct backlog *b = c->backlog;
-	size_t max_bytes = ws->cfg->ws_queue_bytes / 2, max_frames = (size_t)ws->cfg->ws_queue_frames / 2;
+	size_t max_bytes = ws->cfg->ws_queue_bytes / 4 * 3;
+	size_t max_frames = (size_t)ws->cfg->ws_queue_frames / 4 * 3;
 	uint64_t seq;
 	char *ev;
+	int more;
 
-	if (max_frames == 0)
-		max_frames = 1;
 	if (b == NULL || c->state != CONN_READY)
 		return;
 	while (b->pos < b->n) {
-		if (!c->live && c->qframes > 0 && (c->qframes >= max_frames || c->qbytes >= max_bytes))
-			return;	/* a replay waits: WRITEABLE pumps again */
+		if (c->qframes > 0 && (c->qframes >= max_frames || c->qbytes >= max_bytes))
+			return;	/* WRITEABLE pumps again */
 		ev = b->events[b->pos++];
 		seq = loop_event_seq(ev);
 		if (seq != 0 && seq <= c->delivered)
 			continue;
-		if (!c->live)
-			conn_queue_force(c, ev, strlen(ev));
-		else if (loop_send(ws, c, ev, strlen(ev)) != 0)
-			return;	/* live and the queue is full: cut off as too slow */
+		conn_queue_force(c, ev, strlen(ev));
 		if (seq > c->delivered)
 			c->delivered = seq;
 		loop_writable(c);
 	}
 	if (b->next > c->delivered)
 		c->delivered = b->next;
-	if (b->has_more || c->hint_max > c->delivered) {
-		conn_backlog_free(c);
+	more = b->has_more;
+	conn_backlog_free(c);
+	if (more || c->hint_max > c->delivered) {
 		loop_fetch(ws, c);
 		return;
 	}
-	conn_backlog_free(c);
 	c->live = 1;
 }
 
@@ -669,6 +668,7 @@ loop_resync_all(struct ws *ws)
 }
 
 static void loop_stop(struct ws *);
+static void loop_tick(lws_sorted_usec_list_t *);
 
 /* Everything workers and the bus reader finished since the last wake-up. */
 static void
@@ -732,6 +732,7 @@ loop_stop(struct ws *ws)
 	log_info("shutting down: closing %zu connections", conns_count(ws->conns));
 	while (conn_at(ws->conns, &i, &c) == 0)
 		loop_close(c, 1001, "server shutting down");
+	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, 50 * 1000);
 }
 
 static void
@@ -743,12 +744,18 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	size_t i = 0;
 
 	while (conn_at(ws->conns, &i, &c) == 0) {
-		if (c->state == CONN_NEW && now >= c->auth_deadline)
+		if (c->state != CONN_CLOSING && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
+			loop_slow(ws, c);
+		else if (c->state == CONN_NEW && now >= c->auth_deadline)
 			loop_fail(c, "unauthorized", "no auth frame in time", 1008, "auth timeout");
 		else if (c->need_fetch && c->state == CONN_READY)
 			loop_fetch(ws, c);
 	}
-	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, WS_TICK_US);
+	if (ws->stopping && (conns_count(ws->conns) == 0 || now >= ws->stop_deadline)) {
+		ev_break(ws->loop, EVBREAK_ALL);
+		return;
+	}
+	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, ws->stopping ? 50 * 1000 : WS_TICK_US);
 }
 
 void
@@ -866,6 +873,7 @@ loop_writeable(struct ws *ws, struct conn *c)
 	free(f);
 	if (n < 0)
 		return -1;
+	c->progress_ms = parley_mono_ms();
 	metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
 	if (c->backlog != NULL)
 		loop_pump(ws, c);

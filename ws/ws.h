@@ -14,6 +14,7 @@
 #include "protocol.h"
 
 struct actor_pool;
+struct ev_loop;
 struct config;
 struct conns;
 
@@ -78,6 +79,8 @@ struct job {
 struct ws {
 	const struct config	*cfg;
 	struct lws_context	*ctx;
+	struct ev_loop		*loop;		/* libev, epoll: lws runs in it (foreign loop) */
+	void			*foreign_loops[1];
 	struct bus		*bus;
 	struct actor_pool	*pool;
 	struct metrics		 metrics;

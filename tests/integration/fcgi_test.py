@@ -6,6 +6,7 @@ environment:
   PARLEY_HTTP     base URL of the web server in front of parley-fcgi (process FCGI_PID)
   PARLEY_HTTP2    (optional) a second web server in front of a second parley-fcgi on the same bus
   FCGI_PID        pid of the parley-fcgi behind PARLEY_HTTP (threads, fds)
+  FCGI_SOCKET     its FastCGI socket (to play the web server directly)
   PARLEY_TEST_CONFIG  the config (its jwt_secret mints tokens)
 Usage: fcgi_test.py PHASE   where PHASE is one of
   full      every route, long polls, sync, 2000 parked polls, hang-up, two processes
@@ -24,7 +25,9 @@ import http.client
 import json
 import os
 import re
+import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -651,27 +654,113 @@ def t_mass(base, pid, n):
     asyncio.run(mass_polls(base, n, pid))
 
 
-def t_hangup(base, pid):
+def fcgi_record(rtype, rid, content=b""):
+    pad = (8 - len(content) % 8) % 8
+    return struct.pack(">BBHHBB", 1, rtype, rid, len(content), pad, 0) + content + b"\0" * pad
+
+
+def fcgi_params(params):
+    out = b""
+    for k, v in params.items():
+        k, v = k.encode(), v.encode()
+        for n in (len(k), len(v)):
+            out += struct.pack("B", n) if n < 128 else struct.pack(">I", n | 0x80000000)
+        out += k + v
+    return out
+
+
+def fcgi_request(sock_path, path, tok, rid=1, keep=False, sock=None):
+    """Speak FastCGI to parley-fcgi directly, as a web server does. Returns the socket."""
+    s = sock or socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sock is None:
+        s.connect(sock_path)
+    uri, _, query = path.partition("?")
+    params = {"REQUEST_METHOD": "GET", "REQUEST_URI": path, "QUERY_STRING": query,
+              "SCRIPT_NAME": uri, "SERVER_PROTOCOL": "HTTP/1.1", "CONTENT_LENGTH": "",
+              "HTTP_AUTHORIZATION": "Bearer " + tok}
+    s.sendall(fcgi_record(1, rid, struct.pack(">HB5x", 1, 1 if keep else 0)) +
+              fcgi_record(4, rid, fcgi_params(params)) + fcgi_record(4, rid) + fcgi_record(5, rid))
+    return s
+
+
+def fcgi_response(s, timeout=10):
+    """Read records until FCGI_END_REQUEST: (stdout bytes, True) or (partial, False) on EOF."""
+    s.settimeout(timeout)
+    buf, out = b"", b""
+    while True:
+        while len(buf) >= 8:
+            _, rtype, _, clen, pad, _ = struct.unpack(">BBHHBB", buf[:8])
+            if len(buf) < 8 + clen + pad:
+                break
+            content = buf[8:8 + clen]
+            buf = buf[8 + clen + pad:]
+            if rtype == 6:
+                out += content
+            elif rtype == 3:
+                return out, True
+        chunk = s.recv(65536)
+        if not chunk:
+            return out, False
+        buf += chunk
+
+
+def t_hangup(base, pid, sock_path):
+    """A web server closing a parked request's connection frees it at once (no timeout wait)."""
     bob = name("bob")
     tb = token(bob)
-    gone0 = metric(base, tb, "polls_gone")
+    gone0 = metric(base, tb, "polls_gone_total")
     parked0 = metric(base, tb, "polls_parked")
     fds0 = proc_fds(pid)
-    u = urllib.parse.urlsplit(base)
-    socks = []
-    for _ in range(5):
-        s = socket.create_connection((u.hostname, u.port))
-        s.sendall(("GET /messages/long_poll?after=0&timeout=50 HTTP/1.1\r\nHost: x\r\n"
-                   "Authorization: Bearer %s\r\n\r\n" % tb).encode())
-        socks.append(s)
+    socks = [fcgi_request(sock_path, "/messages/long_poll?after=0&timeout=50", tb) for _ in range(5)]
     check(wait_parked(base, tb, parked0 + 5), "5 polls parked before hang-up")
-    check(proc_fds(pid) >= fds0 + 5, "parked polls hold fds")
     for s in socks:
         s.close()
-    ok = wait_until(lambda: metric(base, tb, "polls_gone") >= gone0 + 5, 5)
-    check(ok, "clients that hung up are noticed (polls_gone +5)", metric(base, tb, "polls_gone") - gone0)
+    ok = wait_until(lambda: metric(base, tb, "polls_gone_total") >= gone0 + 5, 5)
+    check(ok, "connections closed while parked are noticed (polls_gone +5)",
+          metric(base, tb, "polls_gone_total") - gone0)
     check(wait_until(lambda: metric(base, tb, "polls_parked") <= parked0, 5), "and no longer parked")
-    check(wait_until(lambda: proc_fds(pid) <= fds0 + 1, 5), "and their fds are closed (%d -> %d)" % (fds0, proc_fds(pid)))
+    check(wait_until(lambda: proc_fds(pid) <= fds0, 5),
+          "and their fds are closed (%d -> %d)" % (fds0, proc_fds(pid)))
+
+
+def t_keep_conn(base, pid, sock_path):
+    """FCGI_KEEP_CONN (Apache): a connection is served again or closed, never left unread."""
+    alice, bob = name("alice"), name("bob")
+    ta, tb = token(alice), token(bob)
+    fds0 = proc_fds(pid)
+    s = fcgi_request(sock_path, "/messages?after=0", tb, rid=1, keep=True)
+    out, ended = fcgi_response(s)
+    check(ended and out.startswith(b"Status: 200"), "keep-conn request answered", out[:80])
+    fcgi_request(sock_path, "/health", tb, rid=2, keep=True, sock=s)
+    out, ended = fcgi_response(s)
+    check(ended and out.startswith(b"Status: 200") and b'"status":"ok"' in out,
+          "a second request on a kept connection is served", out[:80])
+    s.close()
+    # an idle kept connection is closed by parley-fcgi, not held
+    s = fcgi_request(sock_path, "/messages?after=0", tb, rid=1, keep=True)
+    fcgi_response(s)
+    time.sleep(0.3)
+    s.settimeout(2)
+    try:
+        eof = s.recv(1) == b""
+    except OSError:
+        eof = True
+    check(eof, "an idle kept connection is closed by parley-fcgi")
+    s.close()
+    # a parked request with keep-conn is answered from another thread and its connection closed
+    after = last_seq(base, tb)
+    s = fcgi_request(sock_path, "/messages/long_poll?after=%d&timeout=10" % after, tb, rid=1, keep=True)
+    time.sleep(0.3)
+    send(base, ta, bob, "keep")
+    out, ended = fcgi_response(s)
+    try:
+        eof = s.recv(1) == b""
+    except OSError:
+        eof = True
+    check(ended and b'"type":"new_message"' in out and eof,
+          "a parked keep-conn request is answered, then its connection closed", out[:80])
+    s.close()
+    check(wait_until(lambda: proc_fds(pid) <= fds0, 5), "no fds left behind (%d -> %d)" % (fds0, proc_fds(pid)))
 
 
 def t_two_processes(base, base2):
@@ -730,13 +819,16 @@ def phase_park(base, n):
     for p in polls:
         p.start()
     check(wait_parked(base, tb, parked0 + n), "%d polls parked before SIGTERM" % n)
-    # tell the caller to send SIGTERM, then wait for the answers
-    print("PARKED", flush=True)
+    kill = int(os.environ.get("FCGI_KILL_PID", "0"))
+    if kill:
+        os.kill(kill, signal.SIGTERM)
+    t0 = time.monotonic()
     for p in polls:
         p.join(20)
     ok = all(p.resp is not None and p.resp.status == 200 and p.resp.body == '{"events":[],"next":%d}' % after
              for p in polls)
     check(ok, "SIGTERM answers every parked poll with the empty result", [p.resp for p in polls[:3]])
+    check(time.monotonic() - t0 < 5, "and promptly (%.2f s)" % (time.monotonic() - t0))
 
 
 def phase_mysqldown(base):
@@ -786,7 +878,8 @@ def main():
             t_conversations_groups_presence(base)
             t_rooms(base)
             t_metrics(base)
-            t_hangup(base, pid)
+            t_hangup(base, pid, os.environ["FCGI_SOCKET"])
+            t_keep_conn(base, pid, os.environ["FCGI_SOCKET"])
             if base2:
                 t_two_processes(base, base2)
             t_mass(base, pid, int(os.environ.get("FCGI_MASS", "2000")))

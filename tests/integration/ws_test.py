@@ -132,7 +132,7 @@ class Client:
         self.inbox = []
 
     async def send(self, obj):
-        await self.ws.send(obj if isinstance(obj, str) else json.dumps(obj))
+        await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
 
     async def next(self, pred=lambda m: True, timeout=5.0):
         for i, m in enumerate(self.inbox):
@@ -323,7 +323,7 @@ async def same_user_two_devices(env):
     b1 = await connect(env.a, bob, dev="phone", sync=0)
     b2 = await connect(env.a, bob, dev="laptop", sync=0)
     cmid, ack = await send(a1, bob, "to both of your devices")
-    for c in (b1, b2, a2):
+    for c in (b1, b2, a2, a1):
         m = await c.next(is_msg(cmid))
         assert m["message"]["id"] == ack["server_msg_id"], m
     for c in (a1, a2, b1, b2):
@@ -432,7 +432,7 @@ async def oversized_frame(env):
     e = await b.next()
     assert e["code"] == "bad_request", e
     # Fragmented messages count as a whole.
-    await b.ws.send(iter(["x" * 40000, "x" * 40000]))
+    await b.ws.send(iter(["x" * 65000, "x" * 1000]))
     frames = await expect_close(b.ws, 1009)
     assert frames[-1]["code"] == "payload_too_large", frames
     await other.send({"type": "ping"})
@@ -507,6 +507,60 @@ async def rooms(env):
     assert e["code"] == "bad_request" and "text" in e["message"], e
     await a.close()
     await b.close()
+
+
+@test
+async def pipelined_before_ready(env):
+    # auth, sync and a send in one burst: "ready" still comes first and nothing is lost.
+    alice, bob = uname("alice"), uname("bob")
+    b = await connect(env.a, bob, sync=0)
+    ws = await websockets.connect(env.a.url, subprotocols=["parley.v1"])
+    cmid = uname("pipe")
+    await ws.send(json.dumps({"type": "auth", "token": token(alice, "pipe-dev")}))
+    await ws.send(json.dumps({"type": "sync", "after": 0}))
+    await ws.send(json.dumps({"type": "send_message", "to": bob, "content": "fast", "client_msg_id": cmid}))
+    await ws.send(json.dumps({"type": "ping"}))
+    a = Client(ws)
+    first = await a.next()
+    assert first["type"] == "ready" and first["device_id"] == "pipe-dev", first
+    ack = await a.next(is_ack(cmid))
+    assert ack["status"] == "success", ack
+    await a.next(lambda m: m.get("type") == "pong")
+    await a.next(is_msg(cmid))
+    await b.next(is_msg(cmid))
+    await a.close()
+    await b.close()
+
+
+@test
+async def idle_half_open_closed(env):
+    # A raw client that completes the upgrade and then never answers pings (env.lim: ping 1 s, idle 2 s).
+    sock = socket.create_connection(("127.0.0.1", env.lim.port), 5)
+    sock.sendall(("GET /ws?access_token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: parley.v1\r\n\r\n"
+                  % token(uname("idle"))).encode())
+    t0 = time.monotonic()
+    data = b""
+
+    def drain():
+        nonlocal data
+        sock.settimeout(8)
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except (socket.timeout, ConnectionResetError):
+                return
+            if not chunk:
+                return
+            data += chunk
+    await asyncio.get_running_loop().run_in_executor(None, drain)
+    took = time.monotonic() - t0
+    sock.close()
+    assert data.startswith(b"HTTP/1.1 101"), data[:80]
+    assert b'"type":"ready"' in data, data
+    assert b"\x89\x00" in data, "no ping seen: %r" % data[-40:]
+    assert 1.5 <= took <= 6.5, took
 
 
 # --- limits -------------------------------------------------------------------------------
@@ -670,16 +724,19 @@ async def websocket_and_long_poll(env):
 
     def poll():
         box["r"] = http(env, "GET", "/messages/long_poll?after=%d&timeout=20" % m["seq"], token(bob), timeout=30)
+    # alice connects first: her presence event would wake the poll too.
+    a = await connect(env.a, alice)
+    await asyncio.sleep(0.3)
     th = threading.Thread(target=poll)
     th.start()
     await asyncio.sleep(0.5)
-    a = await connect(env.a, alice)
     t0 = time.monotonic()
     cmid2, ack = await send(a, bob, "over WebSocket")
     await asyncio.get_running_loop().run_in_executor(None, th.join, 25)
     took = time.monotonic() - t0
     st, page = box["r"]
-    assert st == 200 and page["events"] and page["events"][0]["message"]["client_msg_id"] == cmid2, page
+    msgs = [e for e in page["events"] if e.get("type") == "new_message"]
+    assert st == 200 and msgs and msgs[0]["message"]["client_msg_id"] == cmid2, page
     assert took < 3, took
     await a.close()
     await b.close()
@@ -710,7 +767,7 @@ def start_http(env):
     with open(path, "w") as f:
         conf.write(f)
     log = open(os.path.join(d, "parley-fcgi.log"), "ab")
-    env.fcgi = subprocess.Popen([fcgi_bin, "--config", path], stdout=log, stderr=subprocess.STDOUT)
+    env.fcgi = subprocess.Popen([fcgi_bin, "-c", path], stdout=log, stderr=subprocess.STDOUT)
     for _ in range(100):
         if os.path.exists(sock):
             break
@@ -756,7 +813,7 @@ def main():
         env.a = Daemon("a")
         env.b = Daemon("b")
         env.iso = Daemon("iso", bus=os.path.join(TOP, "bus-iso"))
-        env.lim = Daemon("lim", max_connections=4, auth_timeout=1)
+        env.lim = Daemon("lim", max_connections=4, auth_timeout=1, ping_interval=1, idle_timeout=2)
         env.org = Daemon("org", origins="https://chat.example, https://other.example")
         env.slow = Daemon("slow", queue_bytes=65536, queue_frames=64)
         daemons = [env.a, env.b, env.iso, env.lim, env.org, env.slow]

@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# bench_fcgi.sh - parley-fcgi behind lighttpd on this box (issue 3's benchmark):
+#   1. memory per parked long poll: parley-fcgi's RSS growth with N parked (default 5000) / N
+#   2. wake latency: send acknowledged -> the recipient's long poll answered, p50/p99, at a
+#      steady rate of sends (default 500/s) to users that keep a long poll open
+#   3. short polls per second on an empty inbox, with wrk
+#
+#   bench/bench_fcgi.sh [BUILDDIR]
+# Uses the throwaway MariaDB + memcached of tests/harness/with-services (started if needed).
+# Env: BENCH_PARKED (5000), BENCH_RATE (500), BENCH_WAKE_SECONDS (10), BENCH_USERS (200),
+#      BENCH_WRK_SECONDS (10), BENCH_WRK_CONNECTIONS (32).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+srcdir=$(cd "$here/.." && pwd)
+builddir=$(cd "${1:-${PARLEY_BUILDDIR:-$srcdir}}" && pwd)
+export PARLEY_SRCDIR=$srcdir PARLEY_BUILDDIR=$builddir
+
+if [ -z "${PARLEY_TEST_CONFIG:-}" ]; then
+	exec "$srcdir/tests/harness/with-services" "$0" "$builddir"
+fi
+
+work=$(mktemp -d /tmp/parley-bench-fcgi.XXXXXX)
+chmod 711 "$work"
+fcgi_pid=""
+cleanup() {
+	"$srcdir/tests/harness/webserver" stop "$work/lt" >/dev/null 2>&1 || true
+	[ -n "$fcgi_pid" ] && kill "$fcgi_pid" 2>/dev/null && wait "$fcgi_pid" 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+awk '/^\[/ { skip = ($0 == "[bus]" || $0 == "[fcgi]" || $0 == "[log]") } !skip' "$PARLEY_TEST_CONFIG" >"$work/p.conf"
+cat >>"$work/p.conf" <<CONF
+[bus]
+dir = $work/bus
+[fcgi]
+listen = $work/fcgi.sock
+max_parked = 100000
+[log]
+level = warn
+CONF
+"$builddir/parley-fcgi" -c "$work/p.conf" >"$work/fcgi.log" 2>&1 &
+fcgi_pid=$!
+for _ in $(seq 100); do [ -S "$work/fcgi.sock" ] && break; sleep 0.05; done
+eval "$("$srcdir/tests/harness/webserver" start lighttpd "$work/lt" --fcgi "$work/fcgi.sock")"
+
+echo "parley-fcgi pid $fcgi_pid behind lighttpd at $PARLEY_HTTP ($(nproc) CPUs)"
+FCGI_PID=$fcgi_pid PARLEY_HTTP=$PARLEY_HTTP /usr/bin/python3 - <<'PY'
+import asyncio, base64, hashlib, hmac, json, os, time, urllib.parse
+
+base = os.environ["PARLEY_HTTP"]
+pid = int(os.environ["FCGI_PID"])
+u = urllib.parse.urlsplit(base)
+secret = None
+section = ""
+for line in open(os.environ["PARLEY_TEST_CONFIG"]):
+    line = line.strip()
+    if line.startswith("["):
+        section = line.strip("[]")
+    elif section == "auth" and line.split("=", 1)[0].strip() == "jwt_secret":
+        secret = line.split("=", 1)[1].strip()
+run = "%d%04x" % (os.getpid(), int.from_bytes(os.urandom(2), "big"))
+
+
+def b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(user):
+    h = b64u(b'{"alg":"HS256","typ":"JWT"}')
+    p = b64u(json.dumps({"sub": user, "exp": int(time.time()) + 7200}).encode())
+    s = hmac.new(secret.encode(), (h + "." + p).encode(), hashlib.sha256).digest()
+    return h + "." + p + "." + b64u(s)
+
+
+def rss_kib():
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def threads():
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+
+
+async def request(method, path, tok, body=None):
+    r, w = await asyncio.open_connection(u.hostname, u.port)
+    data = json.dumps(body).encode() if body is not None else b""
+    head = "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer %s\r\n" % (method, path, tok)
+    if body is not None:
+        head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
+    w.write(head.encode() + b"\r\n" + data)
+    raw = await r.read(-1)
+    w.close()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
+
+
+async def metric(name):
+    _, body = await request("GET", "/metrics", token("bench"))
+    for line in body.decode().splitlines():
+        if line.startswith("parley_fcgi_" + name + " "):
+            return int(line.split()[1])
+    return -1
+
+
+async def memory(n):
+    users = ["m_%s_%d" % (run, i) for i in range(n)]
+    toks = [token(x) for x in users]
+    # warm up: connections to MySQL, first allocations
+    await request("GET", "/messages/long_poll?after=0&timeout=0", toks[0])
+    await asyncio.sleep(0.5)
+    before, th0 = rss_kib(), threads()
+
+    async def poll(i, t):
+        await asyncio.sleep(i * 0.0007)
+        return await request("GET", "/messages/long_poll?after=0&timeout=55", t)
+
+    tasks = [asyncio.ensure_future(poll(i, t)) for i, t in enumerate(toks)]
+    t0 = time.monotonic()
+    while await metric("polls_parked") < n and time.monotonic() - t0 < 60:
+        await asyncio.sleep(0.5)
+    parked = await metric("polls_parked")
+    await asyncio.sleep(1)
+    after, th1 = rss_kib(), threads()
+    print("memory: %d parked, RSS %d KiB -> %d KiB: %.2f KiB per parked long poll; threads %d -> %d"
+          % (parked, before, after, (after - before) / max(parked, 1), th0, th1))
+    # release them: one message each
+    snd = token("m_%s_sender" % run)
+    sem = asyncio.Semaphore(32)
+
+    async def send(x):
+        async with sem:
+            return await request("POST", "/messages", snd, {"to": x, "content": "bye", "client_msg_id": x})
+    t1 = time.monotonic()
+    await asyncio.gather(*[send(x) for x in users])
+    res = await asyncio.gather(*tasks)
+    ok = sum(1 for s, b in res if s == 200 and b'"new_message"' in b)
+    print("        %d/%d woken by their message; %.0f sends+wakes/s" % (ok, n, n / (time.monotonic() - t1)))
+
+
+async def latency(rate, seconds, nusers):
+    users = ["l_%s_%d" % (run, i) for i in range(nusers)]
+    toks = {x: token(x) for x in users}
+    acked, got = {}, {}
+    stop = [False]
+
+    async def poller(x):
+        after = 0
+        while not stop[0]:
+            s, b = await request("GET", "/messages/long_poll?after=%d&timeout=20" % after, toks[x])
+            now = time.monotonic()
+            if s != 200:
+                await asyncio.sleep(0.1)
+                continue
+            j = json.loads(b)
+            for e in j["events"]:
+                got.setdefault(e["message"]["client_msg_id"], now)
+            after = j["next"]
+
+    polls = [asyncio.ensure_future(poller(x)) for x in users]
+    await asyncio.sleep(2)
+    snd = token("l_%s_sender" % run)
+    total = rate * seconds
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(64)
+
+    async def send(i):
+        async with sem:
+            c = "c%d" % i
+            s, _ = await request("POST", "/messages", snd, {"to": users[i % nusers], "content": "x", "client_msg_id": c})
+            if s == 200:
+                acked[c] = time.monotonic()
+
+    sends = []
+    for i in range(total):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sends.append(asyncio.ensure_future(send(i)))
+    await asyncio.gather(*sends)
+    sent_rate = total / (time.monotonic() - t0)
+    await asyncio.sleep(2)
+    stop[0] = True
+    lat = sorted(max(0.0, got[c] - acked[c]) * 1000 for c in acked if c in got)
+    missing = len([c for c in acked if c not in got])
+    for p in polls:
+        p.cancel()
+    if lat:
+        print("wake latency: %d sends at %.0f/s to %d long-polling users: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.1f ms; %d not seen"
+              % (len(acked), sent_rate, nusers, lat[len(lat) // 2], lat[int(len(lat) * 0.9)],
+                 lat[min(len(lat) - 1, int(len(lat) * 0.99))], lat[-1], missing))
+
+
+asyncio.run(memory(int(os.environ.get("BENCH_PARKED", "5000"))))
+asyncio.run(latency(int(os.environ.get("BENCH_RATE", "500")), int(os.environ.get("BENCH_WAKE_SECONDS", "10")),
+                    int(os.environ.get("BENCH_USERS", "200"))))
+PY
+tok=$(FCGI_PID=$fcgi_pid /usr/bin/python3 -c '
+import base64,hashlib,hmac,json,os,time
+sec=[l.split("=",1)[1].strip() for l in open(os.environ["PARLEY_TEST_CONFIG"]) if l.split("=",1)[0].strip()=="jwt_secret"][0]
+b=lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+h=b(b"{\"alg\":\"HS256\",\"typ\":\"JWT\"}"); p=b(json.dumps({"sub":"empty_%d"%os.getpid(),"exp":int(time.time())+3600}).encode())
+print(h+"."+p+"."+b(hmac.new(sec.encode(),(h+"."+p).encode(),hashlib.sha256).digest()))')
+echo "short polls: wrk -t2 -c${BENCH_WRK_CONNECTIONS:-32} -d${BENCH_WRK_SECONDS:-10}s GET /messages?after=0 (empty inbox)"
+wrk -t2 -c"${BENCH_WRK_CONNECTIONS:-32}" -d"${BENCH_WRK_SECONDS:-10}s" -H "Authorization: Bearer $tok" \
+	"$PARLEY_HTTP/messages?after=0" | grep -E "Requests/sec|Latency|Non-2xx|requests in"

@@ -1,0 +1,464 @@
+/* bench_ws.c - load generator for parley-ws: idle memory per connection, delivery latency, CPU. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "config.h"
+#include "log.h"
+#include "parley.h"
+#include "xmalloc.h"
+
+/*
+ * A minimal WebSocket client over epoll (no library: the point is many cheap sockets). Phases:
+ *  1. open --conns connections from several loopback source addresses (127.0.0.2..), each with a
+ *     URL token of its own user, wait for every "ready", then read the daemon's RSS
+ *     (/proc/PID/status) against its baseline before the first connection;
+ *  2. the first 2 * --pairs connections sync and the senders send one message per pair at
+ *     --rate messages/s in total for --secs seconds; each receiver notes send-to-frame latency;
+ *     the daemon's CPU time (/proc/PID/stat) over the phase gives CPU per 1,000 deliveries.
+ */
+
+struct bconn {
+	int		 fd;
+	int		 state;		/* 0 handshake, 1 open, 2 ready, -1 dead */
+	int		 role;		/* 0 idle, 1 sender, 2 receiver */
+	char		*rx;
+	size_t		 rxlen, rxcap;
+	char		 user[PARLEY_ID_MAX + 1];
+};
+
+struct bench {
+	struct bconn	*c;
+	int		 n;
+	int		 ep;
+	int		 ready;
+	int		 dead;
+	uint64_t	 acks, ack_errors, delivered;
+	int64_t		*lat;	/* microseconds */
+	size_t		 nlat, caplat;
+	const char	*host;
+	int		 port;
+	char		 run[16];
+};
+
+static int64_t
+now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static long
+proc_rss_kb(int pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *f;
+
+	snprintf(path, sizeof path, "/proc/%d/status", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return -1;
+	while (fgets(line, sizeof line, f) != NULL) {
+		if (strncmp(line, "VmRSS:", 6) == 0)
+			kb = strtol(line + 6, NULL, 10);
+	}
+	fclose(f);
+	return kb;
+}
+
+/* utime + stime of pid in clock ticks. */
+static long long
+proc_cpu_ticks(int pid)
+{
+	char path[64], buf[1024], *p;
+	unsigned long ut, st;
+	FILE *f;
+	int i;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return -1;
+	if (fgets(buf, sizeof buf, f) == NULL) {
+		fclose(f);
+		return -1;
+	}
+	fclose(f);
+	if ((p = strrchr(buf, ')')) == NULL)
+		return -1;
+	p += 2;
+	for (i = 0; i < 11; i++)	/* state .. cmajflt: fields 3..13 */
+		p = strchr(p, ' ') + 1;
+	if (sscanf(p, "%lu %lu", &ut, &st) != 2)
+		return -1;
+	return (long long)(ut + st);
+}
+
+/* One masked client frame (mask key 0: valid, and the payload needs no copy). */
+static int
+ws_send(struct bconn *c, int opcode, const char *p, size_t len)
+{
+	unsigned char hdr[14];
+	size_t h = 0;
+	char *buf;
+	ssize_t w;
+
+	hdr[h++] = (unsigned char)(0x80 | opcode);
+	if (len < 126)
+		hdr[h++] = (unsigned char)(0x80 | len);
+	else {
+		hdr[h++] = 0x80 | 126;
+		hdr[h++] = (unsigned char)(len >> 8);
+		hdr[h++] = (unsigned char)len;
+	}
+	memset(hdr + h, 0, 4);
+	h += 4;
+	buf = xmalloc(h + len);
+	memcpy(buf, hdr, h);
+	memcpy(buf + h, p, len);
+	w = send(c->fd, buf, h + len, MSG_NOSIGNAL);
+	free(buf);
+	return w == (ssize_t)(h + len) ? 0 : -1;
+}
+
+static void
+on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
+{
+	const char *t;
+	int64_t sent;
+
+	(void)len;
+	if (c->state == 1 && strstr(p, "\"type\":\"ready\"") != NULL) {
+		c->state = 2;
+		b->ready++;
+		return;
+	}
+	if (strncmp(p, "{\"type\":\"ack\"", 13) == 0) {
+		if (strstr(p, "\"status\":\"success\"") != NULL)
+			b->acks++;
+		else
+			b->ack_errors++;
+		return;
+	}
+	if (c->role != 2 || strncmp(p, "{\"type\":\"new_message\"", 21) != 0)
+		return;
+	if ((t = strstr(p, "\"content\":\"t=")) == NULL)
+		return;
+	sent = strtoll(t + 13, NULL, 10);
+	b->delivered++;
+	if (b->nlat == b->caplat) {
+		b->caplat = b->caplat ? b->caplat * 2 : 65536;
+		b->lat = xreallocarray(b->lat, b->caplat, sizeof *b->lat);
+	}
+	b->lat[b->nlat++] = now_us() - sent;
+}
+
+/* Parse what arrived: the 101 answer, then unmasked server frames. */
+static void
+on_data(struct bench *b, struct bconn *c)
+{
+	size_t off = 0, need, plen, h;
+	unsigned char *u;
+	char *e, *txt;
+	int i;
+
+	if (c->state == 0) {
+		if ((e = memmem(c->rx, c->rxlen, "\r\n\r\n", 4)) == NULL)
+			return;
+		if (strncmp(c->rx, "HTTP/1.1 101", 12) != 0) {
+			c->state = -1;
+			return;
+		}
+		off = (size_t)(e + 4 - c->rx);
+		c->state = 1;
+	}
+	for (;;) {
+		if (c->rxlen - off < 2)
+			break;
+		u = (unsigned char *)c->rx + off;
+		plen = u[1] & 0x7f;
+		h = 2;
+		if (plen == 126) {
+			if (c->rxlen - off < 4)
+				break;
+			plen = ((size_t)u[2] << 8) | u[3];
+			h = 4;
+		} else if (plen == 127) {
+			if (c->rxlen - off < 10)
+				break;
+			plen = 0;
+			for (i = 0; i < 8; i++)
+				plen = (plen << 8) | u[2 + i];
+			h = 10;
+		}
+		need = h + plen;
+		if (c->rxlen - off < need)
+			break;
+		switch (u[0] & 0x0f) {
+		case 0x1:
+			txt = xstrndup((char *)u + h, plen);
+			on_text(b, c, txt, plen);
+			free(txt);
+			break;
+		case 0x9:
+			ws_send(c, 0xA, (char *)u + h, plen);
+			break;
+		case 0x8:
+			c->state = -1;
+			break;
+		}
+		off += need;
+	}
+	memmove(c->rx, c->rx + off, c->rxlen - off);
+	c->rxlen -= off;
+}
+
+static void
+conn_dead(struct bench *b, struct bconn *c)
+{
+	if (c->fd >= 0) {
+		epoll_ctl(b->ep, EPOLL_CTL_DEL, c->fd, NULL);
+		close(c->fd);
+	}
+	c->fd = -1;
+	if (c->state != -2)
+		b->dead++;
+	c->state = -2;
+}
+
+static void
+poll_once(struct bench *b, int timeout_ms)
+{
+	struct epoll_event ev[256];
+	struct bconn *c;
+	ssize_t r;
+	int n, i;
+
+	n = epoll_wait(b->ep, ev, 256, timeout_ms);
+	for (i = 0; i < n; i++) {
+		c = &b->c[ev[i].data.u32];
+		if (c->fd < 0)
+			continue;
+		for (;;) {
+			if (c->rxcap - c->rxlen < 4096) {
+				c->rxcap = c->rxcap ? c->rxcap * 2 : 8192;
+				c->rx = xrealloc(c->rx, c->rxcap);
+			}
+			r = recv(c->fd, c->rx + c->rxlen, c->rxcap - c->rxlen - 1, MSG_DONTWAIT);
+			if (r > 0) {
+				c->rxlen += (size_t)r;
+				continue;
+			}
+			if (r == 0 || (errno != EAGAIN && errno != EINTR))
+				conn_dead(b, c);
+			break;
+		}
+		if (c->fd >= 0) {
+			on_data(b, c);
+			if (c->state == -1)
+				conn_dead(b, c);
+			/* An idle connection keeps no buffer: the daemon's side is what is measured, but 10k x 8 KiB here adds up. */
+			if (c->rxlen == 0 && c->rxcap > 8192) {
+				free(c->rx);
+				c->rx = NULL;
+				c->rxcap = 0;
+			}
+		}
+	}
+}
+
+static int
+conn_open(struct bench *b, int i, const char *secret)
+{
+	struct bconn *c = &b->c[i];
+	struct sockaddr_in src, dst;
+	struct epoll_event ev;
+	char req[1024], *tok;
+	int one = 1, n;
+
+	snprintf(c->user, sizeof c->user, "bench_%s_%d", b->run, i);
+	if ((c->fd = socket(AF_INET, SOCK_STREAM, 0)) == -1)
+		return -1;
+	memset(&src, 0, sizeof src);
+	src.sin_family = AF_INET;
+	src.sin_addr.s_addr = htonl(0x7f000002 + (uint32_t)(i % 8));	/* 127.0.0.2 .. 127.0.0.9 */
+	if (bind(c->fd, (struct sockaddr *)&src, sizeof src) == -1)
+		return -1;
+	memset(&dst, 0, sizeof dst);
+	dst.sin_family = AF_INET;
+	dst.sin_port = htons((uint16_t)b->port);
+	inet_pton(AF_INET, b->host, &dst.sin_addr);
+	if (connect(c->fd, (struct sockaddr *)&dst, sizeof dst) == -1)
+		return -1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	tok = auth_mint(secret, c->user, NULL, parley_now_ms() / 1000, 7200);
+	n = snprintf(req, sizeof req, "GET /ws?access_token=%s HTTP/1.1\r\nHost: %s:%d\r\n"
+	    "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+	    "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: parley.v1\r\n\r\n", tok, b->host,
+	    b->port);
+	free(tok);
+	if (send(c->fd, req, (size_t)n, MSG_NOSIGNAL) != n)
+		return -1;
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.u32 = (uint32_t)i;
+	return epoll_ctl(b->ep, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+static int
+cmp64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: bench_ws --config FILE --port PORT --pid PID [--conns N] [--pairs P] "
+	    "[--rate MSGS_PER_S] [--secs S]\n");
+	exit(2);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option lo[] = {
+		{ "config", required_argument, NULL, 'c' }, { "port", required_argument, NULL, 'p' },
+		{ "pid", required_argument, NULL, 'P' }, { "conns", required_argument, NULL, 'n' },
+		{ "pairs", required_argument, NULL, 'a' }, { "rate", required_argument, NULL, 'r' },
+		{ "secs", required_argument, NULL, 's' }, { NULL, 0, NULL, 0 }
+	};
+	struct config cfg;
+	struct bench b;
+	const char *cfgpath = NULL;
+	char *cause = NULL, msg[256], cmid[64];
+	int pid = 0, pairs = 100, rate = 2000, secs = 10, opt, i;
+	long rss0, rss1;
+	long long cpu0, cpu1;
+	int64_t t0, next, end, seqno = 0;
+	double per_tick;
+
+	memset(&b, 0, sizeof b);
+	b.host = "127.0.0.1";
+	b.n = 10000;
+	while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+		switch (opt) {
+		case 'c': cfgpath = optarg; break;
+		case 'p': b.port = atoi(optarg); break;
+		case 'P': pid = atoi(optarg); break;
+		case 'n': b.n = atoi(optarg); break;
+		case 'a': pairs = atoi(optarg); break;
+		case 'r': rate = atoi(optarg); break;
+		case 's': secs = atoi(optarg); break;
+		default: usage();
+		}
+	}
+	if (cfgpath == NULL || b.port == 0 || pid == 0 || 2 * pairs > b.n)
+		usage();
+	log_init("bench_ws", LOG_LEVEL_WARN, 0);
+	if (config_load(&cfg, cfgpath, &cause) != 0)
+		fatal("%s", cause);
+	snprintf(b.run, sizeof b.run, "%x", (unsigned)(time(NULL) ^ getpid()) & 0xffffff);
+	b.c = xcalloc((size_t)b.n, sizeof *b.c);
+	b.ep = epoll_create1(0);
+
+	/* Phase 1: idle authenticated connections. */
+	rss0 = proc_rss_kb(pid);
+	t0 = now_us();
+	for (i = 0; i < b.n; i++) {
+		if (conn_open(&b, i, cfg.jwt_secret) != 0)
+			fatal("connection %d: %s", i, strerror(errno));
+		if (i % 200 == 199)
+			while (b.ready + b.dead < i - 1000)
+				poll_once(&b, 10);
+	}
+	while (b.ready + b.dead < b.n && now_us() - t0 < 120 * 1000000LL)
+		poll_once(&b, 50);
+	printf("connections: %d ready, %d failed, in %.1f s\n", b.ready, b.dead,
+	    (double)(now_us() - t0) / 1e6);
+	for (end = now_us() + 3000000; now_us() < end;)
+		poll_once(&b, 100);
+	rss1 = proc_rss_kb(pid);
+	printf("daemon RSS: %ld KiB before, %ld KiB with %d idle authenticated connections: "
+	    "%.2f KiB per connection\n", rss0, rss1, b.ready,
+	    b.ready > 0 ? (double)(rss1 - rss0) / b.ready : 0.0);
+	fflush(stdout);
+
+	/* Phase 2: 1:1 messages between pairs, paced. */
+	for (i = 0; i < 2 * pairs; i++) {
+		b.c[i].role = i < pairs ? 1 : 2;
+		ws_send(&b.c[i], 0x1, "{\"type\":\"sync\",\"after\":0}", 25);
+	}
+	for (end = now_us() + 1000000; now_us() < end;)
+		poll_once(&b, 10);
+	cpu0 = proc_cpu_ticks(pid);
+	t0 = now_us();
+	end = t0 + (int64_t)secs * 1000000;
+	per_tick = rate / 1000.0;
+	next = t0;
+	{
+		double owed = 0;
+
+		while (now_us() < end) {
+			poll_once(&b, 0);
+			if (now_us() < next) {
+				poll_once(&b, 1);
+				continue;
+			}
+			next += 1000;
+			owed += per_tick;
+			while (owed >= 1) {
+				struct bconn *s = &b.c[seqno % pairs];
+				int n;
+
+				owed -= 1;
+				snprintf(cmid, sizeof cmid, "m%" PRId64, seqno);
+				n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":\"%s\","
+				    "\"to\":\"%s\",\"content\":\"t=%" PRId64 "\"}", cmid,
+				    b.c[pairs + seqno % pairs].user, now_us());
+				if (s->fd >= 0)
+					ws_send(s, 0x1, msg, (size_t)n);
+				seqno++;
+			}
+		}
+	}
+	for (end = now_us() + 2000000; now_us() < end && b.delivered < (uint64_t)seqno;)
+		poll_once(&b, 10);
+	cpu1 = proc_cpu_ticks(pid);
+	qsort(b.lat, b.nlat, sizeof *b.lat, cmp64);
+	printf("sent %" PRId64 " messages in %d s (%d/s target), %" PRIu64 " acks, %" PRIu64
+	    " ack errors, %" PRIu64 " delivered\n", seqno, secs, rate, b.acks, b.ack_errors,
+	    b.delivered);
+	if (b.nlat > 0)
+		printf("latency send -> recipient frame: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, "
+		    "max %.2f ms\n", b.lat[b.nlat / 2] / 1000.0, b.lat[b.nlat * 9 / 10] / 1000.0,
+		    b.lat[b.nlat * 99 / 100] / 1000.0, b.lat[b.nlat - 1] / 1000.0);
+	if (b.delivered > 0)
+		printf("daemon CPU: %.2f s for %" PRIu64 " deliveries: %.1f ms per 1,000 delivered "
+		    "messages\n", (double)(cpu1 - cpu0) / (double)sysconf(_SC_CLK_TCK), b.delivered,
+		    (double)(cpu1 - cpu0) * 1000.0 / (double)sysconf(_SC_CLK_TCK) /
+		    ((double)b.delivered / 1000.0));
+	for (i = 0; i < b.n; i++) {
+		if (b.c[i].fd >= 0)
+			close(b.c[i].fd);
+		free(b.c[i].rx);
+	}
+	free(b.c);
+	free(b.lat);
+	config_clear(&cfg);
+	return 0;
+}
