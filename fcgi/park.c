@@ -696,6 +696,12 @@ park_wake_key(struct park *p, const char *prefix, const char *name, uint64_t seq
 	park_post(p, key, wake);
 }
 
+void
+park_notify(struct park *p, const char *user, uint64_t seq)
+{
+	park_wake_key(p, "u", user, seq, PM_WAKE, NULL);
+}
+
 static void
 park_hints(struct park *p)
 {

@@ -50,6 +50,11 @@ struct park	*park_new(const struct config *, struct metrics *, struct bus *);
  */
 void		 park_submit(struct park *, struct chat *, int fd, int request_id,
 		     const struct park_spec *);
+/*
+ * A durable event up to seq is committed for user: wake its waiters in this process now, without
+ * waiting for the bus hint (which still comes, and still wakes the other processes). Any thread.
+ */
+void		 park_notify(struct park *, const char *user, uint64_t seq);
 /* SIGTERM: refuse new waiters, answer every parked one with an empty result, stop the loop. */
 void		 park_shutdown(struct park *);
 /* Drain the workers (what they hold is answered) and free. After park_shutdown. NULL is a no-op. */

@@ -237,6 +237,7 @@ h_send(struct rctx *c)
 	struct store_send_res res;
 	const char *field = NULL, *why = NULL;
 	char *json;
+	size_t i;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
@@ -254,6 +255,9 @@ h_send(struct rctx *c)
 		return;
 	}
 	metrics_add(&c->app->metrics, res.duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
+	/* Waiters in this process need not wait for the bus to carry our own hint back. */
+	for (i = 0; i < res.targets.n; i++)
+		park_notify(c->app->park, res.targets.v[i].user, res.targets.v[i].seq);
 	xasprintf(&json, "{\"server_msg_id\":%" PRIu64 ",\"seq\":%" PRIu64 ",\"duplicate\":%s}",
 	    res.server_msg_id, res.seq, res.duplicate ? "true" : "false");
 	r_json(c, json);

@@ -370,12 +370,21 @@ bus_peers_put(struct bus *b, struct bus_peers *ps)
 	pthread_mutex_unlock(&b->lock);
 }
 
-/* A connection broke (EPIPE, reset): if its process is gone remove its file; rescan either way. */
+/*
+ * A connection broke (EPIPE, reset). Its file goes only when nobody listens there any more and
+ * its process is gone (a pid may look dead from another pid namespace); rescan either way.
+ */
 static void
 bus_peer_gone(struct bus *b, const struct bus_peer *p)
 {
-	if (p != b->self && bus_pid_dead(p->pid))
-		bus_unlink_stale(b, p->name);
+	int fd;
+
+	if (p != b->self) {
+		if ((fd = bus_connect(b->dir, p->name)) != -1)
+			close(fd);
+		else if (errno == ECONNREFUSED && bus_pid_dead(p->pid))
+			bus_unlink_stale(b, p->name);
+	}
 	pthread_mutex_lock(&b->lock);
 	b->rescan = 1;
 	pthread_mutex_unlock(&b->lock);
@@ -631,7 +640,7 @@ bus_new(const char *dir, char **cause)
 		}
 		goto fail;
 	}
-	if (chmod(sun.sun_path, 0660) == -1 || listen(b->lfd, SOMAXCONN) == -1 ||
+	if (listen(b->lfd, SOMAXCONN) == -1 || chmod(sun.sun_path, 0660) == -1 ||
 	    epoll_ctl(b->ep, EPOLL_CTL_ADD, b->lfd, &ev) == -1) {
 		xasprintf(cause, "bus socket %s: %s", sun.sun_path, strerror(errno));
 		goto fail;

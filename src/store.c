@@ -28,7 +28,6 @@
 #define STORE_ATTEMPTS		5	/* runs of one transaction before giving up */
 #define STORE_BACKOFF_MIN	100	/* ms between connection attempts after a failure ... */
 #define STORE_BACKOFF_MAX	2000	/* ... doubling up to this */
-#define STORE_MAXPARAM		12
 #define STORE_COLBUF		128	/* first size of a result column buffer */
 
 /*
@@ -82,8 +81,33 @@ enum store_q {
 	Q_ROOM_NTH,
 	Q_ROOM_TRIM,
 	Q_ROOM_PAGE,
+	/* Multi-row forms of Q_EV_INSERT_MSG and Q_CONV_UPSERT (their SQL is built in store_new). */
+	Q_EV_M4,
+	Q_EV_M16,
+	Q_EV_M64,
+	Q_CONV_M4,
+	Q_CONV_M16,
+	Q_CONV_M64,
 	Q_COUNT
 };
+
+/* Rows per statement of the multi-row forms, largest first; the last is the one-row form. */
+static const size_t store_chunks[] = { 64, 16, 4, 1 };
+static const enum store_q store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_INSERT_MSG };
+static const enum store_q store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_UPSERT };
+
+#define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id) VALUES "
+#define EV_ROW		"(?, ?, 1, ?)"
+#define EV_WIDTH	3
+#define CONV_HEAD	"INSERT INTO conversations (user_id, group_id, peer, last_message_id," \
+			" last_ts, unread) VALUES "
+#define CONV_ROW	"(?, ?, ?, ?, ?, ?)"
+#define CONV_WIDTH	6
+/* ts is assigned before id: MySQL evaluates the assignments left to right. */
+#define CONV_TAIL	" ON DUPLICATE KEY UPDATE" \
+	" last_ts = IF(VALUES(last_message_id) > last_message_id, VALUES(last_ts), last_ts)," \
+	" last_message_id = GREATEST(last_message_id, VALUES(last_message_id))," \
+	" unread = unread + VALUES(unread)"
 
 static const char *const store_sql[Q_COUNT] = {
 	[Q_MSG_FIND] = "SELECT id, sender_seq, ts FROM messages WHERE sender = ? AND client_msg_id = ?",
@@ -94,17 +118,12 @@ static const char *const store_sql[Q_COUNT] = {
 	[Q_SEQ_ALLOC] = "INSERT INTO user_seq (user_id, last_seq) VALUES (?, LAST_INSERT_ID(?))"
 	    " ON DUPLICATE KEY UPDATE last_seq = LAST_INSERT_ID(last_seq + ?)",
 	[Q_SEQ_GET] = "SELECT last_seq FROM user_seq WHERE user_id = ?",
-	[Q_EV_INSERT_MSG] = "INSERT INTO events (user_id, seq, kind, message_id) VALUES (?, ?, 1, ?)",
+	[Q_EV_INSERT_MSG] = EV_HEAD EV_ROW,
 	[Q_EV_INSERT_BODY] = "INSERT INTO events (user_id, seq, kind, body) VALUES (?, ?, 2, ?)",
 	[Q_EV_PAGE] = "SELECT e.seq, e.kind, e.body, m.id, m.sender, m.recipient, m.group_id,"
 	    " m.content, m.client_msg_id, m.ts FROM events e LEFT JOIN messages m"
 	    " ON m.id = e.message_id WHERE e.user_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
-	/* ts is assigned before id: MySQL evaluates the assignments left to right. */
-	[Q_CONV_UPSERT] = "INSERT INTO conversations (user_id, group_id, peer, last_message_id,"
-	    " last_ts, unread) VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE"
-	    " last_ts = IF(VALUES(last_message_id) > last_message_id, VALUES(last_ts), last_ts),"
-	    " last_message_id = GREATEST(last_message_id, VALUES(last_message_id)),"
-	    " unread = unread + VALUES(unread)",
+	[Q_CONV_UPSERT] = CONV_HEAD CONV_ROW CONV_TAIL,
 	[Q_CONV_MARKERS] = "SELECT delivered_upto, read_upto FROM conversations"
 	    " WHERE user_id = ? AND group_id = ? AND peer = ?",
 	[Q_CONV_MARKERS_LOCK] = "SELECT delivered_upto, read_upto FROM conversations"
@@ -182,6 +201,10 @@ struct store {
 	MYSQL			*my;
 	unsigned long		 thread_id;	/* of the connection the statements belong to */
 	struct store_stmt	 q[Q_COUNT];
+	char			*msql[Q_COUNT];	/* SQL of the multi-row forms */
+	MYSQL_BIND		*pb;		/* parameter scratch, pcap long */
+	unsigned long		*plen;
+	size_t			 pcap;
 	unsigned		 myerr;		/* MySQL error of the current attempt, 0 = none */
 	int			 retry_ok;	/* the current error may be retried (a 1062 in a send) */
 	uint64_t		 reconnects;
@@ -355,6 +378,12 @@ store_col_bind(struct store_stmt *x, unsigned i)
 	b->error = &x->col[i].err;
 }
 
+static const char *
+store_text(const struct store *s, enum store_q q)
+{
+	return s->msql[q] != NULL ? s->msql[q] : store_sql[q];
+}
+
 /* The prepared statement q of this connection, prepared now if it is not yet. */
 static MYSQL_STMT *
 store_stmt(struct store *s, enum store_q q)
@@ -366,7 +395,7 @@ store_stmt(struct store *s, enum store_q q)
 		return x->st;
 	if ((x->st = mysql_stmt_init(s->my)) == NULL)
 		fatal("mysql_stmt_init: out of memory");
-	if (mysql_stmt_prepare(x->st, store_sql[q], strlen(store_sql[q])) != 0) {
+	if (mysql_stmt_prepare(x->st, store_text(s, q), strlen(store_text(s, q))) != 0) {
 		store_fail(s, mysql_stmt_errno(x->st), "prepare");
 		mysql_stmt_close(x->st);
 		x->st = NULL;
@@ -388,18 +417,25 @@ store_stmt(struct store *s, enum store_q q)
 static int
 store_exec(struct store *s, enum store_q q, const struct store_param *p, size_t n)
 {
-	MYSQL_BIND b[STORE_MAXPARAM];
-	unsigned long len[STORE_MAXPARAM];
 	struct store_stmt *x = &s->q[q];
+	unsigned long *len;
 	MYSQL_STMT *st;
+	MYSQL_BIND *b;
 	size_t i;
 
 	if ((st = store_stmt(s, q)) == NULL)
 		return -1;
-	if (n > STORE_MAXPARAM || mysql_stmt_param_count(st) != n)
+	if (mysql_stmt_param_count(st) != n)
 		fatal("store: statement %d takes %lu parameters, not %zu", (int)q,
 		    mysql_stmt_param_count(st), n);
-	memset(b, 0, sizeof b);
+	if (n > s->pcap) {
+		s->pcap = n;
+		s->pb = xreallocarray(s->pb, n, sizeof *s->pb);
+		s->plen = xreallocarray(s->plen, n, sizeof *s->plen);
+	}
+	b = s->pb;
+	len = s->plen;
+	memset(b, 0, n * sizeof *b);
 	for (i = 0; i < n; i++) {
 		switch (p[i].t) {
 		case SP_NULL:
@@ -424,12 +460,12 @@ store_exec(struct store *s, enum store_q q, const struct store_param *p, size_t 
 		}
 	}
 	if (mysql_stmt_bind_param(st, b) != 0 || mysql_stmt_execute(st) != 0) {
-		store_fail(s, mysql_stmt_errno(st), store_sql[q]);
+		store_fail(s, mysql_stmt_errno(st), store_text(s, q));
 		return -1;
 	}
 	if (x->ncol > 0 && (mysql_stmt_store_result(st) != 0 ||
 	    mysql_stmt_bind_result(st, x->rb) != 0)) {
-		store_fail(s, mysql_stmt_errno(st), store_sql[q]);
+		store_fail(s, mysql_stmt_errno(st), store_text(s, q));
 		return -1;
 	}
 	return 0;
@@ -493,6 +529,26 @@ store_row(struct store *s, enum store_q q, const struct store_param *p, size_t n
 }
 #define ROW(s, q, ...) store_row((s), (q), (struct store_param[]){ __VA_ARGS__ }, \
 	sizeof((struct store_param[]){ __VA_ARGS__ }) / sizeof(struct store_param))
+
+/*
+ * Run a multi-row statement over nrows rows of width parameters each: as few statements as the
+ * prepared sizes allow (qs: the forms of store_chunks[] rows).
+ */
+static int
+store_exec_rows(struct store *s, const enum store_q *qs, const struct store_param *p,
+    size_t nrows, size_t width)
+{
+	size_t done = 0, i;
+
+	while (done < nrows) {
+		for (i = 0; store_chunks[i] > nrows - done; i++)
+			;
+		if (store_exec(s, qs[i], p + done * width, store_chunks[i] * width) != 0)
+			return -1;
+		done += store_chunks[i];
+	}
+	return 0;
+}
 
 static const char *
 col_s(struct store *s, enum store_q q, unsigned i)
@@ -773,15 +829,39 @@ group_role(struct store *s, uint64_t g, const char *user)
 
 /* --- life cycle ------------------------------------------------------------------------- */
 
+/* head row,row,...(n times) tail */
+static char *
+store_multi_sql(const char *head, const char *row, size_t n, const char *tail)
+{
+	size_t len = strlen(head) + n * (strlen(row) + 1) + strlen(tail) + 1;
+	char *sql = xmalloc(len);
+	size_t i;
+
+	strcpy(sql, head);
+	for (i = 0; i < n; i++) {
+		if (i > 0)
+			strcat(sql, ",");
+		strcat(sql, row);
+	}
+	strcat(sql, tail);
+	return sql;
+}
+
 struct store *
 store_new(const struct config *cfg)
 {
 	struct store *s;
+	size_t i;
 
 	pthread_once(&store_lib_once, store_lib_init);
 	s = xcalloc(1, sizeof *s);
 	s->cfg = cfg;
 	s->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)s;
+	for (i = 0; i + 1 < PARLEY_NITEMS(store_chunks); i++) {
+		s->msql[store_ev_rows[i]] = store_multi_sql(EV_HEAD, EV_ROW, store_chunks[i], "");
+		s->msql[store_conv_rows[i]] = store_multi_sql(CONV_HEAD, CONV_ROW, store_chunks[i],
+		    CONV_TAIL);
+	}
 	return s;
 }
 
@@ -799,7 +879,10 @@ store_free(struct store *s)
 			free(s->q[i].col[j].buf);
 		free(s->q[i].col);
 		free(s->q[i].rb);
+		free(s->msql[i]);
 	}
+	free(s->pb);
+	free(s->plen);
 	free(s);
 }
 
@@ -834,6 +917,16 @@ struct send_user {
 	uint64_t	 next;
 };
 
+/* A conversation row a send batch touches: gathered, merged and written in one go. */
+struct send_conv {
+	const char	*user;
+	uint64_t	 g;
+	const char	*peer;
+	uint64_t	 id;
+	int64_t		 ts;
+	uint64_t	 unread;
+};
+
 struct send_ctx {
 	const struct store_send_req	*reqs;
 	struct store_send_res		*res;
@@ -846,6 +939,12 @@ struct send_ctx {
 	size_t				*nrcpt;
 	struct send_user		*users;
 	size_t				 nusers;
+	struct store_param		*evs;	/* EV_WIDTH parameters per event row */
+	size_t				 nevs;
+	size_t				 evcap;
+	struct send_conv		*convs;
+	size_t				 nconvs;
+	size_t				 convcap;
 };
 
 static int
@@ -883,6 +982,89 @@ send_reset(struct send_ctx *c)
 	free(c->users);
 	c->users = NULL;
 	c->nusers = 0;
+	c->nevs = 0;
+	c->nconvs = 0;
+}
+
+static void
+send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id)
+{
+	if (c->nevs == c->evcap) {
+		c->evcap = c->evcap == 0 ? 64 : c->evcap * 2;
+		c->evs = xreallocarray(c->evs, c->evcap, EV_WIDTH * sizeof *c->evs);
+	}
+	c->evs[c->nevs * EV_WIDTH] = PS(user);
+	c->evs[c->nevs * EV_WIDTH + 1] = PU(seq);
+	c->evs[c->nevs * EV_WIDTH + 2] = PU(id);
+	c->nevs++;
+}
+
+static void
+send_conv(struct send_ctx *c, const char *user, uint64_t g, const char *peer, uint64_t id,
+    int64_t ts, uint64_t unread)
+{
+	if (c->nconvs == c->convcap) {
+		c->convcap = c->convcap == 0 ? 64 : c->convcap * 2;
+		c->convs = xreallocarray(c->convs, c->convcap, sizeof *c->convs);
+	}
+	c->convs[c->nconvs++] = (struct send_conv){ user, g, peer, id, ts, unread };
+}
+
+static int
+send_conv_cmp(const void *a, const void *b)
+{
+	const struct send_conv *x = a, *y = b;
+	int d;
+
+	if ((d = strcmp(x->user, y->user)) != 0)
+		return d;
+	if (x->g != y->g)
+		return x->g < y->g ? -1 : 1;
+	return strcmp(x->peer, y->peer);
+}
+
+/*
+ * Write the batch's events and conversation rows with multi-row statements. Conversation rows
+ * are merged per (user, conversation) and written in sorted order, so that two batches lock the
+ * rows they share in the same order.
+ */
+static int
+send_flush(struct store *s, struct send_ctx *c)
+{
+	struct store_param *p;
+	struct send_conv *v = c->convs;
+	size_t i, j, n;
+	int rc;
+
+	if (c->nevs > 0 && store_exec_rows(s, store_ev_rows, c->evs, c->nevs, EV_WIDTH) != 0)
+		return -1;
+	if (c->nconvs == 0)
+		return 0;
+	qsort(v, c->nconvs, sizeof *v, send_conv_cmp);
+	for (i = 1, n = 1; i < c->nconvs; i++) {
+		if (send_conv_cmp(&v[n - 1], &v[i]) != 0) {
+			v[n++] = v[i];
+			continue;
+		}
+		if (v[i].id > v[n - 1].id) {
+			v[n - 1].id = v[i].id;
+			v[n - 1].ts = v[i].ts;
+		}
+		v[n - 1].unread += v[i].unread;
+	}
+	p = xreallocarray(NULL, n, CONV_WIDTH * sizeof *p);
+	for (i = 0; i < n; i++) {
+		j = i * CONV_WIDTH;
+		p[j] = PS(v[i].user);
+		p[j + 1] = PU(v[i].g);
+		p[j + 2] = PS(v[i].peer);
+		p[j + 3] = PU(v[i].id);
+		p[j + 4] = PI(v[i].ts);
+		p[j + 5] = PU(v[i].unread);
+	}
+	rc = store_exec_rows(s, store_conv_rows, p, n, CONV_WIDTH);
+	free(p);
+	return rc;
 }
 
 /* Who besides the sender gets item i: the peer, or the other members of the group. */
@@ -958,7 +1140,7 @@ send_reserve(struct store *s, struct send_ctx *c)
 	return 0;
 }
 
-/* Insert item i: the message, an event in each target's log, each target's conversation row. */
+/* Insert item i's message; queue an event for each target's log and its conversation row. */
 static int
 send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 {
@@ -987,19 +1169,14 @@ send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 	res->ts = now;
 	res->duplicate = 0;
 	targets_push(&res->targets, r->from, seq);
-	if (EXEC(s, Q_EV_INSERT_MSG, PS(r->from), PU(seq), PU(id)) != 0)
-		return -1;
-	if (EXEC(s, Q_CONV_UPSERT, PS(r->from), PU(r->to != NULL ? 0 : r->group_id),
-	    PS(r->to != NULL ? r->to : ""), PU(id), PI(now), PU(0)) != 0)
-		return -1;
+	send_event(c, r->from, seq, id);
+	send_conv(c, r->from, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "", id, now, 0);
 	for (j = 0; j < c->nrcpt[i]; j++) {
 		seq = send_take(c, c->rcpt[i][j]);
 		targets_push(&res->targets, c->rcpt[i][j], seq);
-		if (EXEC(s, Q_EV_INSERT_MSG, PS(c->rcpt[i][j]), PU(seq), PU(id)) != 0)
-			return -1;
-		if (EXEC(s, Q_CONV_UPSERT, PS(c->rcpt[i][j]), PU(r->to != NULL ? 0 : r->group_id),
-		    PS(r->to != NULL ? r->from : ""), PU(id), PI(now), PU(1)) != 0)
-			return -1;
+		send_event(c, c->rcpt[i][j], seq, id);
+		send_conv(c, c->rcpt[i][j], r->to != NULL ? 0 : r->group_id,
+		    r->to != NULL ? r->from : "", id, now, 1);
 	}
 	return 0;
 }
@@ -1053,6 +1230,8 @@ send_txn(struct store *s, void *arg)
 		if (send_insert(s, c, i, now) != 0)
 			return -1;
 	}
+	if (send_flush(s, c) != 0)
+		return -1;
 	for (i = 0; i < c->n; i++) {
 		if (c->dup_of[i] < 0)
 			continue;
@@ -1119,6 +1298,8 @@ store_send_batch(struct store *s, const struct store_send_req *reqs, size_t n,
 	free(c.nrcpt);
 	free(c.dup_of);
 	free(c.users);
+	free(c.evs);
+	free(c.convs);
 	free(valid);
 	errno = saved;
 	return rc;
@@ -1577,6 +1758,14 @@ store_conversations_json(struct store *s, const char *user, int limit, char **js
 }
 
 /* --- groups -------------------------------------------------------------------------------- */
+
+/*
+ * Group events (group_update, one per member per change, in that member's log):
+ *   create  every member, creator included: {"action":"created","user":<that member>,"by":creator}
+ *   add     every member after the change, the new one included: "member_added", user = new one
+ *   remove  every member before the change, the removed one included: "member_removed"
+ * Adding an existing member or any refused change appends nothing.
+ */
 
 struct group_ctx {
 	const char		*by;

@@ -606,7 +606,8 @@ START_TEST(test_burst_not_lost)
 	int64_t t0, worst = 0, t;
 	int i, own = 0, done = 0;
 
-	probe_start(&p, (char *[]){ dir, "count", "5000", "30", "1000", NULL });
+	/* It reads nothing for 2 s: a publish that blocked would wait about that long. */
+	probe_start(&p, (char *[]){ dir, "count", "5000", "30", "2000", NULL });
 	probe_ready(&p);
 	for (i = 0; i < 5000; i++) {
 		t = parley_mono_ms();
@@ -614,7 +615,7 @@ START_TEST(test_burst_not_lost)
 		if (parley_mono_ms() - t > worst)
 			worst = parley_mono_ms() - t;
 	}
-	ck_assert_msg(worst < 100, "one publish took %lld ms", (long long)worst);
+	ck_assert_msg(worst < 1000, "one publish took %lld ms", (long long)worst);
 	bus_stats(b, &st);
 	ck_assert_uint_eq(st.dropped, 0);
 	ck_assert_uint_eq(st.peers, 1);

@@ -101,6 +101,7 @@ testenv_mysql_restart(void)
 {
 	const char *src = getenv("PARLEY_SRCDIR");
 
-	testenv_sh("'%s/tests/harness/services' restart-mysql '%s' >/dev/null",
+	/* setsid: Check kills a forked test's process group at its end, the new mariadbd included. */
+	testenv_sh("setsid '%s/tests/harness/services' restart-mysql '%s' >/dev/null",
 	    src != NULL ? src : ".", testenv_dir());
 }

@@ -735,6 +735,26 @@ loop_stop(struct ws *ws)
 	lws_sul_schedule(ws->ctx, 0, &ws->tick, loop_tick, 50 * 1000);
 }
 
+/* Disconnects whose presence -1 could not be posted yet. */
+static void
+loop_presence_retry(struct ws *ws)
+{
+	struct job *j = ws->presence_retry, *jn;
+
+	ws->presence_retry = NULL;
+	for (; j != NULL; j = jn) {
+		jn = j->next;
+		if (actor_post(ws->pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) == 0)
+			continue;
+		if (errno == ESHUTDOWN) {
+			ws_job_free(JOB_PRESENCE_DOWN, j);
+			continue;
+		}
+		j->next = ws->presence_retry;
+		ws->presence_retry = j;
+	}
+}
+
 static void
 loop_tick(lws_sorted_usec_list_t *sul)
 {
@@ -743,6 +763,7 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	struct conn *c;
 	size_t i = 0;
 
+	loop_presence_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (c->state != CONN_CLOSING && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
 			loop_slow(ws, c);
@@ -847,8 +868,12 @@ loop_closed(struct ws *ws, struct conn *c)
 		return;
 	if (c->presence && c->user != NULL) {
 		j = loop_job(c);
-		if (loop_post(ws, j, JOB_PRESENCE_DOWN) != 0)
-			log_warn("presence of %s: could not post the disconnect", c->user->name);
+		j->conn = 0;
+		if (actor_post(ws->pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0) {
+			/* The user's mailbox is full: keep it for the tick, a lost -1 leaves them online. */
+			j->next = ws->presence_retry;
+			ws->presence_retry = j;
+		}
 	}
 	conn_unregister(ws->conns, c);
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, -1);

@@ -277,6 +277,14 @@ main(int argc, char **argv)
 	pthread_mutex_unlock(&ws.qlock);
 	lws_context_destroy(ctx);
 	ev_loop_destroy(ws.loop);
+	/* Last chance for disconnects that found a full mailbox (the pool drains them). */
+	while (ws.presence_retry != NULL) {
+		struct job *j = ws.presence_retry;
+
+		ws.presence_retry = j->next;
+		if (actor_post(ws.pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0)
+			ws_job_free(JOB_PRESENCE_DOWN, j);
+	}
 	actor_pool_free(ws.pool);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);
 	pthread_join(bus_thread, NULL);

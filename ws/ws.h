@@ -66,6 +66,7 @@ enum job_kind {
 };
 
 struct job {
+	struct job		*next;		/* the loop's presence retry list */
 	uint64_t		 conn;
 	uint32_t		 epoch;
 	int			 has_after;
@@ -96,6 +97,7 @@ struct ws {
 
 	/* Loop thread only. */
 	struct conns		*conns;
+	struct job		*presence_retry;	/* presence -1 waiting for mailbox room */
 	char			**origins;
 	size_t			 norigins;
 	int			 stopping;

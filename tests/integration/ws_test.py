@@ -364,6 +364,34 @@ async def offline_sync_exactly_once(env):
 
 
 @test
+async def sync_replay_paged(env):
+    # More events than a page (200) and far more than the queue (env.slow: 64 frames): the replay
+    # is paced by the reader, complete, in order, and never cut off as slow.
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.slow, alice)
+    cmids = [uname("bulk") for _ in range(450)]
+    for i in range(0, len(cmids), 25):
+        for cmid in cmids[i:i + 25]:
+            await a.send({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "bulk " + cmid})
+        for cmid in cmids[i:i + 25]:
+            ack = await a.next(is_ack(cmid), 20)
+            assert ack["status"] == "success", ack
+        a.inbox.clear()
+    b = await connect(env.slow, bob, sync=0)
+    got = []
+    while len(got) < len(cmids):
+        m = await b.next(lambda m: m.get("type") == "new_message", 10)
+        got.append(m)
+        if len(got) == 10:
+            await asyncio.sleep(1.5)   # a pause: the queue fills, the daemon waits
+    assert [g["message"]["client_msg_id"] for g in got] == cmids
+    assert [g["seq"] for g in got] == list(range(1, len(cmids) + 1))
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    await a.close()
+    await b.close()
+
+
+@test
 async def idempotent_retry(env):
     alice, bob = uname("alice"), uname("bob")
     a = await connect(env.a, alice, sync=0)
@@ -561,6 +589,36 @@ async def idle_half_open_closed(env):
     assert b'"type":"ready"' in data, data
     assert b"\x89\x00" in data, "no ping seen: %r" % data[-40:]
     assert 1.5 <= took <= 6.5, took
+
+
+@test
+async def invalid_utf8_closes_1007(env):
+    # A raw client: python-websockets cannot send a text frame that is not UTF-8.
+    u = uname("raw")
+    sock = socket.create_connection(("127.0.0.1", env.a.port), 5)
+    sock.sendall(("GET /ws?access_token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n" % token(u)).encode())
+    payload = b'{"type":"ping","x":"\xff\xfe"}'
+    sock.sendall(bytes([0x81, 0x80 | len(payload), 0, 0, 0, 0]) + payload)
+    data = b""
+
+    def drain():
+        nonlocal data
+        sock.settimeout(5)
+        while True:
+            try:
+                chunk = sock.recv(4096)
+            except (socket.timeout, ConnectionResetError):
+                return
+            if not chunk:
+                return
+            data += chunk
+    await asyncio.get_running_loop().run_in_executor(None, drain)
+    sock.close()
+    assert b'"type":"ready"' in data, data
+    assert b"\x88" in data and b"\x03\xef" in data, "no close 1007: %r" % data[-60:]
+    assert b'"type":"pong"' not in data, data
 
 
 # --- limits -------------------------------------------------------------------------------
