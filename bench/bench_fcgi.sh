@@ -8,7 +8,7 @@
 #   bench/bench_fcgi.sh [BUILDDIR]
 # Uses the throwaway MariaDB + memcached of tests/harness/with-services (started if needed).
 # Env: BENCH_PARKED (5000), BENCH_RATE (500), BENCH_WAKE_SECONDS (10), BENCH_USERS (200),
-#      BENCH_WRK_SECONDS (10), BENCH_WRK_CONNECTIONS (32).
+#      BENCH_WRK_SECONDS (10), BENCH_WRK_CONNECTIONS (32), BENCH_THREADS (fcgi.threads, 4).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -37,6 +37,7 @@ dir = $work/bus
 [fcgi]
 listen = $work/fcgi.sock
 max_parked = 100000
+threads = ${BENCH_THREADS:-4}
 [log]
 level = warn
 CONF
@@ -208,6 +209,12 @@ async def latency(rate, seconds, nusers):
                  lat[min(len(lat) - 1, int(len(lat) * 0.99))], lat[-1], missing))
     print("        (0 ms = the answer came before the sender had read its ack)")
     print("        bus hints dropped: %d" % await metric("bus_dropped_total"))
+    _, body = await request("GET", "/metrics", token("bench"))
+    buckets = [l.split() for l in body.decode().splitlines() if l.startswith("parley_fcgi_wake_seconds_bucket")]
+    total = float(buckets[-1][1]) or 1
+    print("        inside parley-fcgi, hint -> answer written: " + ", ".join(
+        "%s%% <= %s ms" % (round(100 * float(v) / total, 1), float(k.split('"')[1]) * 1000)
+        for k, v in buckets[:-1]))
 
 
 asyncio.run(memory(int(os.environ.get("BENCH_PARKED", "5000"))))

@@ -1,6 +1,7 @@
 /* bench_ws.c - load generator for parley-ws: idle memory per connection, delivery latency, CPU. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -8,8 +9,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -27,6 +32,10 @@
  *  2. the first 2 * --pairs connections sync and the senders send one message per pair at
  *     --rate messages/s in total for --secs seconds; each receiver notes send-to-frame latency;
  *     the daemon's CPU time (/proc/PID/stat) over the phase gives CPU per 1,000 deliveries.
+ *
+ * Without --port it starts its own parley-ws ($PARLEY_BUILDDIR/parley-ws) from $PARLEY_CONFIG
+ * (the test harness's stack: bench/run) on a free port with a private bus directory, and stops
+ * it at the end. Defaults: 10,000 connections, 100 pairs, 2,000 messages/s, 10 s.
  */
 
 struct bconn {
@@ -325,11 +334,106 @@ cmp64(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+static int
+free_port(void)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof a;
+	int fd, port;
+
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+		fatal("free port: %s", strerror(errno));
+	port = ntohs(a.sin_port);
+	close(fd);
+	return port;
+}
+
+/*
+ * Our own parley-ws: the harness's config without its [bus], [ws], [actor] and [log] sections
+ * (keys may not be set twice), plus ours. Returns the pid; *cfgpath is the written file.
+ */
+static pid_t
+daemon_start(const char *base, int port, int conns, int workers, char **cfgpath)
+{
+	char dir[] = "/tmp/bench-ws.XXXXXX", line[1024], *bin, *bdir;
+	const char *skip[] = { "[bus]", "[ws]", "[actor]", "[log]" };
+	FILE *in, *out;
+	int skipping = 0, fd, i;
+	pid_t pid;
+
+	if (mkdtemp(dir) == NULL || (in = fopen(base, "r")) == NULL)
+		fatal("bench config: %s", strerror(errno));
+	xasprintf(cfgpath, "%s/parley.conf", dir);
+	if ((out = fopen(*cfgpath, "w")) == NULL)
+		fatal("%s: %s", *cfgpath, strerror(errno));
+	while (fgets(line, sizeof line, in) != NULL) {
+		if (line[0] == '[') {
+			skipping = 0;
+			for (i = 0; i < (int)PARLEY_NITEMS(skip); i++)
+				skipping |= strncmp(line, skip[i], strlen(skip[i])) == 0;
+		}
+		if (!skipping)
+			fputs(line, out);
+	}
+	fclose(in);
+	fprintf(out, "\n[bus]\ndir = %s/bus\n[ws]\nlisten = 127.0.0.1\nport = %d\n"
+	    "max_connections = %d\n[actor]\nworkers = %d\n[log]\nlevel = warn\n", dir, port,
+	    conns + 100, workers);
+	fclose(out);
+	bdir = getenv("PARLEY_BUILDDIR");
+	xasprintf(&bin, "%s/parley-ws", bdir != NULL ? bdir : ".");
+	if ((pid = fork()) == -1)
+		fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);	/* a bench that dies takes its daemon along */
+		snprintf(line, sizeof line, "%s/parley-ws.log", dir);
+		if ((fd = open(line, O_WRONLY | O_CREAT | O_APPEND, 0644)) >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execl(bin, "parley-ws", "--config", *cfgpath, (char *)NULL);
+		_exit(127);
+	}
+	free(bin);
+	return pid;
+}
+
+/* Wait until the daemon listens (or died). */
+static void
+daemon_wait(pid_t pid, int port)
+{
+	struct sockaddr_in a;
+	int i, fd, st;
+
+	memset(&a, 0, sizeof a);
+	a.sin_family = AF_INET;
+	a.sin_port = htons((uint16_t)port);
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	for (i = 0; i < 200; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			fatal("parley-ws exited at start (status %d)", st);
+		fd = socket(AF_INET, SOCK_STREAM, 0);
+		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
+			close(fd);
+			return;
+		}
+		close(fd);
+		usleep(50000);
+	}
+	fatal("parley-ws did not listen on port %d", port);
+}
+
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: bench_ws --config FILE --port PORT --pid PID [--conns N] [--pairs P] "
-	    "[--rate MSGS_PER_S] [--secs S]\n");
+	fprintf(stderr, "usage: bench_ws [--config FILE --port PORT --pid PID] [--conns N] "
+	    "[--pairs P] [--rate MSGS_PER_S] [--secs S] [--workers N]\n"
+	    "  without --port: starts parley-ws from $PARLEY_CONFIG and $PARLEY_BUILDDIR\n");
 	exit(2);
 }
 
@@ -340,13 +444,16 @@ main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' }, { "port", required_argument, NULL, 'p' },
 		{ "pid", required_argument, NULL, 'P' }, { "conns", required_argument, NULL, 'n' },
 		{ "pairs", required_argument, NULL, 'a' }, { "rate", required_argument, NULL, 'r' },
-		{ "secs", required_argument, NULL, 's' }, { NULL, 0, NULL, 0 }
+		{ "secs", required_argument, NULL, 's' }, { "workers", required_argument, NULL, 'w' },
+		{ NULL, 0, NULL, 0 }
 	};
 	struct config cfg;
 	struct bench b;
 	const char *cfgpath = NULL;
 	char *cause = NULL, msg[256], cmid[64];
-	int pid = 0, pairs = 100, rate = 2000, secs = 10, opt, i;
+	int pid = 0, pairs = 100, rate = 2000, secs = 10, workers = 8, opt, i, own = 0;
+	char *owncfg = NULL;
+	struct rlimit rl;
 	long rss0, rss1;
 	long long cpu0, cpu1;
 	int64_t t0, next, end, seqno = 0;
@@ -364,12 +471,28 @@ main(int argc, char **argv)
 		case 'a': pairs = atoi(optarg); break;
 		case 'r': rate = atoi(optarg); break;
 		case 's': secs = atoi(optarg); break;
+		case 'w': workers = atoi(optarg); break;
 		default: usage();
 		}
 	}
+	log_init("bench_ws", LOG_LEVEL_WARN, 0);
+	/* 10,000 sockets here and as many in the daemon: take the whole (hard) descriptor limit. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	if (b.port == 0) {
+		if ((cfgpath = getenv("PARLEY_CONFIG")) == NULL)
+			usage();
+		b.port = free_port();
+		pid = (int)daemon_start(cfgpath, b.port, b.n, workers, &owncfg);
+		cfgpath = owncfg;
+		daemon_wait(pid, b.port);
+		own = 1;
+		printf("parley-ws pid %d on port %d, %d actor workers\n", pid, b.port, workers);
+	}
 	if (cfgpath == NULL || b.port == 0 || pid == 0 || 2 * pairs > b.n)
 		usage();
-	log_init("bench_ws", LOG_LEVEL_WARN, 0);
 	if (config_load(&cfg, cfgpath, &cause) != 0)
 		fatal("%s", cause);
 	snprintf(b.run, sizeof b.run, "%x", (unsigned)(time(NULL) ^ getpid()) & 0xffffff);
@@ -436,7 +559,8 @@ main(int argc, char **argv)
 			}
 		}
 	}
-	for (end = now_us() + 2000000; now_us() < end && b.delivered < (uint64_t)seqno;)
+	for (end = now_us() + 10000000; now_us() < end &&
+	    (b.delivered < (uint64_t)seqno || b.acks + b.ack_errors < (uint64_t)seqno);)
 		poll_once(&b, 10);
 	cpu1 = proc_cpu_ticks(pid);
 	qsort(b.lat, b.nlat, sizeof *b.lat, cmp64);
@@ -460,5 +584,18 @@ main(int argc, char **argv)
 	free(b.c);
 	free(b.lat);
 	config_clear(&cfg);
+	if (own) {
+		char *rm;
+
+		kill(pid, SIGTERM);
+		waitpid(pid, NULL, 0);
+		/* The config's directory (with the bus and the daemon's log) goes too. */
+		*strrchr(owncfg, '/') = '\0';
+		xasprintf(&rm, "rm -rf '%s'", owncfg);
+		if (system(rm) != 0)
+			log_warn("could not remove %s", owncfg);
+		free(rm);
+		free(owncfg);
+	}
 	return 0;
 }

@@ -45,7 +45,7 @@ void	http_req_clear(struct http_req *);
 /* Set an answer: JSON body taken over (freed later), or an error in the contract's shape. */
 void	http_resp_json(struct http_resp *, int status, char *body);
 void	http_resp_error(struct http_resp *, int status, const char *code, const char *message);
-/* The contract's error for errno err (status, code, Retry-After for 429/503); message may be NULL. */
+/* The contract's error for errno err (status, code, Retry-After on 429/503); message or NULL. */
 void	http_resp_errno(struct http_resp *, int err, const char *message);
 /* 400 naming a field: {"error":{"code":"bad_request","message":"FIELD: WHY"}}. */
 void	http_resp_bad_field(struct http_resp *, const char *field, const char *why);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "actor.h"
@@ -33,6 +34,10 @@
 /* Keys in the wait table: "u/" + user or "r/" + room, so users and rooms never collide. */
 #define PARK_KEY_MAX		(PARLEY_ID_MAX + 3)
 
+/* Buckets (microseconds) of the wake latency histogram: hint in, answer written. */
+static const int64_t park_hist_us[] = { 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 250000 };
+#define PARK_HIST_N	(sizeof(park_hist_us) / sizeof(park_hist_us[0]))
+
 /* Worker message kinds. */
 enum park_msg {
 	PM_WAKE = 1,	/* an event may be there: read MySQL and answer, or wait again */
@@ -51,6 +56,7 @@ struct waiter {
 	uint64_t	 after;
 	int		 limit;
 	int64_t		 deadline;	/* monotonic ms */
+	int64_t		 woken_us;	/* when a hint claimed it (wake latency metric) */
 
 	int		 parked;
 	int		 recheck;	/* due is a retry of a wake, not the deadline */
@@ -102,6 +108,8 @@ struct park {
 	int			 loop_stop;
 	int64_t			 next_wake;	/* when the loop wakes next (it is told of earlier dues) */
 	uint64_t		 timeout_rr;
+	uint64_t		 wake_hist[PARK_HIST_N + 1];	/* atomics: hint -> answer */
+	uint64_t		 wake_sum_us;
 	uint64_t		 seen_dropped;	/* loop thread: bus drops already swept for */
 	int64_t			 last_sweep;
 
@@ -130,6 +138,31 @@ static const char *
 waiter_name(const struct waiter *w)
 {
 	return w->key + 2;
+}
+
+static int64_t
+park_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Count one woken answer in the latency histogram. */
+static void
+park_observe(struct park *p, const struct waiter *w)
+{
+	int64_t d;
+	size_t i;
+
+	if (w->woken_us == 0)
+		return;
+	d = park_now_us() - w->woken_us;
+	for (i = 0; i < PARK_HIST_N && d > park_hist_us[i]; i++)
+		;
+	__atomic_add_fetch(&p->wake_hist[i], 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&p->wake_sum_us, (uint64_t)(d > 0 ? d : 0), __ATOMIC_RELAXED);
 }
 
 /* The answer of a poll that found nothing. */
@@ -379,16 +412,16 @@ park_add(struct park *p, struct waiter *w, int new_one, int64_t due)
 	heap_push(p, w);
 	p->byfd[w->fd] = w;
 	w->parked = 1;
+	metrics_add(p->m, M_POLLS_PARKED, 1);
 	kick = due < p->next_wake;
 	pthread_mutex_unlock(&p->lock);
 
-	metrics_add(p->m, M_POLLS_PARKED, 1);
 	if (kick)
 		park_kick(p);
 	return 0;
 }
 
-/* Take w out of the table (park.lock held). 1 when the caller now owns it (and the table's reference). */
+/* Take w out of the table (lock held). 1: the caller owns it now, with the table's reference. */
 static int
 park_claim_locked(struct park *p, struct waiter *w)
 {
@@ -474,9 +507,11 @@ park_serve(struct park *p, struct chat *ch, struct waiter *w, int woken, char **
 			waiter_unref(w);
 		}
 	} else if (n > 0 && park_claim(p, w)) {
-		if (woken)
-			metrics_add(p->m, M_POLLS_WOKEN, 1);
 		park_answer_json(p, w, json);
+		if (woken) {
+			metrics_add(p->m, M_POLLS_WOKEN, 1);
+			park_observe(p, w);
+		}
 		waiter_unref(w);
 		if (got != NULL) {
 			*got = json;
@@ -545,6 +580,7 @@ park_dispatch(void *wctx, const char *key, int kind, void *data)
 			    prev->after == w->after && prev->limit == w->limit) {
 				metrics_add(p->m, M_POLLS_WOKEN, 1);
 				park_answer_json(p, w, cached);
+				park_observe(p, w);
 				waiter_unref(w);
 				break;
 			}
@@ -561,6 +597,7 @@ park_dispatch(void *wctx, const char *key, int kind, void *data)
 			    w->kind == PARK_SYNC ? 0 : -1);
 			metrics_add(p->m, M_POLLS_WOKEN, 1);
 			park_answer_json(p, w, json);
+			park_observe(p, w);
 			free(json);
 			waiter_unref(w);
 			break;
@@ -673,8 +710,10 @@ park_wake_key(struct park *p, const char *prefix, const char *name, uint64_t seq
 	struct park_key *pk;
 	struct park_wake *wake = NULL;
 	struct waiter *w, *next;
+	int64_t now_us;
 
 	snprintf(key, sizeof key, "%s/%s", prefix, name);
+	now_us = park_now_us();
 	pthread_mutex_lock(&p->lock);
 	pk = park_key_find(p, key, park_hash(key));
 	for (w = pk != NULL ? pk->head : NULL; w != NULL; w = next) {
@@ -686,6 +725,7 @@ park_wake_key(struct park *p, const char *prefix, const char *name, uint64_t seq
 			wake = park_wake_new(kind);
 		/* Claiming w may free pk (last waiter): next was read before. */
 		park_claim_locked(p, w);
+		w->woken_us = now_us;
 		park_wake_push(wake, w);
 	}
 	pthread_mutex_unlock(&p->lock);
@@ -834,6 +874,7 @@ park_sweep(struct park *p)
 			do {
 				w = pk->head;
 				last = w->next == NULL;
+				w->woken_us = 0;	/* not a hint: not a wake-up latency */
 				park_wake_push(batches[n], w);
 				park_claim_locked(p, w);
 			} while (!last);
@@ -1032,7 +1073,8 @@ park_metrics(struct park *p, const char *prefix)
 	struct actor_stats as;
 	struct bus_stats bs;
 	char *buf;
-	size_t len;
+	size_t len, i;
+	uint64_t cum = 0;
 	FILE *f;
 
 	actor_pool_stats(p->pool, &as);
@@ -1052,6 +1094,20 @@ park_metrics(struct park *p, const char *prefix)
 	PM("bus_peers", "gauge", "processes on the bus", bs.peers);
 	PM("polls_waiting", "gauge", "long polls in the wait table", park_count(p));
 #undef PM
+	fprintf(f, "# HELP %s_wake_seconds parked polls: from the hint to the answer written\n"
+	    "# TYPE %s_wake_seconds histogram\n", prefix, prefix);
+	for (i = 0; i <= PARK_HIST_N; i++) {
+		cum += __atomic_load_n(&p->wake_hist[i], __ATOMIC_RELAXED);
+		if (i < PARK_HIST_N)
+			fprintf(f, "%s_wake_seconds_bucket{le=\"%g\"} %llu\n", prefix,
+			    (double)park_hist_us[i] / 1e6, (unsigned long long)cum);
+		else
+			fprintf(f, "%s_wake_seconds_bucket{le=\"+Inf\"} %llu\n", prefix,
+			    (unsigned long long)cum);
+	}
+	fprintf(f, "%s_wake_seconds_sum %.6f\n%s_wake_seconds_count %llu\n", prefix,
+	    (double)__atomic_load_n(&p->wake_sum_us, __ATOMIC_RELAXED) / 1e6, prefix,
+	    (unsigned long long)cum);
 	fclose(f);
 	return buf;
 }

@@ -94,14 +94,18 @@ ws_bus_thread(void *arg)
 	h = xmalloc(sizeof *h);
 	pfd.fd = bus_fd(ws->bus);
 	pfd.events = POLLIN;
-	for (;;) {
-		if (poll(&pfd, 1, -1) == -1 && errno != EINTR) {
+	/* The timeout only bounds how long a shutdown waits if its BUS_SHUTDOWN wake-up is lost. */
+	while (!__atomic_load_n(&ws->bus_stop, __ATOMIC_ACQUIRE)) {
+		if (poll(&pfd, 1, 500) == -1 && errno != EINTR) {
 			log_error("bus poll: %s", strerror(errno));
 			break;
 		}
 		while (bus_recv(ws->bus, h) == 0) {
-			if (h->topic == BUS_SHUTDOWN)
-				goto out;
+			if (h->topic == BUS_SHUTDOWN) {
+				if (__atomic_load_n(&ws->bus_stop, __ATOMIC_ACQUIRE))
+					goto out;
+				continue;
+			}
 			d = ws_done_new(DONE_HINT, 0);
 			d->topic = h->topic;
 			d->seq = h->seq;
@@ -286,6 +290,7 @@ main(int argc, char **argv)
 			ws_job_free(JOB_PRESENCE_DOWN, j);
 	}
 	actor_pool_free(ws.pool);
+	__atomic_store_n(&ws.bus_stop, 1, __ATOMIC_RELEASE);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);
 	pthread_join(bus_thread, NULL);
 	for (d = ws.qhead; d != NULL; d = dn) {

@@ -94,6 +94,7 @@ struct ws {
 	size_t			 qhints;	/* hints waiting */
 	int			 qoverflow;	/* hints were dropped: resync every live connection */
 	int			 stop;		/* atomic: SIGTERM/SIGINT seen */
+	int			 bus_stop;	/* atomic: the bus reader exits */
 
 	/* Loop thread only. */
 	struct conns		*conns;

@@ -12,7 +12,8 @@ Usage: fcgi_test.py PHASE   where PHASE is one of
   full      every route, long polls, sync, 2000 parked polls, hang-up, two processes
   basic     send, duplicate, long-poll wake/timeout, 401 (for the Apache and nginx variants)
   fdleak    many requests; the process's fd count must come back (Apache: FCGI_KEEP_CONN)
-  park N    park N long polls and print their count (then the caller sends SIGTERM)
+  park N    park N long polls (FCGI_MAX_PARKED = N: one more gets 503), SIGTERM FCGI_KILL_PID
+  raw       /health spoken as FastCGI directly to FCGI_SOCKET (spawn-fcgi start)
   mysqldown MySQL is stopped: 503 + Retry-After
   recovered MySQL is back: requests work again without a restart
 Prints "N passed, N failed" last; exit status 1 when anything failed.
@@ -723,6 +724,22 @@ def t_hangup(base, pid, sock_path):
           "and their fds are closed (%d -> %d)" % (fds0, proc_fds(pid)))
 
 
+def t_hangup_http(base, what):
+    """End to end: a client closing its HTTP connection while parked (nginx passes that on)."""
+    bob = name("bob")
+    tb = token(bob)
+    gone0 = metric(base, tb, "polls_gone_total")
+    parked0 = metric(base, tb, "polls_parked")
+    u = urllib.parse.urlsplit(base)
+    s = socket.create_connection((u.hostname, u.port))
+    s.sendall(("GET /messages/long_poll?after=0&timeout=50 HTTP/1.1\r\nHost: x\r\n"
+               "Authorization: Bearer %s\r\n\r\n" % tb).encode())
+    check(wait_parked(base, tb, parked0 + 1), "poll parked" + what)
+    s.close()
+    ok = wait_until(lambda: metric(base, tb, "polls_gone_total") >= gone0 + 1, 5)
+    check(ok, "a client hanging up while parked is freed at once" + what)
+
+
 def t_keep_conn(base, pid, sock_path):
     """FCGI_KEEP_CONN (Apache): a connection is served again or closed, never left unread."""
     alice, bob = name("alice"), name("bob")
@@ -819,6 +836,11 @@ def phase_park(base, n):
     for p in polls:
         p.start()
     check(wait_parked(base, tb, parked0 + n), "%d polls parked before SIGTERM" % n)
+    limit = int(os.environ.get("FCGI_MAX_PARKED", "0"))
+    if limit == n:
+        r = req(base, "GET", "/messages/long_poll?after=%d&timeout=50" % after, tb)
+        check(r.status == 503 and err_code(r) == "unavailable" and r.headers.get("retry-after"),
+              "beyond fcgi.max_parked (%d): 503 + Retry-After" % limit, r)
     kill = int(os.environ.get("FCGI_KILL_PID", "0"))
     if kill:
         os.kill(kill, signal.SIGTERM)
@@ -890,10 +912,19 @@ def main():
             check(r.status == 401, "401 without a token" + what, r)
             t_send_poll(base)
             t_long_poll(base, what=what)
+            if os.environ.get("FCGI_SERVER") == "nginx":
+                t_hangup_http(base, what)
         elif phase == "fdleak":
             t_fdleak(base, pid)
         elif phase == "park":
             phase_park(base, int(sys.argv[2]))
+        elif phase == "raw":
+            # parley-fcgi started by spawn-fcgi (socket on fd 0), spoken to as a web server would
+            s = fcgi_request(os.environ["FCGI_SOCKET"], "/health", token(name("ops")))
+            out, ended = fcgi_response(s)
+            s.close()
+            check(ended and out.startswith(b"Status: 200") and b'"status":"ok"' in out,
+                  "parley-fcgi under spawn-fcgi (listening socket on fd 0) answers", out[:100])
         elif phase == "mysqldown":
             phase_mysqldown(base)
         elif phase == "recovered":

@@ -61,7 +61,7 @@ run_py() {	# run_py NAME ENV... -- ARGS...: run fcgi_test.py, show and count its
 }
 
 # A config like the stack's, with its own listen socket and a bus shared by both processes.
-make_conf() {	# make_conf NAME SOCKET
+make_conf() {	# make_conf NAME SOCKET [MAX_PARKED]
 	awk '/^\[/ { skip = ($0 == "[bus]" || $0 == "[fcgi]") } !skip' "$PARLEY_TEST_CONFIG" >"$work/$1.conf"
 	cat >>"$work/$1.conf" <<CONF
 [bus]
@@ -70,11 +70,12 @@ dir = $work/bus
 listen = $2
 socket_mode = 0660
 threads = 4
+max_parked = ${3:-10000}
 CONF
 }
 
-start_fcgi() {	# start_fcgi NAME: sets fcgi_pid
-	make_conf "$1" "$work/$1.sock"
+start_fcgi() {	# start_fcgi NAME [MAX_PARKED]: sets fcgi_pid
+	make_conf "$1" "$work/$1.sock" "${2:-}"
 	"$fcgi_bin" -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
 	fcgi_pid=$!
 	pids+=("$fcgi_pid")
@@ -97,7 +98,7 @@ start_web() {	# start_web SERVER DIR SOCKET: sets web_url
 
 start_fcgi one || exit 1
 pid1=$fcgi_pid
-start_fcgi two || exit 1
+start_fcgi two 20 || exit 1
 pid2=$fcgi_pid
 start_web lighttpd lt1 "$work/one.sock" || exit 1
 url1=$web_url
@@ -127,7 +128,7 @@ fi
 
 echo "== SIGTERM: parked polls answered empty, exit 0"
 phase_args=(park 20)
-run_py sigterm PARLEY_HTTP="$url2" FCGI_PID="$pid2" FCGI_KILL_PID="$pid2"
+run_py sigterm PARLEY_HTTP="$url2" FCGI_PID="$pid2" FCGI_KILL_PID="$pid2" FCGI_MAX_PARKED=20
 wait "$pid2"
 rc=$?
 if [ "$rc" = 0 ]; then
@@ -137,6 +138,19 @@ else
 fi
 [ -S "$work/two.sock" ] && { echo "FAIL socket left behind"; failed=$((failed + 1)); } ||
 	{ echo "ok   its socket was removed"; passed=$((passed + 1)); }
+
+echo "== spawn-fcgi: the listening socket on fd 0"
+if command -v spawn-fcgi >/dev/null; then
+	make_conf spawned "$work/unused.sock"
+	spawn-fcgi -n -s "$work/spawned.sock" -M 0660 -- "$fcgi_bin" -c "$work/spawned.conf" \
+		>"$work/spawned.log" 2>&1 &
+	pids+=("$!")
+	for _ in $(seq 100); do [ -S "$work/spawned.sock" ] && break; sleep 0.05; done
+	phase_args=(raw)
+	run_py spawned FCGI_SOCKET="$work/spawned.sock" PARLEY_HTTP="$url1"
+	[ ! -e "$work/unused.sock" ] && { echo "ok   fcgi.listen not used with fd 0"; passed=$((passed + 1)); } ||
+		{ echo "FAIL parley-fcgi opened fcgi.listen although fd 0 was a socket"; failed=$((failed + 1)); }
+fi
 
 echo "== MySQL down: 503 + Retry-After, then recovery without a restart"
 mysql_pid=$(cat "$PARLEY_TEST_DIR/mysql.pid" 2>/dev/null || true)

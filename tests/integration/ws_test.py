@@ -533,6 +533,12 @@ async def rooms(env):
     await a.send({"type": "room_message", "room": room, "text": "x" * 501})
     e = await a.next(lambda m: m.get("type") == "error")
     assert e["code"] == "bad_request" and "text" in e["message"], e
+    # At most 10 comments per second per user: the burst's excess gets rate_limited errors.
+    await asyncio.sleep(1.1)
+    for i in range(40):
+        await a.send({"type": "room_message", "room": room, "text": "burst %d" % i})
+    e = await a.next(lambda m: m.get("type") == "error", 5)
+    assert e["code"] == "rate_limited", e
     await a.close()
     await b.close()
 
@@ -725,10 +731,13 @@ async def lost_hint_gap_filled(env):
     # env.iso has a bus of its own: its sends reach MySQL but no hint reaches env.a.
     alice, bob = uname("alice"), uname("bob")
     b = await connect(env.a, bob, sync=0)
+    a = await connect(env.a, alice)
+    # Once a first message has arrived, bob's replay is over and he is live.
+    first, _ = await send(a, bob, "warm-up")
+    await b.next(is_msg(first))
     ai = await connect(env.iso, alice)
     lost, _ = await send(ai, bob, "hint lost")
     await b.none(is_msg(lost), 0.7)
-    a = await connect(env.a, alice)
     later, _ = await send(a, bob, "hint arrives")
     m1 = await b.next(lambda m: m.get("type") == "new_message")
     m2 = await b.next(lambda m: m.get("type") == "new_message")
@@ -800,6 +809,28 @@ async def websocket_and_long_poll(env):
     await b.close()
 
 
+@test
+async def through_lighttpd(env):
+    # The deployment path: /ws proxied by lighttpd (contrib/lighttpd/parley.conf) to parley-ws.
+    if env.http is None:
+        raise AssertionError("webserver not available: " + env.http_why)
+    alice, bob = uname("alice"), uname("bob")
+    url = env.http.replace("http://", "ws://") + "/ws"
+    ws = await websockets.connect(url + "?access_token=" + token(bob, "proxied"), subprotocols=["parley.v1"])
+    assert ws.subprotocol == "parley.v1", ws.subprotocol
+    b = Client(ws)
+    ready = await b.next()
+    assert ready["type"] == "ready" and ready["device_id"] == "proxied", ready
+    await b.send({"type": "sync", "after": 0})
+    a = await connect(env.a, alice)
+    cmid, _ = await send(a, bob, "via the proxy")
+    await b.next(is_msg(cmid))
+    await b.send({"type": "ping"})
+    await b.next(lambda m: m.get("type") == "pong")
+    await a.close()
+    await b.close()
+
+
 class Env:
     pass
 
@@ -830,7 +861,8 @@ def start_http(env):
         if os.path.exists(sock):
             break
         time.sleep(0.05)
-    out = subprocess.run([web, "start", "lighttpd", os.path.join(d, "web"), "--fcgi", sock],
+    out = subprocess.run([web, "start", "lighttpd", os.path.join(d, "web"), "--fcgi", sock,
+                          "--ws", "127.0.0.1:%d" % env.a.port],
                          capture_output=True, text=True)
     if out.returncode != 0:
         env.http_why = "webserver start failed: " + out.stderr[-300:]
