@@ -184,6 +184,76 @@ out:
 	return rc;
 }
 
+/* The hints of a new message sent through chat_send_many (the request names the sender). */
+static void
+chat_many_done(struct chat *ch, const struct store_send_req *sr, const struct store_send_res *res)
+{
+	struct proto_send req;
+
+	/* chat_message_done only reads the request: the casts lend it sr's strings. */
+	memset(&req, 0, sizeof req);
+	req.to = (char *)(uintptr_t)sr->to;
+	req.group_id = sr->group_id;
+	req.content = (char *)(uintptr_t)sr->content;
+	req.client_msg_id = (char *)(uintptr_t)sr->client_msg_id;
+	chat_message_done(ch, sr->from, &req, res);
+}
+
+int
+chat_send_many(struct chat *ch, const struct store_send_req *reqs, size_t n,
+    struct store_send_res *res, int *err)
+{
+	struct store_send_req *sr;
+	struct store_send_res *sres;
+	size_t *idx, i, m = 0;
+	int *serr, rc = 0, saved = 0;
+
+	if (n == 0)
+		return 0;
+	sr = xcalloc(n, sizeof *sr);
+	sres = xcalloc(n, sizeof *sres);
+	serr = xcalloc(n, sizeof *serr);
+	idx = xcalloc(n, sizeof *idx);
+	/* Items that fail validation stay out of the transaction and do not fail the others. */
+	for (i = 0; i < n; i++) {
+		memset(&res[i], 0, sizeof res[i]);
+		if (reqs[i].from == NULL || !protocol_valid_user(reqs[i].from) ||
+		    reqs[i].content == NULL || reqs[i].client_msg_id == NULL ||
+		    (reqs[i].to != NULL ? !protocol_valid_user(reqs[i].to) : reqs[i].group_id == 0)) {
+			err[i] = EINVAL;
+			continue;
+		}
+		err[i] = 0;
+		sr[m] = reqs[i];
+		if (sr[m].to != NULL)
+			sr[m].group_id = 0;
+		idx[m++] = i;
+	}
+	if (m > 0 && store_send_batch(ch->store, sr, m, sres, serr) != 0) {
+		rc = -1;
+		saved = errno;
+		for (i = 0; i < m; i++)
+			err[idx[i]] = serr[i] != 0 ? serr[i] : saved;
+		for (i = 0; i < m; i++)
+			store_send_res_clear(&sres[i]);
+		goto out;
+	}
+	for (i = 0; i < m; i++) {
+		res[idx[i]] = sres[i];
+		err[idx[i]] = serr[i];
+		if (serr[i] == 0 && !sres[i].duplicate)
+			chat_many_done(ch, &sr[i], &sres[i]);
+	}
+out:
+	free(sr);
+	free(sres);
+	free(serr);
+	free(idx);
+	if (rc != 0)
+		errno = saved;
+	return rc;
+}
+
 int
 chat_events_json(struct chat *ch, const char *user, uint64_t after, int limit, int with_has_more,
     char **json, size_t *nevents)

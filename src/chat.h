@@ -38,6 +38,14 @@ int	chat_send(struct chat *, const char *user, const struct proto_send *, struct
 /* Group commit of sends by one user (see store_send_batch). */
 int	chat_send_batch(struct chat *, const char *user, const struct proto_send *const *reqs,
 	    size_t n, struct store_send_res *res, int *err);
+/*
+ * Group commit of sends by several users: each request names its sender (from). As
+ * chat_send_batch: one transaction, err[i] 0 or item i's errno, a failing item does not fail the
+ * others; -1 only when the whole batch failed (every err[i] set). Each new message is then
+ * invalidated and hinted as chat_send does.
+ */
+int	chat_send_many(struct chat *, const struct store_send_req *reqs, size_t n,
+	    struct store_send_res *res, int *err);
 
 /* {"events":[..],"next":N} (has_more < 0) or with "has_more" (has_more >= 0 asks for it). */
 int	chat_events_json(struct chat *, const char *user, uint64_t after, int limit, int with_has_more,
