@@ -383,6 +383,24 @@ conn_queue_force(struct conn *c, const char *text, size_t len)
 	c->qframes++;
 }
 
+void
+conn_queue_first(struct conn *c, const char *text, size_t len)
+{
+	struct frame *f;
+
+	f = xmalloc(sizeof *f + LWS_PRE + len);
+	f->len = len;
+	memcpy(f->buf + LWS_PRE, text, len);
+	f->next = c->qhead;
+	if (c->qhead == NULL) {
+		c->qtail = f;
+		c->progress_ms = parley_mono_ms();
+	}
+	c->qhead = f;
+	c->qbytes += (uint32_t)len;
+	c->qframes++;
+}
+
 int
 conn_queue(struct conn *c, const char *text, size_t len, size_t max_bytes, size_t max_frames)
 {

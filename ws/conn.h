@@ -130,6 +130,8 @@ int		 conn_queue(struct conn *, const char *text, size_t len, size_t max_bytes,
 		     size_t max_frames);
 /* Queue without limit checks (ready, errors before a close: one frame). */
 void		 conn_queue_force(struct conn *, const char *text, size_t len);
+/* Queue in front of everything (ready: answers to frames taken while authenticating wait). */
+void		 conn_queue_first(struct conn *, const char *text, size_t len);
 struct frame	*conn_dequeue(struct conn *);
 void		 conn_queue_drop(struct conn *);
 void		 conn_backlog_free(struct conn *);

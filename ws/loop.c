@@ -273,6 +273,14 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 		return;
 	}
 	c->state = CONN_READY;
+	/*
+	 * Live from here: every event after the user's newest seq at auth is pushed. Hints that
+	 * came while the seq was read are in hint_max; newer events are fetched after "ready".
+	 */
+	if (!c->fetching) {
+		c->delivered = d->last;
+		c->live = 1;
+	}	/* else a sync taken before "ready" sets the mark when its page comes */
 	o = json_object_new_object();
 	json_object_object_add(o, "type", json_object_new_string("ready"));
 	json_object_object_add(o, "user", json_object_new_string(c->user->name));
@@ -280,9 +288,12 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 	json_object_object_add(o, "last_seq", json_object_new_uint64(d->seq));
 	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
 	    JSON_C_TO_STRING_NOSLASHESCAPE);
-	conn_queue_force(c, s, strlen(s));
+	conn_queue_first(c, s, strlen(s));
+	c->progress_ms = parley_mono_ms();
 	loop_writable(c);
 	json_object_put(o);
+	if (c->live && c->hint_max > c->delivered)
+		loop_fetch(ws, c);
 }
 
 /* --- client frames ------------------------------------------------------------------------ */
@@ -317,18 +328,33 @@ loop_sync(struct ws *ws, struct conn *c, const struct proto_frame_req *r)
 	}
 }
 
+/* The send shard of a user ("send:N"): FNV-1a, so a user always lands on the same one. */
+static void
+loop_send_key(const struct ws *ws, const char *user, char *key, size_t size)
+{
+	uint32_t h = 2166136261u;
+
+	for (; *user != '\0'; user++)
+		h = (h ^ (unsigned char)*user) * 16777619u;
+	snprintf(key, size, "send:%u", h % ws->send_shards);
+}
+
 /* Hand a decoded frame to its job (the job takes the decoded strings). */
 static void
 loop_job_frame(struct ws *ws, struct conn *c, struct proto_frame_req *r, int kind)
 {
 	struct job *j;
 	const char *cmid = r->send.client_msg_id;
-	char *ack;
+	char key[PARLEY_ID_MAX + 1], *ack;
 
 	j = loop_job(c);
 	j->req = *r;
 	memset(r, 0, sizeof *r);
-	if (actor_post(ws->pool, j->user, kind, ACTOR_BACKPRESSURE, j) == 0)
+	if (kind == JOB_SEND)
+		loop_send_key(ws, j->user, key, sizeof key);
+	else
+		snprintf(key, sizeof key, "%s", j->user);
+	if (actor_post(ws->pool, key, kind, ACTOR_BACKPRESSURE, j) == 0)
 		return;
 	cmid = j->req.send.client_msg_id;
 	if (kind == JOB_SEND) {
@@ -545,10 +571,13 @@ loop_page(struct ws *ws, struct conn *c, struct done *d)
 		return;
 	c->fetching = 0;
 	if (d->err != 0) {
-		if (c->live)
-			c->need_fetch = 1;	/* catch-up: the tick tries again */
-		else
+		if (!c->live) {
+			/* The sync failed: stay live from what was delivered before it. */
 			loop_error(ws, c, "unavailable", "sync failed: storage unavailable, retry");
+			c->live = 1;
+		}
+		if (c->hint_max > c->delivered)
+			c->need_fetch = 1;	/* catch-up: the tick tries again */
 		return;
 	}
 	if (!c->live)
@@ -568,10 +597,14 @@ loop_page(struct ws *ws, struct conn *c, struct done *d)
 static void
 loop_user_event(struct ws *ws, struct conn *c, const struct done *d)
 {
+	if (c->state == CONN_AUTHING) {
+		/* The mark is being read: what is newer than it is fetched once ready. */
+		if (d->seq > c->hint_max)
+			c->hint_max = d->seq;
+		return;
+	}
 	if (c->state != CONN_READY)
 		return;
-	if (!c->live && !c->fetching && c->backlog == NULL)
-		return;		/* not synced yet: it gets this by its sync */
 	if (d->seq <= c->delivered)
 		return;
 	if (c->fetching || c->backlog != NULL || !c->live) {
@@ -765,7 +798,7 @@ loop_tick(lws_sorted_usec_list_t *sul)
 
 	loop_presence_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
-		if (c->state != CONN_CLOSING && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
+		if (c->state == CONN_READY && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
 			loop_slow(ws, c);
 		else if (c->state == CONN_NEW && now >= c->auth_deadline)
 			loop_fail(c, "unauthorized", "no auth frame in time", 1008, "auth timeout");
@@ -886,6 +919,8 @@ loop_writeable(struct ws *ws, struct conn *c)
 	int n;
 
 	c->writable_asked = 0;
+	if (c->state == CONN_AUTHING)
+		return 0;	/* "ready" goes first: loop_ready asks again */
 	if ((f = conn_dequeue(c)) == NULL) {
 		if (c->state == CONN_CLOSING) {
 			lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,

@@ -240,6 +240,7 @@ main(int argc, char **argv)
 	ws.cfg = &cfg;
 	pthread_mutex_init(&ws.qlock, NULL);
 	ws.page_limit = cfg.page_max < 200 ? cfg.page_max : 200;
+	ws.send_shards = cfg.actor_workers > 0 ? (unsigned)cfg.actor_workers : 1;
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
 	ws_node_id(&ws);
@@ -255,7 +256,7 @@ main(int argc, char **argv)
 	acfg.retries = cfg.actor_retries;
 	acfg.backoff_ms = cfg.actor_backoff_ms;
 	acfg.idle_ms = cfg.actor_idle_ms;
-	acfg.batch = 64;
+	acfg.batch = WS_SEND_BATCH;
 	ws.pool = actor_pool_new(&acfg, &ws_actor_ops, &ws);
 
 	/* NOSIGMASK: signals stay with the signal thread (sigwait). */

@@ -132,22 +132,28 @@ work_page(struct wctx *w, const struct job *j, uint64_t after)
 	return 0;
 }
 
-/* Presence +1 (once, even across retries), then the device cursor for "ready". */
+/*
+ * Presence +1 (once, even across retries), then the device cursor for "ready" and the user's
+ * newest seq: the connection's delivered mark, live from there. The seq is read after the loop
+ * attached the connection to its user, so every later event's hint finds the connection.
+ */
 static int
 work_auth(struct wctx *w, struct job *j)
 {
 	struct done *d;
-	uint64_t cursor = 0;
+	uint64_t cursor = 0, last = 0;
 
 	if (!j->presence_done) {
 		if (chat_presence(&w->chat, j->user, w->ws->node, 1) != 0 && errno == EAGAIN)
 			return -1;
 		j->presence_done = 1;
 	}
-	if (store_cursor_get(w->chat.store, j->user, j->device, &cursor) != 0)
+	if (store_cursor_get(w->chat.store, j->user, j->device, &cursor) != 0 ||
+	    store_last_seq(w->chat.store, j->user, &last) != 0)
 		return -1;
 	d = ws_done_new(DONE_READY, j->conn);
 	d->seq = cursor;
+	d->last = last;
 	ws_done_push(w->ws, d);
 	return 0;
 }
@@ -260,30 +266,41 @@ work_batchable(int kind)
 	return kind == JOB_SEND;
 }
 
-/* Group commit: consecutive sends of one user go to MySQL in one transaction. */
+/*
+ * Group commit: consecutive sends waiting in one send shard's mailbox (several users hash to one
+ * shard) go to MySQL in one transaction. Each ack leaves only after that commit; an item that
+ * fails gets its own error ack and does not fail the others.
+ */
 static int
 work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n, int *err)
 {
 	struct wctx *w = ctx;
-	const struct proto_send **reqs;
+	struct store_send_req *reqs;
 	struct store_send_res *res;
 	struct job *j;
 	size_t i;
 	int rc;
 
+	(void)key;
 	(void)kind;
 	reqs = xcalloc(n, sizeof *reqs);
 	res = xcalloc(n, sizeof *res);
-	for (i = 0; i < n; i++)
-		reqs[i] = &((struct job *)data[i])->req.send;
-	rc = chat_send_batch(&w->chat, key, reqs, n, res, err);
+	for (i = 0; i < n; i++) {
+		j = data[i];
+		reqs[i].from = j->user;
+		reqs[i].to = j->req.send.to;
+		reqs[i].group_id = j->req.send.to != NULL ? 0 : j->req.send.group_id;
+		reqs[i].content = j->req.send.content;
+		reqs[i].client_msg_id = j->req.send.client_msg_id;
+	}
+	rc = chat_send_many(&w->chat, reqs, n, res, err);
 	if (rc != 0 && errno == EAGAIN) {
 		for (i = 0; i < n; i++)
 			store_send_res_clear(&res[i]);
 		free(res);
 		free(reqs);
 		errno = EAGAIN;
-		return -1;
+		return -1;	/* the whole batch is retried after a backoff, then failed() */
 	}
 	for (i = 0; i < n; i++) {
 		j = data[i];

@@ -27,7 +27,7 @@ struct conns;
 
 /* What comes back to the loop. */
 enum done_kind {
-	DONE_READY,	/* auth job finished: cursor in seq, or err */
+	DONE_READY,	/* auth job finished: cursor in seq, the user's newest seq in last, or err */
 	DONE_FRAME,	/* one frame for a connection (ack, error), then close if close_code */
 	DONE_PAGE,	/* events read from MySQL for a sync or a catch-up */
 	DONE_HINT,	/* a bus hint */
@@ -44,7 +44,7 @@ struct done {
 	int		 has_more;
 	enum bus_topic	 topic;
 	uint64_t	 seq;		/* READY: cursor; PAGE: the page's after; HINT: seq */
-	uint64_t	 last;		/* PAGE: last seq returned */
+	uint64_t	 last;		/* PAGE: last seq returned; READY: the user's newest seq */
 	char		**events;	/* PAGE */
 	size_t		 n;
 	char		*text;		/* FRAME / HINT payload / ROOM event; NULL when none */
@@ -52,12 +52,12 @@ struct done {
 	char		 key[PARLEY_ID_MAX + 1];
 };
 
-/* The jobs posted to the actor pool (keyed by user). */
+/* The jobs posted to the actor pool (keyed by user; sends by send shard, see ws_send_key). */
 enum job_kind {
 	JOB_AUTH,		/* presence +1, device cursor -> DONE_READY */
 	JOB_SYNC,		/* store or read the cursor, first page -> DONE_PAGE */
 	JOB_FETCH,		/* a page after a seq -> DONE_PAGE */
-	JOB_SEND,		/* chat_send -> ack */
+	JOB_SEND,		/* chat_send / chat_send_many (group commit) -> ack */
 	JOB_RECEIPT,
 	JOB_TYPING,
 	JOB_ROOM_POST,
@@ -87,6 +87,7 @@ struct ws {
 	struct metrics		 metrics;
 	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
 	int			 page_limit;	/* events per replay page */
+	unsigned		 send_shards;	/* send actors ("send:N"), one per worker */
 
 	/* Completion queue: any thread pushes, the loop drains. */
 	pthread_mutex_t		 qlock;
@@ -107,6 +108,13 @@ struct ws {
 	struct lws_protocols	 protocols[2];
 	lws_retry_bo_t		 retry;
 };
+
+/*
+ * Sends are not run on the sender's actor but on one of send_shards shared actors chosen by a
+ * hash of the sender: one user's sends stay in order (one shard), and the sends of many users
+ * that wait together in a shard's mailbox are committed in one transaction (dispatch_batch).
+ */
+#define WS_SEND_BATCH	64	/* largest group commit (actor_config.batch; no config key) */
 
 /* The largest number of hints waiting for the loop before they are dropped (then: resync). */
 #define WS_HINTS_MAX 65536

@@ -72,14 +72,14 @@ def free_port():
 class Daemon:
     """One parley-ws process with its own config (base config + overrides) and port."""
 
-    def __init__(self, name, bus=None, **ws):
+    def __init__(self, name, bus=None, base=None, **ws):
         self.name = name
         self.port = free_port()
         self.dir = os.path.join(TOP, name)
         os.makedirs(self.dir, exist_ok=True)
         self.bus = bus or os.path.join(TOP, "bus")
         conf = configparser.ConfigParser(interpolation=None)
-        conf.read(BASE_CONF)
+        conf.read(base or BASE_CONF)
         conf["bus"] = {"dir": self.bus}
         conf["ws"] = {"listen": "127.0.0.1", "port": str(self.port)}
         for k, v in ws.items():
@@ -164,7 +164,7 @@ class Client:
 
 
 async def connect(daemon, user, dev=None, how="url", sync=None, **kw):
-    """Authenticated client; sync=SEQ (or True for the device cursor) starts the live stream."""
+    """Authenticated client (live from "ready"); sync=SEQ (or True: the device cursor) replays after SEQ."""
     tok = token(user, dev)
     url = daemon.url + ("?access_token=" + tok if how == "url" else "")
     ws = await websockets.connect(url, subprotocols=["parley.v1"], **kw)
@@ -361,6 +361,81 @@ async def offline_sync_exactly_once(env):
     await b.none(lambda m: m.get("type") == "new_message", 0.3)
     await a.close()
     await b.close()
+
+
+@test
+async def live_without_sync(env):
+    # "ready" received: new events are pushed, no sync needed.
+    alice, bob = uname("alice"), uname("bob")
+    b = await connect(env.a, bob, dev="nosync")
+    a = await connect(env.b, alice)
+    cmid, ack = await send(a, bob, "pushed without a sync")
+    m = await b.next(is_msg(cmid))
+    assert m["seq"] == 1 and m["message"]["id"] == ack["server_msg_id"], m
+    # The sender's own connection (also never synced) gets its log's event too.
+    echo = await a.next(is_msg(cmid))
+    assert echo["seq"] == ack["seq"], echo
+    cmid2, _ = await send(a, bob, "and the next one")
+    m2 = await b.next(is_msg(cmid2))
+    assert m2["seq"] == 2, m2
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    for c in (a, b):
+        await c.close()
+
+
+@test
+async def offline_replayed_only_by_sync(env):
+    # Events from before the connection are not pushed by themselves; sync after=0 replays them
+    # exactly once, and the live stream goes on after the replay without a gap or a duplicate.
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice)
+    offline = [(await send(a, bob, "offline %d" % i))[0] for i in range(3)]
+    b = await connect(env.a, bob, dev="later")
+    assert b.ready["last_seq"] == 0, b.ready
+    await b.none(lambda m: m.get("type") == "new_message", 0.5)
+    live1, _ = await send(a, bob, "live before the sync")
+    m = await b.next(lambda m: m.get("type") == "new_message")
+    assert m["message"]["client_msg_id"] == live1 and m["seq"] == 4, m
+    await b.send({"type": "sync", "after": 0})
+    got = [await b.next(lambda m: m.get("type") == "new_message") for _ in range(4)]
+    assert [g["message"]["client_msg_id"] for g in got] == offline + [live1], got
+    assert [g["seq"] for g in got] == [1, 2, 3, 4], got
+    live2, _ = await send(a, bob, "live after the sync")
+    m = await b.next(lambda m: m.get("type") == "new_message")
+    assert m["message"]["client_msg_id"] == live2 and m["seq"] == 5, m
+    await b.none(lambda m: m.get("type") == "new_message", 0.5)
+    # The sync stored after=0 as the device cursor.
+    await b.close()
+    b = await connect(env.a, bob, dev="later")
+    assert b.ready["last_seq"] == 0, b.ready
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    for c in (a, b):
+        await c.close()
+
+
+@test
+async def burst_live_in_order(env):
+    # Many senders' messages to one recipient, committed in shared batches: each arrives once,
+    # in seq order, and every sender's acks come in its own order.
+    bob = uname("bob")
+    b = await connect(env.a, bob)
+    senders = [await connect(env.a if i % 2 else env.b, uname("s%d" % i)) for i in range(8)]
+    cmids = {}
+    for i, c in enumerate(senders):
+        cmids[i] = [uname("burst") for _ in range(15)]
+        for cmid in cmids[i]:
+            await c.send({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "burst"})
+    for i, c in enumerate(senders):
+        acks = [await c.next(lambda m: m.get("type") == "ack", 10) for _ in cmids[i]]
+        assert [x["client_msg_id"] for x in acks] == cmids[i], acks
+        assert all(x["status"] == "success" for x in acks), acks
+    total = sum(len(v) for v in cmids.values())
+    got = [await b.next(lambda m: m.get("type") == "new_message", 10) for _ in range(total)]
+    assert [g["seq"] for g in got] == list(range(1, total + 1)), [g["seq"] for g in got]
+    assert sorted(g["message"]["client_msg_id"] for g in got) == sorted(x for v in cmids.values() for x in v)
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    for c in senders + [b]:
+        await c.close()
 
 
 @test
@@ -605,9 +680,22 @@ async def invalid_utf8_closes_1007(env):
     sock.sendall(("GET /ws?access_token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                   "Sec-WebSocket-Version: 13\r\n\r\n" % token(u)).encode())
+    data = b""
+
+    def until_ready():
+        # The bad frame goes only after "ready": sent with the upgrade, it could be parsed (and
+        # the socket closed 1007) before the authentication finished, with no "ready" at all.
+        nonlocal data
+        sock.settimeout(10)
+        while b'"type":"ready"' not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                return
+            data += chunk
+    await asyncio.get_running_loop().run_in_executor(None, until_ready)
+    assert b'"type":"ready"' in data, data
     payload = b'{"type":"ping","x":"\xff\xfe"}'
     sock.sendall(bytes([0x81, 0x80 | len(payload), 0, 0, 0, 0]) + payload)
-    data = b""
 
     def drain():
         nonlocal data
@@ -810,6 +898,47 @@ async def websocket_and_long_poll(env):
 
 
 @test
+async def group_typing_and_message(env):
+    # The group is created over HTTP (parley-fcgi); typing and messages go over WebSockets.
+    if env.http is None:
+        raise AssertionError("parley-fcgi / webserver not available: " + env.http_why)
+    alice, bob, carol, dave = uname("alice"), uname("bob"), uname("carol"), uname("dave")
+    b = await connect(env.a, bob)
+    c = await connect(env.b, carol)
+    st, res = await asyncio.get_running_loop().run_in_executor(
+        None, http, env, "POST", "/groups", token(alice), {"name": "typing test", "members": [bob, carol]})
+    assert st == 200 and res["group_id"] > 0, (st, res)
+    gid = res["group_id"]
+    # Connected before the group existed: its "created" event is pushed live.
+    for x, who in ((b, bob), (c, carol)):
+        g = await x.next(lambda m: m.get("type") == "group_update")
+        assert g["group_id"] == gid and g["action"] == "created" and g["user"] == who and g["by"] == alice, g
+    a = await connect(env.a, alice)
+    await a.send({"type": "typing", "group_id": gid})
+    for x in (b, c):
+        t = await x.next(lambda m: m.get("type") == "typing")
+        assert t == {"type": "typing", "from": alice, "group_id": gid}, t
+    await a.none(lambda m: m.get("type") == "typing", 0.3)
+    # A non-member may not type into the group.
+    d = await connect(env.a, dave)
+    await d.send({"type": "typing", "group_id": gid})
+    e = await d.next(lambda m: m.get("type") == "error")
+    assert e["code"] == "forbidden", e
+    for x in (b, c):
+        await x.none(lambda m: m.get("type") == "typing", 0.3)
+    # A group message reaches every member's log (each with its own seq) and the sender's.
+    cmid, ack = await send(a, None, "hello group", group_id=gid)
+    assert ack["status"] == "success", ack
+    for x in (b, c, a):
+        m = await x.next(is_msg(cmid))
+        assert m["message"]["group_id"] == gid and m["message"]["to"] is None, m
+    cmid, ack = await send(d, None, "not a member", group_id=gid)
+    assert ack["status"] == "error" and ack["error"]["code"] == "forbidden", ack
+    for x in (a, b, c, d):
+        await x.close()
+
+
+@test
 async def through_lighttpd(env):
     # The deployment path: /ws proxied by lighttpd (contrib/lighttpd/parley.conf) to parley-ws.
     if env.http is None:
@@ -829,6 +958,85 @@ async def through_lighttpd(env):
     await b.next(lambda m: m.get("type") == "pong")
     await a.close()
     await b.close()
+
+
+# --- MySQL down (a private stack: stopping the shared MariaDB would disturb other tests) -------
+
+def services(*args):
+    out = subprocess.run([os.path.join(SRC, "tests", "harness", "services")] + list(args),
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+                         start_new_session=True)
+    if out.returncode != 0:
+        raise AssertionError("services %s failed: %s" % (" ".join(args), out.stderr[-500:]))
+    return out.stdout
+
+
+def pid_gone(pid, secs):
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@test
+async def mysql_down_and_back(env):
+    stack = os.path.join(TOP, "stack-down")
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, services, "start", stack)
+    d = None
+    try:
+        d = Daemon("down", bus=os.path.join(TOP, "bus-down"), base=os.path.join(stack, "parley.conf"))
+        alice, bob, carol = uname("alice"), uname("bob"), uname("carol")
+        a = await connect(d, alice)
+        b = await connect(d, bob)
+        first, ack = await send(a, bob, "before the outage")
+        assert ack["status"] == "success", ack
+        await b.next(is_msg(first))
+        with open(os.path.join(stack, "mysql.pid")) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGTERM)
+        assert await loop.run_in_executor(None, pid_gone, pid, 30), "mariadbd did not stop"
+        # A send while MySQL is down: an error ack "unavailable", never a success.
+        cmid = uname("down")
+        t0 = time.monotonic()
+        await a.send({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "during the outage"})
+        ack = await a.next(is_ack(cmid), 20)
+        assert ack["status"] == "error" and ack["error"]["code"] == "unavailable", ack
+        assert time.monotonic() - t0 < 15, time.monotonic() - t0
+        # A new connection cannot read its cursor: error "unavailable", close 1013.
+        ws = await websockets.connect(d.url + "?access_token=" + token(carol), subprotocols=["parley.v1"])
+        frames = await expect_close(ws, 1013, 20)
+        assert frames and frames[-1]["type"] == "error" and frames[-1]["code"] == "unavailable", frames
+        assert not any(f.get("type") == "ready" for f in frames), frames
+        # Connections that were up stay up and take frames that need no MySQL.
+        await a.send({"type": "ping"})
+        await a.next(lambda m: m.get("type") == "pong")
+        await loop.run_in_executor(None, services, "restart-mysql", stack)
+        # Service resumes without restarting parley-ws: the client retries with the same id.
+        deadline = time.monotonic() + 20
+        while True:
+            await a.send({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "during the outage"})
+            ack = await a.next(is_ack(cmid), 20)
+            if ack["status"] == "success" or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert ack["status"] == "success" and ack["seq"] == 2, ack
+        m = await b.next(is_msg(cmid))
+        assert m["seq"] == 2 and m["message"]["id"] == ack["server_msg_id"], m
+        await b.none(is_msg(cmid), 0.5)
+        c = await connect(d, carol)
+        assert c.ready["user"] == carol, c.ready
+        for x in (a, b, c):
+            await x.close()
+        assert d.stop() == 0
+    finally:
+        if d is not None:
+            d.stop(signal.SIGKILL)
+        await loop.run_in_executor(None, services, "stop", stack)
 
 
 class Env:
