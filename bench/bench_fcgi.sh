@@ -3,7 +3,10 @@
 #   1. memory per parked long poll: parley-fcgi's RSS growth with N parked (default 5000) / N
 #   2. wake latency: send acknowledged -> the recipient's long poll answered, p50/p99, at a
 #      steady rate of sends (default 500/s) to users that keep a long poll open
-#   3. short polls per second on an empty inbox, with wrk
+#   3. short polls per second on an empty inbox, with wrk; then the peer: the same wrk run
+#      against the same bytes served as a static file (/static/empty.json) by a second, plain
+#      lighttpd (same binary, minimal config, own port): the web server's floor per request.
+#      Prints both req/s and the ratio parley/static.
 #
 #   bench/bench_fcgi.sh [BUILDDIR]
 # Uses the throwaway MariaDB + memcached of tests/harness/with-services (started if needed).
@@ -23,8 +26,10 @@ fi
 work=$(mktemp -d /tmp/parley-bench-fcgi.XXXXXX)
 chmod 711 "$work"
 fcgi_pid=""
+static_pid=""
 cleanup() {
 	"$srcdir/tests/harness/webserver" stop "$work/lt" >/dev/null 2>&1 || true
+	if [ -n "$static_pid" ]; then kill "$static_pid" 2>/dev/null || true; wait "$static_pid" 2>/dev/null || true; fi
 	[ -n "$fcgi_pid" ] && kill "$fcgi_pid" 2>/dev/null && wait "$fcgi_pid" 2>/dev/null
 	rm -rf "$work"
 }
@@ -227,6 +232,34 @@ sec=[l.split("=",1)[1].strip() for l in open(os.environ["PARLEY_TEST_CONFIG"]) i
 b=lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
 h=b(b"{\"alg\":\"HS256\",\"typ\":\"JWT\"}"); p=b(json.dumps({"sub":"empty_%d"%os.getpid(),"exp":int(time.time())+3600}).encode())
 print(h+"."+p+"."+b(hmac.new(sec.encode(),(h+"."+p).encode(),hashlib.sha256).digest()))')
-echo "short polls: wrk -t2 -c${BENCH_WRK_CONNECTIONS:-32} -d${BENCH_WRK_SECONDS:-10}s GET /messages?after=0 (empty inbox)"
-wrk -t2 -c"${BENCH_WRK_CONNECTIONS:-32}" -d"${BENCH_WRK_SECONDS:-10}s" -H "Authorization: Bearer $tok" \
-	"$PARLEY_HTTP/messages?after=0" | grep -E "Requests/sec|Latency|Non-2xx|requests in"
+wrk_args=(-t2 -c"${BENCH_WRK_CONNECTIONS:-32}" -d"${BENCH_WRK_SECONDS:-10}s" -H "Authorization: Bearer $tok")
+echo "short polls: wrk ${wrk_args[*]:0:3} GET /messages?after=0 (empty inbox)"
+wrk "${wrk_args[@]}" "$PARLEY_HTTP/messages?after=0" >"$work/wrk-parley.txt"
+grep -E "Requests/sec|Latency|Non-2xx|requests in" "$work/wrk-parley.txt"
+
+# Peer: the empty-inbox answer's exact bytes as a static file, from a second lighttpd of our own
+# (the harness's lighttpd sends every URL to parley-fcgi, so it has no document root to use).
+mkdir -p "$work/static/root/static"
+curl -s -f -H "Authorization: Bearer $tok" "$PARLEY_HTTP/messages?after=0" \
+	>"$work/static/root/static/empty.json"
+static_port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/static/lighttpd.conf" <<CONF
+server.document-root = "$work/static/root"
+server.bind = "127.0.0.1"
+server.port = $static_port
+server.errorlog = "$work/static/error.log"
+server.tag = "lighttpd"
+mimetype.assign = ( ".json" => "application/json" )
+CONF
+lighttpd_bin=$(command -v lighttpd || echo /usr/sbin/lighttpd)
+"$lighttpd_bin" -D -f "$work/static/lighttpd.conf" </dev/null >>"$work/static/error.log" 2>&1 &
+static_pid=$!
+static_url="http://127.0.0.1:$static_port/static/empty.json"
+for _ in $(seq 100); do curl -s -f -o /dev/null "$static_url" && break; sleep 0.05; done
+echo "peer: wrk ${wrk_args[*]:0:3} GET /static/empty.json ($(wc -c <"$work/static/root/static/empty.json") bytes, same body, plain lighttpd)"
+wrk "${wrk_args[@]}" "$static_url" >"$work/wrk-static.txt"
+grep -E "Requests/sec|Latency|Non-2xx|requests in" "$work/wrk-static.txt"
+awk '/^Requests\/sec/ { r[FILENAME] = $2 } END {
+	p = r[ARGV[1]]; s = r[ARGV[2]]
+	printf "short polls: parley %.0f req/s, static %.0f req/s, ratio parley/static %.3f\n", p, s, (s > 0 ? p / s : 0)
+}' "$work/wrk-parley.txt" "$work/wrk-static.txt"

@@ -1,4 +1,4 @@
-/* bench_store.c - durable 1:1 sends per second into the MySQL store: one at a time and group-committed. */
+/* bench_store.c - durable 1:1 sends per second into the MySQL store, side by side with plain MariaDB. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <mysql.h>
 
 #include "config.h"
 #include "log.h"
@@ -22,9 +24,16 @@
  *   parallel THREADS threads, each its own connection, BATCH per transaction
  * Every message goes from a per-thread sender to one of 16 recipients, so each send appends to two
  * logs. Latency is per call: a message's latency in a batch is its batch's.
+ *
+ * Then the peer, "raw": the same numbers of messages written with plain libmysqlclient prepared
+ * INSERTs into a minimal table of its own (bench_raw: one row per message, no logs, no cursors,
+ * no idempotency key), one INSERT + COMMIT per message and BATCH INSERTs per COMMIT. That is the
+ * floor MariaDB gives for durable rows at one fsync per COMMIT; the ratio lines say how far
+ * Parley's store is above it.
  */
 
 #define RECIPIENTS 16
+#define CONTENT "The quick brown fox jumps over the lazy dog"
 
 struct bench_run {
 	const struct config	*cfg;
@@ -82,7 +91,7 @@ bench_thread(void *arg)
 		for (j = 0; j < k; j++) {
 			snprintf(cmid[j], sizeof cmid[j], "m%d", sent + j);
 			reqs[j] = (struct store_send_req){ from, to[(sent + j) % RECIPIENTS], 0,
-			    "The quick brown fox jumps over the lazy dog", cmid[j] };
+			    CONTENT, cmid[j] };
 		}
 		t0 = now_ms();
 		if (r->batch == 1) {
@@ -108,14 +117,29 @@ bench_thread(void *arg)
 	return NULL;
 }
 
-/* Run one scenario and print its figures. */
-static void
+/* Print one scenario's figures (sorts lat); returns its messages per second, -1 if any failed. */
+static double
+report(const char *name, int threads, int batch, int msgs, double secs, double *lat, size_t nlat,
+    int failures)
+{
+	double rate = (double)msgs / secs;
+
+	qsort(lat, nlat, sizeof *lat, dbl_cmp);
+	printf("%-10s threads=%-2d batch=%-3d messages=%-6d %8.0f msgs/s  call p50=%.2f ms p99=%.2f ms"
+	    "  failures=%d\n", name, threads, batch, msgs, rate, nlat > 0 ? lat[nlat / 2] : 0.0,
+	    nlat > 0 ? lat[(size_t)((double)nlat * 0.99)] : 0.0, failures);
+	fflush(stdout);
+	return failures > 0 ? -1.0 : rate;
+}
+
+/* Run one scenario and print its figures; returns as report() does. */
+static double
 scenario(const struct config *cfg, const char *name, int threads, int n, int batch)
 {
 	struct bench_run *runs = xcalloc((size_t)threads, sizeof *runs);
 	pthread_t *th = xcalloc((size_t)threads, sizeof *th);
 	char prefix[40];
-	double *all, secs, t0;
+	double *all, secs, t0, rate;
 	int i, j, total = 0, failures = 0;
 
 	snprintf(prefix, sizeof prefix, "b%ld-%s", (long)getpid(), name);
@@ -138,14 +162,109 @@ scenario(const struct config *cfg, const char *name, int threads, int n, int bat
 		failures += runs[i].failures;
 		free(runs[i].lat);
 	}
-	qsort(all, (size_t)total, sizeof *all, dbl_cmp);
-	printf("%-9s threads=%-2d batch=%-3d messages=%-6d %8.0f msgs/s  call p50=%.2f ms p99=%.2f ms"
-	    "  failures=%d\n", name, threads, batch, n * threads, (double)n * threads / secs,
-	    all[total / 2], all[(size_t)((double)total * 0.99)], failures);
-	fflush(stdout);
+	rate = report(name, threads, batch, n * threads, secs, all, (size_t)total, failures);
 	free(all);
 	free(runs);
 	free(th);
+	return rate;
+}
+
+/* A plain connection with the settings the store uses; autocommit off. Exits if unreachable. */
+static MYSQL *
+raw_connect(const struct config *c)
+{
+	unsigned int ct = (unsigned int)c->mysql_connect_timeout;
+	unsigned int rw = (unsigned int)c->mysql_rw_timeout;
+	MYSQL *my;
+
+	if ((my = mysql_init(NULL)) == NULL)
+		fatal("mysql_init: out of memory");
+	mysql_options(my, MYSQL_OPT_CONNECT_TIMEOUT, &ct);
+	mysql_options(my, MYSQL_OPT_READ_TIMEOUT, &rw);
+	mysql_options(my, MYSQL_OPT_WRITE_TIMEOUT, &rw);
+	mysql_options(my, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+	if (mysql_real_connect(my, c->mysql_socket != NULL ? NULL : c->mysql_host, c->mysql_user,
+	    c->mysql_password, c->mysql_database, c->mysql_socket != NULL ? 0 : c->mysql_port,
+	    c->mysql_socket, 0) == NULL)
+		fatal("bench_store: raw: cannot connect: %s", mysql_error(my));
+	if (mysql_query(my, "CREATE TABLE IF NOT EXISTS bench_raw (id BIGINT AUTO_INCREMENT "
+	    "PRIMARY KEY, sender VARCHAR(64), recipient VARCHAR(64), content TEXT, ts BIGINT) "
+	    "ENGINE=InnoDB") != 0)
+		fatal("bench_store: raw: create table: %s", mysql_error(my));
+	if (mysql_autocommit(my, 0) != 0)
+		fatal("bench_store: raw: autocommit: %s", mysql_error(my));
+	return my;
+}
+
+/*
+ * The peer: n messages as prepared INSERTs into bench_raw, batch per COMMIT (1: one each), from
+ * one thread and connection. Prints the figures and returns as scenario() does.
+ */
+static double
+raw_scenario(const struct config *cfg, const char *name, int n, int batch)
+{
+	static const char sql[] =
+	    "INSERT INTO bench_raw (sender, recipient, content, ts) VALUES (?, ?, ?, ?)";
+	char from[PARLEY_ID_MAX + 1], to[PARLEY_ID_MAX + 1], content[] = CONTENT;
+	unsigned long len[3];
+	MYSQL_BIND bind[4];
+	MYSQL_STMT *st;
+	MYSQL *my = raw_connect(cfg);
+	double *lat = xcalloc((size_t)n / (size_t)batch + 1, sizeof *lat), secs, t0, start;
+	long long ts;
+	int j, k, sent = 0, failures = 0, bad;
+	size_t ncalls = 0;
+
+	if ((st = mysql_stmt_init(my)) == NULL ||
+	    mysql_stmt_prepare(st, sql, (unsigned long)strlen(sql)) != 0)
+		fatal("bench_store: raw: prepare: %s", mysql_error(my));
+	snprintf(from, sizeof from, "b%ld-%s-s0", (long)getpid(), name);
+	bind[0] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = from,
+	    .buffer_length = sizeof from, .length = &len[0] };
+	bind[1] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = to,
+	    .buffer_length = sizeof to, .length = &len[1] };
+	bind[2] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_STRING, .buffer = content,
+	    .buffer_length = sizeof content, .length = &len[2] };
+	bind[3] = (MYSQL_BIND){ .buffer_type = MYSQL_TYPE_LONGLONG, .buffer = &ts };
+	if (mysql_stmt_bind_param(st, bind) != 0)
+		fatal("bench_store: raw: bind: %s", mysql_stmt_error(st));
+	len[0] = (unsigned long)strlen(from);
+	len[2] = (unsigned long)strlen(content);
+	start = now_ms();
+	while (sent < n) {
+		k = n - sent < batch ? n - sent : batch;
+		t0 = now_ms();
+		for (j = 0, bad = 0; j < k && !bad; j++) {
+			snprintf(to, sizeof to, "b%ld-%s-r%d", (long)getpid(), name,
+			    (sent + j) % RECIPIENTS);
+			len[1] = (unsigned long)strlen(to);
+			ts = (long long)parley_now_ms();
+			bad = mysql_stmt_execute(st) != 0;
+		}
+		if (bad || mysql_commit(my) != 0) {
+			(void)mysql_rollback(my);
+			failures += k;
+		}
+		lat[ncalls++] = now_ms() - t0;
+		sent += k;
+	}
+	secs = (now_ms() - start) / 1000.0;
+	mysql_stmt_close(st);
+	mysql_close(my);
+	t0 = report(name, 1, batch, n, secs, lat, ncalls, failures);
+	free(lat);
+	return t0;
+}
+
+/* A ratio of two rates; none when either run had failures. */
+static void
+ratio(const char *what, double parley, double raw)
+{
+	if (parley < 0 || raw <= 0)
+		printf("ratio parley/raw %s: n/a (failures)\n", what);
+	else
+		printf("ratio parley/raw %s: %.2f (msgs/s; below 1: Parley is slower)\n", what,
+		    parley / raw);
 }
 
 int
@@ -154,6 +273,7 @@ main(int argc, char **argv)
 	const char *arg = NULL, *path;
 	struct config cfg;
 	char *cause = NULL;
+	double single, batched, raw_single, raw_batched;
 	int ch, n = 2000, batch = 64, threads = 4;
 
 	log_init("bench_store", LOG_LEVEL_WARN, 0);
@@ -183,9 +303,14 @@ main(int argc, char **argv)
 		fatal("no configuration: -c FILE or PARLEY_CONFIG");
 	if (config_load(&cfg, path, &cause) != 0)
 		fatal("%s", cause);
-	scenario(&cfg, "single", 1, n / 4 > 0 ? n / 4 : 1, 1);
-	scenario(&cfg, "batched", 1, n * 2, batch);
+	single = scenario(&cfg, "single", 1, n / 4 > 0 ? n / 4 : 1, 1);
+	batched = scenario(&cfg, "batched", 1, n * 2, batch);
 	scenario(&cfg, "parallel", threads, n, batch);
+	raw_single = raw_scenario(&cfg, "raw-single", n / 4 > 0 ? n / 4 : 1, 1);
+	raw_batched = raw_scenario(&cfg, "raw-batch", n * 2, batch);
+	ratio("single ", single, raw_single);
+	ratio("batched", batched, raw_batched);
 	config_clear(&cfg);
+	mysql_library_end();
 	return 0;
 }

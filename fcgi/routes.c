@@ -115,6 +115,26 @@ r_errno(struct rctx *c, int err)
 	http_resp_errno(c->resp, err, NULL);
 }
 
+/* The answer to a chat call that returned rc: its JSON text (taken over), or errno's error. */
+static void
+r_result(struct rctx *c, int rc, char *json)
+{
+	if (rc < 0)
+		r_errno(c, errno);
+	else
+		r_json(c, json);
+}
+
+/* The answer to a chat call that returned rc and has nothing to say: 204, or errno's error. */
+static void
+r_done(struct rctx *c, int rc)
+{
+	if (rc < 0)
+		r_errno(c, errno);
+	else
+		r_no_content(c);
+}
+
 /* --- input ------------------------------------------------------------------------------- */
 
 /* The body as a JSON object, or a 400 answer and NULL. Caller puts the object. */
@@ -149,6 +169,32 @@ body_object(struct rctx *c)
 		return NULL;
 	}
 	return obj;
+}
+
+/*
+ * What a body decoder returned (rc) for obj, which is put here: 0, or -1 after a 400 answer
+ * naming the field it refused.
+ */
+static int
+body_decoded(struct rctx *c, struct json_object *obj, int rc, const char *field, const char *why)
+{
+	json_object_put(obj);
+	if (rc < 0) {
+		http_resp_bad_field(c->resp, field, why);
+		return -1;
+	}
+	return 0;
+}
+
+/* The {s} of a rooms path must be a room name: 0, or -1 after a 400 answer. */
+static int
+path_room(struct rctx *c)
+{
+	if (!protocol_valid_room(c->name)) {
+		http_resp_bad_field(c->resp, "room", "not a valid room name");
+		return -1;
+	}
+	return 0;
 }
 
 /*
@@ -241,13 +287,9 @@ h_send(struct rctx *c)
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	memset(&req, 0, sizeof req);
-	if (protocol_decode_send(obj, c->cfg->content_max_chars, &req, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
+	if (body_decoded(c, obj, protocol_decode_send(obj, c->cfg->content_max_chars, &req, &field,
+	    &why), field, why) < 0)
 		return;
-	}
-	json_object_put(obj);
 	memset(&res, 0, sizeof res);
 	if (chat_send(c->chat, c->id.user, &req, &res) < 0) {
 		r_errno(c, errno);
@@ -270,16 +312,13 @@ h_poll(struct rctx *c)
 {
 	uint64_t after;
 	size_t n;
-	char *json;
-	int limit;
+	char *json = NULL;
+	int rc, limit;
 
 	if (query_after(c, &after, NULL) < 0 || query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0)
 		return;
-	if (chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n);
+	r_result(c, rc, json);
 }
 
 static void
@@ -287,8 +326,8 @@ h_long_poll(struct rctx *c)
 {
 	uint64_t after;
 	size_t n;
-	char *json;
-	int limit, timeout;
+	char *json = NULL;
+	int rc, limit, timeout;
 
 	if (query_after(c, &after, NULL) < 0 || query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0 ||
 	    query_timeout(c, ROUTE_POLL_DEFAULT_S, &timeout) < 0)
@@ -298,11 +337,8 @@ h_long_poll(struct rctx *c)
 		park_it(c, PARK_EVENTS, c->id.user, after, limit, timeout);
 		return;
 	}
-	if (chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_events_json(c->chat, c->id.user, after, limit, 0, &json, &n);
+	r_result(c, rc, json);
 }
 
 static void
@@ -310,7 +346,7 @@ h_sync(struct rctx *c)
 {
 	uint64_t after;
 	size_t n;
-	char *device = NULL, *json;
+	char *device = NULL, *json = NULL;
 	int limit, timeout, given, rc;
 
 	rc = http_query_get(c->req->query, "device_id", &device);
@@ -339,11 +375,8 @@ h_sync(struct rctx *c)
 		park_it(c, PARK_SYNC, c->id.user, after, limit, timeout);
 		goto out;
 	}
-	if (chat_events_json(c->chat, c->id.user, after, limit, 1, &json, &n) < 0) {
-		r_errno(c, errno);
-		goto out;
-	}
-	r_json(c, json);
+	rc = chat_events_json(c->chat, c->id.user, after, limit, 1, &json, &n);
+	r_result(c, rc, json);
 out:
 	free(device);
 }
@@ -357,30 +390,19 @@ h_receipt(struct rctx *c)
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	memset(&req, 0, sizeof req);
-	if (protocol_decode_receipt(obj, &req, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
+	if (body_decoded(c, obj, protocol_decode_receipt(obj, &req, &field, &why), field, why) < 0)
 		return;
-	}
-	json_object_put(obj);
-	if (chat_receipt(c->chat, c->id.user, &req) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_no_content(c);
+	r_done(c, chat_receipt(c->chat, c->id.user, &req));
 }
 
 static void
 h_receipts_get(struct rctx *c)
 {
-	char *json;
+	char *json = NULL;
+	int rc;
 
-	if (chat_receipts_json(c->chat, c->id.user, c->num, &json) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_receipts_json(c->chat, c->id.user, c->num, &json);
+	r_result(c, rc, json);
 }
 
 static void
@@ -392,33 +414,22 @@ h_typing(struct rctx *c)
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	memset(&t, 0, sizeof t);
-	if (protocol_decode_target(obj, &t, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
+	if (body_decoded(c, obj, protocol_decode_target(obj, &t, &field, &why), field, why) < 0)
 		return;
-	}
-	json_object_put(obj);
-	if (chat_typing(c->chat, c->id.user, &t) < 0)
-		r_errno(c, errno);
-	else
-		r_no_content(c);
+	r_done(c, chat_typing(c->chat, c->id.user, &t));
 	protocol_target_clear(&t);
 }
 
 static void
 h_conversations(struct rctx *c)
 {
-	char *json;
-	int limit;
+	char *json = NULL;
+	int rc, limit;
 
 	if (query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0)
 		return;
-	if (chat_conversations_json(c->chat, c->id.user, limit, &json) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_conversations_json(c->chat, c->id.user, limit, &json);
+	r_result(c, rc, json);
 }
 
 static void
@@ -432,13 +443,9 @@ h_group_create(struct rctx *c)
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	memset(&req, 0, sizeof req);
-	if (protocol_decode_group_create(obj, &req, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
+	if (body_decoded(c, obj, protocol_decode_group_create(obj, &req, &field, &why), field,
+	    why) < 0)
 		return;
-	}
-	json_object_put(obj);
 	if (chat_group_create(c->chat, c->id.user, &req, &gid) < 0)
 		r_errno(c, errno);
 	else {
@@ -451,13 +458,11 @@ h_group_create(struct rctx *c)
 static void
 h_group_get(struct rctx *c)
 {
-	char *json;
+	char *json = NULL;
+	int rc;
 
-	if (chat_group_json(c->chat, c->id.user, c->num, &json) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_group_json(c->chat, c->id.user, c->num, &json);
+	r_result(c, rc, json);
 }
 
 static void
@@ -469,16 +474,10 @@ h_group_add(struct rctx *c)
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (protocol_decode_user_field(obj, &user, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
+	if (body_decoded(c, obj, protocol_decode_user_field(obj, &user, &field, &why), field,
+	    why) < 0)
 		return;
-	}
-	json_object_put(obj);
-	if (chat_group_add(c->chat, c->id.user, c->num, user) < 0)
-		r_errno(c, errno);
-	else
-		r_no_content(c);
+	r_done(c, chat_group_add(c->chat, c->id.user, c->num, user));
 	free(user);
 }
 
@@ -489,16 +488,13 @@ h_group_remove(struct rctx *c)
 		http_resp_bad_field(c->resp, "user", "not a valid user id");
 		return;
 	}
-	if (chat_group_remove(c->chat, c->id.user, c->num, c->name) < 0)
-		r_errno(c, errno);
-	else
-		r_no_content(c);
+	r_done(c, chat_group_remove(c->chat, c->id.user, c->num, c->name));
 }
 
 static void
 h_presence(struct rctx *c)
 {
-	char *users = NULL, **v = NULL, *p, *comma, *json;
+	char *users = NULL, **v = NULL, *p, *comma, *json = NULL;
 	size_t n = 0, i;
 	int rc;
 
@@ -526,10 +522,8 @@ h_presence(struct rctx *c)
 		}
 		v[n++] = p;
 	}
-	if (chat_presence_json(c->chat, v, n, &json) < 0)
-		r_errno(c, errno);
-	else
-		r_json(c, json);
+	rc = chat_presence_json(c->chat, v, n, &json);
+	r_result(c, rc, json);
 out:
 	free(v);
 	free(users);
@@ -541,23 +535,15 @@ h_room_post(struct rctx *c)
 	struct json_object *obj;
 	const char *field = NULL, *why = NULL;
 	char *text = NULL, *event = NULL;
+	int rc;
 
-	if (!protocol_valid_room(c->name)) {
-		http_resp_bad_field(c->resp, "room", "not a valid room name");
+	if (path_room(c) < 0 || (obj = body_object(c)) == NULL)
 		return;
-	}
-	if ((obj = body_object(c)) == NULL)
+	if (body_decoded(c, obj, protocol_decode_room_text(obj, c->cfg->room_text_max_chars, &text,
+	    &field, &why), field, why) < 0)
 		return;
-	if (protocol_decode_room_text(obj, c->cfg->room_text_max_chars, &text, &field, &why) < 0) {
-		json_object_put(obj);
-		http_resp_bad_field(c->resp, field, why);
-		return;
-	}
-	json_object_put(obj);
-	if (chat_room_post(c->chat, c->id.user, c->name, text, &event) < 0)
-		r_errno(c, errno);
-	else
-		r_json(c, event);
+	rc = chat_room_post(c->chat, c->id.user, c->name, text, &event);
+	r_result(c, rc, event);
 	free(text);
 }
 
@@ -566,25 +552,18 @@ h_room_get(struct rctx *c)
 {
 	uint64_t after;
 	size_t n;
-	char *json;
-	int limit, timeout;
+	char *json = NULL;
+	int rc, limit, timeout;
 
-	if (!protocol_valid_room(c->name)) {
-		http_resp_bad_field(c->resp, "room", "not a valid room name");
-		return;
-	}
-	if (query_after(c, &after, NULL) < 0 ||
+	if (path_room(c) < 0 || query_after(c, &after, NULL) < 0 ||
 	    query_limit(c, c->cfg->room_history, &limit) < 0 || query_timeout(c, 0, &timeout) < 0)
 		return;
 	if (timeout > 0) {
 		park_it(c, PARK_ROOM, c->name, after, limit, timeout);
 		return;
 	}
-	if (chat_room_history_json(c->chat, c->name, after, limit, &json, &n) < 0) {
-		r_errno(c, errno);
-		return;
-	}
-	r_json(c, json);
+	rc = chat_room_history_json(c->chat, c->name, after, limit, &json, &n);
+	r_result(c, rc, json);
 }
 
 static void

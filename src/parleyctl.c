@@ -41,6 +41,14 @@ usage(FILE *f)
 	    "  --help          this text\n", PARLEY_SCHEMA_DIR);
 }
 
+/* The exit status for --help (0, text on stdout) or a usage error (2, text on stderr). */
+static int
+usage_status(int help)
+{
+	usage(help ? stdout : stderr);
+	return help ? 0 : 2;
+}
+
 /* Load the configuration named by --config or $PARLEY_CONFIG; exits on failure. */
 static void
 ctl_config(struct config *cfg, const char *arg)
@@ -114,6 +122,7 @@ ctl_version(const char *name)
 	return (name[0] - '0') * 100 + (name[1] - '0') * 10 + (name[2] - '0');
 }
 
+/* qsort order of migration file names (their NNN prefix sorts them by version). */
 static int
 ctl_name_cmp(const void *a, const void *b)
 {
@@ -138,6 +147,7 @@ ctl_applied(MYSQL *my, int v)
 	return found;
 }
 
+/* The whole of a migration file, NUL-terminated; *len its size. Exits when it cannot be read. */
 static char *
 ctl_read_file(const char *path, size_t *len)
 {
@@ -234,6 +244,7 @@ out:
 	return rc;
 }
 
+/* parleyctl migrate [--schema-dir DIR]: exit status 0 applied or up to date, 1 failed. */
 static int
 cmd_migrate(const char *config_arg, int argc, char **argv)
 {
@@ -254,21 +265,17 @@ cmd_migrate(const char *config_arg, int argc, char **argv)
 			dir = optarg;
 			break;
 		case 'h':
-			usage(stdout);
-			return 0;
 		default:
-			usage(stderr);
-			return 2;
+			return usage_status(ch == 'h');
 		}
 	}
-	if (optind != argc) {
-		usage(stderr);
-		return 2;
-	}
+	if (optind != argc)
+		return usage_status(0);
 	if (dir == NULL)
 		dir = stat(PARLEY_SCHEMA_DIR, &st) == 0 ? PARLEY_SCHEMA_DIR : "schema";
 	ctl_config(&cfg, config_arg);
-	mysql_library_init(0, NULL, NULL);
+	if (mysql_library_init(0, NULL, NULL) != 0)
+		fatal("mysql_library_init failed");
 	rc = ctl_migrate(&cfg, dir);
 	mysql_library_end();
 	config_clear(&cfg);
@@ -277,6 +284,7 @@ cmd_migrate(const char *config_arg, int argc, char **argv)
 
 /* --- token --------------------------------------------------------------------------------- */
 
+/* parleyctl token USER [--ttl S] [--device ID]: print a token signed with auth.jwt_secret. */
 static int
 cmd_token(const char *config_arg, int argc, char **argv)
 {
@@ -306,17 +314,12 @@ cmd_token(const char *config_arg, int argc, char **argv)
 			device = optarg;
 			break;
 		case 'h':
-			usage(stdout);
-			return 0;
 		default:
-			usage(stderr);
-			return 2;
+			return usage_status(ch == 'h');
 		}
 	}
-	if (optind + 1 != argc) {
-		usage(stderr);
-		return 2;
-	}
+	if (optind + 1 != argc)
+		return usage_status(0);
 	user = argv[optind];
 	if (!protocol_valid_user(user)) {
 		log_error("invalid user id: 1-64 bytes of [A-Za-z0-9_.@+-]");
@@ -356,17 +359,12 @@ main(int argc, char **argv)
 			config_arg = optarg;
 			break;
 		case 'h':
-			usage(stdout);
-			return 0;
 		default:
-			usage(stderr);
-			return 2;
+			return usage_status(ch == 'h');
 		}
 	}
-	if (optind >= argc) {
-		usage(stderr);
-		return 2;
-	}
+	if (optind >= argc)
+		return usage_status(0);
 	cmd = argv[optind];
 	argc -= optind;
 	argv += optind;
@@ -374,11 +372,8 @@ main(int argc, char **argv)
 		return cmd_migrate(config_arg, argc, argv);
 	if (strcmp(cmd, "token") == 0)
 		return cmd_token(config_arg, argc, argv);
-	if (strcmp(cmd, "help") == 0) {
-		usage(stdout);
-		return 0;
-	}
+	if (strcmp(cmd, "help") == 0)
+		return usage_status(1);
 	log_error("unknown command %s", cmd);
-	usage(stderr);
-	return 2;
+	return usage_status(0);
 }

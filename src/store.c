@@ -355,6 +355,7 @@ store_connect(struct store *s)
 
 /* --- statements ---------------------------------------------------------------------------- */
 
+/* Note a MySQL error for store_run; the expected ones (retried or answered) are not logged. */
 static void
 store_fail(struct store *s, unsigned e, const char *what)
 {
@@ -676,6 +677,19 @@ store_run(struct store *s, int txn, store_fn fn, void *arg)
 	}
 }
 
+/* Run a read-only body that leaves a JSON text in *slot: hand it over in *json, or free it. */
+static int
+store_run_json(struct store *s, store_fn fn, void *ctx, char **slot, char **json)
+{
+	if (store_run(s, 0, fn, ctx) != 0) {
+		free(*slot);
+		*slot = NULL;
+		return -1;
+	}
+	*json = *slot;
+	return 0;
+}
+
 /* --- small helpers ------------------------------------------------------------------------- */
 
 static void
@@ -965,6 +979,7 @@ send_take(struct send_ctx *c, const char *user)
 	return u->next++;
 }
 
+/* Back to the state before the first attempt: a re-run must start from scratch. */
 static void
 send_reset(struct send_ctx *c)
 {
@@ -1181,6 +1196,7 @@ send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 	return 0;
 }
 
+/* One attempt of a send batch: find repeats, load recipients, reserve seqs, insert, flush. */
 static int
 send_txn(struct store *s, void *arg)
 {
@@ -1245,6 +1261,7 @@ send_txn(struct store *s, void *arg)
 	return 0;
 }
 
+/* Can item r be stored at all (ids, UTF-8 content, exactly one of to and group_id)? */
 static int
 send_valid(const struct store_send_req *r)
 {
@@ -1328,6 +1345,7 @@ struct events_ctx {
 	struct store_page	*page;
 };
 
+/* A page of user's log after c->after; one row more than the limit tells has_more. */
 static int
 events_fn(struct store *s, void *arg)
 {
@@ -1612,6 +1630,7 @@ struct json_ctx {
 	char		*json;
 };
 
+/* Who has the message delivered and read; only its sender, peer or group members may ask. */
 static int
 receipts_json_fn(struct store *s, void *arg)
 {
@@ -1681,12 +1700,7 @@ store_receipts_json(struct store *s, const char *user, uint64_t message_id, char
 	*json = NULL;
 	if (user == NULL || !protocol_valid_user(user) || message_id == 0)
 		return store_refuse(EINVAL);
-	if (store_run(s, 0, receipts_json_fn, &c) != 0) {
-		free(c.json);
-		return -1;
-	}
-	*json = c.json;
-	return 0;
+	return store_run_json(s, receipts_json_fn, &c, &c.json, json);
 }
 
 /* --- conversations ------------------------------------------------------------------------- */
@@ -1697,6 +1711,7 @@ jstr_or_null(const char *v)
 	return v != NULL ? json_object_new_string(v) : NULL;
 }
 
+/* user's conversations, newest first, each with its last message (the contract's shape). */
 static int
 conversations_fn(struct store *s, void *arg)
 {
@@ -1749,12 +1764,7 @@ store_conversations_json(struct store *s, const char *user, int limit, char **js
 	*json = NULL;
 	if (user == NULL || !protocol_valid_user(user) || limit < 1)
 		return store_refuse(EINVAL);
-	if (store_run(s, 0, conversations_fn, &c) != 0) {
-		free(c.json);
-		return -1;
-	}
-	*json = c.json;
-	return 0;
+	return store_run_json(s, conversations_fn, &c, &c.json, json);
 }
 
 /* --- groups -------------------------------------------------------------------------------- */
@@ -1859,6 +1869,7 @@ store_group_create(struct store *s, const char *creator, const char *name,
 	return rc;
 }
 
+/* The group's name, members and admins; only a member may see them. */
 static int
 group_json_fn(struct store *s, void *arg)
 {
@@ -1912,12 +1923,7 @@ store_group_json(struct store *s, const char *user, uint64_t group_id, char **js
 		return store_refuse(EINVAL);
 	c.user = user;
 	c.g = group_id;
-	if (store_run(s, 0, group_json_fn, &c) != 0) {
-		free(c.json);
-		return -1;
-	}
-	*json = c.json;
-	return 0;
+	return store_run_json(s, group_json_fn, &c, &c.json, json);
 }
 
 /* Add: by must be an admin; every member (the new one included) gets member_added. */
@@ -1947,8 +1953,9 @@ group_add_txn(struct store *s, void *arg)
 	return rc;
 }
 
-int
-store_group_add(struct store *s, const char *by, uint64_t group_id, const char *user,
+/* Run a membership change (add or remove user, made by by) as one transaction; fills t. */
+static int
+group_change(struct store *s, store_fn txn, const char *by, uint64_t group_id, const char *user,
     struct store_targets *t)
 {
 	struct group_ctx c;
@@ -1962,11 +1969,18 @@ store_group_add(struct store *s, const char *by, uint64_t group_id, const char *
 	c.user = user;
 	c.g = group_id;
 	c.t = t;
-	if (store_run(s, 1, group_add_txn, &c) != 0) {
+	if (store_run(s, 1, txn, &c) != 0) {
 		store_targets_clear(t);
 		return -1;
 	}
 	return 0;
+}
+
+int
+store_group_add(struct store *s, const char *by, uint64_t group_id, const char *user,
+    struct store_targets *t)
+{
+	return group_change(s, group_add_txn, by, group_id, user, t);
 }
 
 /* Remove: by is an admin or the user itself; the members before removal (user too) are told. */
@@ -2003,24 +2017,10 @@ int
 store_group_remove(struct store *s, const char *by, uint64_t group_id, const char *user,
     struct store_targets *t)
 {
-	struct group_ctx c;
-
-	memset(t, 0, sizeof *t);
-	memset(&c, 0, sizeof c);
-	if (by == NULL || user == NULL || !protocol_valid_user(by) || !protocol_valid_user(user) ||
-	    group_id == 0)
-		return store_refuse(EINVAL);
-	c.by = by;
-	c.user = user;
-	c.g = group_id;
-	c.t = t;
-	if (store_run(s, 1, group_remove_txn, &c) != 0) {
-		store_targets_clear(t);
-		return -1;
-	}
-	return 0;
+	return group_change(s, group_remove_txn, by, group_id, user, t);
 }
 
+/* The members of an existing group (ENOENT when there is none). */
 static int
 group_members_fn(struct store *s, void *arg)
 {
@@ -2055,6 +2055,7 @@ store_group_members(struct store *s, uint64_t group_id, char ***members, size_t 
 	return 0;
 }
 
+/* Is c->user in group c->g (a missing group has no members)? */
 static int
 is_member_fn(struct store *s, void *arg)
 {
@@ -2097,6 +2098,7 @@ struct presence_ctx {
 	char		*json;
 };
 
+/* Count a connection of user on node up or down; changed when online flipped. */
 static int
 presence_update_txn(struct store *s, void *arg)
 {
@@ -2166,6 +2168,7 @@ store_presence_reset(struct store *s, const char *node, int64_t now_ms)
 	return store_run(s, 1, presence_reset_txn, &c);
 }
 
+/* Online flag and last_seen of every asked user (unknown users: offline, null). */
 static int
 presence_json_fn(struct store *s, void *arg)
 {
@@ -2209,12 +2212,7 @@ store_presence_json(struct store *s, char *const *users, size_t n, char **json)
 		if (users[i] == NULL || !protocol_valid_user(users[i]))
 			return store_refuse(EINVAL);
 	}
-	if (store_run(s, 0, presence_json_fn, &c) != 0) {
-		free(c.json);
-		return -1;
-	}
-	*json = c.json;
-	return 0;
+	return store_run_json(s, presence_json_fn, &c, &c.json, json);
 }
 
 /* --- rooms --------------------------------------------------------------------------------- */
@@ -2282,6 +2280,7 @@ store_room_post(struct store *s, const char *room, const char *user, const char 
 	return 0;
 }
 
+/* A page of the room's comments after c->id; one row more than the limit tells has_more. */
 static int
 room_history_fn(struct store *s, void *arg)
 {
