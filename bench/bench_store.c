@@ -210,7 +210,7 @@ raw_scenario(const struct config *cfg, const char *name, int n, int batch)
 	MYSQL_BIND bind[4];
 	MYSQL_STMT *st;
 	MYSQL *my = raw_connect(cfg);
-	double *lat = xcalloc((size_t)n / (size_t)batch + 1, sizeof *lat), secs, t0, start;
+	double *lat = xcalloc((size_t)n / (size_t)batch + 1, sizeof *lat), secs, t0, start, rate;
 	long long ts;
 	int j, k, sent = 0, failures = 0, bad;
 	size_t ncalls = 0;
@@ -251,9 +251,9 @@ raw_scenario(const struct config *cfg, const char *name, int n, int batch)
 	secs = (now_ms() - start) / 1000.0;
 	mysql_stmt_close(st);
 	mysql_close(my);
-	t0 = report(name, 1, batch, n, secs, lat, ncalls, failures);
+	rate = report(name, 1, batch, n, secs, lat, ncalls, failures);
 	free(lat);
-	return t0;
+	return rate;
 }
 
 /* A ratio of two rates; none when either run had failures. */

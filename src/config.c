@@ -108,6 +108,14 @@ static const char *config_sections[] = {
 	"mysql", "memcached", "auth", "bus", "limits", "actor", "fcgi", "ws", "log"
 };
 
+/* Is k one of the string types (the ones config_clear frees)? */
+static int
+config_is_str(const struct config_key *k)
+{
+	return k->type == CT_STR || k->type == CT_STR_NONEMPTY || k->type == CT_STR_OPT;
+}
+
+/* The field of cfg that k describes, seen as its type. */
 static char **
 config_str(struct config *cfg, const struct config_key *k)
 {
@@ -126,6 +134,7 @@ config_size(struct config *cfg, const struct config_key *k)
 	return (size_t *)((char *)cfg + k->off);
 }
 
+/* The row of a full key name ("mysql.host"), or NULL. */
 static const struct config_key *
 config_find(const char *name)
 {
@@ -147,19 +156,12 @@ config_defaults(struct config *cfg)
 	memset(cfg, 0, sizeof *cfg);
 	for (i = 0; i < PARLEY_NITEMS(config_keys); i++) {
 		k = &config_keys[i];
-		switch (k->type) {
-		case CT_STR:
-		case CT_STR_NONEMPTY:
-		case CT_STR_OPT:
+		if (config_is_str(k))
 			*config_str(cfg, k) = k->sdef != NULL ? xstrdup(k->sdef) : NULL;
-			break;
-		case CT_SIZE:
+		else if (k->type == CT_SIZE)
 			*config_size(cfg, k) = (size_t)k->idef;
-			break;
-		default:
+		else
 			*config_int(cfg, k) = (int)k->idef;
-			break;
-		}
 	}
 }
 
@@ -173,7 +175,7 @@ config_clear(struct config *cfg)
 		return;
 	for (i = 0; i < PARLEY_NITEMS(config_keys); i++) {
 		k = &config_keys[i];
-		if (k->type == CT_STR || k->type == CT_STR_NONEMPTY || k->type == CT_STR_OPT) {
+		if (config_is_str(k)) {
 			free(*config_str(cfg, k));
 			*config_str(cfg, k) = NULL;
 		}
@@ -236,6 +238,7 @@ config_bytes(const char *s, long long *out)
 	return 0;
 }
 
+/* 1 for a yes word, 0 for a no word (any case), -1 for anything else. */
 static int
 config_bool(const char *s)
 {
@@ -304,17 +307,13 @@ config_apply(struct config *cfg, const struct config_key *k, const char *value, 
 		*config_int(cfg, k) = (int)v;
 		return 0;
 	case CT_BOOL:
-		if ((b = config_bool(value)) < 0) {
-			xasprintf(why, "\"%s\" is not a boolean (yes/no, true/false, on/off, 1/0)",
-			    value);
-			return -1;
-		}
-		*config_int(cfg, k) = b;
-		return 0;
 	case CT_LEVEL:
-		if ((b = log_level_parse(value)) < 0) {
-			xasprintf(why, "\"%s\" is not a log level (debug, info, warn, error)",
-			    value);
+		/* A word from a fixed list, stored as what the list maps it to. */
+		b = k->type == CT_BOOL ? config_bool(value) : log_level_parse(value);
+		if (b < 0) {
+			xasprintf(why, "\"%s\" is not %s", value, k->type == CT_BOOL ?
+			    "a boolean (yes/no, true/false, on/off, 1/0)" :
+			    "a log level (debug, info, warn, error)");
 			return -1;
 		}
 		*config_int(cfg, k) = b;
@@ -392,6 +391,7 @@ config_trim(char *s)
 	return s;
 }
 
+/* Is s one of the [sections] of the file format? */
 static int
 config_known_section(const char *s)
 {

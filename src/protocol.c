@@ -831,18 +831,39 @@ pb_key(struct pbuf *b, const char *key)
 	pb_raw(b, "\":", 2);
 }
 
+/* ,"key":value for a string (null for NULL) or a number. */
+static void
+pb_kstr(struct pbuf *b, const char *key, const char *s)
+{
+	pb_key(b, key);
+	pb_str(b, s);
+}
+
+static void
+pb_ku64(struct pbuf *b, const char *key, uint64_t v)
+{
+	pb_key(b, key);
+	pb_u64(b, v);
+}
+
+static void
+pb_ki64(struct pbuf *b, const char *key, int64_t v)
+{
+	pb_key(b, key);
+	pb_i64(b, v);
+}
+
 /* {"type":"T" and, unless seq is 0 (a body for the log), ,"seq":N */
 static void
 pb_event(struct pbuf *b, const char *type, uint64_t seq)
 {
 	pb_lit(b, "{\"type\":");
 	pb_str(b, type);
-	if (seq != 0) {
-		pb_key(b, "seq");
-		pb_u64(b, seq);
-	}
+	if (seq != 0)
+		pb_ku64(b, "seq", seq);
 }
 
+/* The finished text; the caller frees it. */
 static char *
 pb_done(struct pbuf *b)
 {
@@ -857,21 +878,16 @@ protocol_event_new_message(uint64_t seq, const struct proto_message *m)
 	pb_event(&b, "new_message", seq);
 	pb_lit(&b, ",\"message\":{\"id\":");
 	pb_u64(&b, m->id);
-	pb_key(&b, "from");
-	pb_str(&b, m->from);
-	pb_key(&b, "to");
-	pb_str(&b, m->group_id != 0 ? NULL : m->to);
+	pb_kstr(&b, "from", m->from);
+	pb_kstr(&b, "to", m->group_id != 0 ? NULL : m->to);
 	pb_key(&b, "group_id");
 	if (m->group_id != 0)
 		pb_u64(&b, m->group_id);
 	else
 		pb_lit(&b, "null");
-	pb_key(&b, "content");
-	pb_str(&b, m->content);
-	pb_key(&b, "client_msg_id");
-	pb_str(&b, m->client_msg_id);
-	pb_key(&b, "ts");
-	pb_i64(&b, m->ts);
+	pb_kstr(&b, "content", m->content);
+	pb_kstr(&b, "client_msg_id", m->client_msg_id);
+	pb_ki64(&b, "ts", m->ts);
 	pb_lit(&b, "}}");
 	return pb_done(&b);
 }
@@ -883,14 +899,10 @@ protocol_event_message_status(uint64_t seq, uint64_t message_id, enum proto_rece
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "message_status", seq);
-	pb_key(&b, "message_id");
-	pb_u64(&b, message_id);
-	pb_key(&b, "status");
-	pb_str(&b, protocol_receipt_name(status));
-	pb_key(&b, "by");
-	pb_str(&b, by);
-	pb_key(&b, "ts");
-	pb_i64(&b, ts);
+	pb_ku64(&b, "message_id", message_id);
+	pb_kstr(&b, "status", protocol_receipt_name(status));
+	pb_kstr(&b, "by", by);
+	pb_ki64(&b, "ts", ts);
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }
@@ -902,14 +914,10 @@ protocol_event_group_update(uint64_t seq, uint64_t group_id, const char *action,
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "group_update", seq);
-	pb_key(&b, "group_id");
-	pb_u64(&b, group_id);
-	pb_key(&b, "action");
-	pb_str(&b, action);
-	pb_key(&b, "user");
-	pb_str(&b, user);
-	pb_key(&b, "by");
-	pb_str(&b, by);
+	pb_ku64(&b, "group_id", group_id);
+	pb_kstr(&b, "action", action);
+	pb_kstr(&b, "user", user);
+	pb_kstr(&b, "by", by);
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }
@@ -920,15 +928,11 @@ protocol_event_typing(const char *from, const char *to, uint64_t group_id)
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "typing", 0);
-	pb_key(&b, "from");
-	pb_str(&b, from);
-	if (group_id != 0) {
-		pb_key(&b, "group_id");
-		pb_u64(&b, group_id);
-	} else {
-		pb_key(&b, "to");
-		pb_str(&b, to);
-	}
+	pb_kstr(&b, "from", from);
+	if (group_id != 0)
+		pb_ku64(&b, "group_id", group_id);
+	else
+		pb_kstr(&b, "to", to);
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }
@@ -939,8 +943,7 @@ protocol_event_presence(const char *user, int online, int64_t last_seen)
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "presence", 0);
-	pb_key(&b, "user");
-	pb_str(&b, user);
+	pb_kstr(&b, "user", user);
 	pb_key(&b, "online");
 	pb_lit(&b, online ? "true" : "false");
 	pb_key(&b, "last_seen");
@@ -959,16 +962,12 @@ protocol_event_room_message(const char *room, uint64_t id, const char *user, con
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "room_message", 0);
-	pb_key(&b, "room");
-	pb_str(&b, room);
+	pb_kstr(&b, "room", room);
 	pb_lit(&b, ",\"comment\":{\"id\":");
 	pb_u64(&b, id);
-	pb_key(&b, "user");
-	pb_str(&b, user);
-	pb_key(&b, "text");
-	pb_str(&b, text);
-	pb_key(&b, "ts");
-	pb_i64(&b, ts);
+	pb_kstr(&b, "user", user);
+	pb_kstr(&b, "text", text);
+	pb_ki64(&b, "ts", ts);
 	pb_lit(&b, "}}");
 	return pb_done(&b);
 }
@@ -992,8 +991,7 @@ protocol_event_with_seq(const char *body, uint64_t seq)
 		if (*p == '"') {
 			p++;
 			pb_raw(&b, body, (size_t)(p - body));
-			pb_key(&b, "seq");
-			pb_u64(&b, seq);
+			pb_ku64(&b, "seq", seq);
 			pb_lit(&b, p);
 			return pb_done(&b);
 		}
@@ -1077,8 +1075,7 @@ protocol_error_body(const char *code, const char *message)
 
 	pb_lit(&b, "{\"error\":{\"code\":");
 	pb_str(&b, code);
-	pb_key(&b, "message");
-	pb_str(&b, message);
+	pb_kstr(&b, "message", message);
 	pb_lit(&b, "}}");
 	return pb_done(&b);
 }
@@ -1089,10 +1086,8 @@ protocol_error_frame(const char *code, const char *message)
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "error", 0);
-	pb_key(&b, "code");
-	pb_str(&b, code);
-	pb_key(&b, "message");
-	pb_str(&b, message);
+	pb_kstr(&b, "code", code);
+	pb_kstr(&b, "message", message);
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }
@@ -1103,12 +1098,10 @@ protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq)
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "ack", 0);
-	pb_key(&b, "client_msg_id");
-	pb_str(&b, client_msg_id);
+	pb_kstr(&b, "client_msg_id", client_msg_id);
 	pb_lit(&b, ",\"status\":\"success\",\"server_msg_id\":");
 	pb_u64(&b, server_msg_id);
-	pb_key(&b, "seq");
-	pb_u64(&b, seq);
+	pb_ku64(&b, "seq", seq);
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }
@@ -1119,12 +1112,10 @@ protocol_ack_error(const char *client_msg_id, const char *code, const char *mess
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "ack", 0);
-	pb_key(&b, "client_msg_id");
-	pb_str(&b, client_msg_id);
+	pb_kstr(&b, "client_msg_id", client_msg_id);
 	pb_lit(&b, ",\"status\":\"error\",\"error\":{\"code\":");
 	pb_str(&b, code);
-	pb_key(&b, "message");
-	pb_str(&b, message);
+	pb_kstr(&b, "message", message);
 	pb_lit(&b, "}}");
 	return pb_done(&b);
 }
