@@ -38,6 +38,7 @@ http_reason(int status)
 	}
 }
 
+/* A FastCGI parameter of the request, or dflt when the web server did not pass it. */
 static const char *
 http_param(FCGX_Request *req, const char *name, const char *dflt)
 {
@@ -103,7 +104,8 @@ http_read(FCGX_Request *req, size_t body_max, struct http_req *r)
 	if (*cl != '\0') {
 		errno = 0;
 		want = strtoull(cl, &end, 10);
-		if (errno != 0 || *end != '\0' || *cl == '-') {
+		/* Digits only: strtoull alone would take " 5", "+5" and wrap "-5" around. */
+		if (errno != 0 || *end != '\0' || *cl < '0' || *cl > '9') {
 			r->bad_length = 1;
 			return;
 		}
@@ -258,6 +260,7 @@ http_write_all(int fd, const unsigned char *buf, size_t len)
 	return 0;
 }
 
+/* The 8-byte header of a FastCGI record (content length at most 65535). */
 static void
 http_record_header(unsigned char *h, int type, int request_id, size_t clen, int pad)
 {

@@ -227,6 +227,7 @@ request_thread(void *arg)
 	return NULL;
 }
 
+/* Every parked poll holds a connection fd: take the soft fd limit up to the hard one. */
 static void
 raise_fd_limit(void)
 {
@@ -325,6 +326,7 @@ main(int argc, char **argv)
 	if (config_validate(&app.cfg, &cause) < 0) {
 		fprintf(stderr, "parley-fcgi: %s\n", cause);
 		free(cause);
+		config_clear(&app.cfg);
 		return 1;
 	}
 	log_init("parley-fcgi", (enum log_level)app.cfg.log_level, app.cfg.log_syslog);

@@ -458,6 +458,7 @@ park_claim(struct park *p, struct waiter *w)
 
 /* --- reading MySQL for a waiter (request and worker threads) ----------------------------- */
 
+/* Read MySQL for what w waits for (its kind's page); the chat is the calling thread's. */
 static int
 park_query(struct chat *ch, const struct waiter *w, char **json, size_t *n)
 {
@@ -540,6 +541,7 @@ park_submit(struct park *p, struct chat *ch, int fd, int request_id, const struc
 
 /* --- workers ----------------------------------------------------------------------------- */
 
+/* A worker's own context: a chat with its own MySQL and memcached connections. */
 static void *
 park_worker_init(void *arg)
 {
@@ -559,6 +561,7 @@ park_worker_free(void *wctx)
 	free(wk);
 }
 
+/* A worker's handling of one wake message: read and answer, answer inline, or time out. */
 static int
 park_dispatch(void *wctx, const char *key, int kind, void *data)
 {
@@ -742,6 +745,7 @@ park_notify(struct park *p, const char *user, uint64_t seq)
 	park_wake_key(p, "u", user, seq, PM_WAKE, NULL);
 }
 
+/* Loop thread: drain the bus and wake the waiters each hint names (never reads MySQL). */
 static void
 park_hints(struct park *p)
 {
@@ -892,6 +896,7 @@ park_sweep(struct park *p)
 	free(keys);
 }
 
+/* The loop thread: bus hints, hang-ups of parked fds, deadlines; all storage work is posted. */
 static void *
 park_loop(void *arg)
 {

@@ -284,11 +284,12 @@ h_send(struct rctx *c)
 	const char *field = NULL, *why = NULL;
 	char *json;
 	size_t i;
+	int rc;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_send(obj, c->cfg->content_max_chars, &req, &field,
-	    &why), field, why) < 0)
+	rc = protocol_decode_send(obj, c->cfg->content_max_chars, &req, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	memset(&res, 0, sizeof res);
 	if (chat_send(c->chat, c->id.user, &req, &res) < 0) {
@@ -387,10 +388,12 @@ h_receipt(struct rctx *c)
 	struct json_object *obj;
 	struct proto_receipt_req req;
 	const char *field = NULL, *why = NULL;
+	int rc;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_receipt(obj, &req, &field, &why), field, why) < 0)
+	rc = protocol_decode_receipt(obj, &req, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	r_done(c, chat_receipt(c->chat, c->id.user, &req));
 }
@@ -411,10 +414,12 @@ h_typing(struct rctx *c)
 	struct json_object *obj;
 	struct proto_target t;
 	const char *field = NULL, *why = NULL;
+	int rc;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_target(obj, &t, &field, &why), field, why) < 0)
+	rc = protocol_decode_target(obj, &t, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	r_done(c, chat_typing(c->chat, c->id.user, &t));
 	protocol_target_clear(&t);
@@ -440,11 +445,12 @@ h_group_create(struct rctx *c)
 	const char *field = NULL, *why = NULL;
 	uint64_t gid;
 	char *json;
+	int rc;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_group_create(obj, &req, &field, &why), field,
-	    why) < 0)
+	rc = protocol_decode_group_create(obj, &req, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	if (chat_group_create(c->chat, c->id.user, &req, &gid) < 0)
 		r_errno(c, errno);
@@ -471,11 +477,12 @@ h_group_add(struct rctx *c)
 	struct json_object *obj;
 	const char *field = NULL, *why = NULL;
 	char *user = NULL;
+	int rc;
 
 	if ((obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_user_field(obj, &user, &field, &why), field,
-	    why) < 0)
+	rc = protocol_decode_user_field(obj, &user, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	r_done(c, chat_group_add(c->chat, c->id.user, c->num, user));
 	free(user);
@@ -539,8 +546,8 @@ h_room_post(struct rctx *c)
 
 	if (path_room(c) < 0 || (obj = body_object(c)) == NULL)
 		return;
-	if (body_decoded(c, obj, protocol_decode_room_text(obj, c->cfg->room_text_max_chars, &text,
-	    &field, &why), field, why) < 0)
+	rc = protocol_decode_room_text(obj, c->cfg->room_text_max_chars, &text, &field, &why);
+	if (body_decoded(c, obj, rc, field, why) < 0)
 		return;
 	rc = chat_room_post(c->chat, c->id.user, c->name, text, &event);
 	r_result(c, rc, event);

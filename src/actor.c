@@ -158,6 +158,7 @@ actor_slot(struct actor_pool *p, const char *key, uint32_t h)
 	return ap;
 }
 
+/* Double the hash table once it holds two actors per bucket; lock held. */
 static void
 actor_grow(struct actor_pool *p)
 {
@@ -454,6 +455,7 @@ actor_timers(struct actor_pool *p, int64_t now)
 	return next;
 }
 
+/* Sleep on the pool's condition until when (monotonic ms; -1: until signalled); lock held. */
 static void
 actor_wait_until(struct actor_pool *p, int64_t when)
 {

@@ -65,7 +65,7 @@ chat_targets_done(struct chat *ch, const struct store_targets *t)
 
 /* The same, for a new message: each hint carries that target's new_message event inline. */
 static void
-chat_message_done(struct chat *ch, const char *from, const struct proto_send *req,
+chat_message_done(struct chat *ch, const struct store_send_req *sr,
     const struct store_send_res *res)
 {
 	struct proto_message m;
@@ -79,11 +79,11 @@ chat_message_done(struct chat *ch, const char *from, const struct proto_send *re
 		return;
 	memset(&m, 0, sizeof m);
 	m.id = res->server_msg_id;
-	m.from = from;
-	m.to = req->to;
-	m.group_id = req->to != NULL ? 0 : req->group_id;
-	m.content = req->content;
-	m.client_msg_id = req->client_msg_id;
+	m.from = sr->from;
+	m.to = sr->to;
+	m.group_id = sr->to != NULL ? 0 : sr->group_id;
+	m.content = sr->content;
+	m.client_msg_id = sr->client_msg_id;
 	m.ts = res->ts;
 	for (i = 0; i < t->n; i++) {
 		ev = protocol_event_new_message(t->v[i].seq, &m);
@@ -92,13 +92,14 @@ chat_message_done(struct chat *ch, const char *from, const struct proto_send *re
 	}
 }
 
-/* What needs no database: the target is exactly one valid user or a group id. */
+/* What needs no database: a valid sender, content, id, and exactly one valid user or a group id. */
 static int
-chat_check_send(const struct proto_send *req)
+chat_check_send(const struct store_send_req *sr)
 {
-	if (req->content == NULL || req->client_msg_id == NULL)
+	if (sr->from == NULL || !protocol_valid_user(sr->from) || sr->content == NULL ||
+	    sr->client_msg_id == NULL)
 		goto bad;
-	if (req->to != NULL ? !protocol_valid_user(req->to) : req->group_id == 0)
+	if (sr->to != NULL ? !protocol_valid_user(sr->to) : sr->group_id == 0)
 		goto bad;
 	return 0;
 bad:
@@ -123,13 +124,13 @@ chat_send(struct chat *ch, const char *user, const struct proto_send *req,
 	struct store_send_req sr;
 
 	memset(res, 0, sizeof *res);
-	if (chat_check_send(req) != 0)
-		return -1;
 	chat_send_req(&sr, user, req);
+	if (chat_check_send(&sr) != 0)
+		return -1;
 	if (store_send(ch->store, &sr, res) != 0)
 		return -1;
 	if (!res->duplicate)
-		chat_message_done(ch, user, req, res);
+		chat_message_done(ch, &sr, res);
 	return 0;
 }
 
@@ -138,65 +139,15 @@ chat_send_batch(struct chat *ch, const char *user, const struct proto_send *cons
     size_t n, struct store_send_res *res, int *err)
 {
 	struct store_send_req *sr;
-	struct store_send_res *sres;
-	size_t *idx, i, m = 0;
-	int *serr, rc = 0, saved = 0;
+	size_t i;
+	int rc;
 
-	if (n == 0)
-		return 0;
 	sr = xcalloc(n, sizeof *sr);
-	sres = xcalloc(n, sizeof *sres);
-	serr = xcalloc(n, sizeof *serr);
-	idx = xcalloc(n, sizeof *idx);
-	/* Items that fail validation stay out of the transaction and do not fail the others. */
-	for (i = 0; i < n; i++) {
-		memset(&res[i], 0, sizeof res[i]);
-		if (chat_check_send(reqs[i]) != 0) {
-			err[i] = EINVAL;
-			continue;
-		}
-		err[i] = 0;
-		chat_send_req(&sr[m], user, reqs[i]);
-		idx[m++] = i;
-	}
-	if (m > 0 && store_send_batch(ch->store, sr, m, sres, serr) != 0) {
-		rc = -1;
-		saved = errno;
-		for (i = 0; i < m; i++)
-			err[idx[i]] = serr[i] != 0 ? serr[i] : saved;
-		for (i = 0; i < m; i++)
-			store_send_res_clear(&sres[i]);
-		goto out;
-	}
-	for (i = 0; i < m; i++) {
-		res[idx[i]] = sres[i];
-		err[idx[i]] = serr[i];
-		if (serr[i] == 0 && !sres[i].duplicate)
-			chat_message_done(ch, user, reqs[idx[i]], &sres[i]);
-	}
-out:
+	for (i = 0; i < n; i++)
+		chat_send_req(&sr[i], user, reqs[i]);
+	rc = chat_send_many(ch, sr, n, res, err);
 	free(sr);
-	free(sres);
-	free(serr);
-	free(idx);
-	if (rc != 0)
-		errno = saved;
 	return rc;
-}
-
-/* The hints of a new message sent through chat_send_many (the request names the sender). */
-static void
-chat_many_done(struct chat *ch, const struct store_send_req *sr, const struct store_send_res *res)
-{
-	struct proto_send req;
-
-	/* chat_message_done only reads the request: the casts lend it sr's strings. */
-	memset(&req, 0, sizeof req);
-	req.to = (char *)(uintptr_t)sr->to;
-	req.group_id = sr->group_id;
-	req.content = (char *)(uintptr_t)sr->content;
-	req.client_msg_id = (char *)(uintptr_t)sr->client_msg_id;
-	chat_message_done(ch, sr->from, &req, res);
 }
 
 int
@@ -217,9 +168,7 @@ chat_send_many(struct chat *ch, const struct store_send_req *reqs, size_t n,
 	/* Items that fail validation stay out of the transaction and do not fail the others. */
 	for (i = 0; i < n; i++) {
 		memset(&res[i], 0, sizeof res[i]);
-		if (reqs[i].from == NULL || !protocol_valid_user(reqs[i].from) ||
-		    reqs[i].content == NULL || reqs[i].client_msg_id == NULL ||
-		    (reqs[i].to != NULL ? !protocol_valid_user(reqs[i].to) : reqs[i].group_id == 0)) {
+		if (chat_check_send(&reqs[i]) != 0) {
 			err[i] = EINVAL;
 			continue;
 		}
@@ -242,7 +191,7 @@ chat_send_many(struct chat *ch, const struct store_send_req *reqs, size_t n,
 		res[idx[i]] = sres[i];
 		err[idx[i]] = serr[i];
 		if (serr[i] == 0 && !sres[i].duplicate)
-			chat_many_done(ch, &sr[i], &sres[i]);
+			chat_message_done(ch, &sr[i], &sres[i]);
 	}
 out:
 	free(sr);

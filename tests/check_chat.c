@@ -322,6 +322,57 @@ START_TEST(test_send_batch)
 }
 END_TEST
 
+/* chat_send_many: senders differ per item (parley-ws's group commit across users). */
+START_TEST(test_send_many)
+{
+	struct fx f;
+	char *a = testenv_name("a"), *b = testenv_name("b"), *c = testenv_name("c");
+	char *m0 = testenv_name("m"), *m1 = testenv_name("m"), *m2 = testenv_name("m");
+	struct store_send_req reqs[3] = {
+		{ .from = a, .to = c, .content = "from a", .client_msg_id = m0 },
+		{ .from = "bad sender", .to = c, .content = "x", .client_msg_id = m1 },
+		{ .from = b, .to = c, .content = "from b", .client_msg_id = m2 },
+	};
+	struct store_send_res res[3];
+	struct json_object *lc;
+	struct hints hs;
+	int err[3];
+	size_t n, i;
+
+	fx_open(&f);
+	ck_assert_int_eq(chat_send_many(&f.ch, reqs, 3, res, err), 0);
+	ck_assert_int_eq(err[0], 0);
+	ck_assert_int_eq(err[1], EINVAL);
+	ck_assert_int_eq(err[2], 0);
+	lc = log_of(&f, c, 0, &n);
+	ck_assert_uint_eq(n, 2);
+	ck_assert_str_eq(get_str(event_at(lc, 0), "message.from"), a);
+	ck_assert_str_eq(get_str(event_at(lc, 1), "message.from"), b);
+	hints_collect(&f, 300, &hs);
+	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 2);
+	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, a), 1);
+	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, b), 1);
+	/* A retry of the same batch is all duplicates: same ids, nothing new published. */
+	for (i = 0; i < 3; i++)
+		store_send_res_clear(&res[i]);
+	ck_assert_int_eq(chat_send_many(&f.ch, reqs, 3, res, err), 0);
+	ck_assert_int_eq(res[0].duplicate, 1);
+	ck_assert_int_eq(res[2].duplicate, 1);
+	hints_collect(&f, 200, &hs);
+	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 0);
+	for (i = 0; i < 3; i++)
+		store_send_res_clear(&res[i]);
+	json_object_put(lc);
+	fx_close(&f);
+	free(a);
+	free(b);
+	free(c);
+	free(m0);
+	free(m1);
+	free(m2);
+}
+END_TEST
+
 START_TEST(test_typing_peer)
 {
 	struct fx f;
@@ -704,6 +755,7 @@ chat_suite(void)
 	tcase_add_test(tc, test_send_logs_and_hints);
 	tcase_add_test(tc, test_send_rejects);
 	tcase_add_test(tc, test_send_batch);
+	tcase_add_test(tc, test_send_many);
 	tcase_add_test(tc, test_typing_peer);
 	tcase_add_test(tc, test_group_typing_and_send);
 	tcase_add_test(tc, test_receipt_hints_sender);
