@@ -141,28 +141,17 @@ r_done(struct rctx *c, int rc)
 static struct json_object *
 body_object(struct rctx *c)
 {
-	struct json_tokener *tok;
 	struct json_object *obj;
 
 	if (c->req->body == NULL) {
 		http_resp_bad_field(c->resp, "body", "a JSON object is required");
 		return NULL;
 	}
-	tok = json_tokener_new();
-	obj = json_tokener_parse_ex(tok, c->req->body, (int)c->req->body_len);
-	if (obj == NULL || json_tokener_get_error(tok) != json_tokener_success ||
-	    json_tokener_get_parse_end(tok) != c->req->body_len) {
-		/* Trailing white space after the value is fine; anything else is not JSON. */
-		size_t off = obj != NULL ? json_tokener_get_parse_end(tok) : 0;
-
-		if (obj == NULL || strspn(c->req->body + off, " \t\r\n") != c->req->body_len - off) {
-			json_object_put(obj);
-			json_tokener_free(tok);
-			http_resp_bad_field(c->resp, "body", "not valid JSON");
-			return NULL;
-		}
+	/* The same strict parser as WebSocket frames: one JSON value, nothing after it but space. */
+	if ((obj = protocol_parse_json(c->req->body, c->req->body_len)) == NULL) {
+		http_resp_bad_field(c->resp, "body", "not valid JSON");
+		return NULL;
 	}
-	json_tokener_free(tok);
 	if (!json_object_is_type(obj, json_type_object)) {
 		json_object_put(obj);
 		http_resp_bad_field(c->resp, "body", "must be a JSON object");
