@@ -210,12 +210,19 @@ actor_destroy(struct actor_pool *p, struct actor *a)
 	free(a);
 }
 
+/* Make a runnable actor's state A_QUEUED; the caller wakes a worker (actor_enqueue does). */
+static void
+actor_queue(struct actor_pool *p, struct actor *a)
+{
+	a->state = A_QUEUED;
+	list_append(&p->runq, a);
+}
+
 /* Make a runnable actor's state A_QUEUED and wake one worker. */
 static void
 actor_enqueue(struct actor_pool *p, struct actor *a)
 {
-	a->state = A_QUEUED;
-	list_append(&p->runq, a);
+	actor_queue(p, a);
 	pthread_cond_signal(&p->work);
 }
 
@@ -250,6 +257,7 @@ actor_post(struct actor_pool *p, const char *key, int kind, enum actor_overflow 
 {
 	struct actor_msg *m, *drop = NULL;
 	struct actor *a;
+	int wake = 0;
 
 	pthread_mutex_lock(&p->lock);
 	if (p->closing) {
@@ -284,9 +292,13 @@ actor_post(struct actor_pool *p, const char *key, int kind, enum actor_overflow 
 	p->queued++;
 	if (a->state == A_IDLE) {
 		list_remove(&p->idle, a);
-		actor_enqueue(p, a);
+		actor_queue(p, a);
+		wake = 1;
 	}
 	pthread_mutex_unlock(&p->lock);
+	/* After the unlock: a woken worker does not block on the lock the poster still holds. */
+	if (wake)
+		pthread_cond_signal(&p->work);
 
 	if (drop != NULL) {
 		if (p->ops.free_data != NULL)

@@ -88,6 +88,19 @@ enum store_q {
 	Q_CONV_M4,
 	Q_CONV_M16,
 	Q_CONV_M64,
+	/* Multi-row seq reservation and its read-back (SQL built in store_new, every size). */
+	Q_SEQ_M1,
+	Q_SEQ_M4,
+	Q_SEQ_M16,
+	Q_SEQ_M64,
+	Q_SEQ_IN1,
+	Q_SEQ_IN4,
+	Q_SEQ_IN16,
+	Q_SEQ_IN64,
+	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
+	Q_MSG_M4,
+	Q_MSG_M16,
+	Q_MSG_M64,
 	Q_COUNT
 };
 
@@ -95,6 +108,9 @@ enum store_q {
 static const size_t store_chunks[] = { 64, 16, 4, 1 };
 static const enum store_q store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_INSERT_MSG };
 static const enum store_q store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_UPSERT };
+static const enum store_q store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_INSERT };
+static const enum store_q store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M1 };
+static const enum store_q store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN1 };
 
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id) VALUES "
 #define EV_ROW		"(?, ?, 1, ?)"
@@ -109,10 +125,24 @@ static const enum store_q store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M
 	" last_message_id = GREATEST(last_message_id, VALUES(last_message_id))," \
 	" unread = unread + VALUES(unread)"
 
+/*
+ * Reserve seqs of many users with one statement per chunk; the new last_seq values are read back
+ * by the IN query (the rows are locked by then, so they hold exactly what this transaction made).
+ */
+#define MSG_HEAD	"INSERT INTO messages (sender, recipient, group_id, content, client_msg_id," \
+			" ts, sender_seq) VALUES "
+#define MSG_ROW		"(?, ?, ?, ?, ?, ?, ?)"
+#define MSG_WIDTH	7
+
+#define SEQ_HEAD	"INSERT INTO user_seq (user_id, last_seq) VALUES "
+#define SEQ_ROW		"(?, ?)"
+#define SEQ_WIDTH	2
+#define SEQ_TAIL	" ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"
+#define SEQ_IN_HEAD	"SELECT user_id, last_seq FROM user_seq WHERE user_id IN ("
+
 static const char *const store_sql[Q_COUNT] = {
 	[Q_MSG_FIND] = "SELECT id, sender_seq, ts FROM messages WHERE sender = ? AND client_msg_id = ?",
-	[Q_MSG_INSERT] = "INSERT INTO messages (sender, recipient, group_id, content, client_msg_id,"
-	    " ts, sender_seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+	[Q_MSG_INSERT] = MSG_HEAD MSG_ROW,
 	[Q_MSG_GET] = "SELECT sender, recipient, group_id FROM messages WHERE id = ?",
 	/* Reserve k seqs in one statement; LAST_INSERT_ID(expr) hands back the last of them. */
 	[Q_SEQ_ALLOC] = "INSERT INTO user_seq (user_id, last_seq) VALUES (?, LAST_INSERT_ID(?))"
@@ -213,6 +243,7 @@ struct store {
 	int64_t			 next_try;	/* monotonic ms before which we do not reconnect */
 	int			 backoff;
 	unsigned		 seed;
+	uint64_t		 autoinc_step;	/* ids of a multi-row INSERT: first + k * step; 0: not so */
 };
 
 /* A statement parameter. */
@@ -286,6 +317,29 @@ store_disconnect(struct store *s)
 }
 
 /*
+ * May a multi-row INSERT of messages be used? Only when its rows get consecutive ids (lock mode
+ * 0 or 1: a "simple insert" reserves them in one go), spaced by auto_increment_increment. Any
+ * doubt (an error, another mode) leaves autoinc_step 0: one row per statement, as always.
+ */
+static void
+store_autoinc_probe(struct store *s)
+{
+	const char *sql = "SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment";
+	MYSQL_RES *r;
+	MYSQL_ROW row;
+
+	s->autoinc_step = 0;
+	if (mysql_real_query(s->my, sql, strlen(sql)) != 0)
+		return;
+	if ((r = mysql_store_result(s->my)) == NULL)
+		return;
+	if ((row = mysql_fetch_row(r)) != NULL && row[0] != NULL && row[1] != NULL &&
+	    strtoul(row[0], NULL, 10) <= 1)
+		s->autoinc_step = strtoull(row[1], NULL, 10);
+	mysql_free_result(r);
+}
+
+/*
  * Make sure there is a connection. A failed attempt sets a backoff window (100 ms doubling to 2 s)
  * inside which calls fail at once with EAGAIN instead of hammering a server that is down; the
  * first call after the window tries again.
@@ -350,6 +404,7 @@ store_connect(struct store *s)
 	s->next_try = 0;
 	s->my = my;
 	s->thread_id = mysql_thread_id(my);
+	store_autoinc_probe(s);
 	return 0;
 }
 
@@ -875,6 +930,12 @@ store_new(const struct config *cfg)
 		s->msql[store_ev_rows[i]] = store_multi_sql(EV_HEAD, EV_ROW, store_chunks[i], "");
 		s->msql[store_conv_rows[i]] = store_multi_sql(CONV_HEAD, CONV_ROW, store_chunks[i],
 		    CONV_TAIL);
+		s->msql[store_msg_rows[i]] = store_multi_sql(MSG_HEAD, MSG_ROW, store_chunks[i], "");
+	}
+	for (i = 0; i < PARLEY_NITEMS(store_chunks); i++) {
+		s->msql[store_seq_rows[i]] = store_multi_sql(SEQ_HEAD, SEQ_ROW, store_chunks[i],
+		    SEQ_TAIL);
+		s->msql[store_seq_in[i]] = store_multi_sql(SEQ_IN_HEAD, "?", store_chunks[i], ")");
 	}
 	return s;
 }
@@ -1119,6 +1180,58 @@ send_recipients(struct store *s, struct send_ctx *c, size_t i)
 	return 0;
 }
 
+/*
+ * Reserve the seqs of every user of the batch (c->users, sorted, distinct) with multi-row
+ * statements: two round trips per chunk instead of one per user. The rows are locked in sorted
+ * order, as seq_alloc one by one would.
+ */
+static int
+send_reserve_many(struct store *s, struct send_ctx *c)
+{
+	struct store_param *p;
+	struct send_user key, *u;
+	size_t done, i, k = 0, got;
+	uint64_t last;
+	int rc = -1, f;
+
+	p = xreallocarray(NULL, c->nusers, SEQ_WIDTH * sizeof *p);
+	for (i = 0; i < c->nusers; i++) {
+		p[i * SEQ_WIDTH] = PS(c->users[i].user);
+		p[i * SEQ_WIDTH + 1] = PU(c->users[i].count);
+	}
+	if (store_exec_rows(s, store_seq_rows, p, c->nusers, SEQ_WIDTH) != 0)
+		goto out;
+	for (i = 0; i < c->nusers; i++)
+		p[i] = PS(c->users[i].user);
+	for (done = got = 0; done < c->nusers; done += store_chunks[k]) {
+		for (k = 0; store_chunks[k] > c->nusers - done; k++)
+			;
+		if (store_exec(s, store_seq_in[k], p + done, store_chunks[k]) != 0)
+			goto out;
+		while ((f = store_fetch(s, store_seq_in[k])) == 1) {
+			key.user = col_s(s, store_seq_in[k], 0);
+			last = col_u(s, store_seq_in[k], 1);
+			if (key.user == NULL || (u = bsearch(&key, c->users, c->nusers, sizeof *u,
+			    send_user_cmp)) == NULL)
+				continue;
+			u->next = last - u->count + 1;
+			got++;
+		}
+		store_done(s, store_seq_in[k]);
+		if (f < 0)
+			goto out;
+	}
+	if (got != c->nusers) {
+		log_warn("store: %zu of %zu reserved seq rows read back", got, c->nusers);
+		errno = EIO;
+		goto out;
+	}
+	rc = 0;
+out:
+	free(p);
+	return rc;
+}
+
 /* Count every event the new items will append, per user, and reserve the seqs in sorted order. */
 static int
 send_reserve(struct store *s, struct send_ctx *c)
@@ -1148,6 +1261,9 @@ send_reserve(struct store *s, struct send_ctx *c)
 	}
 	c->users = u;
 	c->nusers = j;
+	/* Up to two users (one message) the one-row form is as few round trips. */
+	if (c->nusers > 2)
+		return send_reserve_many(s, c);
 	for (i = 0; i < c->nusers; i++) {
 		if (seq_alloc(s, u[i].user, u[i].count, &u[i].next) != 0)
 			return -1;
@@ -1155,30 +1271,32 @@ send_reserve(struct store *s, struct send_ctx *c)
 	return 0;
 }
 
-/* Insert item i's message; queue an event for each target's log and its conversation row. */
-static int
-send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
+/* A message INSERT failed: on a duplicate client_msg_id, re-run looking the ids up first. */
+static void
+send_insert_failed(struct store *s, struct send_ctx *c)
+{
+	/*
+	 * Someone committed the same client_msg_id after we looked (or we did not look): roll
+	 * back, then re-run looking first, which finds the first result.
+	 */
+	if (s->myerr == ER_DUP_ENTRY) {
+		s->retry_ok = 1;
+		c->check_dups = 1;
+	}
+}
+
+/*
+ * Item i's message got id and its sender seq: queue an event and conversation row per target.
+ * rseq: the recipients' seqs taken before, or NULL to take them now.
+ */
+static void
+send_record(struct send_ctx *c, size_t i, uint64_t seq, const uint64_t *rseq, uint64_t id,
+    int64_t now)
 {
 	const struct store_send_req *r = &c->reqs[i];
 	struct store_send_res *res = &c->res[i];
-	uint64_t seq, id;
 	size_t j;
 
-	seq = send_take(c, r->from);
-	if (EXEC(s, Q_MSG_INSERT, PS(r->from), PS(r->to),
-	    r->to != NULL ? PN : PU(r->group_id), PS(r->content), PS(r->client_msg_id),
-	    PI(now), PU(seq)) != 0) {
-		/*
-		 * Someone committed the same client_msg_id after we looked (or we did not look):
-		 * roll back, then re-run looking first, which finds the first result.
-		 */
-		if (s->myerr == ER_DUP_ENTRY) {
-			s->retry_ok = 1;
-			c->check_dups = 1;
-		}
-		return -1;
-	}
-	id = store_insert_id(s, Q_MSG_INSERT);
 	res->server_msg_id = id;
 	res->seq = seq;
 	res->ts = now;
@@ -1187,13 +1305,109 @@ send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 	send_event(c, r->from, seq, id);
 	send_conv(c, r->from, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "", id, now, 0);
 	for (j = 0; j < c->nrcpt[i]; j++) {
-		seq = send_take(c, c->rcpt[i][j]);
+		seq = rseq != NULL ? rseq[j] : send_take(c, c->rcpt[i][j]);
 		targets_push(&res->targets, c->rcpt[i][j], seq);
 		send_event(c, c->rcpt[i][j], seq, id);
 		send_conv(c, c->rcpt[i][j], r->to != NULL ? 0 : r->group_id,
 		    r->to != NULL ? r->from : "", id, now, 1);
 	}
+}
+
+/* Insert item i's message; queue an event for each target's log and its conversation row. */
+static int
+send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
+{
+	const struct store_send_req *r = &c->reqs[i];
+	uint64_t seq;
+
+	seq = send_take(c, r->from);
+	if (EXEC(s, Q_MSG_INSERT, PS(r->from), PS(r->to),
+	    r->to != NULL ? PN : PU(r->group_id), PS(r->content), PS(r->client_msg_id),
+	    PI(now), PU(seq)) != 0) {
+		send_insert_failed(s, c);
+		return -1;
+	}
+	send_record(c, i, seq, NULL, store_insert_id(s, Q_MSG_INSERT), now);
 	return 0;
+}
+
+/*
+ * Insert the messages of the m items idx[] with multi-row statements (autoinc_step set), in item
+ * order: the ids and every user's seqs come out as one statement per item would give them.
+ */
+static int
+send_insert_many(struct store *s, struct send_ctx *c, const size_t *idx, size_t m, int64_t now)
+{
+	const struct store_send_req *r;
+	struct store_param *p;
+	uint64_t *seq, *id, **rseq, first;
+	size_t k, q, j, done;
+	int rc = -1;
+
+	p = xreallocarray(NULL, m, MSG_WIDTH * sizeof *p);
+	seq = xcalloc(m, sizeof *seq);
+	id = xcalloc(m, sizeof *id);
+	rseq = xcalloc(m, sizeof *rseq);
+	/* Every seq in the order one statement per item takes them: sender, then recipients. */
+	for (k = 0; k < m; k++) {
+		r = &c->reqs[idx[k]];
+		seq[k] = send_take(c, r->from);
+		rseq[k] = xcalloc(c->nrcpt[idx[k]] + 1, sizeof **rseq);
+		for (j = 0; j < c->nrcpt[idx[k]]; j++)
+			rseq[k][j] = send_take(c, c->rcpt[idx[k]][j]);
+		p[k * MSG_WIDTH] = PS(r->from);
+		p[k * MSG_WIDTH + 1] = PS(r->to);
+		p[k * MSG_WIDTH + 2] = r->to != NULL ? PN : PU(r->group_id);
+		p[k * MSG_WIDTH + 3] = PS(r->content);
+		p[k * MSG_WIDTH + 4] = PS(r->client_msg_id);
+		p[k * MSG_WIDTH + 5] = PI(now);
+		p[k * MSG_WIDTH + 6] = PU(seq[k]);
+	}
+	for (done = 0; done < m; done += store_chunks[q]) {
+		for (q = 0; store_chunks[q] > m - done; q++)
+			;
+		if (store_exec(s, store_msg_rows[q], p + done * MSG_WIDTH,
+		    store_chunks[q] * MSG_WIDTH) != 0) {
+			send_insert_failed(s, c);
+			goto out;
+		}
+		first = store_insert_id(s, store_msg_rows[q]);
+		for (k = 0; k < store_chunks[q]; k++)
+			id[done + k] = first + k * s->autoinc_step;
+	}
+	for (k = 0; k < m; k++)
+		send_record(c, idx[k], seq[k], rseq[k], id[k], now);
+	rc = 0;
+out:
+	for (k = 0; k < m; k++)
+		free(rseq[k]);
+	free(rseq);
+	free(p);
+	free(seq);
+	free(id);
+	return rc;
+}
+
+/* Insert every new item's message: several rows per statement when the ids allow it. */
+static int
+send_inserts(struct store *s, struct send_ctx *c, int64_t now)
+{
+	size_t *idx, i, m = 0;
+	int rc = 0;
+
+	idx = xcalloc(c->n, sizeof *idx);
+	for (i = 0; i < c->n; i++) {
+		if (c->err[i] == 0 && c->dup_of[i] < 0 && !c->res[i].duplicate)
+			idx[m++] = i;
+	}
+	if (m > 1 && s->autoinc_step > 0)
+		rc = send_insert_many(s, c, idx, m, now);
+	else {
+		for (i = 0; i < m && rc == 0; i++)
+			rc = send_insert(s, c, idx[i], now);
+	}
+	free(idx);
+	return rc;
 }
 
 /* One attempt of a send batch: find repeats, load recipients, reserve seqs, insert, flush. */
@@ -1240,12 +1454,8 @@ send_txn(struct store *s, void *arg)
 	}
 	if (send_reserve(s, c) != 0)
 		return -1;
-	for (i = 0; i < c->n; i++) {
-		if (c->err[i] != 0 || c->dup_of[i] >= 0 || c->res[i].duplicate)
-			continue;
-		if (send_insert(s, c, i, now) != 0)
-			return -1;
-	}
+	if (send_inserts(s, c, now) != 0)
+		return -1;
 	if (send_flush(s, c) != 0)
 		return -1;
 	for (i = 0; i < c->n; i++) {

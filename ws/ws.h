@@ -87,7 +87,7 @@ struct ws {
 	struct metrics		 metrics;
 	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
 	int			 page_limit;	/* events per replay page */
-	unsigned		 send_shards;	/* send actors ("send:N"), one per worker */
+	unsigned		 send_shards;	/* send actors ("send:N"), one per 4 workers */
 
 	/* Completion queue: any thread pushes, the loop drains. */
 	pthread_mutex_t		 qlock;
