@@ -75,8 +75,10 @@ enum store_q {
 	Q_PRES_RESET_SEEN,
 	Q_PRES_RESET_DEL,
 	Q_PRES_GET,
-	Q_RATE_BUMP,
-	Q_RATE_GET,
+	Q_RATE_LOCK,
+	Q_RATE_COUNT,
+	Q_RATE_LOG,
+	Q_RATE_PRUNE,
 	Q_ROOM_INSERT,
 	Q_ROOM_NTH,
 	Q_ROOM_TRIM,
@@ -198,10 +200,12 @@ static const char *const store_sql[Q_COUNT] = {
 	[Q_PRES_RESET_DEL] = "DELETE FROM presence_nodes WHERE node = ?",
 	[Q_PRES_GET] = "SELECT (SELECT COALESCE(SUM(conns), 0) FROM presence_nodes WHERE user_id = ?),"
 	    " (SELECT COALESCE(MAX(last_seen), 0) FROM presence_users WHERE user_id = ?)",
-	/* n is assigned before win, so the IF still compares with the stored window. */
-	[Q_RATE_BUMP] = "INSERT INTO room_rate (user_id, win, n) VALUES (?, ?, 1) ON DUPLICATE KEY"
-	    " UPDATE n = IF(win = VALUES(win), n + 1, 1), win = VALUES(win)",
-	[Q_RATE_GET] = "SELECT n FROM room_rate WHERE user_id = ?",
+	/* The user's room_rate row is the lock that serialises their posts across processes. */
+	[Q_RATE_LOCK] = "INSERT INTO room_rate (user_id, win, n) VALUES (?, 0, 0) ON DUPLICATE KEY"
+	    " UPDATE n = n",
+	[Q_RATE_COUNT] = "SELECT COUNT(*) FROM room_rate_log WHERE user_id = ? AND ts > ?",
+	[Q_RATE_LOG] = "INSERT INTO room_rate_log (user_id, ts) VALUES (?, ?)",
+	[Q_RATE_PRUNE] = "DELETE FROM room_rate_log WHERE user_id = ? AND ts <= ?",
 	[Q_ROOM_INSERT] = "INSERT INTO room_messages (room, user_id, text, ts) VALUES (?, ?, ?, ?)",
 	[Q_ROOM_NTH] = "SELECT id FROM room_messages WHERE room = ? ORDER BY id DESC LIMIT 1 OFFSET ?",
 	[Q_ROOM_TRIM] = "DELETE FROM room_messages WHERE room = ? AND id <= ?",
@@ -2439,9 +2443,11 @@ struct room_ctx {
 };
 
 /*
- * Rate limit: a fixed one-second window per user, counted in room_rate under its row lock (so
- * it holds across processes); a refused post rolls back and does not count. Then the comment is
- * stored and the room trimmed to its newest room_history comments.
+ * Rate limit: a sliding one-second window per user. Under the user's room_rate row lock (so it
+ * holds across processes) count the posts of the last 1000 ms in room_rate_log; a fixed
+ * per-second window would let 2 * per_sec through across a second boundary. A refused post rolls
+ * back and does not count. Then the comment is stored and the room trimmed to its newest
+ * room_history comments.
  */
 static int
 room_post_txn(struct store *s, void *arg)
@@ -2451,15 +2457,18 @@ room_post_txn(struct store *s, void *arg)
 	int rc;
 
 	c->ts = parley_now_ms();
-	if (EXEC(s, Q_RATE_BUMP, PS(c->user), PI(c->ts / 1000)) != 0)
+	if (EXEC(s, Q_RATE_LOCK, PS(c->user)) != 0)
 		return -1;
-	rc = ROW(s, Q_RATE_GET, PS(c->user));
-	n = rc == 1 ? col_u(s, Q_RATE_GET, 0) : 0;
-	store_done(s, Q_RATE_GET);
+	rc = ROW(s, Q_RATE_COUNT, PS(c->user), PI(c->ts - 1000));
+	n = rc == 1 ? col_u(s, Q_RATE_COUNT, 0) : 0;
+	store_done(s, Q_RATE_COUNT);
 	if (rc < 0)
 		return -1;
-	if (n > (uint64_t)c->per_sec)
+	if (n >= (uint64_t)c->per_sec)
 		return store_refuse(EBUSY);
+	if (EXEC(s, Q_RATE_PRUNE, PS(c->user), PI(c->ts - 1000)) != 0 ||
+	    EXEC(s, Q_RATE_LOG, PS(c->user), PI(c->ts)) != 0)
+		return -1;
 	if (EXEC(s, Q_ROOM_INSERT, PS(c->room), PS(c->user), PS(c->text), PI(c->ts)) != 0)
 		return -1;
 	c->id = store_insert_id(s, Q_ROOM_INSERT);

@@ -636,6 +636,12 @@ START_TEST(test_room_rate_limit)
 
 	fx_open(&f);
 	ck_assert_int_eq(f.cfg.room_rate_per_sec, 10);
+	/*
+	 * Start 10 ms before a wall-clock second ends, so the posts straddle a second boundary:
+	 * the limit is per sliding second, not per calendar second.
+	 */
+	while (parley_now_ms() % 1000 < 990 || parley_now_ms() % 1000 >= 996)
+		usleep(500);
 	t0 = parley_mono_ms();
 	for (i = 0; i < 10; i++) {
 		snprintf(text, sizeof text, "comment %zu", i);
