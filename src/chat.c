@@ -402,8 +402,14 @@ chat_group_json(struct chat *ch, const char *user, uint64_t group_id, char **jso
 	return store_group_json(ch->store, user, group_id, json);
 }
 
-int
-chat_group_add(struct chat *ch, const char *by, uint64_t group_id, const char *user)
+/*
+ * A membership change: validated, stored (the store appends group_update events), then the
+ * changed member's summaries are forgotten too: a removed member's list loses the group even
+ * when it got no event.
+ */
+static int
+chat_group_change(struct chat *ch, const char *by, uint64_t group_id, const char *user,
+    int (*change)(struct store *, const char *, uint64_t, const char *, struct store_targets *))
 {
 	struct store_targets t;
 
@@ -412,7 +418,7 @@ chat_group_add(struct chat *ch, const char *by, uint64_t group_id, const char *u
 		errno = EINVAL;
 		return -1;
 	}
-	if (store_group_add(ch->store, by, group_id, user, &t) != 0)
+	if (change(ch->store, by, group_id, user, &t) != 0)
 		return -1;
 	cache_invalidate(ch->cache, user);
 	chat_targets_done(ch, &t);
@@ -421,22 +427,15 @@ chat_group_add(struct chat *ch, const char *by, uint64_t group_id, const char *u
 }
 
 int
+chat_group_add(struct chat *ch, const char *by, uint64_t group_id, const char *user)
+{
+	return chat_group_change(ch, by, group_id, user, store_group_add);
+}
+
+int
 chat_group_remove(struct chat *ch, const char *by, uint64_t group_id, const char *user)
 {
-	struct store_targets t;
-
-	memset(&t, 0, sizeof t);
-	if (!protocol_valid_user(user)) {
-		errno = EINVAL;
-		return -1;
-	}
-	if (store_group_remove(ch->store, by, group_id, user, &t) != 0)
-		return -1;
-	/* The removed member's list loses the group even when it got no event. */
-	cache_invalidate(ch->cache, user);
-	chat_targets_done(ch, &t);
-	store_targets_clear(&t);
-	return 0;
+	return chat_group_change(ch, by, group_id, user, store_group_remove);
 }
 
 int
