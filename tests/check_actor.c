@@ -1,5 +1,7 @@
 /* check_actor.c - the actor pool: order per key, parallelism across keys, overflow, retries, batching, drain. */
 #include <check.h>
+
+#include "testenv.h"
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -731,12 +733,6 @@ actor_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(actor_suite());
-	int failed_n;
-
 	log_init("check_actor", LOG_LEVEL_ERROR, 0);
-	srunner_run_all(sr, CK_NORMAL);
-	failed_n = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed_n == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(actor_suite());
 }

@@ -1,5 +1,7 @@
 /* check_auth.c - HS256 JWTs: every way a token can be wrong is refused with its reason; mint round trips. */
 #include <check.h>
+
+#include "testenv.h"
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -413,8 +415,6 @@ main(void)
 {
 	Suite *s = suite_create("auth");
 	TCase *tc = tcase_create("auth");
-	SRunner *sr;
-	int nfail;
 
 	tcase_add_loop_test(tc, test_cases, 0, PARLEY_NITEMS(cases));
 	tcase_add_loop_test(tc, test_garbage, 0, PARLEY_NITEMS(garbage));
@@ -426,9 +426,5 @@ main(void)
 	tcase_add_test(tc, test_mint_claims);
 	tcase_add_test(tc, test_mint_invalid);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nfail = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nfail == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(s);
 }

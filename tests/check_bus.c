@@ -720,12 +720,6 @@ bus_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(bus_suite());
-	int failed;
-
 	log_init("check_bus", LOG_LEVEL_WARN, 0);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(bus_suite());
 }

@@ -540,12 +540,6 @@ cache_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(cache_suite());
-	int failed;
-
 	log_init("check_cache", LOG_LEVEL_ERROR, 0);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(cache_suite());
 }

@@ -776,12 +776,6 @@ chat_suite(void)
 int
 main(void)
 {
-	SRunner *sr = srunner_create(chat_suite());
-	int failed;
-
 	log_init("check_chat", LOG_LEVEL_ERROR, 0);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(chat_suite());
 }

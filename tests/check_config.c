@@ -1,5 +1,7 @@
 /* check_config.c - the configuration file: defaults, every value type, errors naming file, line and key. */
 #include <check.h>
+
+#include "testenv.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -578,8 +580,6 @@ main(void)
 {
 	Suite *s = suite_create("config");
 	TCase *tc = tcase_create("config");
-	SRunner *sr;
-	int nfail;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_defaults);
@@ -597,9 +597,5 @@ main(void)
 	tcase_add_test(tc, test_harness_config);
 	tcase_add_test(tc, test_nul_byte);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nfail = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nfail == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(s);
 }

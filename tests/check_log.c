@@ -1,5 +1,7 @@
 /* check_log.c - logging: level names, the level filter, one line per event, fatal(). */
 #include <check.h>
+
+#include "testenv.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,8 +182,6 @@ main(void)
 {
 	Suite *s = suite_create("log");
 	TCase *tc = tcase_create("log");
-	SRunner *sr;
-	int nfail;
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_loop_test(tc, test_level_parse, 0, PARLEY_NITEMS(level_names));
@@ -191,9 +191,5 @@ main(void)
 	tcase_add_test(tc, test_timestamp);
 	tcase_add_test(tc, test_fatal);
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nfail = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nfail == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(s);
 }

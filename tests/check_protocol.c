@@ -1,5 +1,7 @@
 /* check_protocol.c - the wire contract: strict decoding of every input, exact encoding of every output. */
 #include <check.h>
+
+#include "testenv.h"
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1163,8 +1165,6 @@ main(void)
 {
 	Suite *s = suite_create("protocol");
 	TCase *tc = tcase_create("protocol");
-	SRunner *sr;
-	int nfail;
 
 	tcase_add_loop_test(tc, test_idents, 0, PARLEY_NITEMS(idents));
 	tcase_add_test(tc, test_idents_null);
@@ -1197,9 +1197,5 @@ main(void)
 	tcase_add_test(tc, test_encode_errors);
 	tcase_add_loop_test(tc, test_errno_map, 0, PARLEY_NITEMS(errnos));
 	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nfail = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return nfail == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+	return testenv_run(s);
 }

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <check.h>
+
 #include "config.h"
 #include "log.h"
 #include "testenv.h"
@@ -104,4 +106,16 @@ testenv_mysql_restart(void)
 	/* setsid: Check kills a forked test's process group at its end, the new mariadbd included. */
 	testenv_sh("setsid '%s/tests/harness/services' restart-mysql '%s' >/dev/null",
 	    src != NULL ? src : ".", testenv_dir());
+}
+
+int
+testenv_run(Suite *s)
+{
+	SRunner *sr = srunner_create(s);
+	int failed;
+
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

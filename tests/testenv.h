@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 struct config;
+struct Suite;
 
 /*
  * Load the config written by tests/harness/services ($PARLEY_TEST_CONFIG) into cfg; aborts the
@@ -21,5 +22,8 @@ void	testenv_memcached_restart(void);
 void	testenv_mysql_restart(void);
 /* Run a shell command, fail the test when it exits non-zero. */
 void	testenv_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Run every test of suite s (Check's default fork mode), free it; the exit status for main(). */
+int	testenv_run(struct Suite *s);
 
 #endif
