@@ -53,6 +53,7 @@
 
 struct cache {
 	memcached_st	*mc;		/* NULL when memcached is disabled */
+	memcached_st	*mcq;		/* clone of mc for pipelined bumps (noreply, buffered) */
 	int		 ttl;
 	int		 alive;
 	int64_t		 down_until;	/* monotonic ms; no memcached I/O before this */
@@ -144,6 +145,10 @@ cache_new(const struct config *cfg)
 		c->mc = NULL;
 		return c;
 	}
+	if ((c->mcq = memcached_clone(NULL, c->mc)) == NULL)
+		fatal("memcached_clone: out of memory");
+	memcached_behavior_set(c->mcq, MEMCACHED_BEHAVIOR_NOREPLY, 1);
+	memcached_behavior_set(c->mcq, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, 1);
 	c->alive = 1;	/* until an operation says otherwise */
 	return c;
 }
@@ -155,6 +160,8 @@ cache_free(struct cache *c)
 
 	if (c == NULL)
 		return;
+	if (c->mcq != NULL)
+		memcached_free(c->mcq);
 	if (c->mc != NULL)
 		memcached_free(c->mc);
 	for (i = 0; i < c->npending; i++)
@@ -217,23 +224,34 @@ cache_seed(void)
 	    (uint64_t)(random() & 15);
 }
 
-/* Bump user's generation: every summary written before is dead. 0, or -1 when memcached failed. */
+/*
+ * Bump the generation of n users: every summary written before is dead. One round trip (see
+ * "Keys and invalidation"). 0, or -1 when memcached failed (some bumps may be lost).
+ */
 static int
-cache_bump(struct cache *c, const char *user)
+cache_bump(struct cache *c, const char *const *users, size_t n)
 {
-	char key[CACHE_KEY_MAX], val[32];
+	char key[CACHE_KEY_MAX];
 	memcached_return_t rc;
 	uint64_t v;
-	int n;
+	uint32_t flags;
+	size_t i, len;
+	char *val;
 
-	cache_key_gen(key, sizeof key, user);
-	rc = memcached_increment(c->mc, key, strlen(key), 1, &v);
-	if (rc != MEMCACHED_NOTFOUND)
-		return cache_result(c, rc, "incr");
-	/* No generation: no summary can be served; start one so a racing refill's tag is stale. */
-	n = snprintf(val, sizeof val, "%" PRIu64, cache_seed());
-	rc = memcached_add(c->mc, key, strlen(key), val, (size_t)n, CACHE_GEN_TTL, 0);
-	return cache_result(c, rc, "add");
+	if (n == 0)
+		return 0;
+	for (i = 0; i < n; i++) {
+		cache_key_gen(key, sizeof key, users[i]);
+		rc = memcached_increment(c->mcq, key, strlen(key), 1, &v);
+		if (cache_result(c, rc, "incr") != 0)
+			return -1;
+	}
+	if (cache_result(c, memcached_flush_buffers(c->mcq), "incr") != 0)
+		return -1;
+	/* The barrier: its answer comes after every incr above was applied. */
+	val = memcached_get(c->mcq, key, strlen(key), &len, &flags, &rc);
+	free(val);
+	return cache_result(c, rc, "get");
 }
 
 /* Remember a bump that could not be made, to replay it before this cache reads memcached again. */
@@ -268,21 +286,30 @@ cache_pending_flush(struct cache *c)
 		log_warn("memcached: too many lost invalidations; flushed the cache");
 		c->pending_overflow = 0;
 	}
-	while (c->npending > 0) {
-		if (cache_bump(c, c->pending[c->npending - 1]) != 0)
-			return -1;
+	if (cache_bump(c, (const char *const *)c->pending, c->npending) != 0)
+		return -1;
+	while (c->npending > 0)
 		free(c->pending[--c->npending]);
-	}
 	return 0;
+}
+
+void
+cache_invalidate_many(struct cache *c, const char *const *users, size_t n)
+{
+	size_t i;
+
+	if (c->mc == NULL || n == 0)
+		return;
+	if (cache_usable(c) && cache_pending_flush(c) == 0 && cache_bump(c, users, n) == 0)
+		return;
+	for (i = 0; i < n; i++)
+		cache_pending_add(c, users[i]);
 }
 
 void
 cache_invalidate(struct cache *c, const char *user)
 {
-	if (c->mc == NULL)
-		return;
-	if (!cache_usable(c) || cache_pending_flush(c) != 0 || cache_bump(c, user) != 0)
-		cache_pending_add(c, user);
+	cache_invalidate_many(c, &user, 1);
 }
 
 int

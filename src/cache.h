@@ -2,6 +2,8 @@
 #ifndef CACHE_H
 #define CACHE_H
 
+#include <stddef.h>
+
 struct config;
 struct store;
 
@@ -27,7 +29,13 @@ int		 cache_check(struct cache *);
  * Fails only when MySQL fails too (errno from store).
  */
 int	cache_conversations(struct cache *, struct store *, const char *user, int limit, char **json);
-/* Forget user's summaries after their conversations changed (send, receipt, group change). */
+/*
+ * Forget user's summaries after their conversations changed (send, receipt, group change). Call
+ * after the MySQL commit; when it returns, memcached serves no summary older than the commit
+ * (or memcached is unreachable, and the bump is replayed before this cache reads it again).
+ */
 void	cache_invalidate(struct cache *, const char *user);
+/* The same for n users in one memcached round trip (a batch of sends). */
+void	cache_invalidate_many(struct cache *, const char *const *users, size_t n);
 
 #endif

@@ -48,24 +48,56 @@ chat_publish(struct chat *ch, enum bus_topic topic, const char *key, uint64_t se
 }
 
 /*
- * After a commit that appended durable events: forget every target's summary, then hint each
- * target. The hint has no payload: the receiver reads the event from the log (the exact stored
- * body, e.g. its ts, is only known to the store).
+ * Forget the summaries of every target of n commits, plus extra (NULL: none), in one memcached
+ * round trip. Before any hint goes out: a client woken by one must not read an old summary.
  */
 static void
-chat_targets_done(struct chat *ch, const struct store_targets *t)
+chat_invalidate(struct chat *ch, const struct store_targets *const *ts, size_t n,
+    const char *extra)
+{
+	const char **users;
+	size_t i, j, m = 0, total = extra != NULL;
+
+	for (i = 0; i < n; i++)
+		total += ts[i]->n;
+	if (total == 0)
+		return;
+	users = xcalloc(total, sizeof *users);
+	if (extra != NULL)
+		users[m++] = extra;
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < ts[i]->n; j++)
+			users[m++] = ts[i]->v[j].user;
+	}
+	cache_invalidate_many(ch->cache, users, m);
+	free(users);
+}
+
+/*
+ * After a commit that appended durable events: hint each target. The hint has no payload: the
+ * receiver reads the event from the log (the exact stored body, e.g. its ts, is only known to
+ * the store).
+ */
+static void
+chat_targets_hint(struct chat *ch, const struct store_targets *t)
 {
 	size_t i;
 
 	for (i = 0; i < t->n; i++)
-		cache_invalidate(ch->cache, t->v[i].user);
-	for (i = 0; i < t->n; i++)
 		chat_publish(ch, BUS_USER_EVENT, t->v[i].user, t->v[i].seq, NULL);
 }
 
-/* The same, for a new message: each hint carries that target's new_message event inline. */
+/* After a commit: forget the summaries of t's users and of extra (NULL: none), then hint them. */
 static void
-chat_message_done(struct chat *ch, const struct store_send_req *sr,
+chat_targets_done(struct chat *ch, const struct store_targets *t, const char *extra)
+{
+	chat_invalidate(ch, &t, 1, extra);
+	chat_targets_hint(ch, t);
+}
+
+/* A new message's hints: each carries that target's new_message event inline. */
+static void
+chat_message_hint(struct chat *ch, const struct store_send_req *sr,
     const struct store_send_res *res)
 {
 	struct proto_message m;
@@ -73,8 +105,6 @@ chat_message_done(struct chat *ch, const struct store_send_req *sr,
 	char *ev;
 	size_t i;
 
-	for (i = 0; i < t->n; i++)
-		cache_invalidate(ch->cache, t->v[i].user);
 	if (ch->bus == NULL)
 		return;
 	memset(&m, 0, sizeof m);
@@ -89,6 +119,37 @@ chat_message_done(struct chat *ch, const struct store_send_req *sr,
 		ev = protocol_event_new_message(t->v[i].seq, &m);
 		chat_publish(ch, BUS_USER_EVENT, t->v[i].user, t->v[i].seq, ev);
 		free(ev);
+	}
+}
+
+/* Did send i of a batch commit a new message (not a failure, not a retry)? */
+static int
+chat_sent_new(const struct store_send_res *res, const int *err, size_t i)
+{
+	return (err == NULL || err[i] == 0) && !res[i].duplicate;
+}
+
+/*
+ * After n sends committed (err: each item's errno, NULL when all succeeded): forget every
+ * target's summary in one memcached round trip, then hint them.
+ */
+static void
+chat_messages_done(struct chat *ch, const struct store_send_req *sr,
+    const struct store_send_res *res, const int *err, size_t n)
+{
+	const struct store_targets **ts;
+	size_t i, m = 0;
+
+	ts = xcalloc(n, sizeof *ts);
+	for (i = 0; i < n; i++) {
+		if (chat_sent_new(res, err, i))
+			ts[m++] = &res[i].targets;
+	}
+	chat_invalidate(ch, ts, m, NULL);
+	free(ts);
+	for (i = 0; i < n; i++) {
+		if (chat_sent_new(res, err, i))
+			chat_message_hint(ch, &sr[i], &res[i]);
 	}
 }
 
@@ -129,8 +190,7 @@ chat_send(struct chat *ch, const char *user, const struct proto_send *req,
 		return -1;
 	if (store_send(ch->store, &sr, res) != 0)
 		return -1;
-	if (!res->duplicate)
-		chat_message_done(ch, &sr, res);
+	chat_messages_done(ch, &sr, res, NULL, 1);
 	return 0;
 }
 
@@ -187,11 +247,10 @@ chat_send_many(struct chat *ch, const struct store_send_req *reqs, size_t n,
 			store_send_res_clear(&sres[i]);
 		goto out;
 	}
+	chat_messages_done(ch, sr, sres, serr, m);
 	for (i = 0; i < m; i++) {
 		res[idx[i]] = sres[i];
 		err[idx[i]] = serr[i];
-		if (serr[i] == 0 && !sres[i].duplicate)
-			chat_message_done(ch, &sr[i], &sres[i]);
 	}
 out:
 	free(sr);
@@ -231,8 +290,7 @@ chat_receipt(struct chat *ch, const char *user, const struct proto_receipt_req *
 		return -1;
 	if (changed) {
 		/* The giver's unread count moved too. */
-		cache_invalidate(ch->cache, user);
-		chat_targets_done(ch, &t);
+		chat_targets_done(ch, &t, user);
 	}
 	store_targets_clear(&t);
 	return 0;
@@ -391,7 +449,7 @@ chat_group_create(struct chat *ch, const char *user, const struct proto_group_cr
 	    &t) != 0)
 		return -1;
 	/* Every member, the creator included, got a group_update event: targets cover them. */
-	chat_targets_done(ch, &t);
+	chat_targets_done(ch, &t, NULL);
 	store_targets_clear(&t);
 	return 0;
 }
@@ -420,8 +478,7 @@ chat_group_change(struct chat *ch, const char *by, uint64_t group_id, const char
 	}
 	if (change(ch->store, by, group_id, user, &t) != 0)
 		return -1;
-	cache_invalidate(ch->cache, user);
-	chat_targets_done(ch, &t);
+	chat_targets_done(ch, &t, user);
 	store_targets_clear(&t);
 	return 0;
 }

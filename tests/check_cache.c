@@ -298,6 +298,67 @@ START_TEST(test_send_invalidates)
 }
 END_TEST
 
+/* Commit a message a -> b without touching the cache; its targets go to users[*n]. */
+static void
+send_quiet(struct fx *f, const char *a, const char *b, const char *content, char **users,
+    size_t *n)
+{
+	struct store_send_req req;
+	struct store_send_res res;
+	char *cmid = testenv_name("q");
+	size_t i;
+
+	memset(&req, 0, sizeof req);
+	memset(&res, 0, sizeof res);
+	req.from = a;
+	req.to = b;
+	req.content = content;
+	req.client_msg_id = cmid;
+	ck_assert_int_eq(store_send(f->st, &req, &res), 0);
+	for (i = 0; i < res.targets.n; i++)
+		users[(*n)++] = xstrdup(res.targets.v[i].user);
+	store_send_res_clear(&res);
+	free(cmid);
+}
+
+/*
+ * One pipelined bump for a whole batch: every user's cached summary dies at once, repeated users
+ * and users that never had a generation included; without the bump the old summary is served.
+ */
+START_TEST(test_invalidate_many)
+{
+	enum { N = 8 };
+	struct fx f;
+	char *a = testenv_name("ma"), *b[N], *fresh = testenv_name("mf"), *users[2 * N + 1];
+	size_t i, n = 0;
+
+	fx_open(&f);
+	for (i = 0; i < N; i++) {
+		b[i] = testenv_name("mb");
+		send_msg(&f, a, b[i], "old");
+		expect_conv(&f, b[i], 20, 1, 0, a, "old", 1);
+	}
+	for (i = 0; i < N; i++)
+		send_quiet(&f, a, b[i], "new", users, &n);
+	ck_assert_uint_eq(n, 2 * N);
+	/* Not bumped yet: memcached still serves the summary of before the commit. */
+	expect_conv(&f, b[0], 20, 1, 0, a, "old", 1);
+	users[n++] = xstrdup(fresh);
+	cache_invalidate_many(f.c, (const char *const *)users, n);
+	ck_assert_int_eq(cache_alive(f.c), 1);
+	for (i = 0; i < N; i++)
+		expect_conv(&f, b[i], 20, 1, 0, a, "new", 2);
+	expect_conv(&f, a, 20, N, 0, b[N - 1], "new", 0);
+	for (i = 0; i < n; i++)
+		free(users[i]);
+	for (i = 0; i < N; i++)
+		free(b[i]);
+	fx_close(&f);
+	free(a);
+	free(fresh);
+}
+END_TEST
+
 /*
  * The refill race: a reader that read MySQL before a send and writes its (old) summary into
  * memcached after the sender's invalidation must not make the old summary visible.
@@ -519,6 +580,7 @@ cache_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_hit_served_from_memcached);
 	tcase_add_test(tc, test_send_invalidates);
+	tcase_add_test(tc, test_invalidate_many);
 	tcase_add_test(tc, test_late_refill_is_ignored);
 	tcase_add_test(tc, test_disabled);
 	tcase_add_test(tc, test_tcp_servers);
