@@ -312,13 +312,24 @@ cache_invalidate(struct cache *c, const char *user)
 	cache_invalidate_many(c, &user, 1);
 }
 
+/*
+ * A real round trip to every server: not memcached_version(), which libmemcached 1.1.4 answers
+ * from what it remembers once a server's version is known (a killed memcached stayed "ok").
+ */
 int
 cache_check(struct cache *c)
 {
+	memcached_stat_st *st;
+	memcached_return_t rc = MEMCACHED_SUCCESS;
+
 	if (c->mc == NULL)
 		return 0;
-	if (cache_usable(c) && cache_pending_flush(c) == 0)
-		cache_result(c, memcached_version(c->mc), "version");
+	if (cache_usable(c) && cache_pending_flush(c) == 0) {
+		st = memcached_stat(c->mc, NULL, &rc);
+		if (st != NULL)
+			memcached_stat_free(c->mc, st);
+		cache_result(c, rc, "stat");
+	}
 	return cache_alive(c);
 }
 

@@ -20,7 +20,7 @@ struct cache	*cache_new(const struct config *);
 void		 cache_free(struct cache *);
 /* 1 when the last memcached operation succeeded (for /health: "ok" or "down"). */
 int		 cache_alive(struct cache *);
-/* Probe memcached now (a version/no-op call); returns cache_alive(). */
+/* Probe memcached now (a stats round trip to every server); returns cache_alive(). */
 int		 cache_check(struct cache *);
 
 /*

@@ -560,6 +560,30 @@ def t_conversations_groups_presence(base):
           "GET /presence lists the users", r)
 
 
+def t_health_memcached(base):
+    """memcached's state in /health is probed, not remembered (SIGSTOP: down; SIGCONT: ok)."""
+    pid = 0
+    try:
+        with open(os.path.join(os.environ.get("PARLEY_TEST_DIR", ""), "memcached.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pid = int(os.environ.get("PARLEY_TEST_MEMCACHED_PID") or 0)
+    if not check(pid > 0, "memcached pid known"):
+        return
+    for _ in range(8):  # every request thread has talked to memcached
+        req(base, "GET", "/health")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        rs = [req(base, "GET", "/health") for _ in range(8)]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    check(all(r.status == 200 and r.json() == {"status": "ok", "mysql": "ok", "memcached": "down", "bus": "ok"}
+              for r in rs), "memcached stopped: every /health says memcached down (200)", [r.body for r in rs])
+    ok = wait_until(lambda: all(req(base, "GET", "/health").json().get("memcached") == "ok" for _ in range(8)),
+                    10, 0.3)
+    check(ok, "memcached back: /health says ok again")
+
+
 def t_rooms(base):
     room = name("room")
     alice, bob = name("alice"), name("bob")
@@ -900,6 +924,7 @@ def main():
             t_conversations_groups_presence(base)
             t_rooms(base)
             t_metrics(base)
+            t_health_memcached(base)
             t_hangup(base, pid, os.environ["FCGI_SOCKET"])
             t_keep_conn(base, pid, os.environ["FCGI_SOCKET"])
             if base2:
