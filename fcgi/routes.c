@@ -24,6 +24,7 @@
 
 #define ROUTE_SEGS_MAX		6
 #define ROUTE_LIMIT_DEFAULT	100
+#define ROUTE_CONV_DEFAULT	50	/* GET /conversations (docs/protocol.md) */
 #define ROUTE_POLL_DEFAULT_S	30
 #define ROUTE_PRESENCE_MAX	500
 
@@ -420,7 +421,7 @@ h_conversations(struct rctx *c)
 	char *json = NULL;
 	int rc, limit;
 
-	if (query_limit(c, ROUTE_LIMIT_DEFAULT, &limit) < 0)
+	if (query_limit(c, ROUTE_CONV_DEFAULT, &limit) < 0)
 		return;
 	rc = chat_conversations_json(c->chat, c->id.user, limit, &json);
 	r_result(c, rc, json);

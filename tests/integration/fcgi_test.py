@@ -560,6 +560,41 @@ def t_conversations_groups_presence(base):
           "GET /presence lists the users", r)
 
 
+def t_conversations_shape(base):
+    """Newest first, with/group_id null shapes, unread counts, default limit 50."""
+    alice, bob, carol = name("alice"), name("bob"), name("carol")
+    ta, tb, tc = token(alice), token(bob), token(carol)
+    send(base, tb, alice, "b1")
+    m2 = send(base, tb, alice, "b2").json()["server_msg_id"]
+    gid = req(base, "POST", "/groups", ta, body={"name": "g", "members": [bob, carol]}).json()["group_id"]
+    send(base, tc, None, "in group", group=gid)
+    r = req(base, "GET", "/conversations", ta)
+    cs = (r.json() or {}).get("conversations", [])
+    check(r.status == 200 and len(cs) == 2 and cs[0]["with"] is None and cs[0]["group_id"] == gid and
+          cs[1]["with"] == bob and cs[1]["group_id"] is None and cs[0]["last_ts"] >= cs[1]["last_ts"],
+          "conversations newest first, group entry with:null, peer entry group_id:null", r)
+    check(len(cs) == 2 and cs[1]["unread"] == 2 and cs[0]["unread"] == 1 and
+          cs[1]["last_message"]["id"] == m2 and cs[1]["last_message"]["from"] == bob and
+          cs[1]["last_message"]["group_id"] is None and cs[0]["last_message"]["to"] is None and
+          cs[0]["last_message"]["content"] == "in group" and cs[1]["last_message"]["ts"] == cs[1]["last_ts"],
+          "conversation unread counts and last_message shape", r)
+    req(base, "POST", "/receipts", ta, body={"message_id": m2, "status": "read"})
+    cs = req(base, "GET", "/conversations", ta).json()["conversations"]
+    check([c["unread"] for c in cs] == [1, 0], "a read receipt zeroes that conversation's unread", cs)
+    # default limit 50 (docs/protocol.md), limit up to 500
+    many = name("many")
+    tm = token(many)
+    for i in range(51):
+        send(base, tm, name("peer"), "m%d" % i)
+    r = req(base, "GET", "/conversations", tm)
+    check(r.status == 200 and len(r.json()["conversations"]) == 50, "conversations: default limit 50",
+          len((r.json() or {}).get("conversations", [])))
+    r = req(base, "GET", "/conversations?limit=51", tm)
+    check(r.status == 200 and len(r.json()["conversations"]) == 51, "conversations?limit=51 gives 51", r.status)
+    r = req(base, "GET", "/conversations?limit=501", tm)
+    check(r.status == 400 and "limit" in err_msg(r), "conversations?limit=501: 400", r)
+
+
 def t_health_memcached(base):
     """memcached's state in /health is probed, not remembered (SIGSTOP: down; SIGCONT: ok)."""
     pid = 0
@@ -923,6 +958,7 @@ def main():
             t_receipts_typing(base)
             t_conversations_groups_presence(base)
             t_rooms(base)
+            t_conversations_shape(base)
             t_metrics(base)
             t_health_memcached(base)
             t_hangup(base, pid, os.environ["FCGI_SOCKET"])
