@@ -96,6 +96,14 @@ def token(user, exp_in=3600, alg="HS256", dev=None, secret=None, sign=True):
     return h + "." + p + "." + b64u(sig)
 
 
+def token_claims(claims, header=None):
+    """An HS256 token with exactly these claims (and header), signed with the test secret."""
+    h = b64u(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
+    p = b64u(json.dumps(claims).encode())
+    sig = hmac.new(SECRET.encode(), (h + "." + p).encode(), hashlib.sha256).digest()
+    return h + "." + p + "." + b64u(sig)
+
+
 # --- HTTP ---------------------------------------------------------------------------------
 
 class Resp:
@@ -297,6 +305,39 @@ def t_errors(base):
     check(r.status == 401, "/metrics needs a token", r)
 
 
+def t_auth_claims(base):
+    """exp required, nbf/iat honoured with the leeway (30 s), sub a valid user id."""
+    now = int(time.time())
+    u = name("claims")
+    cases = [
+        ("nbf an hour ahead", {"sub": u, "exp": now + 3600, "nbf": now + 3600}, 401),
+        ("nbf within the leeway", {"sub": u, "exp": now + 3600, "nbf": now + 10}, 200),
+        ("iat an hour ahead", {"sub": u, "exp": now + 3600, "iat": now + 3600}, 401),
+        ("no exp", {"sub": u}, 401),
+        ("exp as a string", {"sub": u, "exp": str(now + 3600)}, 401),
+        ("expired within the leeway", {"sub": u, "exp": now - 5}, 200),
+        ("no sub", {"exp": now + 3600}, 401),
+        ("empty sub", {"sub": "", "exp": now + 3600}, 401),
+        ("sub of 65 bytes", {"sub": "a" * 65, "exp": now + 3600}, 401),
+        ("sub of 64 bytes", {"sub": "a" * 64, "exp": now + 3600}, 200),
+        ("sub not a string", {"sub": 5, "exp": now + 3600}, 401),
+        ("sub of every allowed character", {"sub": "a@b.c+d-e_F9", "exp": now + 3600}, 200),
+    ]
+    for what, claims, status in cases:
+        r = req(base, "GET", "/messages", token_claims(claims))
+        check(r.status == status and (status == 200 or err_code(r) == "unauthorized"),
+              "token with %s: %d" % (what, status), r)
+    r = req(base, "GET", "/messages", token_claims({"sub": u, "exp": now + 3600}, {"alg": "none"}))
+    check(r.status == 401, "alg none refused even when signed", r)
+    # errors before authentication still have the contract's shape
+    r = req(base, "GET", "/nope")
+    check(r.status == 404 and err_code(r) == "not_found" and
+          r.headers.get("content-type", "").startswith("application/json"), "404 without a token: JSON", r)
+    r = req(base, "DELETE", "/messages")
+    check(r.status == 405 and err_code(r) == "method_not_allowed" and r.headers.get("allow") == "GET, POST",
+          "405 without a token: JSON + Allow", r)
+
+
 def t_limits(base):
     alice, bob = name("alice"), name("bob")
     ta = token(alice)
@@ -373,8 +414,8 @@ def t_send_poll(base):
     r2 = send(base, ta, bob, "hello", cmid)
     j2 = r2.json() or {}
     check(r2.status == 200 and j2.get("duplicate") is True and
-          j2.get("server_msg_id") == j1.get("server_msg_id"),
-          "retried send: same server_msg_id, duplicate:true", r2)
+          j2.get("server_msg_id") == j1.get("server_msg_id") and j2.get("seq") == j1.get("seq"),
+          "retried send: same server_msg_id and seq, duplicate:true", r2)
     r = req(base, "GET", "/messages?after=0", tb)
     ev = [e for e in (r.json() or {}).get("events", []) if e.get("type") == "new_message" and
           e["message"].get("client_msg_id") == cmid]
@@ -593,6 +634,83 @@ def t_conversations_shape(base):
     check(r.status == 200 and len(r.json()["conversations"]) == 51, "conversations?limit=51 gives 51", r.status)
     r = req(base, "GET", "/conversations?limit=501", tm)
     check(r.status == 400 and "limit" in err_msg(r), "conversations?limit=501: 400", r)
+
+
+def t_receipts_rules(base):
+    """Never moves back, read implies delivered, members counts, access, group_update events."""
+    alice, bob, carol, eve = name("alice"), name("bob"), name("carol"), name("eve")
+    ta, tb, tc, te = token(alice), token(bob), token(carol), token(eve)
+    m1 = send(base, ta, bob, "one").json()["server_msg_id"]
+    m2 = send(base, ta, bob, "two").json()["server_msg_id"]
+    a0 = last_seq(base, ta)
+    r = req(base, "POST", "/receipts", tb, body={"message_id": m2, "status": "delivered"})
+    check(r.status == 204, "delivered receipt 204", r)
+    j1 = req(base, "GET", "/messages/%d/receipts" % m1, ta).json()
+    check(j1 == {"members": 1, "delivered": [bob], "read": []},
+          "delivered covers the earlier message of the conversation", j1)
+    req(base, "POST", "/receipts", tb, body={"message_id": m1, "status": "read"})
+    req(base, "POST", "/receipts", tb, body={"message_id": m1, "status": "delivered"})
+    j1 = req(base, "GET", "/messages/%d/receipts" % m1, ta).json()
+    j2 = req(base, "GET", "/messages/%d/receipts" % m2, ta).json()
+    check(j1 == {"members": 1, "delivered": [bob], "read": [bob]} and
+          j2 == {"members": 1, "delivered": [bob], "read": []},
+          "markers never move back (read m1 after delivered m2; delivered again changes nothing)", (j1, j2))
+    st = [(e["message_id"], e["status"], e["by"]) for e in
+          req(base, "GET", "/messages?after=%d" % a0, ta).json()["events"] if e["type"] == "message_status"]
+    check(st == [(m2, "delivered", bob), (m1, "read", bob)],
+          "one message_status per moved marker in the sender's log", st)
+    r = req(base, "GET", "/messages/%d/receipts" % m1, tb)
+    check(r.status == 200, "the recipient may read the receipts", r)
+    r = req(base, "GET", "/messages/%d/receipts" % m1, te)
+    check(r.status == 403 and err_code(r) == "forbidden", "a stranger may not: 403", r)
+    r = req(base, "GET", "/messages/999999999/receipts", ta)
+    check(r.status == 404 and err_code(r) == "not_found", "receipts of an unknown message: 404", r)
+    r = req(base, "POST", "/receipts", ta, body={"message_id": m1, "status": "read"})
+    check(r.status == 404, "receipt for one's own message: 404", r)
+    # a group: members counts the others; group_update events reach the members
+    gid = req(base, "POST", "/groups", ta, body={"name": "g", "members": [bob, carol]}).json()["group_id"]
+    gm = send(base, ta, None, "to group", group=gid).json()["server_msg_id"]
+    req(base, "POST", "/receipts", tb, body={"message_id": gm, "status": "read"})
+    r = req(base, "GET", "/messages/%d/receipts" % gm, tc)
+    check(r.json() == {"members": 2, "delivered": [bob], "read": [bob]},
+          "group receipts: members = the others, read implies delivered, a member may look", r)
+    r = req(base, "GET", "/messages/%d/receipts" % gm, te)
+    check(r.status == 403, "group receipts: a non-member gets 403", r)
+    c0 = last_seq(base, tc)
+    r = req(base, "POST", "/groups/%d/members" % gid, te, body={"user": eve})
+    check(r.status == 403, "a non-member cannot add: 403", r)
+    r = req(base, "POST", "/groups/999999999/members", ta, body={"user": eve})
+    check(r.status == 404 and err_code(r) == "not_found", "adding to a missing group: 404", r)
+    r = req(base, "DELETE", "/groups/%d/members/%s" % (gid, eve), ta)
+    check(r.status == 404, "removing a non-member: 404", r)
+    r = req(base, "DELETE", "/groups/%d/members/%s" % (gid, carol), tb)
+    check(r.status == 403, "a member cannot remove another: 403", r)
+    req(base, "POST", "/groups/%d/members" % gid, ta, body={"user": eve})
+    req(base, "DELETE", "/groups/%d/members/%s" % (gid, bob), tb)
+    ev = [(e["group_id"], e["action"], e["user"], e["by"]) for e in
+          req(base, "GET", "/messages?after=%d" % c0, tc).json()["events"] if e["type"] == "group_update"]
+    check(ev == [(gid, "member_added", eve, alice), (gid, "member_removed", bob, bob)],
+          "group_update events (added by the admin, self-removal) in a member's log", ev)
+    r = send(base, tb, None, "gone", group=gid)
+    check(r.status == 403 and err_code(r) == "forbidden", "sending to a group one left: 403", r)
+
+
+def t_room_history(base):
+    """Last 200 comments after ID, oldest first; 500 characters accepted."""
+    room = name("hist")
+    r = req(base, "POST", "/rooms/%s/messages" % room, token(name("u")), body={"text": "é" * 500})
+    check(r.status == 200 and len(r.json()["comment"]["text"]) == 500, "room text of 500 characters", r)
+    for _ in range(21):  # 10 each: under the per-user rate limit
+        tu = token(name("u"))
+        for i in range(10):
+            req(base, "POST", "/rooms/%s/messages" % room, tu, body={"text": "h%d" % i})
+    r = req(base, "GET", "/rooms/%s/messages" % room, token(name("r")))
+    j = r.json() or {}
+    ids = [e["comment"]["id"] for e in j.get("events", [])]
+    check(r.status == 200 and len(ids) == 200 and ids == sorted(ids) and j["next"] == ids[-1],
+          "room history: the last 200, oldest first, next = last id", (r.status, len(ids)))
+    r = req(base, "GET", "/rooms/%s/messages?after=%d" % (room, ids[-3]), token(name("r")))
+    check([e["comment"]["id"] for e in r.json()["events"]] == ids[-2:], "room history after=ID", r)
 
 
 def t_health_memcached(base):
@@ -951,6 +1069,7 @@ def main():
         if phase == "full":
             t_health(base)
             t_errors(base)
+            t_auth_claims(base)
             t_limits(base)
             t_send_poll(base)
             t_long_poll(base)
@@ -959,6 +1078,8 @@ def main():
             t_conversations_groups_presence(base)
             t_rooms(base)
             t_conversations_shape(base)
+            t_receipts_rules(base)
+            t_room_history(base)
             t_metrics(base)
             t_health_memcached(base)
             t_hangup(base, pid, os.environ["FCGI_SOCKET"])
