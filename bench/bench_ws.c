@@ -35,7 +35,12 @@
  *
  * Without --port it starts its own parley-ws ($PARLEY_BUILDDIR/parley-ws) from $PARLEY_CONFIG
  * (the test harness's stack: bench/run) on a free port with a private bus directory, and stops
- * it at the end. Defaults: 10,000 connections, 100 pairs, 2,000 messages/s, 10 s.
+ * it after its phases. Defaults: 10,000 connections, 100 pairs, 2,000 messages/s, 10 s.
+ *
+ * Then (unless --no-peer) the same phases with the same parameters run against the peer,
+ * peer_ws (built next to this program by make bench: a bare lws relay, no storage), started
+ * from the same configuration file on a port of its own, and the ratios parley/peer of memory
+ * per connection, latency p50/p99 and CPU per 1,000 messages are printed (bench/README.md).
  */
 
 struct bconn {
@@ -54,11 +59,24 @@ struct bench {
 	int		 ready;
 	int		 dead;
 	uint64_t	 acks, ack_errors, delivered;
+	char		 first_error[160];	/* the first error ack, as received */
 	int64_t		*lat;	/* microseconds */
 	size_t		 nlat, caplat;
 	const char	*host;
 	int		 port;
 	char		 run[16];
+};
+
+/* One server under test (parley-ws or the peer) and its figures. */
+struct side {
+	int		 pid, port;
+	int		 ready, dead;
+	long		 rss0, rss1;	/* KiB */
+	double		 kib_per_conn;
+	int64_t		 sent;
+	uint64_t	 acks, ack_errors, delivered;
+	double		 p50, p99;	/* ms; -1 without latencies */
+	double		 cpu_ms;	/* per 1,000 delivered; -1 without deliveries */
 };
 
 static int64_t
@@ -148,7 +166,6 @@ on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
 	const char *t;
 	int64_t sent;
 
-	(void)len;
 	if (c->state == 1 && strstr(p, "\"type\":\"ready\"") != NULL) {
 		c->state = 2;
 		b->ready++;
@@ -157,8 +174,8 @@ on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
 	if (strncmp(p, "{\"type\":\"ack\"", 13) == 0) {
 		if (strstr(p, "\"status\":\"success\"") != NULL)
 			b->acks++;
-		else
-			b->ack_errors++;
+		else if (b->ack_errors++ == 0)
+			snprintf(b->first_error, sizeof b->first_error, "%.*s", (int)len, p);
 		return;
 	}
 	if (c->role != 2 || strncmp(p, "{\"type\":\"new_message\"", 21) != 0)
@@ -353,20 +370,42 @@ free_port(void)
 	return port;
 }
 
+/* Run bin with argv, its output appended to logpath; it dies with the bench. Returns the pid. */
+static pid_t
+spawn(const char *bin, char *const argv[], const char *logpath)
+{
+	pid_t pid;
+	int fd;
+
+	if ((pid = fork()) == -1)
+		fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGTERM);	/* a bench that dies takes its daemon along */
+		if ((fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644)) >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		execv(bin, argv);
+		_exit(127);
+	}
+	return pid;
+}
+
 /*
  * Our own parley-ws: the harness's config without its [bus], [ws], [actor] and [log] sections
- * (keys may not be set twice), plus ours. Returns the pid; *cfgpath is the written file.
+ * (keys may not be set twice), plus ours, in dir. Returns the pid; *cfgpath is the written file.
  */
 static pid_t
-daemon_start(const char *base, int port, int conns, int workers, char **cfgpath)
+daemon_start(const char *dir, const char *base, int port, int conns, int workers, char **cfgpath)
 {
-	char dir[] = "/tmp/bench-ws.XXXXXX", line[1024], *bin, *bdir;
+	char line[1024], *bin, *bdir, *logpath;
 	const char *skip[] = { "[bus]", "[ws]", "[actor]", "[log]" };
+	char *argv[4];
 	FILE *in, *out;
-	int skipping = 0, fd, i;
+	int skipping = 0, i;
 	pid_t pid;
 
-	if (mkdtemp(dir) == NULL || (in = fopen(base, "r")) == NULL)
+	if ((in = fopen(base, "r")) == NULL)
 		fatal("bench config: %s", strerror(errno));
 	xasprintf(cfgpath, "%s/parley.conf", dir);
 	if ((out = fopen(*cfgpath, "w")) == NULL)
@@ -387,25 +426,51 @@ daemon_start(const char *base, int port, int conns, int workers, char **cfgpath)
 	fclose(out);
 	bdir = getenv("PARLEY_BUILDDIR");
 	xasprintf(&bin, "%s/parley-ws", bdir != NULL ? bdir : ".");
-	if ((pid = fork()) == -1)
-		fatal("fork: %s", strerror(errno));
-	if (pid == 0) {
-		prctl(PR_SET_PDEATHSIG, SIGTERM);	/* a bench that dies takes its daemon along */
-		snprintf(line, sizeof line, "%s/parley-ws.log", dir);
-		if ((fd = open(line, O_WRONLY | O_CREAT | O_APPEND, 0644)) >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execl(bin, "parley-ws", "--config", *cfgpath, (char *)NULL);
-		_exit(127);
-	}
+	xasprintf(&logpath, "%s/parley-ws.log", dir);
+	argv[0] = "parley-ws";
+	argv[1] = "--config";
+	argv[2] = *cfgpath;
+	argv[3] = NULL;
+	pid = spawn(bin, argv, logpath);
+	free(logpath);
+	free(bin);
+	return pid;
+}
+
+/* The peer (peer_ws, next to this program) on port, from the same configuration file. */
+static pid_t
+peer_start(const char *dir, const char *cfgpath, int port)
+{
+	char self[4096], portarg[16], *bin, *logpath, *slash;
+	char *argv[6];
+	ssize_t n;
+	pid_t pid;
+
+	if ((n = readlink("/proc/self/exe", self, sizeof self - 1)) == -1)
+		fatal("/proc/self/exe: %s", strerror(errno));
+	self[n] = '\0';
+	if ((slash = strrchr(self, '/')) != NULL)
+		*slash = '\0';
+	xasprintf(&bin, "%s/peer_ws", self);
+	if (access(bin, X_OK) != 0)
+		fatal("%s: %s (make bench builds it)", bin, strerror(errno));
+	xasprintf(&logpath, "%s/peer_ws.log", dir);
+	snprintf(portarg, sizeof portarg, "%d", port);
+	argv[0] = "peer_ws";
+	argv[1] = "--config";
+	argv[2] = (char *)(uintptr_t)cfgpath;
+	argv[3] = "--port";
+	argv[4] = portarg;
+	argv[5] = NULL;
+	pid = spawn(bin, argv, logpath);
+	free(logpath);
 	free(bin);
 	return pid;
 }
 
 /* Wait until the daemon listens (or died). */
 static void
-daemon_wait(pid_t pid, int port)
+daemon_wait(const char *name, pid_t pid, int port)
 {
 	struct sockaddr_in a;
 	int i, fd, st;
@@ -416,7 +481,7 @@ daemon_wait(pid_t pid, int port)
 	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 	for (i = 0; i < 200; i++) {
 		if (waitpid(pid, &st, WNOHANG) == pid)
-			fatal("parley-ws exited at start (status %d)", st);
+			fatal("%s exited at start (status %d)", name, st);
 		fd = socket(AF_INET, SOCK_STREAM, 0);
 		if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0) {
 			close(fd);
@@ -425,15 +490,203 @@ daemon_wait(pid_t pid, int port)
 		close(fd);
 		usleep(50000);
 	}
-	fatal("parley-ws did not listen on port %d", port);
+	fatal("%s did not listen on port %d", name, port);
+}
+
+static void
+daemon_stop(pid_t pid)
+{
+	kill(pid, SIGTERM);
+	waitpid(pid, NULL, 0);
+}
+
+/*
+ * Both phases against the server of side s (its pid and port): phase 1 with b->n connections,
+ * phase 2 with pairs at rate for secs. Lines are printed with pfx in front; figures go to s.
+ */
+static void
+bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int rate, int secs,
+    const char *pfx)
+{
+	char msg[256], cmid[64];
+	long long cpu0, cpu1;
+	int64_t t0, next, end, seqno = 0;
+	double per_tick, owed = 0;
+	struct bconn *sc;
+	int i, n;
+
+	b->port = s->port;
+	b->ready = b->dead = 0;
+	b->acks = b->ack_errors = b->delivered = 0;
+	b->first_error[0] = '\0';
+	b->nlat = 0;
+	b->c = xcalloc((size_t)b->n, sizeof *b->c);
+	b->ep = epoll_create1(0);
+
+	/* Phase 1: idle authenticated connections. */
+	s->rss0 = proc_rss_kb(s->pid);
+	t0 = now_us();
+	for (i = 0; i < b->n; i++) {
+		if (conn_open(b, i, secret) != 0)
+			fatal("connection %d: %s", i, strerror(errno));
+		if (i % 200 == 199)
+			while (b->ready + b->dead < i - 1000)
+				poll_once(b, 10);
+	}
+	while (b->ready + b->dead < b->n && now_us() - t0 < 120 * 1000000LL)
+		poll_once(b, 50);
+	printf("%sconnections: %d ready, %d failed, in %.1f s\n", pfx, b->ready, b->dead,
+	    (double)(now_us() - t0) / 1e6);
+	for (end = now_us() + 3000000; now_us() < end;)
+		poll_once(b, 100);
+	s->rss1 = proc_rss_kb(s->pid);
+	s->ready = b->ready;
+	s->kib_per_conn = b->ready > 0 ? (double)(s->rss1 - s->rss0) / b->ready : 0.0;
+	printf("%sdaemon RSS: %ld KiB before, %ld KiB with %d idle authenticated connections: "
+	    "%.2f KiB per connection\n", pfx, s->rss0, s->rss1, b->ready, s->kib_per_conn);
+	fflush(stdout);
+
+	/* Phase 2: 1:1 messages between pairs, paced. */
+	for (i = 0; i < 2 * pairs; i++) {
+		b->c[i].role = i < pairs ? 1 : 2;
+		ws_send(&b->c[i], 0x1, "{\"type\":\"sync\",\"after\":0}", 25);
+	}
+	for (end = now_us() + 1000000; now_us() < end;)
+		poll_once(b, 10);
+	cpu0 = proc_cpu_ticks(s->pid);
+	t0 = now_us();
+	end = t0 + (int64_t)secs * 1000000;
+	per_tick = rate / 1000.0;
+	next = t0;
+	while (now_us() < end) {
+		poll_once(b, 0);
+		if (now_us() < next) {
+			poll_once(b, 1);
+			continue;
+		}
+		next += 1000;
+		owed += per_tick;
+		while (owed >= 1) {
+			sc = &b->c[seqno % pairs];
+			owed -= 1;
+			snprintf(cmid, sizeof cmid, "m%" PRId64, seqno);
+			n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":\"%s\","
+			    "\"to\":\"%s\",\"content\":\"t=%" PRId64 "\"}", cmid,
+			    b->c[pairs + seqno % pairs].user, now_us());
+			if (sc->fd >= 0)
+				ws_send(sc, 0x1, msg, (size_t)n);
+			seqno++;
+		}
+	}
+	for (end = now_us() + 10000000; now_us() < end &&
+	    (b->delivered < (uint64_t)seqno || b->acks + b->ack_errors < (uint64_t)seqno);)
+		poll_once(b, 10);
+	cpu1 = proc_cpu_ticks(s->pid);
+	qsort(b->lat, b->nlat, sizeof *b->lat, cmp64);
+	s->dead = b->dead;
+	s->sent = seqno;
+	s->acks = b->acks;
+	s->ack_errors = b->ack_errors;
+	s->delivered = b->delivered;
+	printf("%ssent %" PRId64 " messages in %d s (%d/s target), %" PRIu64 " acks, %" PRIu64
+	    " ack errors, %" PRIu64 " delivered\n", pfx, seqno, secs, rate, b->acks, b->ack_errors,
+	    b->delivered);
+	if (b->ack_errors > 0)
+		printf("%sfirst error ack: %s\n", pfx, b->first_error);
+	s->p50 = s->p99 = -1;
+	if (b->nlat > 0) {
+		s->p50 = b->lat[b->nlat / 2] / 1000.0;
+		s->p99 = b->lat[b->nlat * 99 / 100] / 1000.0;
+		printf("%slatency send -> recipient frame: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, "
+		    "max %.2f ms\n", pfx, s->p50, b->lat[b->nlat * 9 / 10] / 1000.0, s->p99,
+		    b->lat[b->nlat - 1] / 1000.0);
+	}
+	s->cpu_ms = -1;
+	if (b->delivered > 0) {
+		s->cpu_ms = (double)(cpu1 - cpu0) * 1000.0 / (double)sysconf(_SC_CLK_TCK) /
+		    ((double)b->delivered / 1000.0);
+		printf("%sdaemon CPU: %.2f s for %" PRIu64 " deliveries: %.1f ms per 1,000 delivered "
+		    "messages\n", pfx, (double)(cpu1 - cpu0) / (double)sysconf(_SC_CLK_TCK),
+		    b->delivered, s->cpu_ms);
+	}
+	fflush(stdout);
+	for (i = 0; i < b->n; i++) {
+		if (b->c[i].fd >= 0)
+			close(b->c[i].fd);
+		free(b->c[i].rx);
+	}
+	free(b->c);
+	b->c = NULL;
+	close(b->ep);
+}
+
+/* Every connection of phase 1 came up. */
+static int
+side_conns_ok(const struct side *s, int conns)
+{
+	return s->ready == conns;
+}
+
+/* Every message of phase 2 was acked as a success and delivered, on live connections. */
+static int
+side_msgs_ok(const struct side *s)
+{
+	return s->dead == 0 && s->ack_errors == 0 && s->acks == (uint64_t)s->sent &&
+	    s->delivered == (uint64_t)s->sent;
+}
+
+/* x/y into buf; "n/a" when either is missing (not above 0) or ok is false. */
+static void
+ratio(char *buf, size_t size, double x, double y, int ok)
+{
+	if (ok && x > 0 && y > 0)
+		snprintf(buf, size, "%.2f", x / y);
+	else
+		snprintf(buf, size, "n/a");
+}
+
+/* Which side failed, from whether each was ok. */
+static const char *
+who(int pw_ok, int peer_ok)
+{
+	if (!pw_ok && !peer_ok)
+		return "both sides";
+	return pw_ok ? "the peer" : "parley-ws";
+}
+
+/*
+ * "ratio parley/peer": above 1 means Parley costs more (memory, latency, CPU). The memory ratio
+ * needs every connection up on both sides; the others every message acked and delivered.
+ */
+static void
+print_ratios(const struct side *pw, const struct side *peer, int conns)
+{
+	char m[32], p50[32], p99[32], cpu[32];
+	int cok, mok;
+
+	cok = side_conns_ok(pw, conns) && side_conns_ok(peer, conns);
+	mok = side_msgs_ok(pw) && side_msgs_ok(peer);
+	ratio(m, sizeof m, pw->kib_per_conn, peer->kib_per_conn, cok);
+	ratio(p50, sizeof p50, pw->p50, peer->p50, mok);
+	ratio(p99, sizeof p99, pw->p99, peer->p99, mok);
+	ratio(cpu, sizeof cpu, pw->cpu_ms, peer->cpu_ms, mok);
+	printf("ratio parley/peer: memory per connection %s, latency p50 %s, p99 %s, "
+	    "CPU per 1,000 messages %s (above 1: Parley costs more)\n", m, p50, p99, cpu);
+	if (!cok)
+		printf("  no memory ratio: %s did not bring up every connection\n",
+		    who(side_conns_ok(pw, conns), side_conns_ok(peer, conns)));
+	if (!mok)
+		printf("  no latency or CPU ratio: %s lost a connection or a message, or acked one "
+		    "as an error\n", who(side_msgs_ok(pw), side_msgs_ok(peer)));
 }
 
 static void
 usage(void)
 {
 	fprintf(stderr, "usage: bench_ws [--config FILE --port PORT --pid PID] [--conns N] "
-	    "[--pairs P] [--rate MSGS_PER_S] [--secs S] [--workers N]\n"
-	    "  without --port: starts parley-ws from $PARLEY_CONFIG and $PARLEY_BUILDDIR\n");
+	    "[--pairs P] [--rate MSGS_PER_S] [--secs S] [--workers N] [--no-peer]\n"
+	    "  without --port: starts parley-ws from $PARLEY_CONFIG and $PARLEY_BUILDDIR\n"
+	    "  then the same phases against peer_ws (next to bench_ws) unless --no-peer\n");
 	exit(2);
 }
 
@@ -445,33 +698,32 @@ main(int argc, char **argv)
 		{ "pid", required_argument, NULL, 'P' }, { "conns", required_argument, NULL, 'n' },
 		{ "pairs", required_argument, NULL, 'a' }, { "rate", required_argument, NULL, 'r' },
 		{ "secs", required_argument, NULL, 's' }, { "workers", required_argument, NULL, 'w' },
-		{ NULL, 0, NULL, 0 }
+		{ "no-peer", no_argument, NULL, 'N' }, { NULL, 0, NULL, 0 }
 	};
 	struct config cfg;
 	struct bench b;
+	struct side pw, peer;
 	const char *cfgpath = NULL;
-	char *cause = NULL, msg[256], cmid[64];
-	int pid = 0, pairs = 100, rate = 2000, secs = 10, workers = 8, opt, i, own = 0;
-	char *owncfg = NULL;
+	char dir[] = "/tmp/bench-ws.XXXXXX", *cause = NULL, *owncfg = NULL, *rm;
+	int pairs = 100, rate = 2000, secs = 10, workers = 8, opt, own = 0, nopeer = 0;
 	struct rlimit rl;
-	long rss0, rss1;
-	long long cpu0, cpu1;
-	int64_t t0, next, end, seqno = 0;
-	double per_tick;
 
 	memset(&b, 0, sizeof b);
+	memset(&pw, 0, sizeof pw);
+	memset(&peer, 0, sizeof peer);
 	b.host = "127.0.0.1";
 	b.n = 10000;
 	while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (opt) {
 		case 'c': cfgpath = optarg; break;
-		case 'p': b.port = atoi(optarg); break;
-		case 'P': pid = atoi(optarg); break;
+		case 'p': pw.port = atoi(optarg); break;
+		case 'P': pw.pid = atoi(optarg); break;
 		case 'n': b.n = atoi(optarg); break;
 		case 'a': pairs = atoi(optarg); break;
 		case 'r': rate = atoi(optarg); break;
 		case 's': secs = atoi(optarg); break;
 		case 'w': workers = atoi(optarg); break;
+		case 'N': nopeer = 1; break;
 		default: usage();
 		}
 	}
@@ -481,121 +733,46 @@ main(int argc, char **argv)
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
-	if (b.port == 0) {
+	/* Our daemons' configuration and logs (and parley-ws's bus) live here; removed at the end. */
+	if (mkdtemp(dir) == NULL)
+		fatal("%s: %s", dir, strerror(errno));
+	if (pw.port == 0) {
 		if ((cfgpath = getenv("PARLEY_CONFIG")) == NULL)
 			usage();
-		b.port = free_port();
-		pid = (int)daemon_start(cfgpath, b.port, b.n, workers, &owncfg);
+		pw.port = free_port();
+		pw.pid = (int)daemon_start(dir, cfgpath, pw.port, b.n, workers, &owncfg);
 		cfgpath = owncfg;
-		daemon_wait(pid, b.port);
+		daemon_wait("parley-ws", pw.pid, pw.port);
 		own = 1;
-		printf("parley-ws pid %d on port %d, %d actor workers\n", pid, b.port, workers);
+		printf("parley-ws pid %d on port %d, %d actor workers\n", pw.pid, pw.port, workers);
 	}
-	if (cfgpath == NULL || b.port == 0 || pid == 0 || 2 * pairs > b.n)
+	if (cfgpath == NULL || pw.port == 0 || pw.pid == 0 || pairs < 1 || 2 * pairs > b.n)
 		usage();
 	if (config_load(&cfg, cfgpath, &cause) != 0)
 		fatal("%s", cause);
 	snprintf(b.run, sizeof b.run, "%x", (unsigned)(time(NULL) ^ getpid()) & 0xffffff);
-	b.c = xcalloc((size_t)b.n, sizeof *b.c);
-	b.ep = epoll_create1(0);
 
-	/* Phase 1: idle authenticated connections. */
-	rss0 = proc_rss_kb(pid);
-	t0 = now_us();
-	for (i = 0; i < b.n; i++) {
-		if (conn_open(&b, i, cfg.jwt_secret) != 0)
-			fatal("connection %d: %s", i, strerror(errno));
-		if (i % 200 == 199)
-			while (b.ready + b.dead < i - 1000)
-				poll_once(&b, 10);
-	}
-	while (b.ready + b.dead < b.n && now_us() - t0 < 120 * 1000000LL)
-		poll_once(&b, 50);
-	printf("connections: %d ready, %d failed, in %.1f s\n", b.ready, b.dead,
-	    (double)(now_us() - t0) / 1e6);
-	for (end = now_us() + 3000000; now_us() < end;)
-		poll_once(&b, 100);
-	rss1 = proc_rss_kb(pid);
-	printf("daemon RSS: %ld KiB before, %ld KiB with %d idle authenticated connections: "
-	    "%.2f KiB per connection\n", rss0, rss1, b.ready,
-	    b.ready > 0 ? (double)(rss1 - rss0) / b.ready : 0.0);
-	fflush(stdout);
+	bench_side(&b, &pw, cfg.jwt_secret, pairs, rate, secs, "");
+	if (own)
+		daemon_stop(pw.pid);	/* the peer runs alone on the machine */
 
-	/* Phase 2: 1:1 messages between pairs, paced. */
-	for (i = 0; i < 2 * pairs; i++) {
-		b.c[i].role = i < pairs ? 1 : 2;
-		ws_send(&b.c[i], 0x1, "{\"type\":\"sync\",\"after\":0}", 25);
+	if (!nopeer) {
+		peer.port = free_port();
+		peer.pid = (int)peer_start(dir, cfgpath, peer.port);
+		daemon_wait("peer_ws", peer.pid, peer.port);
+		printf("\npeer (peer_ws: lws relay, no storage) pid %d on port %d, same %d connections, "
+		    "%d pairs, %d msgs/s, %d s\n", peer.pid, peer.port, b.n, pairs, rate, secs);
+		bench_side(&b, &peer, cfg.jwt_secret, pairs, rate, secs, "peer: ");
+		daemon_stop(peer.pid);
+		print_ratios(&pw, &peer, b.n);
 	}
-	for (end = now_us() + 1000000; now_us() < end;)
-		poll_once(&b, 10);
-	cpu0 = proc_cpu_ticks(pid);
-	t0 = now_us();
-	end = t0 + (int64_t)secs * 1000000;
-	per_tick = rate / 1000.0;
-	next = t0;
-	{
-		double owed = 0;
 
-		while (now_us() < end) {
-			poll_once(&b, 0);
-			if (now_us() < next) {
-				poll_once(&b, 1);
-				continue;
-			}
-			next += 1000;
-			owed += per_tick;
-			while (owed >= 1) {
-				struct bconn *s = &b.c[seqno % pairs];
-				int n;
-
-				owed -= 1;
-				snprintf(cmid, sizeof cmid, "m%" PRId64, seqno);
-				n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":\"%s\","
-				    "\"to\":\"%s\",\"content\":\"t=%" PRId64 "\"}", cmid,
-				    b.c[pairs + seqno % pairs].user, now_us());
-				if (s->fd >= 0)
-					ws_send(s, 0x1, msg, (size_t)n);
-				seqno++;
-			}
-		}
-	}
-	for (end = now_us() + 10000000; now_us() < end &&
-	    (b.delivered < (uint64_t)seqno || b.acks + b.ack_errors < (uint64_t)seqno);)
-		poll_once(&b, 10);
-	cpu1 = proc_cpu_ticks(pid);
-	qsort(b.lat, b.nlat, sizeof *b.lat, cmp64);
-	printf("sent %" PRId64 " messages in %d s (%d/s target), %" PRIu64 " acks, %" PRIu64
-	    " ack errors, %" PRIu64 " delivered\n", seqno, secs, rate, b.acks, b.ack_errors,
-	    b.delivered);
-	if (b.nlat > 0)
-		printf("latency send -> recipient frame: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, "
-		    "max %.2f ms\n", b.lat[b.nlat / 2] / 1000.0, b.lat[b.nlat * 9 / 10] / 1000.0,
-		    b.lat[b.nlat * 99 / 100] / 1000.0, b.lat[b.nlat - 1] / 1000.0);
-	if (b.delivered > 0)
-		printf("daemon CPU: %.2f s for %" PRIu64 " deliveries: %.1f ms per 1,000 delivered "
-		    "messages\n", (double)(cpu1 - cpu0) / (double)sysconf(_SC_CLK_TCK), b.delivered,
-		    (double)(cpu1 - cpu0) * 1000.0 / (double)sysconf(_SC_CLK_TCK) /
-		    ((double)b.delivered / 1000.0));
-	for (i = 0; i < b.n; i++) {
-		if (b.c[i].fd >= 0)
-			close(b.c[i].fd);
-		free(b.c[i].rx);
-	}
-	free(b.c);
 	free(b.lat);
 	config_clear(&cfg);
-	if (own) {
-		char *rm;
-
-		kill(pid, SIGTERM);
-		waitpid(pid, NULL, 0);
-		/* The config's directory (with the bus and the daemon's log) goes too. */
-		*strrchr(owncfg, '/') = '\0';
-		xasprintf(&rm, "rm -rf '%s'", owncfg);
-		if (system(rm) != 0)
-			log_warn("could not remove %s", owncfg);
-		free(rm);
-		free(owncfg);
-	}
+	xasprintf(&rm, "rm -rf '%s'", dir);
+	if (system(rm) != 0)
+		log_warn("could not remove %s", dir);
+	free(rm);
+	free(owncfg);
 	return 0;
 }
