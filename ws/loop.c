@@ -266,7 +266,8 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 
 	if (c->state != CONN_AUTHING)
 		return;
-	lws_rx_flow_control(c->wsi, 1);
+	if (c->nheld == 0)
+		lws_rx_flow_control(c->wsi, 1);
 	if (d->err != 0) {
 		loop_fail(c, "unavailable", "storage unavailable, retry later", 1013,
 		    "try again later");
@@ -339,30 +340,131 @@ loop_send_key(const struct ws *ws, const char *user, char *key, size_t size)
 	snprintf(key, size, "send:%u", h % ws->send_shards);
 }
 
+/* An error ack for send job j of c; j is freed. */
+static void
+loop_send_refused(struct ws *ws, struct conn *c, struct job *j, const char *code,
+    const char *message)
+{
+	char *ack;
+
+	ack = protocol_ack_error(j->req.send.client_msg_id, code, message);
+	loop_send(ws, c, ack, strlen(ack));
+	free(ack);
+	ws_job_free(JOB_SEND, j);
+}
+
+/*
+ * Sends wait for room in the send queue instead of being refused: j joins the held list and c
+ * is not read from until its held sends are posted (TCP back-pressure on a client that sends
+ * faster than MySQL commits). The list is FIFO across connections, so a newcomer never takes
+ * the room a held send waits for, and one connection's sends stay in order.
+ */
+static void
+loop_send_hold(struct ws *ws, struct conn *c, struct job *j)
+{
+	if (c->nheld >= (unsigned)ws->cfg->ws_send_backlog) {
+		loop_send_refused(ws, c, j, "rate_limited", "too many messages in flight, retry");
+		return;
+	}
+	j->next = NULL;
+	if (ws->held_tail != NULL)
+		ws->held_tail->next = j;
+	else
+		ws->held_head = j;
+	ws->held_tail = j;
+	if (c->nheld++ == 0)
+		lws_rx_flow_control(c->wsi, 0);
+}
+
+/* A send job: to its send shard, or held while the queue is full (or others wait already). */
+static void
+loop_send_job(struct ws *ws, struct conn *c, struct job *j)
+{
+	char key[PARLEY_ID_MAX + 1];
+
+	if (ws->held_head == NULL) {
+		loop_send_key(ws, j->user, key, sizeof key);
+		if (actor_post(ws->pool, key, JOB_SEND, ACTOR_BACKPRESSURE, j) == 0)
+			return;
+		if (errno != EAGAIN) {
+			loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
+			return;
+		}
+	}
+	loop_send_hold(ws, c, j);
+}
+
+static void loop_held_tick(lws_sorted_usec_list_t *);
+
+/*
+ * A connection's reading resumes. What lws had read past the pause waits in its buffer list,
+ * which lws's libev glue services only after an I/O event: wake the loop so it comes at once.
+ */
+static void
+loop_rx_resume(struct ws *ws, struct conn *c)
+{
+	lws_rx_flow_control(c->wsi, 1);
+	lws_cancel_service(ws->ctx);
+}
+
+/* Post held sends in order while the send queue takes them; retry soon when it is full. */
+static void
+loop_held_retry(struct ws *ws)
+{
+	char key[PARLEY_ID_MAX + 1];
+	struct conn *c;
+	struct job *j;
+
+	while ((j = ws->held_head) != NULL) {
+		c = conn_find(ws->conns, j->conn);
+		if (c != NULL && c->state != CONN_CLOSING) {
+			loop_send_key(ws, j->user, key, sizeof key);
+			ws->held_head = j->next;
+			if (actor_post(ws->pool, key, JOB_SEND, ACTOR_BACKPRESSURE, j) != 0) {
+				if (errno == EAGAIN) {
+					ws->held_head = j;
+					/* Room frees when a batch ends, maybe after its acks came. */
+					lws_sul_schedule(ws->ctx, 0, &ws->held_retry, loop_held_tick,
+					    2 * 1000);
+					return;
+				}
+				loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
+			}
+			if (--c->nheld == 0 && c->state == CONN_READY)
+				loop_rx_resume(ws, c);
+		} else {
+			/* Its client is gone unacknowledged: it retries with the same client_msg_id. */
+			ws->held_head = j->next;
+			if (c != NULL)
+				c->nheld--;
+			ws_job_free(JOB_SEND, j);
+		}
+	}
+	ws->held_tail = NULL;
+}
+
+static void
+loop_held_tick(lws_sorted_usec_list_t *sul)
+{
+	loop_held_retry(lws_container_of(sul, struct ws, held_retry));
+}
+
 /* Hand a decoded frame to its job (the job takes the decoded strings). */
 static void
 loop_job_frame(struct ws *ws, struct conn *c, struct proto_frame_req *r, int kind)
 {
 	struct job *j;
-	const char *cmid = r->send.client_msg_id;
-	char key[PARLEY_ID_MAX + 1], *ack;
 
 	j = loop_job(c);
 	j->req = *r;
 	memset(r, 0, sizeof *r);
-	if (kind == JOB_SEND)
-		loop_send_key(ws, j->user, key, sizeof key);
-	else
-		snprintf(key, sizeof key, "%s", j->user);
-	if (actor_post(ws->pool, key, kind, ACTOR_BACKPRESSURE, j) == 0)
-		return;
-	cmid = j->req.send.client_msg_id;
 	if (kind == JOB_SEND) {
-		ack = protocol_ack_error(cmid, "rate_limited", "too many messages in flight, retry");
-		loop_send(ws, c, ack, strlen(ack));
-		free(ack);
-	} else
-		loop_error(ws, c, "rate_limited", "too many requests in flight, retry");
+		loop_send_job(ws, c, j);
+		return;
+	}
+	if (actor_post(ws->pool, j->user, kind, ACTOR_BACKPRESSURE, j) == 0)
+		return;
+	loop_error(ws, c, "rate_limited", "too many requests in flight, retry");
 	ws_job_free(kind, j);
 }
 
@@ -748,6 +850,8 @@ loop_drain(struct ws *ws)
 		log_warn("bus hints dropped: the loop fell behind; resyncing every connection");
 		loop_resync_all(ws);
 	}
+	if (ws->held_head != NULL)
+		loop_held_retry(ws);
 	if (__atomic_load_n(&ws->stop, __ATOMIC_ACQUIRE) && !ws->stopping)
 		loop_stop(ws);
 }
@@ -797,6 +901,8 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	size_t i = 0;
 
 	loop_presence_retry(ws);
+	if (ws->held_head != NULL)
+		loop_held_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (c->state == CONN_READY && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
 			loop_slow(ws, c);

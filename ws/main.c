@@ -294,6 +294,13 @@ main(int argc, char **argv)
 		if (actor_post(ws.pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0)
 			ws_job_free(JOB_PRESENCE_DOWN, j);
 	}
+	/* Held sends were never acknowledged: their clients send them again. */
+	while (ws.held_head != NULL) {
+		struct job *j = ws.held_head;
+
+		ws.held_head = j->next;
+		ws_job_free(JOB_SEND, j);
+	}
 	actor_pool_free(ws.pool);
 	__atomic_store_n(&ws.bus_stop, 1, __ATOMIC_RELEASE);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);

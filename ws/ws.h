@@ -66,7 +66,7 @@ enum job_kind {
 };
 
 struct job {
-	struct job		*next;		/* the loop's presence retry list */
+	struct job		*next;		/* the loop's presence retry or held-send list */
 	uint64_t		 conn;
 	uint32_t		 epoch;
 	int			 has_after;
@@ -100,6 +100,8 @@ struct ws {
 	/* Loop thread only. */
 	struct conns		*conns;
 	struct job		*presence_retry;	/* presence -1 waiting for mailbox room */
+	struct job		*held_head, *held_tail;	/* sends waiting for send-queue room, FIFO */
+	lws_sorted_usec_list_t	 held_retry;
 	char			**origins;
 	size_t			 norigins;
 	int			 stopping;
