@@ -152,22 +152,32 @@ work_auth(struct wctx *w, struct job *j)
 	    store_last_seq(w->chat.store, j->user, &last) != 0)
 		return -1;
 	d = ws_done_new(DONE_READY, j->conn);
-	d->seq = cursor;
+	d->seq = cursor < last ? cursor : last;	/* a cursor stored beyond the log: see work_sync */
 	d->last = last;
 	ws_done_push(w->ws, d);
 	return 0;
 }
 
-/* sync: an explicit after becomes the device's cursor (as GET /sync); else the cursor is read. */
+/*
+ * sync: an explicit after becomes the device's cursor (as GET /sync); else the cursor is read.
+ * An after beyond the user's newest seq is taken as that seq: the stream and the cursor would
+ * otherwise skip every event up to it, and the connection would stop getting live events.
+ */
 static int
 work_sync(struct wctx *w, struct job *j)
 {
-	uint64_t after = j->after;
+	uint64_t after = j->after, last = 0;
+	int store = j->has_after;
 
-	if (j->has_after) {
-		if (store_cursor_set(w->chat.store, j->user, j->device, after) != 0)
-			return -1;
-	} else if (store_cursor_get(w->chat.store, j->user, j->device, &after) != 0)
+	if (!j->has_after && store_cursor_get(w->chat.store, j->user, j->device, &after) != 0)
+		return -1;
+	if (store_last_seq(w->chat.store, j->user, &last) != 0)
+		return -1;
+	if (after > last) {
+		after = last;
+		store = 1;
+	}
+	if (store && store_cursor_set(w->chat.store, j->user, j->device, after) != 0)
 		return -1;
 	/* A retry after a failed read must not set the cursor again from a stale default. */
 	j->has_after = 1;

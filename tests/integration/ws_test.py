@@ -414,6 +414,30 @@ async def offline_replayed_only_by_sync(env):
 
 
 @test
+async def sync_after_beyond_newest(env):
+    # An after past the user's newest seq is taken as the newest seq: the connection stays live
+    # and the stored cursor does not skip the events still to come.
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice)
+    for i in range(3):
+        await send(a, bob, "before %d" % i)
+    b = await connect(env.a, bob, dev="ahead")
+    await b.send({"type": "sync", "after": 100})
+    await b.none(lambda m: m.get("type") == "new_message", 0.5)
+    live, _ = await send(a, bob, "after the sync")
+    m = await b.next(is_msg(live))
+    assert m["seq"] == 4, m
+    await b.close()
+    b = await connect(env.a, bob, dev="ahead", sync=True)
+    assert b.ready["last_seq"] == 3, b.ready
+    m = await b.next(lambda m: m.get("type") == "new_message")
+    assert m["message"]["client_msg_id"] == live and m["seq"] == 4, m
+    await b.none(lambda m: m.get("type") == "new_message", 0.3)
+    for c in (a, b):
+        await c.close()
+
+
+@test
 async def burst_live_in_order(env):
     # Many senders' messages to one recipient, committed in shared batches: each arrives once,
     # in seq order, and every sender's acks come in its own order.
