@@ -643,6 +643,36 @@ async def rooms(env):
 
 
 @test
+async def room_rate_limit_edge(env):
+    # Exactly limits.room_rate_per_sec (10) comments of a burst go out; each one beyond gets a
+    # rate_limited error frame. Bad room names are bad_request naming "room".
+    alice, bob, room = uname("alice"), uname("bob"), uname("room")
+    a = await connect(env.a, alice)
+    b = await connect(env.b, bob)
+    await b.send({"type": "join_room", "room": room})
+    await b.send({"type": "ping"})
+    await b.next(lambda m: m.get("type") == "pong")
+    for i in range(12):
+        await a.send({"type": "room_message", "room": room, "text": "r%d" % i})
+    errs = [await a.next(lambda m: m.get("type") == "error", 5) for _ in range(2)]
+    assert all(e["code"] == "rate_limited" for e in errs), errs
+    got = [await b.next(lambda m: m.get("type") == "room_message", 5) for _ in range(10)]
+    assert [g["comment"]["text"] for g in got] == ["r%d" % i for i in range(10)], got
+    assert set(got[0]) == {"type", "room", "comment"} and set(got[0]["comment"]) == {"id", "user", "text", "ts"}, got[0]
+    await b.none(lambda m: m.get("type") == "room_message", 0.5)
+    await a.none(lambda m: m.get("type") == "error", 0.3)
+    for bad in ("", "a b", "x" * 65, 7):
+        await a.send({"type": "join_room", "room": bad})
+        e = await a.next(lambda m: m.get("type") == "error")
+        assert e["code"] == "bad_request" and e["message"].startswith("room"), (bad, e)
+    await a.send({"type": "leave_room", "room": uname("never")})
+    await a.send({"type": "ping"})
+    assert (await a.next())["type"] == "pong"
+    await a.close()
+    await b.close()
+
+
+@test
 async def pipelined_before_ready(env):
     # auth, sync and a send in one burst: "ready" still comes first and nothing is lost.
     alice, bob = uname("alice"), uname("bob")
@@ -778,6 +808,35 @@ async def origin_and_path(env):
         raise AssertionError("a path other than /ws was upgraded")
     except websockets.InvalidStatusCode as e:
         assert e.status_code == 404, e.status_code
+
+
+@test
+async def subprotocol_and_path_variants(env):
+    # parley.v1 is chosen among others; no Sec-WebSocket-Protocol is served the same protocol;
+    # only foreign subprotocols are refused in the handshake (no 101, no ready). /ws/ is /ws.
+    u = uname("u")
+    url = env.a.url + "?access_token=" + token(u, "sp")
+    ws = await websockets.connect(url, subprotocols=["chat", "parley.v1"])
+    assert ws.subprotocol == "parley.v1", ws.subprotocol
+    assert json.loads(await ws.recv()) == {"type": "ready", "user": u, "device_id": "sp", "last_seq": 0}
+    await ws.close()
+    ws = await websockets.connect(url)
+    assert ws.subprotocol is None, ws.subprotocol
+    assert json.loads(await ws.recv())["type"] == "ready"
+    await ws.close()
+    ws = await websockets.connect(env.a.url + "/?access_token=" + token(u), subprotocols=["parley.v1"])
+    assert json.loads(await ws.recv())["type"] == "ready"
+    await ws.close()
+    try:
+        ws = await websockets.connect(url, subprotocols=["chat"])
+        raise AssertionError("a foreign subprotocol was accepted: %s" % ws.subprotocol)
+    except (websockets.InvalidHandshake, OSError, EOFError):
+        pass
+    try:
+        urllib.request.urlopen("http://127.0.0.1:%d/ws" % env.a.port, timeout=3)
+        raise AssertionError("plain GET /ws answered 2xx")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404, e.code
 
 
 @test
@@ -962,6 +1021,46 @@ async def group_typing_and_message(env):
     assert ack["status"] == "error" and ack["error"]["code"] == "forbidden", ack
     for x in (a, b, c, d):
         await x.close()
+
+
+@test
+async def http_receipts_typing_rooms_reach_websockets(env):
+    # Receipts, typing and room comments posted over HTTP (parley-fcgi) reach WebSockets, and a
+    # room comment posted over a WebSocket is in the HTTP room history.
+    if env.http is None:
+        raise AssertionError("parley-fcgi / webserver not available: " + env.http_why)
+    loop = asyncio.get_running_loop()
+    alice, bob, room = uname("alice"), uname("bob"), uname("room")
+    a = await connect(env.a, alice)
+    b = await connect(env.b, bob)
+    cmid, ack = await send(a, bob, "mark me")
+    await b.next(is_msg(cmid))
+    st, _ = await loop.run_in_executor(None, http, env, "POST", "/receipts", token(bob),
+                                       {"message_id": ack["server_msg_id"], "status": "delivered"})
+    assert st == 204, st
+    m = await a.next(lambda m: m.get("type") == "message_status")
+    assert (m["message_id"], m["status"], m["by"], m["seq"]) == (ack["server_msg_id"], "delivered", bob, ack["seq"] + 1), m
+    await b.send({"type": "read", "message_id": ack["server_msg_id"]})
+    m = await a.next(lambda m: m.get("type") == "message_status")
+    assert m["status"] == "read" and m["seq"] == ack["seq"] + 2, m
+    st, _ = await loop.run_in_executor(None, http, env, "POST", "/typing", token(bob), {"to": alice})
+    assert st == 204, st
+    t = await a.next(lambda m: m.get("type") == "typing")
+    assert t == {"type": "typing", "from": bob, "to": alice}, t
+    await a.send({"type": "join_room", "room": room})
+    await a.send({"type": "ping"})
+    await a.next(lambda m: m.get("type") == "pong")
+    st, ev = await loop.run_in_executor(None, http, env, "POST", "/rooms/%s/messages" % room, token(bob), {"text": "from http"})
+    assert st == 200, st
+    r = await a.next(lambda m: m.get("type") == "room_message")
+    assert r == ev and r["comment"]["user"] == bob and r["comment"]["text"] == "from http", (r, ev)
+    await a.send({"type": "room_message", "room": room, "text": "from ws"})
+    r2 = await a.next(lambda m: m.get("type") == "room_message")
+    st, hist = await loop.run_in_executor(None, http, env, "GET", "/rooms/%s/messages?after=0" % room, token(bob))
+    assert st == 200 and [e["comment"]["text"] for e in hist["events"]] == ["from http", "from ws"], hist
+    assert hist["events"][1] == r2, (hist, r2)
+    await a.close()
+    await b.close()
 
 
 @test
