@@ -150,6 +150,8 @@ if command -v spawn-fcgi >/dev/null; then
 	run_py spawned FCGI_SOCKET="$work/spawned.sock" PARLEY_HTTP="$url1"
 	[ ! -e "$work/unused.sock" ] && { echo "ok   fcgi.listen not used with fd 0"; passed=$((passed + 1)); } ||
 		{ echo "FAIL parley-fcgi opened fcgi.listen although fd 0 was a socket"; failed=$((failed + 1)); }
+else
+	echo "FAIL spawn-fcgi is missing (apt-get install spawn-fcgi)"; failed=$((failed + 1))
 fi
 
 echo "== MySQL down: 503 + Retry-After, then recovery without a restart"
