@@ -351,29 +351,45 @@ config_set(struct config *cfg, const char *key, const char *value, char **cause)
 	return 0;
 }
 
-int
-config_validate(const struct config *cfg, char **cause)
+/*
+ * The cross-field rules: 0, or -1 with *key the key at fault, *other the key of the rule's other
+ * side (or NULL) and *why the reason (caller frees).
+ */
+static int
+config_check(const struct config *cfg, const char **key, const char **other, char **why)
 {
-	const char *where = cfg->path != NULL ? cfg->path : "configuration";
-
+	*other = NULL;
 	if (cfg->jwt_secret == NULL || *cfg->jwt_secret == '\0') {
-		xasprintf(cause, "%s: auth.jwt_secret: required (at least %d bytes)", where,
-		    CONFIG_SECRET_MIN);
-		goto fail;
+		*key = "auth.jwt_secret";
+		xasprintf(why, "required (at least %d bytes)", CONFIG_SECRET_MIN);
+		return -1;
 	}
 	if (strlen(cfg->jwt_secret) < CONFIG_SECRET_MIN) {
-		xasprintf(cause, "%s: auth.jwt_secret: too short (%zu bytes, at least %d)", where,
-		    strlen(cfg->jwt_secret), CONFIG_SECRET_MIN);
-		goto fail;
+		*key = "auth.jwt_secret";
+		xasprintf(why, "too short (%zu bytes, at least %d)", strlen(cfg->jwt_secret),
+		    CONFIG_SECRET_MIN);
+		return -1;
 	}
 	/* The pings are what keep a quiet but healthy connection from hitting the idle timeout. */
 	if (cfg->ws_ping_interval >= cfg->ws_idle_timeout) {
-		xasprintf(cause, "%s: ws.ping_interval: must be less than ws.idle_timeout (%d)",
-		    where, cfg->ws_idle_timeout);
-		goto fail;
+		*key = "ws.ping_interval";
+		*other = "ws.idle_timeout";
+		xasprintf(why, "must be less than ws.idle_timeout (%d)", cfg->ws_idle_timeout);
+		return -1;
 	}
 	return 0;
-fail:
+}
+
+int
+config_validate(const struct config *cfg, char **cause)
+{
+	const char *key, *other;
+	char *why;
+
+	if (config_check(cfg, &key, &other, &why) == 0)
+		return 0;
+	xasprintf(cause, "%s: %s: %s", cfg->path != NULL ? cfg->path : "configuration", key, why);
+	free(why);
 	errno = EINVAL;
 	return -1;
 }
@@ -480,6 +496,7 @@ config_load(struct config *cfg, const char *path, char **cause)
 {
 	unsigned seen[PARLEY_NITEMS(config_keys)] = { 0 };
 	char section[32] = "", *line = NULL, *why = NULL;
+	const char *key, *other;
 	size_t linesz = 0;
 	unsigned lineno = 0;
 	ssize_t n;
@@ -517,7 +534,16 @@ config_load(struct config *cfg, const char *path, char **cause)
 	}
 	fclose(f);
 	free(line);
-	if (config_validate(cfg, cause) != 0) {
+	if (config_check(cfg, &key, &other, &why) != 0) {
+		/* Name the line that set the key at fault (else the rule's other key), if any did. */
+		lineno = seen[config_find(key) - config_keys];
+		if (lineno == 0 && other != NULL)
+			lineno = seen[config_find(other) - config_keys];
+		if (lineno != 0)
+			xasprintf(cause, "%s:%u: %s: %s", path, lineno, key, why);
+		else
+			xasprintf(cause, "%s: %s: %s", path, key, why);
+		free(why);
 		config_clear(cfg);
 		errno = EINVAL;
 		return -1;

@@ -82,7 +82,8 @@ struct config {
 void	config_defaults(struct config *);
 /*
  * Load path over the defaults and validate everything. 0 on success; -1 with *cause set to
- * "PATH:LINE: key: reason" (caller frees cause). On failure the config is freed.
+ * "PATH:LINE: key: reason", or "PATH: key: reason" for a required key the file does not set
+ * (caller frees cause). On failure the config is freed.
  */
 int	config_load(struct config *, const char *path, char **cause);
 /* Set one "section.key" from a string, validated as in a file (tests, command-line overrides). */

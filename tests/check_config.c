@@ -434,12 +434,14 @@ static const struct {
 	{ "[mysql]\nport = 1\nport = 2\n", 3, "mysql.port: set twice (first on line 2)" },
 	{ "[mysql]\nport = 1\n[auth]\njwt_secret = " SECRET "\n[mysql]\nport = 2\n", 6,
 	    "mysql.port: set twice (first on line 2)" },
-	{ "[auth]\njwt_secret = \n", 0, "auth.jwt_secret: required" },
+	{ "[auth]\njwt_secret = \n", 2, "auth.jwt_secret: required" },
 	{ "[mysql]\nport = 1\n", 0, "auth.jwt_secret: required" },
-	{ "[auth]\njwt_secret = 0123456789abcdef0123456789abcde\n", 0,
+	{ "[auth]\njwt_secret = 0123456789abcdef0123456789abcde\n", 2,
 	    "auth.jwt_secret: too short (31 bytes, at least 32)" },
-	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nping_interval = 60\n", 0,
+	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nping_interval = 60\n", 4,
 	    "ws.ping_interval: must be less than ws.idle_timeout" },
+	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nidle_timeout = 20\n", 4,
+	    "ws.ping_interval: must be less than ws.idle_timeout (20)" },
 };
 
 START_TEST(test_bad_files)
