@@ -15,15 +15,19 @@ struct slot {
 	uint32_t	 next_free;
 };
 
+/* A chained hash table of named entries, doubled when it holds more entries than buckets. */
+struct conn_table {
+	struct conn_key		**b;
+	size_t			  n, mask;
+};
+
 struct conns {
 	struct slot		*slots;
 	size_t			 nslots;
 	uint32_t		 free_head;	/* index + 1; 0 when none */
 	size_t			 count;
-	struct conn_user	**users;
-	size_t			 nusers, users_mask;
-	struct conn_room	**rooms;
-	size_t			 nrooms, rooms_mask;
+	struct conn_table	 users;		/* of struct conn_user */
+	struct conn_table	 rooms;		/* of struct conn_room */
 };
 
 /* FNV-1a: short keys, good enough spread, no allocation. */
@@ -39,6 +43,92 @@ conn_hash(const char *s)
 	return (size_t)h;
 }
 
+static void
+conn_table_init(struct conn_table *t, size_t buckets)
+{
+	t->n = 0;
+	t->mask = buckets - 1;
+	t->b = xcalloc(buckets, sizeof *t->b);
+}
+
+/* Free every entry (each was allocated with its key first) and the buckets. */
+static void
+conn_table_free(struct conn_table *t)
+{
+	struct conn_key *k, *kn;
+	size_t i;
+
+	for (i = 0; i <= t->mask; i++) {
+		for (k = t->b[i]; k != NULL; k = kn) {
+			kn = k->next;
+			free(k);
+		}
+	}
+	free(t->b);
+}
+
+static struct conn_key *
+conn_table_find(const struct conn_table *t, const char *name)
+{
+	struct conn_key *k;
+
+	for (k = t->b[conn_hash(name) & t->mask]; k != NULL; k = k->next) {
+		if (strcmp(k->name, name) == 0)
+			return k;
+	}
+	return NULL;
+}
+
+/* Double the buckets when the table holds more entries than buckets (keeps chains short). */
+static void
+conn_table_grow(struct conn_table *t)
+{
+	struct conn_key **nb, *k, *kn;
+	size_t i, nmask = (t->mask + 1) * 2 - 1;
+
+	if (t->n <= t->mask + 1)
+		return;
+	nb = xcalloc(nmask + 1, sizeof *nb);
+	for (i = 0; i <= t->mask; i++) {
+		for (k = t->b[i]; k != NULL; k = kn) {
+			kn = k->next;
+			k->next = nb[conn_hash(k->name) & nmask];
+			nb[conn_hash(k->name) & nmask] = k;
+		}
+	}
+	free(t->b);
+	t->b = nb;
+	t->mask = nmask;
+}
+
+/* Add k, whose name is set and not in t yet. */
+static void
+conn_table_add(struct conn_table *t, struct conn_key *k)
+{
+	size_t b = conn_hash(k->name) & t->mask;
+
+	k->next = t->b[b];
+	t->b[b] = k;
+	t->n++;
+	conn_table_grow(t);
+}
+
+/* Unlink k and free its entry. */
+static void
+conn_table_drop(struct conn_table *t, struct conn_key *k)
+{
+	struct conn_key **pp;
+
+	for (pp = &t->b[conn_hash(k->name) & t->mask]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == k) {
+			*pp = k->next;
+			t->n--;
+			free(k);
+			return;
+		}
+	}
+}
+
 struct conns *
 conns_new(size_t max)
 {
@@ -51,36 +141,18 @@ conns_new(size_t max)
 	for (i = 0; i < max; i++)
 		cs->slots[i].next_free = i + 2 <= max ? (uint32_t)(i + 2) : 0;
 	cs->free_head = max > 0 ? 1 : 0;
-	cs->users_mask = 1023;
-	cs->users = xcalloc(cs->users_mask + 1, sizeof *cs->users);
-	cs->rooms_mask = 255;
-	cs->rooms = xcalloc(cs->rooms_mask + 1, sizeof *cs->rooms);
+	conn_table_init(&cs->users, 1024);
+	conn_table_init(&cs->rooms, 256);
 	return cs;
 }
 
 void
 conns_free(struct conns *cs)
 {
-	struct conn_user *u, *un;
-	struct conn_room *r, *rn;
-	size_t i;
-
 	if (cs == NULL)
 		return;
-	for (i = 0; i <= cs->users_mask; i++) {
-		for (u = cs->users[i]; u != NULL; u = un) {
-			un = u->next;
-			free(u);
-		}
-	}
-	for (i = 0; i <= cs->rooms_mask; i++) {
-		for (r = cs->rooms[i]; r != NULL; r = rn) {
-			rn = r->next;
-			free(r);
-		}
-	}
-	free(cs->users);
-	free(cs->rooms);
+	conn_table_free(&cs->users);
+	conn_table_free(&cs->rooms);
 	free(cs->slots);
 	free(cs);
 }
@@ -131,75 +203,22 @@ conn_at(struct conns *cs, size_t *i, struct conn **c)
 	return -1;
 }
 
-/* Double the user table when it holds more entries than buckets (keeps chains short). */
-static void
-conn_users_grow(struct conns *cs)
-{
-	struct conn_user **nt, *u, *un;
-	size_t i, nmask = (cs->users_mask + 1) * 2 - 1;
-
-	if (cs->nusers <= cs->users_mask + 1)
-		return;
-	nt = xcalloc(nmask + 1, sizeof *nt);
-	for (i = 0; i <= cs->users_mask; i++) {
-		for (u = cs->users[i]; u != NULL; u = un) {
-			un = u->next;
-			u->next = nt[conn_hash(u->name) & nmask];
-			nt[conn_hash(u->name) & nmask] = u;
-		}
-	}
-	free(cs->users);
-	cs->users = nt;
-	cs->users_mask = nmask;
-}
-
-static void
-conn_rooms_grow(struct conns *cs)
-{
-	struct conn_room **nt, *r, *rn;
-	size_t i, nmask = (cs->rooms_mask + 1) * 2 - 1;
-
-	if (cs->nrooms <= cs->rooms_mask + 1)
-		return;
-	nt = xcalloc(nmask + 1, sizeof *nt);
-	for (i = 0; i <= cs->rooms_mask; i++) {
-		for (r = cs->rooms[i]; r != NULL; r = rn) {
-			rn = r->next;
-			r->next = nt[conn_hash(r->name) & nmask];
-			nt[conn_hash(r->name) & nmask] = r;
-		}
-	}
-	free(cs->rooms);
-	cs->rooms = nt;
-	cs->rooms_mask = nmask;
-}
-
+/* An entry's key is its first member: a found key is the entry itself. */
 struct conn_user *
 conns_user(struct conns *cs, const char *user)
 {
-	struct conn_user *u;
-
-	for (u = cs->users[conn_hash(user) & cs->users_mask]; u != NULL; u = u->next) {
-		if (strcmp(u->name, user) == 0)
-			return u;
-	}
-	return NULL;
+	return (struct conn_user *)conn_table_find(&cs->users, user);
 }
 
 void
 conn_set_user(struct conns *cs, struct conn *c, const char *user)
 {
 	struct conn_user *u;
-	size_t b;
 
 	if ((u = conns_user(cs, user)) == NULL) {
 		u = xcalloc(1, sizeof *u);
-		strncpy(u->name, user, PARLEY_ID_MAX);
-		b = conn_hash(user) & cs->users_mask;
-		u->next = cs->users[b];
-		cs->users[b] = u;
-		cs->nusers++;
-		conn_users_grow(cs);
+		strncpy(u->key.name, user, PARLEY_ID_MAX);
+		conn_table_add(&cs->users, &u->key);
 	}
 	c->user = u;
 	c->uprev = NULL;
@@ -210,47 +229,10 @@ conn_set_user(struct conns *cs, struct conn *c, const char *user)
 	u->n++;
 }
 
-/* Remove an entry from a chained table (users or rooms share the layout of next + name). */
-static void
-conn_user_drop(struct conns *cs, struct conn_user *u)
-{
-	struct conn_user **pp;
-
-	for (pp = &cs->users[conn_hash(u->name) & cs->users_mask]; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == u) {
-			*pp = u->next;
-			cs->nusers--;
-			free(u);
-			return;
-		}
-	}
-}
-
 struct conn_room *
 conns_room(struct conns *cs, const char *room)
 {
-	struct conn_room *r;
-
-	for (r = cs->rooms[conn_hash(room) & cs->rooms_mask]; r != NULL; r = r->next) {
-		if (strcmp(r->name, room) == 0)
-			return r;
-	}
-	return NULL;
-}
-
-static void
-conn_room_drop(struct conns *cs, struct conn_room *r)
-{
-	struct conn_room **pp;
-
-	for (pp = &cs->rooms[conn_hash(r->name) & cs->rooms_mask]; *pp != NULL; pp = &(*pp)->next) {
-		if (*pp == r) {
-			*pp = r->next;
-			cs->nrooms--;
-			free(r);
-			return;
-		}
-	}
+	return (struct conn_room *)conn_table_find(&cs->rooms, room);
 }
 
 int
@@ -258,10 +240,9 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 {
 	struct conn_room *r;
 	struct room_join *j;
-	size_t b;
 
 	for (j = c->rooms; j != NULL; j = j->cnext) {
-		if (strcmp(j->room->name, room) == 0)
+		if (strcmp(j->room->key.name, room) == 0)
 			return 0;
 	}
 	if (c->nrooms >= CONN_ROOMS_MAX) {
@@ -270,12 +251,8 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 	}
 	if ((r = conns_room(cs, room)) == NULL) {
 		r = xcalloc(1, sizeof *r);
-		strncpy(r->name, room, PARLEY_ID_MAX);
-		b = conn_hash(room) & cs->rooms_mask;
-		r->next = cs->rooms[b];
-		cs->rooms[b] = r;
-		cs->nrooms++;
-		conn_rooms_grow(cs);
+		strncpy(r->key.name, room, PARLEY_ID_MAX);
+		conn_table_add(&cs->rooms, &r->key);
 	}
 	j = xcalloc(1, sizeof *j);
 	j->room = r;
@@ -304,7 +281,7 @@ conn_join_free(struct conns *cs, struct room_join *j)
 	if (j->rnext != NULL)
 		j->rnext->rprev = j->rprev;
 	if (--r->n == 0)
-		conn_room_drop(cs, r);
+		conn_table_drop(&cs->rooms, &r->key);
 	free(j);
 }
 
@@ -314,7 +291,7 @@ conn_leave(struct conns *cs, struct conn *c, const char *room)
 	struct room_join **pp, *j;
 
 	for (pp = &c->rooms; (j = *pp) != NULL; pp = &j->cnext) {
-		if (strcmp(j->room->name, room) == 0) {
+		if (strcmp(j->room->key.name, room) == 0) {
 			*pp = j->cnext;
 			c->nrooms--;
 			conn_join_free(cs, j);
@@ -344,7 +321,7 @@ conn_unregister(struct conns *cs, struct conn *c)
 		if (c->unext != NULL)
 			c->unext->uprev = c->uprev;
 		if (--u->n == 0)
-			conn_user_drop(cs, u);
+			conn_table_drop(&cs->users, &u->key);
 		c->user = NULL;
 	}
 	if (c->registered) {

@@ -77,18 +77,22 @@ struct conn {
 	char			 device[PARLEY_ID_MAX + 1];
 };
 
-struct conn_user {
-	struct conn_user	*next;		/* hash chain */
-	struct conn		*head;
-	size_t			 n;
+/* What the loop's name tables (users, rooms) index by: the first member of an entry. */
+struct conn_key {
+	struct conn_key		*next;		/* hash chain */
 	char			 name[PARLEY_ID_MAX + 1];
 };
 
+struct conn_user {
+	struct conn_key		 key;		/* first: the users table's entry */
+	struct conn		*head;
+	size_t			 n;
+};
+
 struct conn_room {
-	struct conn_room	*next;		/* hash chain */
+	struct conn_key		 key;		/* first: the rooms table's entry */
 	struct room_join	*head;
 	size_t			 n;
-	char			 name[PARLEY_ID_MAX + 1];
 };
 
 struct room_join {

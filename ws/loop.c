@@ -114,7 +114,7 @@ loop_slow(struct ws *ws, struct conn *c)
 {
 	metrics_add(&ws->metrics, M_WS_SLOW_CLOSED, 1);
 	log_info("closing a slow client of %s: outbound queue full (%" PRIu32 " frames, %" PRIu32
-	    " bytes)", c->user != NULL ? c->user->name : "-", c->qframes, c->qbytes);
+	    " bytes)", c->user != NULL ? c->user->key.name : "-", c->qframes, c->qbytes);
 	conn_queue_drop(c);
 	loop_close(c, 1008, "slow consumer: outbound queue full");
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 2);
@@ -170,7 +170,7 @@ loop_job(struct conn *c)
 	j->conn = c->id;
 	j->epoch = c->epoch;
 	if (c->user != NULL)
-		memcpy(j->user, c->user->name, sizeof j->user);
+		memcpy(j->user, c->user->key.name, sizeof j->user);
 	memcpy(j->device, c->device, sizeof j->device);
 	return j;
 }
@@ -284,7 +284,7 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 	}	/* else a sync taken before "ready" sets the mark when its page comes */
 	o = json_object_new_object();
 	json_object_object_add(o, "type", json_object_new_string("ready"));
-	json_object_object_add(o, "user", json_object_new_string(c->user->name));
+	json_object_object_add(o, "user", json_object_new_string(c->user->key.name));
 	json_object_object_add(o, "device_id", json_object_new_string(c->device));
 	json_object_object_add(o, "last_seq", json_object_new_uint64(d->seq));
 	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
