@@ -134,8 +134,7 @@ conv_parse(const char *json, size_t *n)
 {
 	struct json_object *o, *a;
 
-	o = json_tokener_parse(json);
-	ck_assert_msg(o != NULL, "not JSON: %s", json);
+	o = testenv_json(json);
 	ck_assert(json_object_object_get_ex(o, "conversations", &a));
 	ck_assert(json_object_is_type(a, json_type_array));
 	*n = json_object_array_length(a);

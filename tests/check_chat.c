@@ -105,38 +105,10 @@ hints_count(const struct hints *h, enum bus_topic topic, const char *key)
 	return n;
 }
 
-static struct json_object *
-parse(const char *s)
-{
-	struct json_object *o = json_tokener_parse(s);
-
-	ck_assert_msg(o != NULL, "not JSON: %s", s);
-	return o;
-}
-
-static struct json_object *
-get(struct json_object *o, const char *path)
-{
-	char *copy = xstrdup(path), *k, *save = NULL;
-	struct json_object *v = o;
-
-	for (k = strtok_r(copy, ".", &save); k != NULL; k = strtok_r(NULL, ".", &save))
-		ck_assert_msg(json_object_object_get_ex(v, k, &v), "no %s in %s", path,
-		    json_object_to_json_string(o));
-	free(copy);
-	return v;
-}
-
-static const char *
-get_str(struct json_object *o, const char *path)
-{
-	return json_object_get_string(get(o, path));
-}
-
 static uint64_t
 get_u64(struct json_object *o, const char *path)
 {
-	return (uint64_t)json_object_get_int64(get(o, path));
+	return (uint64_t)testenv_json_int(o, path);
 }
 
 /* user's log from after: the parsed {"events":[..]} (caller puts) and its event count. */
@@ -148,8 +120,8 @@ log_of(struct fx *f, const char *user, uint64_t after, size_t *n)
 	size_t cnt = 0;
 
 	ck_assert_int_eq(chat_events_json(&f->ch, user, after, 100, 0, &json, &cnt), 0);
-	o = parse(json);
-	ck_assert_int_eq(json_object_array_length(get(o, "events")), cnt);
+	o = testenv_json(json);
+	ck_assert_int_eq(json_object_array_length(testenv_json_get(o, "events")), cnt);
 	*n = cnt;
 	free(json);
 	return o;
@@ -158,7 +130,7 @@ log_of(struct fx *f, const char *user, uint64_t after, size_t *n)
 static struct json_object *
 event_at(struct json_object *page, size_t i)
 {
-	return json_object_array_get_idx(get(page, "events"), i);
+	return json_object_array_get_idx(testenv_json_get(page, "events"), i);
 }
 
 /* A 1:1 send of content with a fresh client_msg_id; returns the result (caller clears). */
@@ -204,17 +176,17 @@ START_TEST(test_send_logs_and_hints)
 	la = log_of(&f, a, 0, &n);
 	ck_assert_uint_eq(n, 1);
 	ev = event_at(la, 0);
-	ck_assert_str_eq(get_str(ev, "type"), "new_message");
+	ck_assert_str_eq(testenv_json_str(ev, "type"), "new_message");
 	ck_assert_uint_eq(get_u64(ev, "seq"), res.seq);
 	ck_assert_uint_eq(get_u64(ev, "message.id"), res.server_msg_id);
 	lb = log_of(&f, b, 0, &n);
 	ck_assert_uint_eq(n, 1);
 	ev = event_at(lb, 0);
 	ck_assert_uint_eq(get_u64(ev, "seq"), bseq);
-	ck_assert_str_eq(get_str(ev, "message.from"), a);
-	ck_assert_str_eq(get_str(ev, "message.to"), b);
-	ck_assert_str_eq(get_str(ev, "message.content"), "hi there");
-	ck_assert_str_eq(get_str(ev, "message.client_msg_id"), cmid);
+	ck_assert_str_eq(testenv_json_str(ev, "message.from"), a);
+	ck_assert_str_eq(testenv_json_str(ev, "message.to"), b);
+	ck_assert_str_eq(testenv_json_str(ev, "message.content"), "hi there");
+	ck_assert_str_eq(testenv_json_str(ev, "message.client_msg_id"), cmid);
 
 	/* Each got a hint whose inline payload is exactly its stored event. */
 	hints_collect(&f, 300, &hs);
@@ -222,13 +194,13 @@ START_TEST(test_send_logs_and_hints)
 	h = hints_one(&hs, BUS_USER_EVENT, b);
 	ck_assert_uint_eq(h->seq, bseq);
 	ck_assert_uint_gt(h->len, 0);
-	pl = parse(h->payload);
+	pl = testenv_json(h->payload);
 	ck_assert_msg(json_object_equal(pl, ev), "payload %s != stored %s", h->payload,
 	    json_object_to_json_string(ev));
 	json_object_put(pl);
 	h = hints_one(&hs, BUS_USER_EVENT, a);
 	ck_assert_uint_eq(h->seq, res.seq);
-	pl = parse(h->payload);
+	pl = testenv_json(h->payload);
 	ck_assert(json_object_equal(pl, event_at(la, 0)));
 	json_object_put(pl);
 
@@ -305,8 +277,8 @@ START_TEST(test_send_batch)
 	ck_assert_uint_gt(res[2].server_msg_id, res[0].server_msg_id);
 	lb = log_of(&f, b, 0, &n);
 	ck_assert_uint_eq(n, 2);
-	ck_assert_str_eq(get_str(event_at(lb, 0), "message.content"), "b0");
-	ck_assert_str_eq(get_str(event_at(lb, 1), "message.content"), "b2");
+	ck_assert_str_eq(testenv_json_str(event_at(lb, 0), "message.content"), "b0");
+	ck_assert_str_eq(testenv_json_str(event_at(lb, 1), "message.content"), "b2");
 	hints_collect(&f, 300, &hs);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, b), 2);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, a), 2);
@@ -346,8 +318,8 @@ START_TEST(test_send_many)
 	ck_assert_int_eq(err[2], 0);
 	lc = log_of(&f, c, 0, &n);
 	ck_assert_uint_eq(n, 2);
-	ck_assert_str_eq(get_str(event_at(lc, 0), "message.from"), a);
-	ck_assert_str_eq(get_str(event_at(lc, 1), "message.from"), b);
+	ck_assert_str_eq(testenv_json_str(event_at(lc, 0), "message.from"), a);
+	ck_assert_str_eq(testenv_json_str(event_at(lc, 1), "message.from"), b);
 	hints_collect(&f, 300, &hs);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 2);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, a), 1);
@@ -388,10 +360,10 @@ START_TEST(test_typing_peer)
 	ck_assert_uint_eq(hs.n, 1);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, b);
 	ck_assert_uint_eq(h->seq, 0);
-	pl = parse(h->payload);
-	ck_assert_str_eq(get_str(pl, "type"), "typing");
-	ck_assert_str_eq(get_str(pl, "from"), a);
-	ck_assert_str_eq(get_str(pl, "to"), b);
+	pl = testenv_json(h->payload);
+	ck_assert_str_eq(testenv_json_str(pl, "type"), "typing");
+	ck_assert_str_eq(testenv_json_str(pl, "from"), a);
+	ck_assert_str_eq(testenv_json_str(pl, "to"), b);
 	ck_assert(!json_object_object_get_ex(pl, "seq", NULL));
 	json_object_put(pl);
 
@@ -443,9 +415,9 @@ START_TEST(test_group_typing_and_send)
 	hints_collect(&f, 300, &hs);
 	ck_assert_uint_eq(hs.n, 1);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, a);
-	pl = parse(h->payload);
-	ck_assert_str_eq(get_str(pl, "type"), "typing");
-	ck_assert_str_eq(get_str(pl, "from"), b);
+	pl = testenv_json(h->payload);
+	ck_assert_str_eq(testenv_json_str(pl, "type"), "typing");
+	ck_assert_str_eq(testenv_json_str(pl, "from"), b);
 	ck_assert_uint_eq(get_u64(pl, "group_id"), gid);
 	json_object_put(pl);
 
@@ -463,11 +435,11 @@ START_TEST(test_group_typing_and_send)
 	h = hints_one(&hs, BUS_USER_EVENT, a);
 	la = log_of(&f, a, h->seq - 1, &n);
 	ck_assert_uint_eq(n, 1);
-	pl = parse(h->payload);
+	pl = testenv_json(h->payload);
 	ck_assert_msg(json_object_equal(pl, event_at(la, 0)), "payload %s != stored %s", h->payload,
 	    json_object_to_json_string(event_at(la, 0)));
 	ck_assert_uint_eq(get_u64(pl, "message.group_id"), gid);
-	ck_assert(json_object_is_type(get(pl, "message.to"), json_type_null));
+	ck_assert(json_object_is_type(testenv_json_get(pl, "message.to"), json_type_null));
 	json_object_put(pl);
 	json_object_put(la);
 	store_send_res_clear(&res);
@@ -497,13 +469,13 @@ unread_with(struct fx *f, const char *user, const char *with)
 	int unread = -1;
 
 	ck_assert_int_eq(chat_conversations_json(&f->ch, user, 20, &json), 0);
-	o = parse(json);
-	a = get(o, "conversations");
+	o = testenv_json(json);
+	a = testenv_json_get(o, "conversations");
 	for (i = 0; i < json_object_array_length(a); i++) {
 		c = json_object_array_get_idx(a, i);
 		if (json_object_object_get_ex(c, "with", &w) &&
 		    strcmp(json_object_get_string(w), with) == 0)
-			unread = json_object_get_int(get(c, "unread"));
+			unread = json_object_get_int(testenv_json_get(c, "unread"));
 	}
 	json_object_put(o);
 	free(json);
@@ -539,11 +511,11 @@ START_TEST(test_receipt_hints_sender)
 	la = log_of(&f, a, res.seq, &n);
 	ck_assert_uint_eq(n, 1);
 	ev = event_at(la, 0);
-	ck_assert_str_eq(get_str(ev, "type"), "message_status");
+	ck_assert_str_eq(testenv_json_str(ev, "type"), "message_status");
 	ck_assert_uint_eq(get_u64(ev, "seq"), last);
 	ck_assert_uint_eq(get_u64(ev, "message_id"), res.server_msg_id);
-	ck_assert_str_eq(get_str(ev, "status"), "read");
-	ck_assert_str_eq(get_str(ev, "by"), b);
+	ck_assert_str_eq(testenv_json_str(ev, "status"), "read");
+	ck_assert_str_eq(testenv_json_str(ev, "by"), b);
 	json_object_put(la);
 	/* The reader's cached summary was invalidated: unread dropped. */
 	ck_assert_int_eq(unread_with(&f, b, a), 0);
@@ -586,10 +558,10 @@ START_TEST(test_presence_fanout)
 	hints_collect(&f, 300, &hs);
 	ck_assert_uint_eq(hs.n, 1);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, b);
-	pl = parse(h->payload);
-	ck_assert_str_eq(get_str(pl, "type"), "presence");
-	ck_assert_str_eq(get_str(pl, "user"), a);
-	ck_assert(json_object_get_boolean(get(pl, "online")));
+	pl = testenv_json(h->payload);
+	ck_assert_str_eq(testenv_json_str(pl, "type"), "presence");
+	ck_assert_str_eq(testenv_json_str(pl, "user"), a);
+	ck_assert(json_object_get_boolean(testenv_json_get(pl, "online")));
 	json_object_put(pl);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EPHEMERAL, stranger), 0);
 
@@ -599,18 +571,18 @@ START_TEST(test_presence_fanout)
 	hints_collect(&f, 200, &hs);
 	ck_assert_uint_eq(hs.n, 0);
 	ck_assert_int_eq(chat_presence_json(&f.ch, users, 1, &json), 0);
-	pl = parse(json);
-	ck_assert(json_object_get_boolean(get(json_object_array_get_idx(get(pl, "presence"), 0),
-	    "online")));
+	pl = testenv_json(json);
+	ck_assert(json_object_get_boolean(testenv_json_get(
+	    json_object_array_get_idx(testenv_json_get(pl, "presence"), 0), "online")));
 	json_object_put(pl);
 	free(json);
 
 	ck_assert_int_eq(chat_presence(&f.ch, a, node, -1), 0);
 	hints_collect(&f, 300, &hs);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, b);
-	pl = parse(h->payload);
-	ck_assert(!json_object_get_boolean(get(pl, "online")));
-	ck_assert_int_gt(json_object_get_int64(get(pl, "last_seen")), 0);
+	pl = testenv_json(h->payload);
+	ck_assert(!json_object_get_boolean(testenv_json_get(pl, "online")));
+	ck_assert_int_gt(json_object_get_int64(testenv_json_get(pl, "last_seen")), 0);
 	json_object_put(pl);
 	ck_assert_int_eq(chat_presence(&f.ch, a, node, 0), -1);
 	ck_assert_int_eq(errno, EINVAL);
@@ -646,11 +618,11 @@ START_TEST(test_room_rate_limit)
 	for (i = 0; i < 10; i++) {
 		snprintf(text, sizeof text, "comment %zu", i);
 		ck_assert_int_eq(chat_room_post(&f.ch, u, room, text, &events[i]), 0);
-		o = parse(events[i]);
-		ck_assert_str_eq(get_str(o, "type"), "room_message");
-		ck_assert_str_eq(get_str(o, "room"), room);
-		ck_assert_str_eq(get_str(o, "comment.text"), text);
-		ck_assert_str_eq(get_str(o, "comment.user"), u);
+		o = testenv_json(events[i]);
+		ck_assert_str_eq(testenv_json_str(o, "type"), "room_message");
+		ck_assert_str_eq(testenv_json_str(o, "room"), room);
+		ck_assert_str_eq(testenv_json_str(o, "comment.text"), text);
+		ck_assert_str_eq(testenv_json_str(o, "comment.user"), u);
 		last = get_u64(o, "comment.id");
 		json_object_put(o);
 	}
@@ -669,14 +641,14 @@ START_TEST(test_room_rate_limit)
 	/* History: {"events":[...],"next":last id}, then nothing after it. */
 	ck_assert_int_eq(chat_room_history_json(&f.ch, room, 0, 0, &json, &n), 0);
 	ck_assert_uint_eq(n, 10);
-	o = parse(json);
-	ck_assert_uint_eq(json_object_array_length(get(o, "events")), 10);
+	o = testenv_json(json);
+	ck_assert_uint_eq(json_object_array_length(testenv_json_get(o, "events")), 10);
 	ck_assert_uint_eq(get_u64(o, "next"), last);
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(chat_room_history_json(&f.ch, room, last, 0, &json, &n), 0);
 	ck_assert_uint_eq(n, 0);
-	o = parse(json);
+	o = testenv_json(json);
 	ck_assert_uint_eq(get_u64(o, "next"), last);
 	json_object_put(o);
 	free(json);
@@ -726,21 +698,21 @@ START_TEST(test_events_page_shape)
 	}
 	ck_assert_int_eq(chat_events_json(&f.ch, b, 0, 2, 1, &json, &n), 0);
 	ck_assert_uint_eq(n, 2);
-	o = parse(json);
+	o = testenv_json(json);
 	ck_assert_uint_eq(get_u64(o, "next"), 2);
-	ck_assert(json_object_get_boolean(get(o, "has_more")));
+	ck_assert(json_object_get_boolean(testenv_json_get(o, "has_more")));
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(chat_events_json(&f.ch, b, 2, 2, 1, &json, &n), 0);
 	ck_assert_uint_eq(n, 1);
-	o = parse(json);
+	o = testenv_json(json);
 	ck_assert_uint_eq(get_u64(o, "next"), 3);
-	ck_assert(!json_object_get_boolean(get(o, "has_more")));
+	ck_assert(!json_object_get_boolean(testenv_json_get(o, "has_more")));
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(chat_events_json(&f.ch, b, 3, 10, 0, &json, &n), 0);
 	ck_assert_uint_eq(n, 0);
-	o = parse(json);
+	o = testenv_json(json);
 	ck_assert_uint_eq(get_u64(o, "next"), 3);
 	ck_assert(!json_object_object_get_ex(o, "has_more", NULL));
 	json_object_put(o);

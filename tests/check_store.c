@@ -31,43 +31,12 @@ teardown(void)
 	config_clear(&cfg);
 }
 
-static struct json_object *
-parse(const char *s)
-{
-	struct json_object *o = json_tokener_parse(s);
-
-	ck_assert_msg(o != NULL, "not JSON: %s", s);
-	return o;
-}
-
-static struct json_object *
-field(struct json_object *o, const char *k)
-{
-	struct json_object *v = NULL;
-
-	ck_assert_msg(json_object_object_get_ex(o, k, &v), "no \"%s\" in %s", k,
-	    json_object_to_json_string(o));
-	return v;
-}
-
-static const char *
-fstr(struct json_object *o, const char *k)
-{
-	return json_object_get_string(field(o, k));
-}
-
-static int64_t
-fint(struct json_object *o, const char *k)
-{
-	return json_object_get_int64(field(o, k));
-}
-
 /* The seq of an event text. */
 static int64_t
 seq_of(const char *ev)
 {
-	struct json_object *o = parse(ev);
-	int64_t v = fint(o, "seq");
+	struct json_object *o = testenv_json(ev);
+	int64_t v = testenv_json_int(o, "seq");
 
 	json_object_put(o);
 	return v;
@@ -123,8 +92,8 @@ assert_gap_free(const struct store_page *p, size_t n)
 
 	ck_assert_uint_eq(p->n, n);
 	for (i = 0; i < p->n; i++) {
-		o = parse(p->events[i]);
-		ck_assert_int_eq(fint(o, "seq"), (int64_t)i + 1);
+		o = testenv_json(p->events[i]);
+		ck_assert_int_eq(testenv_json_int(o, "seq"), (int64_t)i + 1);
 		json_object_put(o);
 	}
 }
@@ -154,17 +123,17 @@ START_TEST(test_send_and_read_back)
 	ck_assert_uint_eq(p.n, 1);
 	ck_assert_uint_eq(p.next, 1);
 	ck_assert_int_eq(p.has_more, 0);
-	o = parse(p.events[0]);
-	ck_assert_str_eq(fstr(o, "type"), "new_message");
-	ck_assert_int_eq(fint(o, "seq"), 1);
-	m = field(o, "message");
-	ck_assert_int_eq(fint(m, "id"), (int64_t)r1.server_msg_id);
-	ck_assert_str_eq(fstr(m, "from"), a);
-	ck_assert_str_eq(fstr(m, "to"), b);
-	ck_assert(json_object_get_type(field(m, "group_id")) == json_type_null);
-	ck_assert_str_eq(fstr(m, "content"), "Hi \xc3\xa9\xf0\x9f\x98\x80 \"q\"");
-	ck_assert_str_eq(fstr(m, "client_msg_id"), "c-1");
-	ck_assert_int_eq(fint(m, "ts"), r1.ts);
+	o = testenv_json(p.events[0]);
+	ck_assert_str_eq(testenv_json_str(o, "type"), "new_message");
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 1);
+	m = testenv_json_get(o, "message");
+	ck_assert_int_eq(testenv_json_int(m, "id"), (int64_t)r1.server_msg_id);
+	ck_assert_str_eq(testenv_json_str(m, "from"), a);
+	ck_assert_str_eq(testenv_json_str(m, "to"), b);
+	ck_assert(json_object_get_type(testenv_json_get(m, "group_id")) == json_type_null);
+	ck_assert_str_eq(testenv_json_str(m, "content"), "Hi \xc3\xa9\xf0\x9f\x98\x80 \"q\"");
+	ck_assert_str_eq(testenv_json_str(m, "client_msg_id"), "c-1");
+	ck_assert_int_eq(testenv_json_int(m, "ts"), r1.ts);
 	json_object_put(o);
 	store_page_clear(&p);
 
@@ -201,8 +170,8 @@ START_TEST(test_send_and_read_back)
 		send1(s, a, b, 0, big, "c-big", &r4);
 		ck_assert_int_eq(store_events(s, b, 2, 10, &p), 0);
 		ck_assert_uint_eq(p.n, 1);
-		o = parse(p.events[0]);
-		ck_assert_uint_eq(strlen(fstr(field(o, "message"), "content")), 20000);
+		o = testenv_json(p.events[0]);
+		ck_assert_uint_eq(strlen(testenv_json_str(o, "message.content")), 20000);
 		json_object_put(o);
 		store_page_clear(&p);
 		store_send_res_clear(&r4);
@@ -450,8 +419,8 @@ last_event(struct store *s, const char *user)
 	ck_assert_uint_gt(last, 0);
 	ck_assert_int_eq(store_events(s, user, last - 1, 10, &p), 0);
 	ck_assert_uint_eq(p.n, 1);
-	o = parse(p.events[0]);
-	ck_assert_int_eq(fint(o, "seq"), (int64_t)last);
+	o = testenv_json(p.events[0]);
+	ck_assert_int_eq(testenv_json_int(o, "seq"), (int64_t)last);
 	store_page_clear(&p);
 	return o;
 }
@@ -480,20 +449,21 @@ START_TEST(test_groups)
 	ck_assert_uint_eq(t.n, 3);
 	store_targets_clear(&t);
 	o = last_event(s, c);
-	ck_assert_str_eq(fstr(o, "type"), "group_update");
-	ck_assert_str_eq(fstr(o, "action"), "created");
-	ck_assert_int_eq(fint(o, "group_id"), (int64_t)g);
-	ck_assert_str_eq(fstr(o, "by"), a);
-	ck_assert_int_eq(fint(o, "seq"), 2);
+	ck_assert_str_eq(testenv_json_str(o, "type"), "group_update");
+	ck_assert_str_eq(testenv_json_str(o, "action"), "created");
+	ck_assert_int_eq(testenv_json_int(o, "group_id"), (int64_t)g);
+	ck_assert_str_eq(testenv_json_str(o, "by"), a);
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 2);
 	json_object_put(o);
 
 	ck_assert_int_eq(store_group_json(s, b, g, &json), 0);
-	o = parse(json);
-	ck_assert_str_eq(fstr(o, "name"), "Team \xe2\x9c\x93");
-	ck_assert_int_eq(fint(o, "group_id"), (int64_t)g);
-	ck_assert_uint_eq(json_object_array_length(field(o, "members")), 3);
-	ck_assert_uint_eq(json_object_array_length(field(o, "admins")), 1);
-	ck_assert_str_eq(json_object_get_string(json_object_array_get_idx(field(o, "admins"), 0)), a);
+	o = testenv_json(json);
+	ck_assert_str_eq(testenv_json_str(o, "name"), "Team \xe2\x9c\x93");
+	ck_assert_int_eq(testenv_json_int(o, "group_id"), (int64_t)g);
+	ck_assert_uint_eq(json_object_array_length(testenv_json_get(o, "members")), 3);
+	ck_assert_uint_eq(json_object_array_length(testenv_json_get(o, "admins")), 1);
+	ck_assert_str_eq(json_object_get_string(
+	    json_object_array_get_idx(testenv_json_get(o, "admins"), 0)), a);
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(store_group_json(s, d, g, &json), -1);
@@ -507,13 +477,13 @@ START_TEST(test_groups)
 	ck_assert_str_eq(r2.targets.v[0].user, b);
 	ck_assert_uint_eq(r2.seq, 3);	/* pre, created, this */
 	o = last_event(s, a);
-	ck_assert_int_eq(fint(o, "seq"), 2);	/* created, this */
-	ck_assert_int_eq(fint(field(o, "message"), "group_id"), (int64_t)g);
-	ck_assert(json_object_get_type(field(field(o, "message"), "to")) == json_type_null);
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 2);	/* created, this */
+	ck_assert_int_eq(testenv_json_int(o, "message.group_id"), (int64_t)g);
+	ck_assert(json_object_get_type(testenv_json_get(o, "message.to")) == json_type_null);
 	json_object_put(o);
 	o = last_event(s, c);
-	ck_assert_int_eq(fint(o, "seq"), 3);
-	ck_assert_int_eq(fint(field(o, "message"), "id"), (int64_t)r2.server_msg_id);
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 3);
+	ck_assert_int_eq(testenv_json_int(o, "message.id"), (int64_t)r2.server_msg_id);
 	json_object_put(o);
 	store_send_res_clear(&r2);
 
@@ -534,9 +504,9 @@ START_TEST(test_groups)
 	ck_assert_uint_eq(t.n, 4);
 	store_targets_clear(&t);
 	o = last_event(s, d);
-	ck_assert_str_eq(fstr(o, "action"), "member_added");
-	ck_assert_str_eq(fstr(o, "user"), d);
-	ck_assert_int_eq(fint(o, "seq"), 1);
+	ck_assert_str_eq(testenv_json_str(o, "action"), "member_added");
+	ck_assert_str_eq(testenv_json_str(o, "user"), d);
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 1);
 	json_object_put(o);
 	ck_assert_int_eq(store_group_add(s, a, g, d, &t), 0);
 	ck_assert_uint_eq(t.n, 0);
@@ -549,8 +519,8 @@ START_TEST(test_groups)
 	ck_assert_uint_eq(t.n, 4);
 	store_targets_clear(&t);
 	o = last_event(s, c);
-	ck_assert_str_eq(fstr(o, "action"), "member_removed");
-	ck_assert_str_eq(fstr(o, "user"), c);
+	ck_assert_str_eq(testenv_json_str(o, "action"), "member_removed");
+	ck_assert_str_eq(testenv_json_str(o, "user"), c);
 	json_object_put(o);
 	ck_assert_int_eq(store_group_remove(s, a, g, c, &t), -1);
 	ck_assert_int_eq(errno, ENOENT);
@@ -661,10 +631,10 @@ assert_receipts(struct store *s, const char *user, uint64_t mid, int members, co
 	size_t i;
 
 	ck_assert_int_eq(store_receipts_json(s, user, mid, &json), 0);
-	o = parse(json);
-	ck_assert_int_eq(fint(o, "members"), members);
-	dl = field(o, "delivered");
-	rd = field(o, "read");
+	o = testenv_json(json);
+	ck_assert_int_eq(testenv_json_int(o, "members"), members);
+	dl = testenv_json_get(o, "delivered");
+	rd = testenv_json_get(o, "read");
 	buf[0] = '\0';
 	for (i = 0; i < json_object_array_length(dl); i++) {
 		strcat(buf, i ? "," : "");
@@ -690,14 +660,16 @@ conversation(struct store *s, const char *user, const char *with, uint64_t g, in
 	size_t i;
 
 	ck_assert_int_eq(store_conversations_json(s, user, 50, &json), 0);
-	o = parse(json);
-	l = field(o, "conversations");
+	o = testenv_json(json);
+	l = testenv_json_get(o, "conversations");
 	for (i = 0; i < json_object_array_length(l); i++) {
 		e = json_object_array_get_idx(l, i);
-		if ((with != NULL && json_object_get_type(field(e, "with")) == json_type_string &&
-		    strcmp(fstr(e, "with"), with) == 0) ||
-		    (g != 0 && json_object_get_type(field(e, "group_id")) == json_type_int &&
-		    (uint64_t)fint(e, "group_id") == g)) {
+		if ((with != NULL &&
+		    json_object_get_type(testenv_json_get(e, "with")) == json_type_string &&
+		    strcmp(testenv_json_str(e, "with"), with) == 0) ||
+		    (g != 0 &&
+		    json_object_get_type(testenv_json_get(e, "group_id")) == json_type_int &&
+		    (uint64_t)testenv_json_int(e, "group_id") == g)) {
 			r = json_object_get(e);
 			if (pos != NULL)
 				*pos = (int)i;
@@ -724,7 +696,7 @@ START_TEST(test_receipts)
 	send1(s, a, b, 0, "three", "r3", &m3);
 	assert_receipts(s, a, m1.server_msg_id, 1, "", "");
 	o = conversation(s, b, a, 0, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 3);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 3);
 	json_object_put(o);
 
 	/* delivered up to m2 covers m1; the sender hears of it. */
@@ -735,12 +707,12 @@ START_TEST(test_receipts)
 	ck_assert_uint_eq(t.v[0].seq, 4);
 	store_targets_clear(&t);
 	o = last_event(s, a);
-	ck_assert_str_eq(fstr(o, "type"), "message_status");
-	ck_assert_int_eq(fint(o, "seq"), 4);
-	ck_assert_int_eq(fint(o, "message_id"), (int64_t)m2.server_msg_id);
-	ck_assert_str_eq(fstr(o, "status"), "delivered");
-	ck_assert_str_eq(fstr(o, "by"), b);
-	ck_assert_int_gt(fint(o, "ts"), 0);
+	ck_assert_str_eq(testenv_json_str(o, "type"), "message_status");
+	ck_assert_int_eq(testenv_json_int(o, "seq"), 4);
+	ck_assert_int_eq(testenv_json_int(o, "message_id"), (int64_t)m2.server_msg_id);
+	ck_assert_str_eq(testenv_json_str(o, "status"), "delivered");
+	ck_assert_str_eq(testenv_json_str(o, "by"), b);
+	ck_assert_int_gt(testenv_json_int(o, "ts"), 0);
 	json_object_put(o);
 	assert_receipts(s, a, m1.server_msg_id, 1, b, "");
 	assert_receipts(s, b, m2.server_msg_id, 1, b, "");
@@ -756,12 +728,12 @@ START_TEST(test_receipts)
 	ck_assert_int_eq(changed, 1);
 	store_targets_clear(&t);
 	o = last_event(s, a);
-	ck_assert_str_eq(fstr(o, "status"), "read");
+	ck_assert_str_eq(testenv_json_str(o, "status"), "read");
 	json_object_put(o);
 	assert_receipts(s, a, m1.server_msg_id, 1, b, b);
 	assert_receipts(s, a, m2.server_msg_id, 1, b, "");
 	o = conversation(s, b, a, 0, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 2);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 2);
 	json_object_put(o);
 
 	/* read m3 implies delivered m3. */
@@ -770,7 +742,7 @@ START_TEST(test_receipts)
 	store_targets_clear(&t);
 	assert_receipts(s, a, m3.server_msg_id, 1, b, b);
 	o = conversation(s, b, a, 0, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 0);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 0);
 	json_object_put(o);
 	ck_assert_int_eq(store_receipt(s, b, m2.server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
 	ck_assert_int_eq(changed, 0);
@@ -840,32 +812,32 @@ START_TEST(test_group_receipts_and_conversations)
 
 	/* bob: the 1:1 with carol is newer than the group; the group has 1 unread (delivered only). */
 	o = conversation(s, b, c, 0, &pos1);
-	ck_assert_int_eq(fint(o, "unread"), 1);
-	ck_assert(json_object_get_type(field(o, "group_id")) == json_type_null);
-	m = field(o, "last_message");
-	ck_assert_int_eq(fint(m, "id"), (int64_t)m2.server_msg_id);
-	ck_assert_str_eq(fstr(m, "content"), "psst");
-	ck_assert_str_eq(fstr(m, "from"), c);
-	ck_assert_int_eq(fint(o, "last_ts"), m2.ts);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 1);
+	ck_assert(json_object_get_type(testenv_json_get(o, "group_id")) == json_type_null);
+	m = testenv_json_get(o, "last_message");
+	ck_assert_int_eq(testenv_json_int(m, "id"), (int64_t)m2.server_msg_id);
+	ck_assert_str_eq(testenv_json_str(m, "content"), "psst");
+	ck_assert_str_eq(testenv_json_str(m, "from"), c);
+	ck_assert_int_eq(testenv_json_int(o, "last_ts"), m2.ts);
 	json_object_put(o);
 	o = conversation(s, b, NULL, g, &pos2);
-	ck_assert(json_object_get_type(field(o, "with")) == json_type_null);
-	ck_assert_int_eq(fint(o, "unread"), 1);
-	ck_assert_str_eq(fstr(field(o, "last_message"), "content"), "hello group");
+	ck_assert(json_object_get_type(testenv_json_get(o, "with")) == json_type_null);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 1);
+	ck_assert_str_eq(testenv_json_str(o, "last_message.content"), "hello group");
 	json_object_put(o);
 	ck_assert_int_lt(pos1, pos2);
 	/* The sender's own conversation rows have nothing unread. */
 	o = conversation(s, a, NULL, g, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 0);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 0);
 	json_object_put(o);
 	/* A new group message moves the group to the top. */
 	send1(s, c, NULL, g, "newest", "gm2", &m3);
 	o = conversation(s, b, NULL, g, &pos2);
 	ck_assert_int_eq(pos2, 0);
-	ck_assert_int_eq(fint(o, "unread"), 2);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 2);
 	json_object_put(o);
 	o = conversation(s, c, NULL, g, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 0);	/* carol read m1 and sent m3 */
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 0);	/* carol read m1 and sent m3 */
 	json_object_put(o);
 
 	store_send_res_clear(&m1);
@@ -895,7 +867,7 @@ START_TEST(test_note_to_self)
 	assert_gap_free(&all, 1);
 	store_page_clear(&all);
 	o = conversation(s, a, a, 0, NULL);
-	ck_assert_int_eq(fint(o, "unread"), 0);
+	ck_assert_int_eq(testenv_json_int(o, "unread"), 0);
 	json_object_put(o);
 	ck_assert_int_eq(store_receipt(s, a, r.server_msg_id, PROTO_READ, &changed, &t), 0);
 	ck_assert_int_eq(changed, 1);
@@ -926,14 +898,14 @@ START_TEST(test_presence)
 	users[0] = a;
 	users[1] = b;
 	ck_assert_int_eq(store_presence_json(s, users, 2, &json), 0);
-	o = parse(json);
-	e = json_object_array_get_idx(field(o, "presence"), 0);
-	ck_assert_str_eq(fstr(e, "user"), a);
-	ck_assert(json_object_get_boolean(field(e, "online")));
-	e = json_object_array_get_idx(field(o, "presence"), 1);
-	ck_assert_str_eq(fstr(e, "user"), b);
-	ck_assert(!json_object_get_boolean(field(e, "online")));
-	ck_assert(json_object_get_type(field(e, "last_seen")) == json_type_null);
+	o = testenv_json(json);
+	e = json_object_array_get_idx(testenv_json_get(o, "presence"), 0);
+	ck_assert_str_eq(testenv_json_str(e, "user"), a);
+	ck_assert(json_object_get_boolean(testenv_json_get(e, "online")));
+	e = json_object_array_get_idx(testenv_json_get(o, "presence"), 1);
+	ck_assert_str_eq(testenv_json_str(e, "user"), b);
+	ck_assert(!json_object_get_boolean(testenv_json_get(e, "online")));
+	ck_assert(json_object_get_type(testenv_json_get(e, "last_seen")) == json_type_null);
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5000, &ch), 0);
@@ -942,10 +914,10 @@ START_TEST(test_presence)
 	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5001, &ch), 0);
 	ck_assert_int_eq(ch, 0);
 	ck_assert_int_eq(store_presence_json(s, users, 1, &json), 0);
-	o = parse(json);
-	e = json_object_array_get_idx(field(o, "presence"), 0);
-	ck_assert(!json_object_get_boolean(field(e, "online")));
-	ck_assert_int_eq(fint(e, "last_seen"), 5000);
+	o = testenv_json(json);
+	e = json_object_array_get_idx(testenv_json_get(o, "presence"), 0);
+	ck_assert(!json_object_get_boolean(testenv_json_get(e, "online")));
+	ck_assert_int_eq(testenv_json_int(e, "last_seen"), 5000);
 	json_object_put(o);
 	free(json);
 
@@ -954,10 +926,10 @@ START_TEST(test_presence)
 	ck_assert_int_eq(ch, 1);
 	ck_assert_int_eq(store_presence_reset(s, n1, 7000), 0);
 	ck_assert_int_eq(store_presence_json(s, &users[1], 1, &json), 0);
-	o = parse(json);
-	e = json_object_array_get_idx(field(o, "presence"), 0);
-	ck_assert(!json_object_get_boolean(field(e, "online")));
-	ck_assert_int_eq(fint(e, "last_seen"), 7000);
+	o = testenv_json(json);
+	e = json_object_array_get_idx(testenv_json_get(o, "presence"), 0);
+	ck_assert(!json_object_get_boolean(testenv_json_get(e, "online")));
+	ck_assert_int_eq(testenv_json_int(e, "last_seen"), 7000);
 	json_object_put(o);
 	free(json);
 	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 8000, &ch), 0);
@@ -992,13 +964,13 @@ START_TEST(test_rooms)
 	ck_assert_int_eq(store_room_history(s, room, 0, 100, &p), 0);
 	ck_assert_uint_eq(p.n, 5);	/* only the newest 5 kept */
 	ck_assert_int_eq(p.has_more, 0);
-	o = parse(p.events[0]);
-	ck_assert_str_eq(fstr(o, "type"), "room_message");
-	ck_assert_str_eq(fstr(o, "room"), room);
-	c = field(o, "comment");
-	ck_assert_int_eq(fint(c, "id"), (int64_t)ids[3]);
-	ck_assert_str_eq(fstr(c, "user"), u[3]);
-	ck_assert_str_eq(fstr(c, "text"), "hi \xf0\x9f\x8e\x89");
+	o = testenv_json(p.events[0]);
+	ck_assert_str_eq(testenv_json_str(o, "type"), "room_message");
+	ck_assert_str_eq(testenv_json_str(o, "room"), room);
+	c = testenv_json_get(o, "comment");
+	ck_assert_int_eq(testenv_json_int(c, "id"), (int64_t)ids[3]);
+	ck_assert_str_eq(testenv_json_str(c, "user"), u[3]);
+	ck_assert_str_eq(testenv_json_str(c, "text"), "hi \xf0\x9f\x8e\x89");
 	json_object_put(o);
 	ck_assert_uint_eq(p.next, ids[7]);
 	store_page_clear(&p);

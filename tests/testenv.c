@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <check.h>
+#include <json-c/json.h>
 
 #include "config.h"
 #include "log.h"
@@ -106,6 +107,40 @@ testenv_mysql_restart(void)
 	/* setsid: Check kills a forked test's process group at its end, the new mariadbd included. */
 	testenv_sh("setsid '%s/tests/harness/services' restart-mysql '%s' >/dev/null",
 	    src != NULL ? src : ".", testenv_dir());
+}
+
+struct json_object *
+testenv_json(const char *text)
+{
+	struct json_object *o = json_tokener_parse(text);
+
+	ck_assert_msg(o != NULL, "not JSON: %s", text);
+	return o;
+}
+
+struct json_object *
+testenv_json_get(struct json_object *o, const char *path)
+{
+	char *copy = xstrdup(path), *k, *save = NULL;
+	struct json_object *v = o;
+
+	for (k = strtok_r(copy, ".", &save); k != NULL; k = strtok_r(NULL, ".", &save))
+		ck_assert_msg(json_object_object_get_ex(v, k, &v), "no \"%s\" in %s", path,
+		    json_object_to_json_string(o));
+	free(copy);
+	return v;
+}
+
+const char *
+testenv_json_str(struct json_object *o, const char *path)
+{
+	return json_object_get_string(testenv_json_get(o, path));
+}
+
+int64_t
+testenv_json_int(struct json_object *o, const char *path)
+{
+	return json_object_get_int64(testenv_json_get(o, path));
 }
 
 int

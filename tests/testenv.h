@@ -3,8 +3,10 @@
 #define TESTENV_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
+struct json_object;
 struct Suite;
 
 /*
@@ -22,6 +24,13 @@ void	testenv_memcached_restart(void);
 void	testenv_mysql_restart(void);
 /* Run a shell command, fail the test when it exits non-zero. */
 void	testenv_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* JSON answers: parse text (fails the test unless it is JSON; caller puts the object). */
+struct json_object *testenv_json(const char *text);
+/* The member at a dotted path ("message.content") of o; fails the test when it is missing. */
+struct json_object *testenv_json_get(struct json_object *o, const char *path);
+const char *testenv_json_str(struct json_object *o, const char *path);
+int64_t	testenv_json_int(struct json_object *o, const char *path);
 
 /* Run every test of suite s (Check's default fork mode), free it; the exit status for main(). */
 int	testenv_run(struct Suite *s);
