@@ -8,6 +8,7 @@
 #include "metrics.h"
 
 struct bus;
+struct cache_journal;
 struct park;
 
 /*
@@ -18,6 +19,7 @@ struct fcgi_app {
 	struct config	 cfg;
 	struct metrics	 metrics;
 	struct bus	*bus;
+	struct cache_journal *journal;	/* every thread's cache shares it */
 	struct park	*park;
 	int		 listen_fd;
 	int		 stop_fd;	/* eventfd, readable once shutdown began */

@@ -20,6 +20,7 @@
 #include <fcgiapp.h>
 
 #include "bus.h"
+#include "cache.h"
 #include "chat.h"
 #include "config.h"
 #include "fcgi.h"
@@ -190,7 +191,7 @@ request_thread(void *arg)
 	FCGX_Request *req = NULL;
 	int rc;
 
-	chat_init(&chat, &app->cfg, app->bus);
+	chat_init(&chat, &app->cfg, app->bus, app->journal);
 	for (;;) {
 		if (__atomic_load_n(&app->stopping, __ATOMIC_ACQUIRE))
 			break;
@@ -358,7 +359,8 @@ main(int argc, char **argv)
 		fatal("eventfd: %s", strerror(errno));
 	if ((app.bus = bus_new(app.cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
-	app.park = park_new(&app.cfg, &app.metrics, app.bus);
+	app.journal = cache_journal_new();
+	app.park = park_new(&app.cfg, &app.metrics, app.bus, app.journal);
 
 	threads = xcalloc((size_t)app.cfg.fcgi_threads, sizeof *threads);
 	for (i = 0; i < app.cfg.fcgi_threads; i++) {
@@ -388,6 +390,7 @@ main(int argc, char **argv)
 	unlink_ours(created, &bound);
 	close(app.listen_fd);
 	bus_free(app.bus);
+	cache_journal_free(app.journal);
 	free(created);
 	free(threads);
 	log_info("stopped");

@@ -93,6 +93,7 @@ struct park {
 	const struct config	*cfg;
 	struct metrics		*m;
 	struct bus		*bus;
+	struct cache_journal	*journal;
 	struct actor_pool	*pool;
 
 	pthread_mutex_t		 lock;
@@ -548,7 +549,7 @@ park_worker_init(void *arg)
 	struct park_worker *wk = xcalloc(1, sizeof *wk);
 
 	wk->p = arg;
-	chat_init(&wk->chat, wk->p->cfg, wk->p->bus);
+	chat_init(&wk->chat, wk->p->cfg, wk->p->bus, wk->p->journal);
 	return wk;
 }
 
@@ -955,7 +956,8 @@ park_loop(void *arg)
 /* --- life cycle -------------------------------------------------------------------------- */
 
 struct park *
-park_new(const struct config *cfg, struct metrics *m, struct bus *bus)
+park_new(const struct config *cfg, struct metrics *m, struct bus *bus,
+    struct cache_journal *journal)
 {
 	static const struct actor_ops ops = {
 		.worker_init = park_worker_init,
@@ -972,6 +974,7 @@ park_new(const struct config *cfg, struct metrics *m, struct bus *bus)
 	p->cfg = cfg;
 	p->m = m;
 	p->bus = bus;
+	p->journal = journal;
 	pthread_mutex_init(&p->lock, NULL);
 	p->nbuckets = 1024;
 	p->buckets = xcalloc(p->nbuckets, sizeof *p->buckets);

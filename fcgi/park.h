@@ -8,6 +8,7 @@
 #include "parley.h"
 
 struct bus;
+struct cache_journal;
 struct chat;
 struct config;
 struct metrics;
@@ -40,7 +41,8 @@ struct park_spec {
 struct park;
 
 /* Start the loop thread and the workers. The bus is read by the loop (bus_recv) from now on. */
-struct park	*park_new(const struct config *, struct metrics *, struct bus *);
+struct park	*park_new(const struct config *, struct metrics *, struct bus *,
+		    struct cache_journal *);
 /*
  * Called by a request thread that found nothing to answer yet, with the detached connection.
  * Registers the waiter first and then reads MySQL once, so that an event committed at any moment

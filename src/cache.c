@@ -1,6 +1,7 @@
 /* cache.c - conversation summaries in memcached, with MySQL as the fallback and the refill. */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,11 +32,13 @@
  * and is created with a fresh time-based seed via "add" (never overwriting one a writer just
  * bumped), so an evicted or restarted memcached cannot resurrect an old tag either.
  *
- * A generation bump that cannot reach memcached (down or stopped) is remembered in this struct and
- * replayed before this cache reads memcached again (more than CACHE_PENDING_MAX pending users:
- * flush_all instead). Residual window, documented: while another thread or process, whose cache
- * never saw the failure, reads a memcached that was only stopped (SIGSTOP, its data intact) before
- * this cache has replayed its bumps, it may serve a summary up to memcached_ttl old.
+ * A generation bump that cannot reach memcached (down or stopped) is remembered in the process's
+ * journal (struct cache_journal, shared by every thread's cache) and replayed by whichever cache
+ * next reaches memcached, before it reads (more than CACHE_PENDING_MAX pending users: flush_all
+ * instead). So after a memcached that was only stopped (SIGSTOP, its data intact) comes back, no
+ * thread of the process serves a summary a lost bump should have killed. Residual window,
+ * documented: another process (parley-ws beside parley-fcgi) does not see this journal and may
+ * serve such a summary until that process's next send bumps it, or memcached_ttl passes.
  *
  * Failures: libmemcached 1.1.4 keeps paying one poll timeout per call against a stopped server
  * whatever its failure behaviours say (tried: SERVER_FAILURE_LIMIT, SERVER_TIMEOUT_LIMIT,
@@ -51,16 +54,49 @@
 #define CACHE_KEY_MAX		128
 #define CACHE_VALUE_MAX		(1000 * 1000)	/* below memcached's default 1 MiB item limit */
 
-struct cache {
-	memcached_st	*mc;		/* NULL when memcached is disabled */
-	memcached_st	*mcq;		/* clone of mc for pipelined bumps (noreply, buffered) */
-	int		 ttl;
-	int		 alive;
-	int64_t		 down_until;	/* monotonic ms; no memcached I/O before this */
+struct cache_journal {
+	pthread_mutex_t	 lock;		/* held while a replay talks to memcached */
+	int		 dirty;		/* atomic: something to replay (read without the lock) */
 	char		**pending;	/* users whose generation bump failed */
 	size_t		 npending;
-	int		 pending_overflow;
+	int		 overflow;	/* more than CACHE_PENDING_MAX: flush_all */
 };
+
+struct cache {
+	memcached_st		*mc;		/* NULL when memcached is disabled */
+	memcached_st		*mcq;		/* clone of mc for pipelined bumps (noreply, buffered) */
+	int			 ttl;
+	int			 alive;
+	int64_t			 down_until;	/* monotonic ms; no memcached I/O before this */
+	struct cache_journal	*journal;
+	struct cache_journal	*own_journal;	/* when cache_new was given none */
+};
+
+struct cache_journal *
+cache_journal_new(void)
+{
+	struct cache_journal *j;
+
+	j = xcalloc(1, sizeof *j);
+	if (pthread_mutex_init(&j->lock, NULL) != 0)
+		fatal("pthread_mutex_init failed");
+	j->pending = xcalloc(CACHE_PENDING_MAX, sizeof *j->pending);
+	return j;
+}
+
+void
+cache_journal_free(struct cache_journal *j)
+{
+	size_t i;
+
+	if (j == NULL)
+		return;
+	for (i = 0; i < j->npending; i++)
+		free(j->pending[i]);
+	free(j->pending);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+}
 
 /* Add the servers of a "host:port[,host:port]" list; 0 when at least one was added. */
 static int
@@ -121,7 +157,7 @@ cache_behaviours(memcached_st *mc, int timeout_ms)
 }
 
 struct cache *
-cache_new(const struct config *cfg)
+cache_new(const struct config *cfg, struct cache_journal *journal)
 {
 	struct cache *c;
 	const char *servers = cfg->memcached_servers;
@@ -129,7 +165,9 @@ cache_new(const struct config *cfg)
 
 	c = xcalloc(1, sizeof *c);
 	c->ttl = cfg->memcached_ttl > 0 ? cfg->memcached_ttl : 300;
-	c->pending = xcalloc(CACHE_PENDING_MAX, sizeof *c->pending);
+	if (journal == NULL)
+		journal = c->own_journal = cache_journal_new();
+	c->journal = journal;
 	if (servers == NULL || *servers == '\0')
 		return c;
 	if ((c->mc = memcached_create(NULL)) == NULL)
@@ -156,17 +194,13 @@ cache_new(const struct config *cfg)
 void
 cache_free(struct cache *c)
 {
-	size_t i;
-
 	if (c == NULL)
 		return;
 	if (c->mcq != NULL)
 		memcached_free(c->mcq);
 	if (c->mc != NULL)
 		memcached_free(c->mc);
-	for (i = 0; i < c->npending; i++)
-		free(c->pending[i]);
-	free(c->pending);
+	cache_journal_free(c->own_journal);
 	free(c);
 }
 
@@ -254,56 +288,69 @@ cache_bump(struct cache *c, const char *const *users, size_t n)
 	return cache_result(c, rc, "get");
 }
 
-/* Remember a bump that could not be made, to replay it before this cache reads memcached again. */
+/* Remember the bumps of n users that could not be made, for any cache of the process to replay. */
 static void
-cache_pending_add(struct cache *c, const char *user)
+cache_pending_add(struct cache *c, const char *const *users, size_t n)
 {
-	size_t i;
+	struct cache_journal *j = c->journal;
+	size_t i, k;
 
-	if (c->pending_overflow)
-		return;
-	for (i = 0; i < c->npending; i++) {
-		if (strcmp(c->pending[i], user) == 0)
-			return;
+	pthread_mutex_lock(&j->lock);
+	for (i = 0; i < n && !j->overflow; i++) {
+		for (k = 0; k < j->npending && strcmp(j->pending[k], users[i]) != 0; k++)
+			;
+		if (k < j->npending)
+			continue;
+		if (j->npending == CACHE_PENDING_MAX) {
+			while (j->npending > 0)
+				free(j->pending[--j->npending]);
+			j->overflow = 1;
+			break;
+		}
+		j->pending[j->npending++] = xstrdup(users[i]);
 	}
-	if (c->npending == CACHE_PENDING_MAX) {
-		for (i = 0; i < c->npending; i++)
-			free(c->pending[i]);
-		c->npending = 0;
-		c->pending_overflow = 1;
-		return;
-	}
-	c->pending[c->npending++] = xstrdup(user);
+	__atomic_store_n(&j->dirty, 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&j->lock);
 }
 
-/* Replay remembered bumps; 0 when none is left (memcached may then be read). */
+/*
+ * Replay the process's remembered bumps through this cache; 0 when none is left (memcached may
+ * then be read). Other threads wait on the lock meanwhile: they must not read before it is done.
+ */
 static int
 cache_pending_flush(struct cache *c)
 {
-	if (c->pending_overflow) {
+	struct cache_journal *j = c->journal;
+	int rc = -1;
+
+	if (!__atomic_load_n(&j->dirty, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	if (j->overflow) {
 		if (cache_result(c, memcached_flush(c->mc, 0), "flush") != 0)
-			return -1;
+			goto out;
 		log_warn("memcached: too many lost invalidations; flushed the cache");
-		c->pending_overflow = 0;
+		j->overflow = 0;
 	}
-	if (cache_bump(c, (const char *const *)c->pending, c->npending) != 0)
-		return -1;
-	while (c->npending > 0)
-		free(c->pending[--c->npending]);
-	return 0;
+	if (cache_bump(c, (const char *const *)j->pending, j->npending) != 0)
+		goto out;
+	while (j->npending > 0)
+		free(j->pending[--j->npending]);
+	__atomic_store_n(&j->dirty, 0, __ATOMIC_RELEASE);
+	rc = 0;
+out:
+	pthread_mutex_unlock(&j->lock);
+	return rc;
 }
 
 void
 cache_invalidate_many(struct cache *c, const char *const *users, size_t n)
 {
-	size_t i;
-
 	if (c->mc == NULL || n == 0)
 		return;
 	if (cache_usable(c) && cache_pending_flush(c) == 0 && cache_bump(c, users, n) == 0)
 		return;
-	for (i = 0; i < n; i++)
-		cache_pending_add(c, users[i]);
+	cache_pending_add(c, users, n);
 }
 
 void

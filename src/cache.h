@@ -15,8 +15,20 @@ struct store;
  */
 struct cache;
 
-/* Never fails: an empty memcached_servers gives a cache that always misses. Caller frees. */
-struct cache	*cache_new(const struct config *);
+/*
+ * The invalidations that could not reach memcached, shared by every cache of a process (one per
+ * daemon, in its state struct): the first cache to reach memcached again replays them before any
+ * cache of the process reads a summary. Thread-safe. Caller frees, after every cache using it.
+ */
+struct cache_journal;
+struct cache_journal	*cache_journal_new(void);
+void			 cache_journal_free(struct cache_journal *);
+
+/*
+ * Never fails: an empty memcached_servers gives a cache that always misses. journal may be NULL
+ * (a private one: tools and tests with one cache). Caller frees.
+ */
+struct cache	*cache_new(const struct config *, struct cache_journal *);
 void		 cache_free(struct cache *);
 /* 1 when the last memcached operation succeeded (for /health: "ok" or "down"). */
 int		 cache_alive(struct cache *);

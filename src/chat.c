@@ -19,11 +19,11 @@
 #define CHAT_PRESENCE_PEERS	100
 
 void
-chat_init(struct chat *ch, const struct config *cfg, struct bus *bus)
+chat_init(struct chat *ch, const struct config *cfg, struct bus *bus, struct cache_journal *journal)
 {
 	ch->cfg = cfg;
 	ch->store = store_new(cfg);
-	ch->cache = cache_new(cfg);
+	ch->cache = cache_new(cfg, journal);
 	ch->bus = bus;
 }
 

@@ -10,6 +10,7 @@
 
 struct bus;
 struct cache;
+struct cache_journal;
 struct config;
 
 /*
@@ -29,8 +30,11 @@ struct chat {
 	struct bus		*bus;		/* may be NULL (tools, tests) */
 };
 
-/* Open store and cache connections for the calling thread. */
-void	chat_init(struct chat *, const struct config *, struct bus *);
+/*
+ * Open store and cache connections for the calling thread. journal: the process's
+ * cache_journal (NULL: a private one).
+ */
+void	chat_init(struct chat *, const struct config *, struct bus *, struct cache_journal *);
 void	chat_clear(struct chat *);
 
 /* Send (idempotent). On a new message, every target's log got an event and was hinted. */

@@ -33,7 +33,7 @@ fx_open(struct fx *f)
 	testenv_config(&f->cfg);
 	ck_assert_msg(f->cfg.memcached_servers[0] == '/', "test stack memcached is a UNIX socket");
 	f->st = store_new(&f->cfg);
-	f->c = cache_new(&f->cfg);
+	f->c = cache_new(&f->cfg, NULL);
 	f->raw = memcached_create(NULL);
 	memcached_server_add_unix_socket(f->raw, f->cfg.memcached_servers);
 	memcached_behavior_set(f->raw, MEMCACHED_BEHAVIOR_POLL_TIMEOUT, 200);
@@ -462,6 +462,53 @@ START_TEST(test_memcached_stopped)
 }
 END_TEST
 
+/*
+ * Two threads' caches of one process share a journal: a bump one of them could not make while
+ * memcached was stopped is replayed by the other before it reads, so the other never serves the
+ * summary memcached kept through the stop.
+ */
+START_TEST(test_memcached_stopped_journal)
+{
+	struct fx f;
+	struct cache_journal *j = cache_journal_new();
+	struct cache *w, *r, *keep;
+	char *a = testenv_name("ja"), *b = testenv_name("jb"), *users[4], *json = NULL;
+	size_t i, n = 0;
+
+	fx_open(&f);
+	w = cache_new(&f.cfg, j);
+	r = cache_new(&f.cfg, j);
+	keep = f.c;
+	send_msg(&f, a, b, "j1");
+	f.c = r;
+	expect_conv(&f, b, 20, 1, 0, a, "j1", 1);	/* r cached it */
+
+	testenv_memcached_signal(SIGSTOP);
+	/* w finds memcached stopped, so its bump after the next commit is not even tried. */
+	ck_assert_int_eq(cache_conversations(w, f.st, b, 20, &json), 0);
+	free(json);
+	ck_assert_int_eq(cache_alive(w), 0);
+	send_quiet(&f, a, b, "j2", users, &n);
+	cache_invalidate_many(w, (const char *const *)users, n);
+
+	testenv_memcached_signal(SIGCONT);
+	/* r saw no failure; it replays w's bump first, then misses and reads MySQL. */
+	expect_conv(&f, b, 20, 1, 0, a, "j2", 2);
+	expect_conv(&f, b, 20, 1, 0, a, "j2", 2);
+	ck_assert_int_eq(cache_alive(r), 1);
+
+	for (i = 0; i < n; i++)
+		free(users[i]);
+	f.c = keep;
+	cache_free(w);
+	cache_free(r);
+	cache_journal_free(j);
+	fx_close(&f);
+	free(a);
+	free(b);
+}
+END_TEST
+
 START_TEST(test_disabled)
 {
 	struct fx f;
@@ -471,7 +518,7 @@ START_TEST(test_disabled)
 	fx_open(&f);
 	send_msg(&f, a, b, "no cache");
 	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", "", &cause), 0);
-	off = cache_new(&f.cfg);
+	off = cache_new(&f.cfg, NULL);
 	ck_assert_int_eq(cache_conversations(off, f.st, b, 10, &json), 0);
 	ck_assert_ptr_nonnull(strstr(json, "no cache"));
 	ck_assert_int_eq(cache_alive(off), 0);
@@ -546,7 +593,7 @@ START_TEST(test_tcp_servers)
 	p2 = tcp_memcached(pid2);
 	xasprintf(&servers, "127.0.0.1:%d, 127.0.0.1:%d", p1, p2);
 	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", servers, &cause), 0);
-	tcp = cache_new(&f.cfg);
+	tcp = cache_new(&f.cfg, NULL);
 	ck_assert_int_eq(cache_conversations(tcp, f.st, b, 10, &json), 0);
 	ck_assert_ptr_nonnull(strstr(json, "over tcp"));
 	free(json);
@@ -594,6 +641,7 @@ cache_suite(void)
 	tcase_set_timeout(ts, 30);
 	tcase_add_unchecked_fixture(ts, mc_restore, mc_restore);
 	tcase_add_test(ts, test_memcached_stopped);
+	tcase_add_test(ts, test_memcached_stopped_journal);
 	suite_add_tcase(s, ts);
 	return s;
 }

@@ -45,7 +45,7 @@ fx_open(struct fx *f)
 	xasprintf(&dir, "%s/d", tmpl);
 	f->bus = bus_new(dir, &cause);
 	ck_assert_msg(f->bus != NULL, "bus_new: %s", cause != NULL ? cause : "?");
-	chat_init(&f->ch, &f->cfg, f->bus);
+	chat_init(&f->ch, &f->cfg, f->bus, NULL);
 	free(dir);
 	free(tmpl);
 }
@@ -673,7 +673,7 @@ START_TEST(test_health)
 	ck_assert_int_eq(chat_health_json(&f.ch, &json), 0);
 	ck_assert_str_eq(json, "{\"status\":\"ok\",\"mysql\":\"ok\",\"memcached\":\"ok\",\"bus\":\"ok\"}");
 	free(json);
-	chat_init(&nobus, &f.cfg, NULL);
+	chat_init(&nobus, &f.cfg, NULL, NULL);
 	ck_assert_int_eq(chat_health_json(&nobus, &json), 0);
 	ck_assert_str_eq(json, "{\"status\":\"ok\",\"mysql\":\"ok\",\"memcached\":\"ok\",\"bus\":\"down\"}");
 	free(json);

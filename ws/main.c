@@ -12,6 +12,7 @@
 #include <ev.h>
 
 #include "actor.h"
+#include "cache.h"
 #include "chat.h"
 #include "config.h"
 #include "conn.h"
@@ -76,7 +77,7 @@ ws_presence_reset(struct ws *ws)
 {
 	struct chat ch;
 
-	chat_init(&ch, ws->cfg, NULL);
+	chat_init(&ch, ws->cfg, NULL, NULL);
 	if (store_presence_reset(ch.store, ws->node, parley_now_ms()) != 0)
 		log_warn("presence reset for %s failed: %s", ws->node, strerror(errno));
 	chat_clear(&ch);
@@ -252,6 +253,7 @@ main(int argc, char **argv)
 	ws.conns = conns_new((size_t)cfg.ws_max_connections);
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
+	ws.journal = cache_journal_new();
 	ws_presence_reset(&ws);
 
 	memset(&acfg, 0, sizeof acfg);
@@ -310,6 +312,7 @@ main(int argc, char **argv)
 		ws_done_free(d);
 	}
 	bus_free(ws.bus);
+	cache_journal_free(ws.journal);
 	conns_free(ws.conns);
 	for (i = 0; i < ws.norigins; i++)
 		free(ws.origins[i]);

@@ -26,7 +26,7 @@ work_init(void *arg)
 
 	w = xcalloc(1, sizeof *w);
 	w->ws = arg;
-	chat_init(&w->chat, w->ws->cfg, w->ws->bus);
+	chat_init(&w->chat, w->ws->cfg, w->ws->bus, w->ws->journal);
 	return w;
 }
 

@@ -14,6 +14,7 @@
 #include "protocol.h"
 
 struct actor_pool;
+struct cache_journal;
 struct ev_loop;
 struct config;
 struct conns;
@@ -83,6 +84,7 @@ struct ws {
 	struct ev_loop		*loop;		/* libev, epoll: lws runs in it (foreign loop) */
 	void			*foreign_loops[1];
 	struct bus		*bus;
+	struct cache_journal	*journal;	/* every worker's cache shares it */
 	struct actor_pool	*pool;
 	struct metrics		 metrics;
 	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
