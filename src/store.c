@@ -84,35 +84,49 @@ enum store_q {
 	Q_ROOM_TRIM,
 	Q_ROOM_PAGE,
 	/* Multi-row forms of Q_EV_INSERT_MSG and Q_CONV_UPSERT (their SQL is built in store_new). */
+	Q_EV_M2,
 	Q_EV_M4,
 	Q_EV_M16,
 	Q_EV_M64,
+	Q_CONV_M2,
 	Q_CONV_M4,
 	Q_CONV_M16,
 	Q_CONV_M64,
 	/* Multi-row seq reservation and its read-back (SQL built in store_new, every size). */
 	Q_SEQ_M1,
+	Q_SEQ_M2,
 	Q_SEQ_M4,
 	Q_SEQ_M16,
 	Q_SEQ_M64,
 	Q_SEQ_IN1,
+	Q_SEQ_IN2,
 	Q_SEQ_IN4,
 	Q_SEQ_IN16,
 	Q_SEQ_IN64,
 	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
+	Q_MSG_M2,
 	Q_MSG_M4,
 	Q_MSG_M16,
 	Q_MSG_M64,
 	Q_COUNT
 };
 
-/* Rows per statement of the multi-row forms, largest first; the last is the one-row form. */
-static const size_t store_chunks[] = { 64, 16, 4, 1 };
-static const enum store_q store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_INSERT_MSG };
-static const enum store_q store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_UPSERT };
-static const enum store_q store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_INSERT };
-static const enum store_q store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M1 };
-static const enum store_q store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN1 };
+/*
+ * Rows per statement of the multi-row forms, largest first; the last is the one-row form. The
+ * 2-row form is the common 1:1 message: its two events and two conversation rows go in one
+ * round trip each.
+ */
+static const size_t store_chunks[] = { 64, 16, 4, 2, 1 };
+static const enum store_q store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
+    Q_EV_INSERT_MSG };
+static const enum store_q store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_M2,
+    Q_CONV_UPSERT };
+static const enum store_q store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
+    Q_MSG_INSERT };
+static const enum store_q store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
+    Q_SEQ_M1 };
+static const enum store_q store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN2,
+    Q_SEQ_IN1 };
 
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id) VALUES "
 #define EV_ROW		"(?, ?, 1, ?)"
