@@ -982,8 +982,9 @@ loop_filter(struct ws *ws, struct lws *wsi)
 static int
 loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 {
-	char buf[2048];
 	const char *token;
+	char *buf;
+	int len;
 
 	c->wsi = wsi;
 	if (conn_register(ws->conns, c) != 0)
@@ -991,10 +992,17 @@ loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, 1);
 	c->state = CONN_NEW;
 	c->auth_deadline = parley_mono_ms() + (int64_t)ws->cfg->ws_auth_timeout * 1000;
-	/* The request headers are still attached here (lws drops them after ESTABLISHED). */
-	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS) > 0 &&
-	    (token = lws_get_urlarg_by_name(wsi, "access_token=", buf, sizeof buf)) != NULL)
+	/*
+	 * The request headers are still attached here (lws drops them after ESTABLISHED). The
+	 * buffer takes the whole query: a token of any length lws accepted is read, so a bad one is
+	 * refused now, never mistaken for no token (which waits for an auth frame).
+	 */
+	if ((len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS)) <= 0)
+		return 0;
+	buf = xmalloc((size_t)len + 1);
+	if ((token = lws_get_urlarg_by_name(wsi, "access_token=", buf, len + 1)) != NULL)
 		loop_auth(ws, c, token);
+	free(buf);
 	return 0;
 }
 

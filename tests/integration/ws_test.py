@@ -272,6 +272,16 @@ async def auth_alg_none(env):
 
 
 @test
+async def auth_long_url_token(env):
+    # A URL token longer than any real JWT (here 2.8 KB) is read and refused at once, not taken
+    # for "no token" (which would wait 10 s for an auth frame).
+    head, body, sig = token(uname("bob")).split(".")
+    t0 = time.monotonic()
+    await _bad_token(env, head + "." + body + "A" * 2500 + "." + sig, True)
+    assert time.monotonic() - t0 < 3, "refused after %.1f s" % (time.monotonic() - t0)
+
+
+@test
 async def auth_missing_or_not_first(env):
     for first in ({"type": "sync"}, {"type": "auth"}, "not json", {"type": "ping"}):
         ws = await websockets.connect(env.a.url, subprotocols=["parley.v1"])
