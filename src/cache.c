@@ -29,8 +29,16 @@
  * tags what it writes with that value. So the classic race (reader misses, reads old rows, writer
  * commits and invalidates, reader writes the old rows back) leaves a value tagged with a generation
  * that is already gone: nobody ever serves it, it just expires. A missing generation key is a miss
- * and is created with a fresh time-based seed via "add" (never overwriting one a writer just
- * bumped), so an evicted or restarted memcached cannot resurrect an old tag either.
+ * and is created by the reader with a fresh time-based seed via "add" (never overwriting one a
+ * writer just bumped), so an evicted or restarted memcached cannot resurrect an old tag either.
+ *
+ * Bumps are pipelined: a batch of sends invalidates all its users with "incr ... noreply" on a
+ * second connection (one write each, no answer awaited), then one multi-get of the same keys on
+ * that connection as a barrier (memcached answers one connection's commands in order, and the get
+ * reaches every server an incr went to), so the batch costs one round trip instead of one per
+ * user, and no ack leaves before memcached applied its bumps. An incr of a missing generation does
+ * nothing, which is right: a reader creates the generation before it reads MySQL, so one missing
+ * at bump time (after the commit) means any reader still to come reads the commit.
  *
  * A generation bump that cannot reach memcached (down or stopped) is remembered in the process's
  * journal (struct cache_journal, shared by every thread's cache) and replayed by whichever cache
@@ -57,6 +65,7 @@
 struct cache_journal {
 	pthread_mutex_t	 lock;		/* held while a replay talks to memcached */
 	int		 dirty;		/* atomic: something to replay (read without the lock) */
+	int		 replaying;	/* a thread replays a copy of pending now */
 	char		**pending;	/* users whose generation bump failed */
 	size_t		 npending;
 	int		 overflow;	/* more than CACHE_PENDING_MAX: flush_all */
@@ -64,7 +73,7 @@ struct cache_journal {
 
 struct cache {
 	memcached_st		*mc;		/* NULL when memcached is disabled */
-	memcached_st		*mcq;		/* clone of mc for pipelined bumps (noreply, buffered) */
+	memcached_st		*mcq;		/* clone of mc for pipelined bumps (noreply) */
 	int			 ttl;
 	int			 alive;
 	int64_t			 down_until;	/* monotonic ms; no memcached I/O before this */
@@ -186,7 +195,6 @@ cache_new(const struct config *cfg, struct cache_journal *journal)
 	if ((c->mcq = memcached_clone(NULL, c->mc)) == NULL)
 		fatal("memcached_clone: out of memory");
 	memcached_behavior_set(c->mcq, MEMCACHED_BEHAVIOR_NOREPLY, 1);
-	memcached_behavior_set(c->mcq, MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, 1);
 	c->alive = 1;	/* until an operation says otherwise */
 	return c;
 }
@@ -265,27 +273,44 @@ cache_seed(void)
 static int
 cache_bump(struct cache *c, const char *const *users, size_t n)
 {
-	char key[CACHE_KEY_MAX];
-	memcached_return_t rc;
+	char (*keys)[CACHE_KEY_MAX];
+	const char **kp;
+	size_t *lens, i;
+	memcached_result_st *r;
+	memcached_return_t rc = MEMCACHED_SUCCESS;
 	uint64_t v;
-	uint32_t flags;
-	size_t i, len;
-	char *val;
+	int ret = -1;
 
 	if (n == 0)
 		return 0;
+	keys = xcalloc(n, sizeof *keys);
+	kp = xcalloc(n, sizeof *kp);
+	lens = xcalloc(n, sizeof *lens);
 	for (i = 0; i < n; i++) {
-		cache_key_gen(key, sizeof key, users[i]);
-		rc = memcached_increment(c->mcq, key, strlen(key), 1, &v);
+		cache_key_gen(keys[i], sizeof keys[i], users[i]);
+		kp[i] = keys[i];
+		lens[i] = strlen(keys[i]);
+		rc = memcached_increment(c->mcq, kp[i], lens[i], 1, &v);
 		if (cache_result(c, rc, "incr") != 0)
-			return -1;
+			goto out;
 	}
-	if (cache_result(c, memcached_flush_buffers(c->mcq), "incr") != 0)
-		return -1;
-	/* The barrier: its answer comes after every incr above was applied. */
-	val = memcached_get(c->mcq, key, strlen(key), &len, &flags, &rc);
-	free(val);
-	return cache_result(c, rc, "get");
+	/*
+	 * The barrier: a get of every key, so each server touched answers on the connection that
+	 * carried its incrs, after applying them (one server per key; memcached keeps order on a
+	 * connection, not across servers).
+	 */
+	if (cache_result(c, memcached_mget(c->mcq, kp, lens, n), "mget") != 0)
+		goto out;
+	while ((r = memcached_fetch_result(c->mcq, NULL, &rc)) != NULL)
+		memcached_result_free(r);
+	if (rc != MEMCACHED_END && rc != MEMCACHED_NOTFOUND && cache_result(c, rc, "fetch") != 0)
+		goto out;
+	ret = 0;
+out:
+	free(lens);
+	free(kp);
+	free(keys);
+	return ret;
 }
 
 /* Remember the bumps of n users that could not be made, for any cache of the process to replay. */
@@ -315,31 +340,63 @@ cache_pending_add(struct cache *c, const char *const *users, size_t n)
 
 /*
  * Replay the process's remembered bumps through this cache; 0 when none is left (memcached may
- * then be read). Other threads wait on the lock meanwhile: they must not read before it is done.
+ * then be read), -1 when they could not be replayed or another thread is replaying them now
+ * (memcached must not be read yet: answer from MySQL). The lock guards the list only, never
+ * memcached I/O, so a stopped memcached costs each thread its own timeout, not a queue of them.
  */
 static int
 cache_pending_flush(struct cache *c)
 {
 	struct cache_journal *j = c->journal;
-	int rc = -1;
+	char **users;
+	size_t n, i, k;
+	int overflow, rc;
 
 	if (!__atomic_load_n(&j->dirty, __ATOMIC_ACQUIRE))
 		return 0;
 	pthread_mutex_lock(&j->lock);
-	if (j->overflow) {
-		if (cache_result(c, memcached_flush(c->mc, 0), "flush") != 0)
-			goto out;
-		log_warn("memcached: too many lost invalidations; flushed the cache");
-		j->overflow = 0;
+	if (j->replaying || j->npending + (size_t)j->overflow == 0) {
+		rc = j->replaying ? -1 : 0;
+		pthread_mutex_unlock(&j->lock);
+		return rc;
 	}
-	if (cache_bump(c, (const char *const *)j->pending, j->npending) != 0)
-		goto out;
-	while (j->npending > 0)
-		free(j->pending[--j->npending]);
-	__atomic_store_n(&j->dirty, 0, __ATOMIC_RELEASE);
-	rc = 0;
-out:
+	j->replaying = 1;
+	overflow = j->overflow;
+	n = j->npending;
+	users = xcalloc(n + 1, sizeof *users);
+	for (i = 0; i < n; i++)
+		users[i] = xstrdup(j->pending[i]);
 	pthread_mutex_unlock(&j->lock);
+
+	rc = 0;
+	if (overflow && cache_result(c, memcached_flush(c->mc, 0), "flush") != 0)
+		rc = -1;
+	else if (overflow)
+		log_warn("memcached: too many lost invalidations; flushed the cache");
+	if (rc == 0 && !overflow)
+		rc = cache_bump(c, (const char *const *)users, n);
+
+	pthread_mutex_lock(&j->lock);
+	j->replaying = 0;
+	if (rc == 0 && overflow)
+		j->overflow = 0;
+	/* Drop what was replayed; what failed meanwhile was added and stays. */
+	for (i = 0; rc == 0 && !overflow && i < n; i++) {
+		for (k = 0; k < j->npending && strcmp(j->pending[k], users[i]) != 0; k++)
+			;
+		if (k < j->npending) {
+			free(j->pending[k]);
+			j->pending[k] = j->pending[--j->npending];
+		}
+	}
+	if (j->npending == 0 && !j->overflow)
+		__atomic_store_n(&j->dirty, 0, __ATOMIC_RELEASE);
+	else if (rc == 0)
+		rc = -1;	/* more came while replaying: the next call replays them */
+	pthread_mutex_unlock(&j->lock);
+	for (i = 0; i < n; i++)
+		free(users[i]);
+	free(users);
 	return rc;
 }
 

@@ -1,6 +1,7 @@
 /* check_cache.c - conversation summaries against the real memcached and MariaDB: hits, invalidation, faults. */
 #include <check.h>
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -509,6 +510,72 @@ START_TEST(test_memcached_stopped_journal)
 }
 END_TEST
 
+/* One thread of test_journal_no_queue: its own cache on the shared journal, one timed bump. */
+struct jq_thread {
+	pthread_t		 t;
+	struct cache		*c;
+	pthread_barrier_t	*go;
+	int64_t			 ms;
+};
+
+static void *
+jq_run(void *arg)
+{
+	struct jq_thread *q = arg;
+	char *u = testenv_name("jq");
+	int64_t t0;
+
+	pthread_barrier_wait(q->go);
+	t0 = parley_mono_ms();
+	cache_invalidate(q->c, u);
+	q->ms = parley_mono_ms() - t0;
+	free(u);
+	return NULL;
+}
+
+/*
+ * While memcached is stopped and the journal has bumps to replay, threads do not queue behind one
+ * another's replay: each pays at most its own timeout (16 threads, 100 ms each, queued would take
+ * 1.6 s for the last one).
+ */
+START_TEST(test_journal_no_queue)
+{
+	enum { N = 16 };
+	struct fx f;
+	struct cache_journal *j = cache_journal_new();
+	struct jq_thread q[N];
+	pthread_barrier_t go;
+	char *u = testenv_name("jq"), *json = NULL;
+	int i;
+
+	fx_open(&f);
+	ck_assert_int_le(f.cfg.memcached_timeout_ms, 100);
+	pthread_barrier_init(&go, NULL, N);
+	for (i = 0; i < N; i++) {
+		q[i].c = cache_new(&f.cfg, j);
+		q[i].go = &go;
+	}
+	testenv_memcached_signal(SIGSTOP);
+	/* q[0]'s cache learns memcached is stopped; its next bump is journaled without I/O. */
+	ck_assert_int_eq(cache_conversations(q[0].c, f.st, u, 10, &json), 0);
+	free(json);
+	cache_invalidate(q[0].c, u);
+	for (i = 0; i < N; i++)
+		ck_assert_int_eq(pthread_create(&q[i].t, NULL, jq_run, &q[i]), 0);
+	for (i = 0; i < N; i++)
+		pthread_join(q[i].t, NULL);
+	testenv_memcached_signal(SIGCONT);
+	for (i = 0; i < N; i++) {
+		ck_assert_msg(q[i].ms < 1000, "thread %d waited %lld ms", i, (long long)q[i].ms);
+		cache_free(q[i].c);
+	}
+	pthread_barrier_destroy(&go);
+	cache_journal_free(j);
+	fx_close(&f);
+	free(u);
+}
+END_TEST
+
 START_TEST(test_disabled)
 {
 	struct fx f;
@@ -576,13 +643,30 @@ tcp_has_summary(int port, const char *user)
 	return found;
 }
 
+/* Which of the servers 127.0.0.1:p1, 127.0.0.1:p2 (0 or 1) holds user's generation key. */
+static uint32_t
+tcp_gen_server(int p1, int p2, const char *user)
+{
+	memcached_st *m = memcached_create(NULL);
+	char key[256];
+	uint32_t i;
+
+	memcached_server_add(m, "127.0.0.1", (in_port_t)p1);
+	memcached_server_add(m, "127.0.0.1", (in_port_t)p2);
+	snprintf(key, sizeof key, "parley:convgen:v1:%s", user);
+	i = memcached_generate_hash(m, key, strlen(key));
+	memcached_free(m);
+	return i;
+}
+
 /* "host:port,host:port" servers over TCP: two private memcacheds. */
 START_TEST(test_tcp_servers)
 {
 	struct fx f;
 	struct cache *tcp;
 	char *a = testenv_name("ta"), *b = testenv_name("tb"), *json = NULL, *cause = NULL;
-	char *servers = NULL, pid1[4096], pid2[4096], *v;
+	char *servers = NULL, pid1[4096], pid2[4096], *v, *many[16] = { NULL };
+	size_t i, on2;
 	int p1, p2;
 
 	fx_open(&f);
@@ -606,6 +690,28 @@ START_TEST(test_tcp_servers)
 	ck_assert_int_eq(cache_conversations(tcp, f.st, b, 10, &json), 0);
 	ck_assert_ptr_nonnull(strstr(json, "over tcp"));
 	free(json);
+
+	/*
+	 * A pipelined bump over both servers while one is stopped: the barrier must hear from every
+	 * server an incr went to, so the lost bumps are seen (and journaled), whichever server the
+	 * last key lives on.
+	 */
+	for (i = 0, on2 = 0; i < PARLEY_NITEMS(many); i++) {
+		/* The last key on the server that keeps running: a barrier on it alone would pass. */
+		do {
+			free(many[i]);
+			many[i] = testenv_name("tm");
+		} while (i + 1 == PARLEY_NITEMS(many) && tcp_gen_server(p1, p2, many[i]) != 0);
+		on2 += tcp_gen_server(p1, p2, many[i]) == 1;
+	}
+	ck_assert_uint_gt(on2, 0);
+	testenv_sh("kill -STOP $(cat '%s')", pid2);
+	cache_invalidate_many(tcp, (const char *const *)many, PARLEY_NITEMS(many));
+	ck_assert_int_eq(cache_alive(tcp), 0);
+	testenv_sh("kill -CONT $(cat '%s')", pid2);
+	for (i = 0; i < PARLEY_NITEMS(many); i++)
+		free(many[i]);
+
 	cache_free(tcp);
 	testenv_sh("kill $(cat '%s') $(cat '%s')", pid1, pid2);
 	free(servers);
@@ -642,6 +748,7 @@ cache_suite(void)
 	tcase_add_unchecked_fixture(ts, mc_restore, mc_restore);
 	tcase_add_test(ts, test_memcached_stopped);
 	tcase_add_test(ts, test_memcached_stopped_journal);
+	tcase_add_test(ts, test_journal_no_queue);
 	suite_add_tcase(s, ts);
 	return s;
 }
