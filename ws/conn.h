@@ -73,7 +73,7 @@ struct conn {
 				 rx_binary:1,
 				 writable_asked:1;
 	uint8_t			 nrooms;
-	uint16_t		 nheld;		/* sends on the loop's held list */
+	uint32_t		 nheld;		/* sends on the loop's held lists */
 	char			 device[PARLEY_ID_MAX + 1];
 };
 

@@ -19,6 +19,7 @@
 
 #define WS_TICK_US	(1000 * 1000)
 #define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
+#define WS_HELD_RETRY_US (5 * 1000)	/* a full send shard is tried again after this */
 #define WS_STALL_MS	5000	/* pending frames and none taken for this long: too slow */
 
 static void loop_pump(struct ws *, struct conn *);
@@ -329,15 +330,25 @@ loop_sync(struct ws *ws, struct conn *c, const struct proto_frame_req *r)
 	}
 }
 
-/* The send shard of a user ("send:N"): FNV-1a, so a user always lands on the same one. */
-static void
-loop_send_key(const struct ws *ws, const char *user, char *key, size_t size)
+/* The send shard of a user: FNV-1a, so a user always lands on the same one. */
+static unsigned
+loop_send_shard(const struct ws *ws, const char *user)
 {
 	uint32_t h = 2166136261u;
 
 	for (; *user != '\0'; user++)
 		h = (h ^ (unsigned char)*user) * 16777619u;
-	snprintf(key, size, "send:%u", h % ws->send_shards);
+	return h % ws->send_shards;
+}
+
+/* Post send job j to shard's actor ("send:N"): 0, or -1 with errno (the caller keeps j). */
+static int
+loop_send_post(struct ws *ws, unsigned shard, struct job *j)
+{
+	char key[32];
+
+	snprintf(key, sizeof key, "send:%u", shard);
+	return actor_post(ws->pool, key, JOB_SEND, ACTOR_BACKPRESSURE, j);
 }
 
 /* An error ack for send job j of c; j is freed. */
@@ -354,44 +365,43 @@ loop_send_refused(struct ws *ws, struct conn *c, struct job *j, const char *code
 }
 
 /*
- * Sends wait for room in the send queue instead of being refused: j joins the held list and c
- * is not read from until its held sends are posted (TCP back-pressure on a client that sends
- * faster than MySQL commits). The list is FIFO across connections, so a newcomer never takes
- * the room a held send waits for, and one connection's sends stay in order.
+ * A send whose shard's mailbox is full waits instead of being refused: j joins the shard's held
+ * list and c is not read from until its held sends are posted (TCP back-pressure on a client that
+ * sends faster than MySQL commits). Reading stops at the first held send, so a connection holds
+ * at most what lws had already read. Each list is FIFO: a newcomer never takes the room a held
+ * send waits for, and one connection's sends (one shard) stay in order.
  */
 static void
-loop_send_hold(struct ws *ws, struct conn *c, struct job *j)
+loop_send_hold(struct ws *ws, struct conn *c, unsigned shard, struct job *j)
 {
-	if (c->nheld >= (unsigned)ws->cfg->ws_send_backlog) {
-		loop_send_refused(ws, c, j, "rate_limited", "too many messages in flight, retry");
-		return;
-	}
+	struct held *h = &ws->held[shard];
+
 	j->next = NULL;
-	if (ws->held_tail != NULL)
-		ws->held_tail->next = j;
+	if (h->tail != NULL)
+		h->tail->next = j;
 	else
-		ws->held_head = j;
-	ws->held_tail = j;
+		h->head = j;
+	h->tail = j;
+	ws->nheld++;
 	if (c->nheld++ == 0)
 		lws_rx_flow_control(c->wsi, 0);
 }
 
-/* A send job: to its send shard, or held while the queue is full (or others wait already). */
+/* A send job: to its send shard, or held while that shard is full (or others wait already). */
 static void
 loop_send_job(struct ws *ws, struct conn *c, struct job *j)
 {
-	char key[PARLEY_ID_MAX + 1];
+	unsigned shard = loop_send_shard(ws, j->user);
 
-	if (ws->held_head == NULL) {
-		loop_send_key(ws, j->user, key, sizeof key);
-		if (actor_post(ws->pool, key, JOB_SEND, ACTOR_BACKPRESSURE, j) == 0)
+	if (ws->held[shard].head == NULL) {
+		if (loop_send_post(ws, shard, j) == 0)
 			return;
 		if (errno != EAGAIN) {
 			loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
 			return;
 		}
 	}
-	loop_send_hold(ws, c, j);
+	loop_send_hold(ws, c, shard, j);
 }
 
 static void loop_held_tick(lws_sorted_usec_list_t *);
@@ -407,40 +417,51 @@ loop_rx_resume(struct ws *ws, struct conn *c)
 	lws_cancel_service(ws->ctx);
 }
 
-/* Post held sends in order while the send queue takes them; retry soon when it is full. */
-static void
-loop_held_retry(struct ws *ws)
+/* Post one shard's held sends in order while its mailbox takes them; 0 when none is left. */
+static int
+loop_held_shard(struct ws *ws, unsigned shard)
 {
-	char key[PARLEY_ID_MAX + 1];
+	struct held *h = &ws->held[shard];
 	struct conn *c;
 	struct job *j;
 
-	while ((j = ws->held_head) != NULL) {
+	while ((j = h->head) != NULL) {
 		c = conn_find(ws->conns, j->conn);
-		if (c != NULL && c->state != CONN_CLOSING) {
-			loop_send_key(ws, j->user, key, sizeof key);
-			ws->held_head = j->next;
-			if (actor_post(ws->pool, key, JOB_SEND, ACTOR_BACKPRESSURE, j) != 0) {
-				if (errno == EAGAIN) {
-					ws->held_head = j;
-					/* Room frees when a batch ends, maybe after its acks came. */
-					lws_sul_schedule(ws->ctx, 0, &ws->held_retry, loop_held_tick,
-					    2 * 1000);
-					return;
-				}
-				loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
-			}
-			if (--c->nheld == 0 && c->state == CONN_READY)
-				loop_rx_resume(ws, c);
-		} else {
+		h->head = j->next;
+		if (c == NULL || c->state == CONN_CLOSING) {
 			/* Its client is gone unacknowledged: it retries with the same client_msg_id. */
-			ws->held_head = j->next;
-			if (c != NULL)
-				c->nheld--;
 			ws_job_free(JOB_SEND, j);
+		} else if (loop_send_post(ws, shard, j) != 0) {
+			if (errno == EAGAIN) {
+				h->head = j;
+				return -1;
+			}
+			loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
 		}
+		ws->nheld--;
+		if (c != NULL && --c->nheld == 0 && c->state == CONN_READY)
+			loop_rx_resume(ws, c);
 	}
-	ws->held_tail = NULL;
+	h->tail = NULL;
+	return 0;
+}
+
+/*
+ * Retry every shard's held sends. A shard still full is retried soon: its room frees when its
+ * batch ends, which may be just after the acks that woke this retry.
+ */
+static void
+loop_held_retry(struct ws *ws)
+{
+	unsigned i;
+	int full = 0;
+
+	for (i = 0; i < ws->send_shards; i++) {
+		if (ws->held[i].head != NULL && loop_held_shard(ws, i) != 0)
+			full = 1;
+	}
+	if (full)
+		lws_sul_schedule(ws->ctx, 0, &ws->held_retry, loop_held_tick, WS_HELD_RETRY_US);
 }
 
 static void
@@ -850,7 +871,7 @@ loop_drain(struct ws *ws)
 		log_warn("bus hints dropped: the loop fell behind; resyncing every connection");
 		loop_resync_all(ws);
 	}
-	if (ws->held_head != NULL)
+	if (ws->nheld > 0)
 		loop_held_retry(ws);
 	if (__atomic_load_n(&ws->stop, __ATOMIC_ACQUIRE) && !ws->stopping)
 		loop_stop(ws);
@@ -901,7 +922,7 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	size_t i = 0;
 
 	loop_presence_retry(ws);
-	if (ws->held_head != NULL)
+	if (ws->nheld > 0)
 		loop_held_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (c->state == CONN_READY && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)

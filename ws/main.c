@@ -246,6 +246,7 @@ main(int argc, char **argv)
 	 * round trips and wake-ups per message); the other workers stay free for auth and replays.
 	 */
 	ws.send_shards = cfg.actor_workers > 0 ? ((unsigned)cfg.actor_workers + 3) / 4 : 1;
+	ws.held = xcalloc(ws.send_shards, sizeof *ws.held);
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
 	ws_node_id(&ws);
@@ -297,12 +298,15 @@ main(int argc, char **argv)
 			ws_job_free(JOB_PRESENCE_DOWN, j);
 	}
 	/* Held sends were never acknowledged: their clients send them again. */
-	while (ws.held_head != NULL) {
-		struct job *j = ws.held_head;
+	for (i = 0; i < ws.send_shards; i++) {
+		while (ws.held[i].head != NULL) {
+			struct job *j = ws.held[i].head;
 
-		ws.held_head = j->next;
-		ws_job_free(JOB_SEND, j);
+			ws.held[i].head = j->next;
+			ws_job_free(JOB_SEND, j);
+		}
 	}
+	free(ws.held);
 	actor_pool_free(ws.pool);
 	__atomic_store_n(&ws.bus_stop, 1, __ATOMIC_RELEASE);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);

@@ -102,7 +102,8 @@ struct ws {
 	/* Loop thread only. */
 	struct conns		*conns;
 	struct job		*presence_retry;	/* presence -1 waiting for mailbox room */
-	struct job		*held_head, *held_tail;	/* sends waiting for send-queue room, FIFO */
+	struct held		*held;		/* per send shard: sends waiting for mailbox room */
+	size_t			 nheld;		/* sends waiting, all shards */
 	lws_sorted_usec_list_t	 held_retry;
 	char			**origins;
 	size_t			 norigins;
@@ -119,6 +120,11 @@ struct ws {
  * that wait together in a shard's mailbox are committed in one transaction (dispatch_batch).
  */
 #define WS_SEND_BATCH	64	/* largest group commit (actor_config.batch; no config key) */
+
+/* Sends of one send shard waiting for room in its mailbox, in arrival order (loop thread). */
+struct held {
+	struct job	*head, *tail;
+};
 
 /* The largest number of hints waiting for the loop before they are dropped (then: resync). */
 #define WS_HINTS_MAX 65536
