@@ -103,9 +103,13 @@ mc_restore(void)
 	config_clear(&cfg);
 }
 
-/* Send from -> to through the store (as chat does: commit, then invalidate every target). */
+/*
+ * Commit a message from -> to without touching the cache; its targets go to users[*n] (caller
+ * frees them). Returns the message id.
+ */
 static uint64_t
-send_msg(struct fx *f, const char *from, const char *to, const char *content)
+send_quiet(struct fx *f, const char *from, const char *to, const char *content, char **users,
+    size_t *n)
 {
 	struct store_send_req req;
 	struct store_send_res res;
@@ -122,10 +126,26 @@ send_msg(struct fx *f, const char *from, const char *to, const char *content)
 	ck_assert_int_eq(store_send(f->st, &req, &res), 0);
 	ck_assert_int_eq(res.duplicate, 0);
 	for (i = 0; i < res.targets.n; i++)
-		cache_invalidate(f->c, res.targets.v[i].user);
+		users[(*n)++] = xstrdup(res.targets.v[i].user);
 	id = res.server_msg_id;
 	store_send_res_clear(&res);
 	free(cmid);
+	return id;
+}
+
+/* Send from -> to through the store (as chat does: commit, then invalidate every target). */
+static uint64_t
+send_msg(struct fx *f, const char *from, const char *to, const char *content)
+{
+	char *users[2];
+	size_t i, n = 0;
+	uint64_t id;
+
+	id = send_quiet(f, from, to, content, users, &n);
+	for (i = 0; i < n; i++) {
+		cache_invalidate(f->c, users[i]);
+		free(users[i]);
+	}
 	return id;
 }
 
@@ -297,29 +317,6 @@ START_TEST(test_send_invalidates)
 	free(b);
 }
 END_TEST
-
-/* Commit a message a -> b without touching the cache; its targets go to users[*n]. */
-static void
-send_quiet(struct fx *f, const char *a, const char *b, const char *content, char **users,
-    size_t *n)
-{
-	struct store_send_req req;
-	struct store_send_res res;
-	char *cmid = testenv_name("q");
-	size_t i;
-
-	memset(&req, 0, sizeof req);
-	memset(&res, 0, sizeof res);
-	req.from = a;
-	req.to = b;
-	req.content = content;
-	req.client_msg_id = cmid;
-	ck_assert_int_eq(store_send(f->st, &req, &res), 0);
-	for (i = 0; i < res.targets.n; i++)
-		users[(*n)++] = xstrdup(res.targets.v[i].user);
-	store_send_res_clear(&res);
-	free(cmid);
-}
 
 /*
  * One pipelined bump for a whole batch: every user's cached summary dies at once, repeated users
