@@ -168,8 +168,8 @@ bad:
 	return -1;
 }
 
-static void
-chat_send_req(struct store_send_req *sr, const char *user, const struct proto_send *req)
+void
+chat_send_request(struct store_send_req *sr, const char *user, const struct proto_send *req)
 {
 	sr->from = user;
 	sr->to = req->to;
@@ -185,29 +185,13 @@ chat_send(struct chat *ch, const char *user, const struct proto_send *req,
 	struct store_send_req sr;
 
 	memset(res, 0, sizeof *res);
-	chat_send_req(&sr, user, req);
+	chat_send_request(&sr, user, req);
 	if (chat_check_send(&sr) != 0)
 		return -1;
 	if (store_send(ch->store, &sr, res) != 0)
 		return -1;
 	chat_messages_done(ch, &sr, res, NULL, 1);
 	return 0;
-}
-
-int
-chat_send_batch(struct chat *ch, const char *user, const struct proto_send *const *reqs,
-    size_t n, struct store_send_res *res, int *err)
-{
-	struct store_send_req *sr;
-	size_t i;
-	int rc;
-
-	sr = xcalloc(n, sizeof *sr);
-	for (i = 0; i < n; i++)
-		chat_send_req(&sr[i], user, reqs[i]);
-	rc = chat_send_many(ch, sr, n, res, err);
-	free(sr);
-	return rc;
 }
 
 int

@@ -39,13 +39,12 @@ void	chat_clear(struct chat *);
 
 /* Send (idempotent). On a new message, every target's log got an event and was hinted. */
 int	chat_send(struct chat *, const char *user, const struct proto_send *, struct store_send_res *);
-/* Group commit of sends by one user (see store_send_batch). */
-int	chat_send_batch(struct chat *, const char *user, const struct proto_send *const *reqs,
-	    size_t n, struct store_send_res *res, int *err);
+/* The store request for user's send req (pointers into req; nothing to free). */
+void	chat_send_request(struct store_send_req *, const char *user, const struct proto_send *);
 /*
- * Group commit of sends by several users: each request names its sender (from). As
- * chat_send_batch: one transaction, err[i] 0 or item i's errno, a failing item does not fail the
- * others; -1 only when the whole batch failed (every err[i] set). Each new message is then
+ * Group commit of sends by one or several users: each request names its sender (from). One
+ * transaction (see store_send_batch), err[i] 0 or item i's errno, a failing item does not fail
+ * the others; -1 only when the whole batch failed (every err[i] set). Each new message is then
  * invalidated and hinted as chat_send does.
  */
 int	chat_send_many(struct chat *, const struct store_send_req *reqs, size_t n,

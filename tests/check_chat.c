@@ -262,6 +262,7 @@ START_TEST(test_send_batch)
 	struct proto_send r1 = { .to = "bad user", .content = "b1", .client_msg_id = m1 };
 	struct proto_send r2 = { .to = b, .content = "b2", .client_msg_id = m2 };
 	const struct proto_send *reqs[3] = { &r0, &r1, &r2 };
+	struct store_send_req sr[3];
 	struct store_send_res res[3];
 	struct json_object *lb;
 	struct hints hs;
@@ -269,7 +270,9 @@ START_TEST(test_send_batch)
 	size_t n, i;
 
 	fx_open(&f);
-	ck_assert_int_eq(chat_send_batch(&f.ch, a, reqs, 3, res, err), 0);
+	for (i = 0; i < 3; i++)
+		chat_send_request(&sr[i], a, reqs[i]);
+	ck_assert_int_eq(chat_send_many(&f.ch, sr, 3, res, err), 0);
 	ck_assert_int_eq(err[0], 0);
 	ck_assert_int_eq(err[1], EINVAL);
 	ck_assert_int_eq(err[2], 0);

@@ -297,11 +297,7 @@ work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n,
 	res = xcalloc(n, sizeof *res);
 	for (i = 0; i < n; i++) {
 		j = data[i];
-		reqs[i].from = j->user;
-		reqs[i].to = j->req.send.to;
-		reqs[i].group_id = j->req.send.to != NULL ? 0 : j->req.send.group_id;
-		reqs[i].content = j->req.send.content;
-		reqs[i].client_msg_id = j->req.send.client_msg_id;
+		chat_send_request(&reqs[i], j->user, &j->req.send);
 	}
 	rc = chat_send_many(&w->chat, reqs, n, res, err);
 	if (rc != 0 && errno == EAGAIN) {
