@@ -23,8 +23,9 @@
  * same shape (last_seq 0), and for each send_message frame (decoded by protocol_decode_frame())
  * a new_message event to the recipient's connections and a success ack to the sender, at once.
  * No MySQL, no memcached, no actors, no bus: one thread, lws in a libev (epoll) loop. The lws
- * context is set up as parley-ws's (ws/main.c): same rx buffer, tx packet size, retry and idle
- * policy, timeouts and options, from the same configuration file. Sequence numbers and message
+ * context is set up as parley-ws's (ws/main.c): same rx buffer, tx packet size, retry policy
+ * (lws's validity timers off), timeouts and options, from the same configuration file. Unlike
+ * parley-ws it sends no pings and drops no idle connection. Sequence numbers and message
  * ids are counters in memory; a message to a user with no connection is acked and dropped.
  */
 
@@ -417,9 +418,8 @@ peer_context(struct peer *p, int port)
 	p->protocols[0].rx_buffer_size = PEER_RX_BUFFER;
 	p->protocols[0].tx_packet_size = cfg->ws_max_message + 1024;
 
+	/* lws's validity timers off, as in parley-ws; the peer sends no heartbeat of its own. */
 	memset(&p->retry, 0, sizeof p->retry);
-	p->retry.secs_since_valid_ping = (uint16_t)cfg->ws_ping_interval;
-	p->retry.secs_since_valid_hangup = (uint16_t)cfg->ws_idle_timeout;
 
 	memset(&info, 0, sizeof info);
 	info.port = port;

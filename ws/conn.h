@@ -61,17 +61,20 @@ struct conn {
 	struct backlog		*backlog;
 	int64_t			 auth_deadline;	/* monotonic ms */
 	int64_t			 progress_ms;	/* last frame written, or the queue became non-empty */
+	int64_t			 rx_ms;		/* last frame or pong received: the heartbeat's clock */
 	const char		*close_reason;	/* static string */
 	uint16_t		 close_code;
 	uint8_t			 state;		/* enum conn_state */
-	uint8_t			 live:1,	/* synced: durable events are pushed */
+	uint16_t		 live:1,	/* synced: durable events are pushed */
 				 fetching:1,	/* a page is being read from MySQL */
 				 need_fetch:1,	/* a fetch could not be posted: retry on the tick */
 				 registered:1,	/* counted, has an id */
 				 presence:1,	/* presence +1 was posted */
 				 rx_discard:1,	/* an oversized message is being dropped */
 				 rx_binary:1,
-				 writable_asked:1;
+				 writable_asked:1,
+				 ping_due:1;	/* a ping goes out at the next writeable */
+	uint8_t			 pings;		/* sent since the last frame or pong received */
 	uint8_t			 nrooms;
 	uint32_t		 nheld;		/* sends on the loop's held lists */
 	char			 device[PARLEY_ID_MAX + 1];

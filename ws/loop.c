@@ -17,7 +17,7 @@
 #include "ws.h"
 #include "xmalloc.h"
 
-#define WS_TICK_US	(1000 * 1000)
+#define WS_TICK_US	(200 * 1000)	/* short, so that the pings of a tick go out in small bursts */
 #define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
 #define WS_HELD_RETRY_US (5 * 1000)	/* a full send shard is tried again after this */
 #define WS_STALL_MS	5000	/* pending frames and none taken for this long: too slow */
@@ -89,6 +89,14 @@ loop_writable(struct conn *c)
 		c->writable_asked = 1;
 		lws_callback_on_writable(c->wsi);
 	}
+}
+
+/* Something arrived from the client: it is alive. */
+static void
+loop_heard(struct conn *c)
+{
+	c->rx_ms = parley_mono_ms();
+	c->pings = 0;
 }
 
 /* Send what is queued, then a close frame with code and reason; hard-closed after a grace time. */
@@ -592,6 +600,7 @@ loop_receive(struct ws *ws, struct conn *c, const char *in, size_t len)
 
 	if (c->state == CONN_CLOSING)
 		return;
+	loop_heard(c);
 	if ((size_t)c->rxlen + len + remaining > ws->cfg->ws_max_message) {
 		char *msg;
 
@@ -913,6 +922,39 @@ loop_presence_retry(struct ws *ws)
 	}
 }
 
+/*
+ * The heartbeat: a ping after ws.ping_interval seconds with nothing received (and again every
+ * interval), a hang-up (no close frame: a half-open peer would never read it) after
+ * ws.idle_timeout. A connection whose reading we paused (held sends) is not silent by its own
+ * doing: its clock restarts. Returns -1 when c was dropped.
+ */
+static int
+loop_keepalive(struct ws *ws, struct conn *c, int64_t now)
+{
+	int64_t silent = now - c->rx_ms, every = (int64_t)ws->cfg->ws_ping_interval * 1000;
+
+	if (c->state == CONN_CLOSING)
+		return 0;
+	if (c->nheld > 0) {
+		loop_heard(c);
+		return 0;
+	}
+	if (silent >= (int64_t)ws->cfg->ws_idle_timeout * 1000) {
+		log_info("dropping a silent connection of %s after %d s",
+		    c->user != NULL ? c->user->key.name : "-", ws->cfg->ws_idle_timeout);
+		c->state = CONN_CLOSING;
+		c->live = 0;
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		return -1;
+	}
+	if (silent >= every * (c->pings + 1) && c->pings < UINT8_MAX) {
+		c->pings++;
+		c->ping_due = 1;
+		loop_writable(c);
+	}
+	return 0;
+}
+
 static void
 loop_tick(lws_sorted_usec_list_t *sul)
 {
@@ -925,6 +967,8 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	if (ws->nheld > 0)
 		loop_held_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (loop_keepalive(ws, c, now) != 0)
+			continue;
 		if (c->state == CONN_READY && c->qframes > 0 && now - c->progress_ms >= WS_STALL_MS)
 			loop_slow(ws, c);
 		else if (c->state == CONN_NEW && now >= c->auth_deadline)
@@ -1012,7 +1056,8 @@ loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 		return -1;
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, 1);
 	c->state = CONN_NEW;
-	c->auth_deadline = parley_mono_ms() + (int64_t)ws->cfg->ws_auth_timeout * 1000;
+	c->rx_ms = parley_mono_ms();
+	c->auth_deadline = c->rx_ms + (int64_t)ws->cfg->ws_auth_timeout * 1000;
 	/*
 	 * The request headers are still attached here (lws drops them after ESTABLISHED). The
 	 * buffer takes the whole query: a token of any length lws accepted is read, so a bad one is
@@ -1050,10 +1095,20 @@ loop_closed(struct ws *ws, struct conn *c)
 static int
 loop_writeable(struct ws *ws, struct conn *c)
 {
+	/* A ping with a payload: lws passes an empty pong on to no callback, and we need to see it. */
+	unsigned char ping[LWS_PRE + 1] = { [LWS_PRE] = 'p' };
 	struct frame *f;
 	int n;
 
 	c->writable_asked = 0;
+	if (c->ping_due && c->state != CONN_CLOSING) {
+		c->ping_due = 0;
+		if (lws_write(c->wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)
+			return -1;
+		if (c->qhead != NULL)
+			loop_writable(c);
+		return 0;
+	}
 	if (c->state == CONN_AUTHING)
 		return 0;	/* "ready" goes first: loop_ready asks again */
 	if ((f = conn_dequeue(c)) == NULL) {
@@ -1125,6 +1180,10 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		return loop_established(ws, c, wsi);
 	case LWS_CALLBACK_RECEIVE:
 		loop_receive(ws, c, in, len);
+		return 0;
+	case LWS_CALLBACK_RECEIVE_PONG:
+		if (c != NULL)
+			loop_heard(c);
 		return 0;
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return loop_writeable(ws, c);

@@ -162,9 +162,13 @@ ws_context(struct ws *ws)
 	/* Whole frames go to send() in one piece; lws keeps any unsent rest itself. */
 	ws->protocols[0].tx_packet_size = cfg->ws_max_message + 1024;
 
+	/*
+	 * No lws validity timers (both 0 turn them off): lws re-inserts a connection's timer into
+	 * one sorted list of every connection on each pong, a walk of the whole list; with 10,000
+	 * connections their pings stalled the loop for hundreds of ms. The loop's tick pings and
+	 * drops idle connections itself (loop_keepalive).
+	 */
 	memset(&ws->retry, 0, sizeof ws->retry);
-	ws->retry.secs_since_valid_ping = (uint16_t)cfg->ws_ping_interval;
-	ws->retry.secs_since_valid_hangup = (uint16_t)cfg->ws_idle_timeout;
 
 	memset(&info, 0, sizeof info);
 	info.port = cfg->ws_port;
