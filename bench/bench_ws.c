@@ -43,6 +43,8 @@
  * per connection, latency p50/p99 and CPU per 1,000 messages are printed (bench/README.md).
  */
 
+#define BENCH_WINDOW_US	(100 * 1000)
+
 struct bconn {
 	int		 fd;
 	int		 state;		/* 0 handshake, 1 open, 2 ready, -1 dead */
@@ -62,6 +64,10 @@ struct bench {
 	char		 first_error[160];	/* the first error ack, as received */
 	int64_t		*lat;	/* microseconds */
 	size_t		 nlat, caplat;
+	/* The worst latency of each BENCH_WINDOW_US of the send phase, by send time: shows stalls. */
+	int64_t		 send_t0;
+	int64_t		*winmax;
+	size_t		 nwin;
 	const char	*host;
 	int		 port;
 	char		 run[16];
@@ -189,6 +195,9 @@ on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
 		b->lat = xreallocarray(b->lat, b->caplat, sizeof *b->lat);
 	}
 	b->lat[b->nlat++] = now_us() - sent;
+	if (sent >= b->send_t0 && (size_t)((sent - b->send_t0) / BENCH_WINDOW_US) < b->nwin &&
+	    b->winmax[(sent - b->send_t0) / BENCH_WINDOW_US] < now_us() - sent)
+		b->winmax[(sent - b->send_t0) / BENCH_WINDOW_US] = now_us() - sent;
 }
 
 /* Parse what arrived: the 101 answer, then unmasked server frames. */
@@ -500,6 +509,28 @@ daemon_stop(pid_t pid)
 	waitpid(pid, NULL, 0);
 }
 
+/* The three windows of the send phase with the worst latency: a stall shows as a cluster. */
+static void
+print_worst_windows(const struct bench *b, const char *pfx)
+{
+	size_t best[3], i, k, n = b->nwin < 3 ? b->nwin : 3;
+
+	printf("%sworst %d ms windows of the send phase (offset: max latency):", pfx,
+	    BENCH_WINDOW_US / 1000);
+	for (k = 0; k < n; k++) {
+		best[k] = b->nwin;
+		for (i = 0; i < b->nwin; i++) {
+			if ((k > 0 && i == best[0]) || (k > 1 && i == best[1]))
+				continue;
+			if (best[k] == b->nwin || b->winmax[i] > b->winmax[best[k]])
+				best[k] = i;
+		}
+		printf("%s +%.1f s: %.2f ms", k > 0 ? ";" : "",
+		    (double)best[k] * BENCH_WINDOW_US / 1e6, b->winmax[best[k]] / 1000.0);
+	}
+	printf("\n");
+}
+
 /*
  * Both phases against the server of side s (its pid and port): phase 1 with b->n connections,
  * phase 2 with pairs at rate for secs. Lines are printed with pfx in front; figures go to s.
@@ -556,6 +587,9 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 	cpu0 = proc_cpu_ticks(s->pid);
 	t0 = now_us();
 	end = t0 + (int64_t)secs * 1000000;
+	b->send_t0 = t0;
+	b->nwin = (size_t)secs * (1000000 / BENCH_WINDOW_US) + 1;
+	b->winmax = xcalloc(b->nwin, sizeof *b->winmax);
 	per_tick = rate / 1000.0;
 	next = t0;
 	while (now_us() < end) {
@@ -600,7 +634,11 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 		printf("%slatency send -> recipient frame: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, "
 		    "max %.2f ms\n", pfx, s->p50, b->lat[b->nlat * 9 / 10] / 1000.0, s->p99,
 		    b->lat[b->nlat - 1] / 1000.0);
+		print_worst_windows(b, pfx);
 	}
+	free(b->winmax);
+	b->winmax = NULL;
+	b->nwin = 0;
 	s->cpu_ms = -1;
 	if (b->delivered > 0) {
 		s->cpu_ms = (double)(cpu1 - cpu0) * 1000.0 / (double)sysconf(_SC_CLK_TCK) /
