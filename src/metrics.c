@@ -28,6 +28,8 @@ static const struct metric_desc metric_descs[M_METRIC_COUNT] = {
 	[M_WS_FRAMES_OUT] = { "ws_frames_out_total", "counter", "WebSocket frames sent" },
 	[M_WS_SLOW_CLOSED] = { "ws_slow_closed_total", "counter",
 	    "WebSockets closed because their outbound queue was full" },
+	[M_WS_IDLE_CLOSED] = { "ws_idle_closed_total", "counter",
+	    "WebSockets dropped after ws.idle_timeout with nothing received" },
 	[M_BUS_HINTS_IN] = { "bus_hints_received_total", "counter", "bus hints received" },
 	[M_STORE_ERRORS] = { "store_errors_total", "counter", "MySQL failures seen by requests" },
 };

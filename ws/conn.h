@@ -74,7 +74,7 @@ struct conn {
 				 rx_binary:1,
 				 writable_asked:1,
 				 ping_due:1;	/* a ping goes out at the next writeable */
-	uint8_t			 pings;		/* sent since the last frame or pong received */
+	uint8_t			 pings;		/* asked for since the last frame or pong received */
 	uint8_t			 nrooms;
 	uint32_t		 nheld;		/* sends on the loop's held lists */
 	char			 device[PARLEY_ID_MAX + 1];

@@ -925,25 +925,28 @@ loop_presence_retry(struct ws *ws)
 /*
  * The heartbeat: a ping after ws.ping_interval seconds with nothing received (and again every
  * interval), a hang-up (no close frame: a half-open peer would never read it) after
- * ws.idle_timeout. A connection whose reading we paused (held sends) is not silent by its own
- * doing: its clock restarts. Returns -1 when c was dropped.
+ * ws.idle_timeout. A connection whose reading we paused (held sends, or "ready" not sent yet)
+ * is not silent by its own doing: its clock restarts. One that never authenticated is the auth
+ * timeout's (1008). Returns -1 when c was dropped.
  */
 static int
 loop_keepalive(struct ws *ws, struct conn *c, int64_t now)
 {
 	int64_t silent = now - c->rx_ms, every = (int64_t)ws->cfg->ws_ping_interval * 1000;
 
-	if (c->state == CONN_CLOSING)
+	if (c->state == CONN_CLOSING || c->state == CONN_NEW)
 		return 0;
-	if (c->nheld > 0) {
+	if (c->nheld > 0 || c->state == CONN_AUTHING) {
 		loop_heard(c);
 		return 0;
 	}
 	if (silent >= (int64_t)ws->cfg->ws_idle_timeout * 1000) {
 		log_info("dropping a silent connection of %s after %d s",
 		    c->user != NULL ? c->user->key.name : "-", ws->cfg->ws_idle_timeout);
+		metrics_add(&ws->metrics, M_WS_IDLE_CLOSED, 1);
 		c->state = CONN_CLOSING;
 		c->live = 0;
+		c->close_reason = NULL;	/* dropped: loop_writeable must not write a close frame */
 		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 		return -1;
 	}
@@ -1101,6 +1104,9 @@ loop_writeable(struct ws *ws, struct conn *c)
 	int n;
 
 	c->writable_asked = 0;
+	/* Dropped as silent (the kill is asynchronous: a writeable asked for before may come first). */
+	if (c->state == CONN_CLOSING && c->close_reason == NULL)
+		return -1;
 	if (c->ping_due && c->state != CONN_CLOSING) {
 		c->ping_due = 0;
 		if (lws_write(c->wsi, ping + LWS_PRE, 1, LWS_WRITE_PING) < 0)

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -744,6 +743,7 @@ async def pipelined_before_ready(env):
 @test
 async def idle_half_open_closed(env):
     # A raw client that completes the upgrade and then never answers pings (env.lim: ping 1 s, idle 2 s).
+    before = env.lim.metric("ws_idle_closed_total")
     sock = socket.create_connection(("127.0.0.1", env.lim.port), 5)
     sock.sendall(("GET /ws?access_token=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -768,8 +768,9 @@ async def idle_half_open_closed(env):
     sock.close()
     assert data.startswith(b"HTTP/1.1 101"), data[:80]
     assert b'"type":"ready"' in data, data
-    assert re.search(rb"\x89[\x00-\x7d]", data), "no ping seen: %r" % data[-40:]
+    assert b"\x89\x01p" in data, "no ping seen: %r" % data[-40:]
     assert 1.5 <= took <= 6.5, took
+    assert env.lim.metric("ws_idle_closed_total") == before + 1
 
 
 @test
@@ -1213,8 +1214,9 @@ async def mysql_down_and_back(env):
 @test
 async def paused_reader_not_idle(env):
     # The daemon stops reading a client whose sends wait for a full send shard (here: mailbox 2,
-    # MySQL frozen by SIGSTOP). That silence is the daemon's doing: with ping 1 s and idle 2 s the
-    # client must survive a 3.5 s pause, and every send is acked success once MySQL answers.
+    # MySQL frozen by SIGSTOP), and one whose "ready" waits for MySQL. That silence is the
+    # daemon's doing: with ping 1 s and idle 2 s both must survive a 3.5 s pause, and every send
+    # is acked success once MySQL answers.
     stack = os.path.join(TOP, "stack-pause")
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, services, "start", stack)
@@ -1238,9 +1240,11 @@ async def paused_reader_not_idle(env):
         cmids = [uname("paused") for _ in range(12)]
         for i, cmid in enumerate(cmids):
             await a.send({"type": "send_message", "client_msg_id": cmid, "to": bob, "content": "p%d" % i})
+        late = asyncio.ensure_future(connect(d, uname("carol")))
         await asyncio.sleep(3.5)
         os.kill(frozen, signal.SIGCONT)
         frozen = None
+        c = await late
         acks = [await a.next(lambda m: m.get("type") == "ack", 30) for _ in cmids]
         assert [x["client_msg_id"] for x in acks] == cmids, acks
         assert all(x["status"] == "success" for x in acks), acks
@@ -1248,8 +1252,9 @@ async def paused_reader_not_idle(env):
         assert [g["message"]["content"] for g in got] == ["p%d" % i for i in range(len(cmids))]
         await a.send({"type": "ping"})
         await a.next(lambda m: m.get("type") == "pong", 5)
-        await a.close()
-        await b.close()
+        assert d.metric("ws_idle_closed_total") == 0
+        for x in (a, b, c):
+            await x.close()
         assert d.stop() == 0
     finally:
         if frozen is not None:
