@@ -117,6 +117,20 @@ loop_close(struct conn *c, uint16_t code, const char *reason)
 	loop_writable(c);
 }
 
+/*
+ * Hang up without a close frame (a silent peer would never read it). lws kills the connection
+ * asynchronously: a writeable asked for before may still come, and must write nothing
+ * (loop_writeable tells a drop by its missing close reason).
+ */
+static void
+loop_drop(struct conn *c)
+{
+	c->state = CONN_CLOSING;
+	c->live = 0;
+	c->close_reason = NULL;
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
 /* A client that does not read: drop what it has not taken and close it (memory stays bounded). */
 static void
 loop_slow(struct ws *ws, struct conn *c)
@@ -944,10 +958,7 @@ loop_keepalive(struct ws *ws, struct conn *c, int64_t now)
 		log_info("dropping a silent connection of %s after %d s",
 		    c->user != NULL ? c->user->key.name : "-", ws->cfg->ws_idle_timeout);
 		metrics_add(&ws->metrics, M_WS_IDLE_CLOSED, 1);
-		c->state = CONN_CLOSING;
-		c->live = 0;
-		c->close_reason = NULL;	/* dropped: loop_writeable must not write a close frame */
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		loop_drop(c);
 		return -1;
 	}
 	if (silent >= every * (c->pings + 1) && c->pings < UINT8_MAX) {
@@ -1104,8 +1115,7 @@ loop_writeable(struct ws *ws, struct conn *c)
 	int n;
 
 	c->writable_asked = 0;
-	/* Dropped as silent (the kill is asynchronous: a writeable asked for before may come first). */
-	if (c->state == CONN_CLOSING && c->close_reason == NULL)
+	if (c->state == CONN_CLOSING && c->close_reason == NULL)	/* loop_drop */
 		return -1;
 	if (c->ping_due && c->state != CONN_CLOSING) {
 		c->ping_due = 0;
