@@ -40,7 +40,6 @@
  */
 #define BUS_WIRE_VERSION	1
 #define BUS_HDR			14
-#define BUS_DGRAM_MAX		(BUS_HDR + PARLEY_ID_MAX + BUS_PAYLOAD_MAX)
 
 /* Send buffer asked for per connection; the kernel caps it at net.core.wmem_max. */
 #define BUS_SNDBUF		(1024 * 1024)
@@ -726,23 +725,24 @@ bus_encode(unsigned char *buf, enum bus_topic topic, const char *key, size_t kle
 	return BUS_HDR + klen + len;
 }
 
-/* Validate and decode one record; -1 when it is not a well-formed hint. */
-static int
+/* Validate and decode one record (contract in bus.h); -1/EINVAL when it is not a well-formed hint. */
+int
 bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h)
 {
 	size_t klen, len;
 	int i;
 
-	if (n < BUS_HDR || buf[0] != BUS_WIRE_VERSION || buf[3] != 0)
-		return -1;
+	if (buf == NULL || n < BUS_HDR || n > BUS_DGRAM_MAX || buf[0] != BUS_WIRE_VERSION ||
+	    buf[3] != 0)
+		goto bad;
 	if (buf[1] < BUS_USER_EVENT || buf[1] > BUS_SHUTDOWN)
-		return -1;
+		goto bad;
 	klen = buf[2];
 	len = (size_t)buf[4] | ((size_t)buf[5] << 8);
 	if (klen > PARLEY_ID_MAX || len > BUS_PAYLOAD_MAX || n != BUS_HDR + klen + len)
-		return -1;
+		goto bad;
 	if (memchr(buf + BUS_HDR, '\0', klen) != NULL)
-		return -1;
+		goto bad;
 	h->topic = (enum bus_topic)buf[1];
 	h->seq = 0;
 	for (i = 0; i < 8; i++)
@@ -753,6 +753,9 @@ bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h)
 	h->payload[len] = '\0';
 	h->len = len;
 	return 0;
+bad:
+	errno = EINVAL;
+	return -1;
 }
 
 int

@@ -24,6 +24,8 @@ enum bus_topic {
 };
 
 #define BUS_PAYLOAD_MAX 3072
+/* The largest well-formed record: 14-byte header, key, payload (wire format in bus.c). */
+#define BUS_DGRAM_MAX	(14 + PARLEY_ID_MAX + BUS_PAYLOAD_MAX)
 
 struct bus_hint {
 	enum bus_topic	topic;
@@ -53,6 +55,16 @@ int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
 		     const char *payload, size_t len);
 /* Receive one hint; only the thread owning the loop calls it. 0 got one; -1/EAGAIN none left. */
 int		 bus_recv(struct bus *, struct bus_hint *);
+
+/*
+ * Decode one bus record (one seqpacket datagram, exactly n bytes) into *h. Pure: no I/O, no
+ * allocation, no state; any thread. Reads only buf[0..n); buf may be NULL only with n = 0.
+ * 0 when buf is a well-formed hint of this wire version: h->key and h->payload are then
+ * NUL-terminated, h->len <= BUS_PAYLOAD_MAX. -1/EINVAL otherwise (wrong version or topic, lengths
+ * that do not add up to n exactly, n > BUS_DGRAM_MAX, a NUL inside the key); *h is then
+ * unspecified. It says nothing about who sent the record: bus_recv checks that.
+ */
+int		 bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h);
 
 struct bus_stats {
 	uint64_t	sent;		/* hints handed to a peer's socket (own included) */

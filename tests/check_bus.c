@@ -590,6 +590,41 @@ START_TEST(test_malformed)
 }
 END_TEST
 
+/* bus_decode alone, on byte buffers: the contract the fuzz target relies on. */
+START_TEST(test_decode)
+{
+	unsigned char good[14 + 3 + 2] = { 1, 3, 3, 0, 2, 0, 0x2a, 1, 0, 0, 0, 0, 0, 0x80,
+	    'a', 'b', 'c', '{', '}' };
+	unsigned char d[BUS_DGRAM_MAX + 2];
+	struct bus_hint h;
+
+	ck_assert_int_eq(bus_decode(good, sizeof good, &h), 0);
+	ck_assert_int_eq(h.topic, BUS_ROOM);
+	ck_assert_str_eq(h.key, "abc");
+	ck_assert_uint_eq(h.seq, 0x800000000000012aULL);
+	ck_assert_uint_eq(h.len, 2);
+	ck_assert_str_eq(h.payload, "{}");
+	ck_assert_int_eq(bus_decode(NULL, 0, &h), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	ck_assert_int_eq(bus_decode(good, sizeof good - 1, &h), -1);
+	ck_assert_int_eq(bus_decode(good, 13, &h), -1);
+	/* The largest record decodes; one byte more does not, whatever its lengths say. */
+	memset(d, 'k', sizeof d);
+	memcpy(d, good, 14);
+	d[2] = PARLEY_ID_MAX;
+	d[4] = BUS_PAYLOAD_MAX & 0xff;
+	d[5] = BUS_PAYLOAD_MAX >> 8;
+	ck_assert_int_eq(bus_decode(d, BUS_DGRAM_MAX, &h), 0);
+	ck_assert_uint_eq(h.len, BUS_PAYLOAD_MAX);
+	ck_assert_uint_eq(strlen(h.key), PARLEY_ID_MAX);
+	ck_assert_int_eq(bus_decode(d, BUS_DGRAM_MAX + 1, &h), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	d[4] = (BUS_PAYLOAD_MAX + 1) & 0xff;
+	d[5] = (BUS_PAYLOAD_MAX + 1) >> 8;
+	ck_assert_int_eq(bus_decode(d, BUS_DGRAM_MAX + 1, &h), -1);
+}
+END_TEST
+
 /*
  * A burst far beyond what a socket buffer holds (and beyond the kernel's datagram queue limit of
  * max_dgram_qlen + 1) reaches a peer that reads only after it, and ourselves, all of it, in
@@ -711,6 +746,7 @@ bus_suite(void)
 	tcase_add_test(tc, test_only_dead_removed);
 	tcase_add_test(tc, test_large_payload);
 	tcase_add_test(tc, test_malformed);
+	tcase_add_test(tc, test_decode);
 	tcase_add_test(tc, test_threads_and_churn);
 	tcase_add_test(tc, test_burst_not_lost);
 	suite_add_tcase(s, tc);
