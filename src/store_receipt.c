@@ -1,0 +1,348 @@
+/* store_receipt.c - receipts (delivered/read markers), who has a message, the conversation list. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <json-c/json.h>
+
+#include "protocol.h"
+#include "store.h"
+#include "store_int.h"
+
+enum {
+	Q_MSG_GET = STORE__Q(STORE__SET_RECEIPT),
+	Q_CONV_MARKERS,
+	Q_CONV_MARKERS_LOCK,
+	Q_CONV_SET_MARKERS,
+	Q_CONV_SET_READ,
+	Q_UNREAD_PAIR,
+	Q_UNREAD_GROUP,
+	Q_CONV_LIST,
+	Q_RCPT_PAIR,
+	Q_RCPT_GROUP,
+	Q_GROUP_OTHERS,
+	Q_RECEIPT_END
+};
+STORE__QSET_CHECK(Q_RECEIPT_END, STORE__SET_RECEIPT);
+
+static const char *const receipt_sql[Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT)] = {
+	STORE__SQL(Q_MSG_GET) = "SELECT sender, recipient, group_id FROM messages WHERE id = ?",
+	STORE__SQL(Q_CONV_MARKERS) = "SELECT delivered_upto, read_upto FROM conversations"
+	    " WHERE user_id = ? AND group_id = ? AND peer = ?",
+	STORE__SQL(Q_CONV_MARKERS_LOCK) = "SELECT delivered_upto, read_upto FROM conversations"
+	    " WHERE user_id = ? AND group_id = ? AND peer = ? FOR UPDATE",
+	STORE__SQL(Q_CONV_SET_MARKERS) = "UPDATE conversations SET delivered_upto = ?,"
+	    " read_upto = ? WHERE user_id = ? AND group_id = ? AND peer = ?",
+	STORE__SQL(Q_CONV_SET_READ) = "UPDATE conversations SET delivered_upto = ?, read_upto = ?,"
+	    " unread = ? WHERE user_id = ? AND group_id = ? AND peer = ?",
+	STORE__SQL(Q_UNREAD_PAIR) = "SELECT COUNT(*) FROM messages"
+	    " WHERE recipient = ? AND sender = ? AND id > ?",
+	STORE__SQL(Q_UNREAD_GROUP) = "SELECT COUNT(*) FROM messages"
+	    " WHERE group_id = ? AND id > ? AND sender <> ?",
+	STORE__SQL(Q_CONV_LIST) = "SELECT c.group_id, c.peer, c.unread, c.last_ts, m.id, m.sender,"
+	    " m.recipient, m.group_id, m.content, m.client_msg_id, m.ts FROM conversations c"
+	    " JOIN messages m ON m.id = c.last_message_id WHERE c.user_id = ?"
+	    " ORDER BY c.last_ts DESC, c.last_message_id DESC LIMIT ?",
+	STORE__SQL(Q_RCPT_PAIR) = "SELECT delivered_upto, read_upto FROM conversations"
+	    " WHERE user_id = ? AND group_id = 0 AND peer = ?",
+	STORE__SQL(Q_RCPT_GROUP) = "SELECT c.user_id, c.read_upto >= ? FROM group_members gm"
+	    " JOIN conversations c ON c.user_id = gm.user_id AND c.group_id = gm.group_id"
+	    " AND c.peer = '' WHERE gm.group_id = ? AND gm.user_id <> ? AND c.delivered_upto >= ?"
+	    " ORDER BY c.user_id",
+	STORE__SQL(Q_GROUP_OTHERS) = "SELECT COUNT(*) FROM group_members"
+	    " WHERE group_id = ? AND user_id <> ?",
+};
+
+const struct store__qset store__receipt_qset = { receipt_sql,
+    Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT), NULL };
+
+/* --- receipts ------------------------------------------------------------------------------ */
+
+/* The message a receipt is about and the conversation row of the user marking it. */
+struct msg_info {
+	char		sender[PARLEY_ID_MAX + 1];
+	char		recipient[PARLEY_ID_MAX + 1];	/* "" for a group message */
+	uint64_t	group_id;
+};
+
+/* 1 found, 0 not, -1 error. */
+static int
+msg_info(struct store *s, uint64_t id, struct msg_info *mi)
+{
+	int rc;
+
+	memset(mi, 0, sizeof *mi);
+	if ((rc = ROW(s, Q_MSG_GET, PU(id))) == 1) {
+		snprintf(mi->sender, sizeof mi->sender, "%s", store__col_s(s, Q_MSG_GET, 0));
+		if (!store__col_null(s, Q_MSG_GET, 1))
+			snprintf(mi->recipient, sizeof mi->recipient, "%s", store__col_s(s, Q_MSG_GET, 1));
+		mi->group_id = store__col_u(s, Q_MSG_GET, 2);
+	}
+	store__done(s, Q_MSG_GET);
+	return rc;
+}
+
+struct receipt_ctx {
+	const char		*user;
+	uint64_t		 mid;
+	enum proto_receipt	 status;
+	int			 changed;
+	struct store_targets	*t;
+};
+
+/* Read the user's markers in conversation (g, peer); 1 found, 0 none, -1 error. */
+static int
+markers(struct store *s, unsigned q, const char *user, uint64_t g, const char *peer,
+    uint64_t *d, uint64_t *r)
+{
+	int rc;
+
+	if ((rc = ROW(s, q, PS(user), PU(g), PS(peer))) == 1) {
+		*d = store__col_u(s, q, 0);
+		*r = store__col_u(s, q, 1);
+	}
+	store__done(s, q);
+	return rc;
+}
+
+/*
+ * Marking a message delivered or read moves the user's marker in that conversation up to the
+ * message (never back); read moves delivered along. When a marker moved, the message's sender
+ * gets one message_status event about this message (the status the message reached: read if the
+ * read marker moved, else delivered); senders of earlier messages covered by the same move are
+ * not told separately. A note to oneself moves the markers but tells nobody.
+ *
+ * Lock order is the send's: the sender's seq row first, then conversation rows.
+ */
+static int
+receipt_txn(struct store *s, void *arg)
+{
+	struct receipt_ctx *c = arg;
+	struct msg_info mi;
+	uint64_t g, d, r, nd, nr, seq = 0, unread = 0;
+	const char *peer;
+	char *body;
+	int rc, self;
+
+	c->changed = 0;
+	store_targets_clear(c->t);
+	if ((rc = msg_info(s, c->mid, &mi)) != 1)
+		return rc < 0 ? -1 : store__refuse(ENOENT);
+	g = mi.group_id;
+	if (g != 0) {
+		if (strcmp(mi.sender, c->user) == 0)
+			return store__refuse(ENOENT);
+		if ((rc = store__group_role(s, g, c->user)) == -1)
+			return -1;
+		if (rc == -2)
+			return store__refuse(ENOENT);
+		peer = "";
+	} else {
+		if (strcmp(mi.recipient, c->user) != 0)
+			return store__refuse(ENOENT);
+		peer = mi.sender;
+	}
+	self = strcmp(mi.sender, c->user) == 0;
+	/* A cheap look without locks: most repeated receipts stop here. */
+	if ((rc = markers(s, Q_CONV_MARKERS, c->user, g, peer, &d, &r)) != 1)
+		return rc < 0 ? -1 : store__refuse(ENOENT);
+	if (d >= c->mid && (c->status != PROTO_READ || r >= c->mid))
+		return 1;
+	if (!self && store__seq_alloc(s, mi.sender, 1, &seq) != 0)
+		return -1;
+	if ((rc = markers(s, Q_CONV_MARKERS_LOCK, c->user, g, peer, &d, &r)) != 1)
+		return rc < 0 ? -1 : store__refuse(ENOENT);
+	nd = d > c->mid ? d : c->mid;
+	nr = c->status == PROTO_READ && r < c->mid ? c->mid : r;
+	if (nd == d && nr == r)
+		return 1;	/* someone else moved it meanwhile; the rollback returns the seq */
+	if (nr != r) {
+		if (g != 0)
+			rc = ROW(s, Q_UNREAD_GROUP, PU(g), PU(nr), PS(c->user));
+		else
+			rc = ROW(s, Q_UNREAD_PAIR, PS(c->user), PS(mi.sender), PU(nr));
+		unread = rc == 1 ? store__col_u(s, g != 0 ? Q_UNREAD_GROUP : Q_UNREAD_PAIR, 0) : 0;
+		store__done(s, g != 0 ? Q_UNREAD_GROUP : Q_UNREAD_PAIR);
+		if (rc < 0)
+			return -1;
+		if (self)
+			unread = 0;
+		if (EXEC(s, Q_CONV_SET_READ, PU(nd), PU(nr), PU(unread), PS(c->user), PU(g),
+		    PS(peer)) != 0)
+			return -1;
+	} else if (EXEC(s, Q_CONV_SET_MARKERS, PU(nd), PU(nr), PS(c->user), PU(g), PS(peer)) != 0)
+		return -1;
+	c->changed = 1;
+	if (self)
+		return 0;
+	body = protocol_event_message_status(seq, c->mid, nr != r ? PROTO_READ : PROTO_DELIVERED,
+	    c->user, parley_now_ms());
+	rc = store__event_append_body(s, mi.sender, seq, body, c->t);
+	free(body);
+	return rc;
+}
+
+int
+store_receipt(struct store *s, const char *user, uint64_t message_id, enum proto_receipt status,
+    int *changed, struct store_targets *t)
+{
+	struct receipt_ctx c = { user, message_id, status, 0, t };
+
+	*changed = 0;
+	memset(t, 0, sizeof *t);
+	if (user == NULL || !protocol_valid_user(user) || message_id == 0 ||
+	    (status != PROTO_DELIVERED && status != PROTO_READ))
+		return store__refuse(EINVAL);
+	if (store__run(s, 1, receipt_txn, &c) != 0) {
+		store_targets_clear(t);
+		return -1;
+	}
+	*changed = c.changed;
+	return 0;
+}
+
+struct json_ctx {
+	const char	*user;
+	uint64_t	 id;
+	int		 limit;
+	char		*json;
+};
+
+/* Who has the message delivered and read; only its sender, peer or group members may ask. */
+static int
+receipts_json_fn(struct store *s, void *arg)
+{
+	struct json_ctx *c = arg;
+	struct json_object *o, *dl, *rd;
+	struct msg_info mi;
+	uint64_t members = 1, d, r;
+	int rc;
+
+	free(c->json);
+	c->json = NULL;
+	if ((rc = msg_info(s, c->id, &mi)) != 1)
+		return rc < 0 ? -1 : store__refuse(ENOENT);
+	if (mi.group_id != 0 && strcmp(mi.sender, c->user) != 0) {
+		if ((rc = store__group_role(s, mi.group_id, c->user)) == -1)
+			return -1;
+		if (rc == -2)
+			return store__refuse(EACCES);
+	} else if (mi.group_id == 0 && strcmp(mi.sender, c->user) != 0 &&
+	    strcmp(mi.recipient, c->user) != 0)
+		return store__refuse(EACCES);
+	dl = json_object_new_array();
+	rd = json_object_new_array();
+	if (mi.group_id == 0) {
+		if ((rc = ROW(s, Q_RCPT_PAIR, PS(mi.recipient), PS(mi.sender))) == 1) {
+			d = store__col_u(s, Q_RCPT_PAIR, 0);
+			r = store__col_u(s, Q_RCPT_PAIR, 1);
+			if (d >= c->id)
+				json_object_array_add(dl, json_object_new_string(mi.recipient));
+			if (r >= c->id)
+				json_object_array_add(rd, json_object_new_string(mi.recipient));
+		}
+		store__done(s, Q_RCPT_PAIR);
+	} else {
+		rc = ROW(s, Q_GROUP_OTHERS, PU(mi.group_id), PS(mi.sender));
+		members = rc == 1 ? store__col_u(s, Q_GROUP_OTHERS, 0) : 0;
+		store__done(s, Q_GROUP_OTHERS);
+		if (rc >= 0 && (rc = EXEC(s, Q_RCPT_GROUP, PU(c->id), PU(mi.group_id),
+		    PS(mi.sender), PU(c->id))) == 0) {
+			while ((rc = store__fetch(s, Q_RCPT_GROUP)) == 1) {
+				json_object_array_add(dl,
+				    json_object_new_string(store__col_s(s, Q_RCPT_GROUP, 0)));
+				if (store__col_u(s, Q_RCPT_GROUP, 1) == 1)
+					json_object_array_add(rd,
+					    json_object_new_string(store__col_s(s, Q_RCPT_GROUP, 0)));
+			}
+			store__done(s, Q_RCPT_GROUP);
+		}
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "members", json_object_new_int64((int64_t)members));
+	json_object_object_add(o, "delivered", dl);
+	json_object_object_add(o, "read", rd);
+	if (rc < 0) {
+		json_object_put(o);
+		return -1;
+	}
+	c->json = store__json_take(o);
+	return 0;
+}
+
+int
+store_receipts_json(struct store *s, const char *user, uint64_t message_id, char **json)
+{
+	struct json_ctx c = { user, message_id, 0, NULL };
+
+	*json = NULL;
+	if (user == NULL || !protocol_valid_user(user) || message_id == 0)
+		return store__refuse(EINVAL);
+	return store__run_json(s, receipts_json_fn, &c, &c.json, json);
+}
+
+/* --- conversations ------------------------------------------------------------------------- */
+
+static struct json_object *
+jstr_or_null(const char *v)
+{
+	return v != NULL ? json_object_new_string(v) : NULL;
+}
+
+/* user's conversations, newest first, each with its last message (the contract's shape). */
+static int
+conversations_fn(struct store *s, void *arg)
+{
+	struct json_ctx *c = arg;
+	struct json_object *o, *list, *e, *m;
+	unsigned q = Q_CONV_LIST;
+	uint64_t g;
+	int rc;
+
+	free(c->json);
+	c->json = NULL;
+	if (EXEC(s, q, PS(c->user), PU((uint64_t)c->limit)) != 0)
+		return -1;
+	list = json_object_new_array();
+	while ((rc = store__fetch(s, q)) == 1) {
+		g = store__col_u(s, q, 0);
+		m = json_object_new_object();
+		json_object_object_add(m, "id", json_object_new_int64(store__col_i(s, q, 4)));
+		json_object_object_add(m, "from", jstr_or_null(store__col_s(s, q, 5)));
+		json_object_object_add(m, "to", jstr_or_null(store__col_s(s, q, 6)));
+		json_object_object_add(m, "group_id",
+		    store__col_null(s, q, 7) ? NULL : json_object_new_int64(store__col_i(s, q, 7)));
+		json_object_object_add(m, "content", jstr_or_null(store__col_s(s, q, 8)));
+		json_object_object_add(m, "client_msg_id", jstr_or_null(store__col_s(s, q, 9)));
+		json_object_object_add(m, "ts", json_object_new_int64(store__col_i(s, q, 10)));
+		e = json_object_new_object();
+		json_object_object_add(e, "with", g == 0 ? jstr_or_null(store__col_s(s, q, 1)) : NULL);
+		json_object_object_add(e, "group_id", g != 0 ? json_object_new_int64((int64_t)g) : NULL);
+		json_object_object_add(e, "last_message", m);
+		json_object_object_add(e, "unread", json_object_new_int64(store__col_i(s, q, 2)));
+		json_object_object_add(e, "last_ts", json_object_new_int64(store__col_i(s, q, 3)));
+		json_object_array_add(list, e);
+	}
+	store__done(s, q);
+	if (rc < 0) {
+		json_object_put(list);
+		return -1;
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "conversations", list);
+	c->json = store__json_take(o);
+	return 0;
+}
+
+int
+store_conversations_json(struct store *s, const char *user, int limit, char **json)
+{
+	struct json_ctx c = { user, 0, limit, NULL };
+
+	*json = NULL;
+	if (user == NULL || !protocol_valid_user(user) || limit < 1)
+		return store__refuse(EINVAL);
+	return store__run_json(s, conversations_fn, &c, &c.json, json);
+}

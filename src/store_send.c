@@ -1,0 +1,684 @@
+/* store_send.c - sends: message rows, new_message events, conversation rows, in one transaction. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mysqld_error.h>
+
+#include "log.h"
+#include "protocol.h"
+#include "store.h"
+#include "store_int.h"
+#include "xmalloc.h"
+
+enum {
+	Q_MSG_FIND = STORE__Q(STORE__SET_SEND),
+	Q_MSG_INSERT,
+	Q_EV_INSERT_MSG,
+	Q_CONV_UPSERT,
+	/* Multi-row forms of Q_EV_INSERT_MSG and Q_CONV_UPSERT (their SQL is built by send_sql). */
+	Q_EV_M2,
+	Q_EV_M4,
+	Q_EV_M16,
+	Q_EV_M64,
+	Q_CONV_M2,
+	Q_CONV_M4,
+	Q_CONV_M16,
+	Q_CONV_M64,
+	/* Multi-row seq reservation and its read-back (SQL built by send_sql, every size). */
+	Q_SEQ_M1,
+	Q_SEQ_M2,
+	Q_SEQ_M4,
+	Q_SEQ_M16,
+	Q_SEQ_M64,
+	Q_SEQ_IN1,
+	Q_SEQ_IN2,
+	Q_SEQ_IN4,
+	Q_SEQ_IN16,
+	Q_SEQ_IN64,
+	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
+	Q_MSG_M2,
+	Q_MSG_M4,
+	Q_MSG_M16,
+	Q_MSG_M64,
+	Q_SEND_END
+};
+STORE__QSET_CHECK(Q_SEND_END, STORE__SET_SEND);
+
+/* The multi-row forms, by store__chunks[] rows (the last: the one-row form). */
+static const unsigned store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
+    Q_EV_INSERT_MSG };
+static const unsigned store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_M2,
+    Q_CONV_UPSERT };
+static const unsigned store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
+    Q_MSG_INSERT };
+static const unsigned store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
+    Q_SEQ_M1 };
+static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN2,
+    Q_SEQ_IN1 };
+
+#define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id) VALUES "
+#define EV_ROW		"(?, ?, 1, ?)"
+#define EV_WIDTH	3
+#define CONV_HEAD	"INSERT INTO conversations (user_id, group_id, peer, last_message_id," \
+			" last_ts, unread) VALUES "
+#define CONV_ROW	"(?, ?, ?, ?, ?, ?)"
+#define CONV_WIDTH	6
+/* ts is assigned before id: MySQL evaluates the assignments left to right. */
+#define CONV_TAIL	" ON DUPLICATE KEY UPDATE" \
+	" last_ts = IF(VALUES(last_message_id) > last_message_id, VALUES(last_ts), last_ts)," \
+	" last_message_id = GREATEST(last_message_id, VALUES(last_message_id))," \
+	" unread = unread + VALUES(unread)"
+
+#define MSG_HEAD	"INSERT INTO messages (sender, recipient, group_id, content, client_msg_id," \
+			" ts, sender_seq) VALUES "
+#define MSG_ROW		"(?, ?, ?, ?, ?, ?, ?)"
+#define MSG_WIDTH	7
+
+/*
+ * Reserve seqs of many users with one statement per chunk; the new last_seq values are read back
+ * by the IN query (the rows are locked by then, so they hold exactly what this transaction made).
+ */
+#define SEQ_HEAD	"INSERT INTO user_seq (user_id, last_seq) VALUES "
+#define SEQ_ROW		"(?, ?)"
+#define SEQ_WIDTH	2
+#define SEQ_TAIL	" ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"
+#define SEQ_IN_HEAD	"SELECT user_id, last_seq FROM user_seq WHERE user_id IN ("
+
+/* Entries left NULL are the multi-row forms, built by send_sql. */
+static const char *const send_sql_text[Q_SEND_END - STORE__Q(STORE__SET_SEND)] = {
+	STORE__SQL(Q_MSG_FIND) = "SELECT id, sender_seq, ts FROM messages"
+	    " WHERE sender = ? AND client_msg_id = ?",
+	STORE__SQL(Q_MSG_INSERT) = MSG_HEAD MSG_ROW,
+	STORE__SQL(Q_EV_INSERT_MSG) = EV_HEAD EV_ROW,
+	STORE__SQL(Q_CONV_UPSERT) = CONV_HEAD CONV_ROW CONV_TAIL,
+};
+
+/* The SQL of the multi-row form with index i in the set. */
+static char *
+send_sql(unsigned i)
+{
+	unsigned q = STORE__Q(STORE__SET_SEND) + i;
+	size_t k;
+
+	for (k = 0; k < STORE__NCHUNKS; k++) {
+		if (q == store_ev_rows[k])
+			return store__multi_sql(EV_HEAD, EV_ROW, store__chunks[k], "");
+		if (q == store_conv_rows[k])
+			return store__multi_sql(CONV_HEAD, CONV_ROW, store__chunks[k], CONV_TAIL);
+		if (q == store_msg_rows[k])
+			return store__multi_sql(MSG_HEAD, MSG_ROW, store__chunks[k], "");
+		if (q == store_seq_rows[k])
+			return store__multi_sql(SEQ_HEAD, SEQ_ROW, store__chunks[k], SEQ_TAIL);
+		if (q == store_seq_in[k])
+			return store__multi_sql(SEQ_IN_HEAD, "?", store__chunks[k], ")");
+	}
+	fatal("store: send statement %u has no SQL", q);
+}
+
+const struct store__qset store__send_qset = { send_sql_text,
+    Q_SEND_END - STORE__Q(STORE__SET_SEND), send_sql };
+
+/* --- sending ------------------------------------------------------------------------------ */
+
+/* A user that gets events in a send batch, with how many and the next seq to hand out. */
+struct send_user {
+	const char	*user;
+	uint64_t	 count;
+	uint64_t	 next;
+};
+
+/* A conversation row a send batch touches: gathered, merged and written in one go. */
+struct send_conv {
+	const char	*user;
+	uint64_t	 g;
+	const char	*peer;
+	uint64_t	 id;
+	int64_t		 ts;
+	uint64_t	 unread;
+};
+
+struct send_ctx {
+	const struct store_send_req	*reqs;
+	struct store_send_res		*res;
+	int				*err;
+	const int			*valid;	/* validation result of each item (0 or EINVAL) */
+	size_t				 n;
+	int				 check_dups;	/* look client_msg_ids up first (after a 1062) */
+	int				*dup_of;	/* earlier item of the batch this one repeats, or -1 */
+	char				***rcpt;	/* recipients other than the sender, per item */
+	size_t				*nrcpt;
+	struct send_user		*users;
+	size_t				 nusers;
+	struct store_param		*evs;	/* EV_WIDTH parameters per event row */
+	size_t				 nevs;
+	size_t				 evcap;
+	struct send_conv		*convs;
+	size_t				 nconvs;
+	size_t				 convcap;
+};
+
+static int
+send_user_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct send_user *)a)->user, ((const struct send_user *)b)->user);
+}
+
+/* The next seq of user (the batch reserved them all before). */
+static uint64_t
+send_take(struct send_ctx *c, const char *user)
+{
+	struct send_user key = { .user = user }, *u;
+
+	u = bsearch(&key, c->users, c->nusers, sizeof *u, send_user_cmp);
+	if (u == NULL)
+		fatal("store: no seq reserved for a target");
+	return u->next++;
+}
+
+/* Back to the state before the first attempt: a re-run must start from scratch. */
+static void
+send_reset(struct send_ctx *c)
+{
+	size_t i;
+
+	for (i = 0; i < c->n; i++) {
+		store_send_res_clear(&c->res[i]);
+		memset(&c->res[i], 0, sizeof c->res[i]);
+		c->err[i] = c->valid[i];
+		c->dup_of[i] = -1;
+		store__strv_free(c->rcpt[i], c->nrcpt[i]);
+		c->rcpt[i] = NULL;
+		c->nrcpt[i] = 0;
+	}
+	free(c->users);
+	c->users = NULL;
+	c->nusers = 0;
+	c->nevs = 0;
+	c->nconvs = 0;
+}
+
+static void
+send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id)
+{
+	if (c->nevs == c->evcap) {
+		c->evcap = c->evcap == 0 ? 64 : c->evcap * 2;
+		c->evs = xreallocarray(c->evs, c->evcap, EV_WIDTH * sizeof *c->evs);
+	}
+	c->evs[c->nevs * EV_WIDTH] = PS(user);
+	c->evs[c->nevs * EV_WIDTH + 1] = PU(seq);
+	c->evs[c->nevs * EV_WIDTH + 2] = PU(id);
+	c->nevs++;
+}
+
+static void
+send_conv(struct send_ctx *c, const char *user, uint64_t g, const char *peer, uint64_t id,
+    int64_t ts, uint64_t unread)
+{
+	if (c->nconvs == c->convcap) {
+		c->convcap = c->convcap == 0 ? 64 : c->convcap * 2;
+		c->convs = xreallocarray(c->convs, c->convcap, sizeof *c->convs);
+	}
+	c->convs[c->nconvs++] = (struct send_conv){ user, g, peer, id, ts, unread };
+}
+
+static int
+send_conv_cmp(const void *a, const void *b)
+{
+	const struct send_conv *x = a, *y = b;
+	int d;
+
+	if ((d = strcmp(x->user, y->user)) != 0)
+		return d;
+	if (x->g != y->g)
+		return x->g < y->g ? -1 : 1;
+	return strcmp(x->peer, y->peer);
+}
+
+/*
+ * Write the batch's events and conversation rows with multi-row statements. Conversation rows
+ * are merged per (user, conversation) and written in sorted order, so that two batches lock the
+ * rows they share in the same order.
+ */
+static int
+send_flush(struct store *s, struct send_ctx *c)
+{
+	struct store_param *p;
+	struct send_conv *v = c->convs;
+	size_t i, j, n;
+	int rc;
+
+	if (c->nevs > 0 && store__exec_rows(s, store_ev_rows, c->evs, c->nevs, EV_WIDTH) != 0)
+		return -1;
+	if (c->nconvs == 0)
+		return 0;
+	qsort(v, c->nconvs, sizeof *v, send_conv_cmp);
+	for (i = 1, n = 1; i < c->nconvs; i++) {
+		if (send_conv_cmp(&v[n - 1], &v[i]) != 0) {
+			v[n++] = v[i];
+			continue;
+		}
+		if (v[i].id > v[n - 1].id) {
+			v[n - 1].id = v[i].id;
+			v[n - 1].ts = v[i].ts;
+		}
+		v[n - 1].unread += v[i].unread;
+	}
+	p = xreallocarray(NULL, n, CONV_WIDTH * sizeof *p);
+	for (i = 0; i < n; i++) {
+		j = i * CONV_WIDTH;
+		p[j] = PS(v[i].user);
+		p[j + 1] = PU(v[i].g);
+		p[j + 2] = PS(v[i].peer);
+		p[j + 3] = PU(v[i].id);
+		p[j + 4] = PI(v[i].ts);
+		p[j + 5] = PU(v[i].unread);
+	}
+	rc = store__exec_rows(s, store_conv_rows, p, n, CONV_WIDTH);
+	free(p);
+	return rc;
+}
+
+/* Who besides the sender gets item i: the peer, or the other members of the group. */
+static int
+send_recipients(struct store *s, struct send_ctx *c, size_t i)
+{
+	const struct store_send_req *r = &c->reqs[i];
+	char **m;
+	size_t n, j, k;
+	int rc, member = 0;
+
+	if (r->to != NULL) {
+		/* A message to oneself is a note: one event, in one's own log. */
+		if (strcmp(r->to, r->from) != 0) {
+			c->rcpt[i] = xcalloc(1, sizeof *c->rcpt[i]);
+			c->rcpt[i][0] = xstrdup(r->to);
+			c->nrcpt[i] = 1;
+		}
+		return 0;
+	}
+	if (store__group_load(s, r->group_id, &m, &n, NULL) != 0)
+		return -1;
+	for (j = k = 0; j < n; j++) {
+		if (strcmp(m[j], r->from) == 0) {
+			member = 1;
+			free(m[j]);
+		} else
+			m[k++] = m[j];
+	}
+	c->rcpt[i] = m;
+	c->nrcpt[i] = k;
+	if (member)
+		return 0;
+	if ((rc = store__group_exists(s, r->group_id, NULL)) < 0)
+		return -1;
+	c->err[i] = rc == 1 ? EACCES : ENOENT;
+	return 0;
+}
+
+/*
+ * Reserve the seqs of every user of the batch (c->users, sorted, distinct) with multi-row
+ * statements: two round trips per chunk instead of one per user. The rows are locked in sorted
+ * order, as store__seq_alloc one by one would.
+ */
+static int
+send_reserve_many(struct store *s, struct send_ctx *c)
+{
+	struct store_param *p;
+	struct send_user key, *u;
+	size_t done, i, k = 0, got;
+	uint64_t last;
+	int rc = -1, f;
+
+	p = xreallocarray(NULL, c->nusers, SEQ_WIDTH * sizeof *p);
+	for (i = 0; i < c->nusers; i++) {
+		p[i * SEQ_WIDTH] = PS(c->users[i].user);
+		p[i * SEQ_WIDTH + 1] = PU(c->users[i].count);
+	}
+	if (store__exec_rows(s, store_seq_rows, p, c->nusers, SEQ_WIDTH) != 0)
+		goto out;
+	for (i = 0; i < c->nusers; i++)
+		p[i] = PS(c->users[i].user);
+	for (done = got = 0; done < c->nusers; done += store__chunks[k]) {
+		for (k = 0; store__chunks[k] > c->nusers - done; k++)
+			;
+		if (store__exec(s, store_seq_in[k], p + done, store__chunks[k]) != 0)
+			goto out;
+		while ((f = store__fetch(s, store_seq_in[k])) == 1) {
+			key.user = store__col_s(s, store_seq_in[k], 0);
+			last = store__col_u(s, store_seq_in[k], 1);
+			if (key.user == NULL || (u = bsearch(&key, c->users, c->nusers, sizeof *u,
+			    send_user_cmp)) == NULL)
+				continue;
+			u->next = last - u->count + 1;
+			got++;
+		}
+		store__done(s, store_seq_in[k]);
+		if (f < 0)
+			goto out;
+	}
+	if (got != c->nusers) {
+		log_warn("store: %zu of %zu reserved seq rows read back", got, c->nusers);
+		errno = EIO;
+		goto out;
+	}
+	rc = 0;
+out:
+	free(p);
+	return rc;
+}
+
+/* Count every event the new items will append, per user, and reserve the seqs in sorted order. */
+static int
+send_reserve(struct store *s, struct send_ctx *c)
+{
+	size_t i, j, n = 0, cap = 0;
+	struct send_user *u = NULL;
+
+	for (i = 0; i < c->n; i++) {
+		if (c->err[i] != 0 || c->dup_of[i] >= 0 || c->res[i].duplicate)
+			continue;
+		if (n + c->nrcpt[i] + 1 > cap) {
+			cap = (n + c->nrcpt[i] + 1) * 2;
+			u = xreallocarray(u, cap, sizeof *u);
+		}
+		u[n++] = (struct send_user){ .user = c->reqs[i].from, .count = 1 };
+		for (j = 0; j < c->nrcpt[i]; j++)
+			u[n++] = (struct send_user){ .user = c->rcpt[i][j], .count = 1 };
+	}
+	/* Sorted order: two transactions lock the seq rows of shared users in the same order. */
+	if (n > 0)
+		qsort(u, n, sizeof *u, send_user_cmp);
+	for (i = j = 0; i < n; i++) {
+		if (j > 0 && strcmp(u[j - 1].user, u[i].user) == 0)
+			u[j - 1].count++;
+		else
+			u[j++] = u[i];
+	}
+	c->users = u;
+	c->nusers = j;
+	/* Up to two users (one message) the one-row form is as few round trips. */
+	if (c->nusers > 2)
+		return send_reserve_many(s, c);
+	for (i = 0; i < c->nusers; i++) {
+		if (store__seq_alloc(s, u[i].user, u[i].count, &u[i].next) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* A message INSERT failed: on a duplicate client_msg_id, re-run looking the ids up first. */
+static void
+send_insert_failed(struct store *s, struct send_ctx *c)
+{
+	/*
+	 * Someone committed the same client_msg_id after we looked (or we did not look): roll
+	 * back, then re-run looking first, which finds the first result.
+	 */
+	if (s->myerr == ER_DUP_ENTRY) {
+		s->retry_ok = 1;
+		c->check_dups = 1;
+	}
+}
+
+/*
+ * Item i's message got id and its sender seq: queue an event and conversation row per target.
+ * rseq: the recipients' seqs taken before, or NULL to take them now.
+ */
+static void
+send_record(struct send_ctx *c, size_t i, uint64_t seq, const uint64_t *rseq, uint64_t id,
+    int64_t now)
+{
+	const struct store_send_req *r = &c->reqs[i];
+	struct store_send_res *res = &c->res[i];
+	size_t j;
+
+	res->server_msg_id = id;
+	res->seq = seq;
+	res->ts = now;
+	res->duplicate = 0;
+	store__targets_push(&res->targets, r->from, seq);
+	send_event(c, r->from, seq, id);
+	send_conv(c, r->from, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "", id, now, 0);
+	for (j = 0; j < c->nrcpt[i]; j++) {
+		seq = rseq != NULL ? rseq[j] : send_take(c, c->rcpt[i][j]);
+		store__targets_push(&res->targets, c->rcpt[i][j], seq);
+		send_event(c, c->rcpt[i][j], seq, id);
+		send_conv(c, c->rcpt[i][j], r->to != NULL ? 0 : r->group_id,
+		    r->to != NULL ? r->from : "", id, now, 1);
+	}
+}
+
+/* Insert item i's message; queue an event for each target's log and its conversation row. */
+static int
+send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
+{
+	const struct store_send_req *r = &c->reqs[i];
+	uint64_t seq;
+
+	seq = send_take(c, r->from);
+	if (EXEC(s, Q_MSG_INSERT, PS(r->from), PS(r->to),
+	    r->to != NULL ? PN : PU(r->group_id), PS(r->content), PS(r->client_msg_id),
+	    PI(now), PU(seq)) != 0) {
+		send_insert_failed(s, c);
+		return -1;
+	}
+	send_record(c, i, seq, NULL, store__insert_id(s, Q_MSG_INSERT), now);
+	return 0;
+}
+
+/*
+ * Insert the messages of the m items idx[] with multi-row statements (autoinc_step set), in item
+ * order: the ids and every user's seqs come out as one statement per item would give them.
+ */
+static int
+send_insert_many(struct store *s, struct send_ctx *c, const size_t *idx, size_t m, int64_t now)
+{
+	const struct store_send_req *r;
+	struct store_param *p;
+	uint64_t *seq, *id, **rseq, first;
+	size_t k, q, j, done;
+	int rc = -1;
+
+	p = xreallocarray(NULL, m, MSG_WIDTH * sizeof *p);
+	seq = xcalloc(m, sizeof *seq);
+	id = xcalloc(m, sizeof *id);
+	rseq = xcalloc(m, sizeof *rseq);
+	/* Every seq in the order one statement per item takes them: sender, then recipients. */
+	for (k = 0; k < m; k++) {
+		r = &c->reqs[idx[k]];
+		seq[k] = send_take(c, r->from);
+		rseq[k] = xcalloc(c->nrcpt[idx[k]] + 1, sizeof **rseq);
+		for (j = 0; j < c->nrcpt[idx[k]]; j++)
+			rseq[k][j] = send_take(c, c->rcpt[idx[k]][j]);
+		p[k * MSG_WIDTH] = PS(r->from);
+		p[k * MSG_WIDTH + 1] = PS(r->to);
+		p[k * MSG_WIDTH + 2] = r->to != NULL ? PN : PU(r->group_id);
+		p[k * MSG_WIDTH + 3] = PS(r->content);
+		p[k * MSG_WIDTH + 4] = PS(r->client_msg_id);
+		p[k * MSG_WIDTH + 5] = PI(now);
+		p[k * MSG_WIDTH + 6] = PU(seq[k]);
+	}
+	for (done = 0; done < m; done += store__chunks[q]) {
+		for (q = 0; store__chunks[q] > m - done; q++)
+			;
+		if (store__exec(s, store_msg_rows[q], p + done * MSG_WIDTH,
+		    store__chunks[q] * MSG_WIDTH) != 0) {
+			send_insert_failed(s, c);
+			goto out;
+		}
+		first = store__insert_id(s, store_msg_rows[q]);
+		for (k = 0; k < store__chunks[q]; k++)
+			id[done + k] = first + k * s->autoinc_step;
+	}
+	for (k = 0; k < m; k++)
+		send_record(c, idx[k], seq[k], rseq[k], id[k], now);
+	rc = 0;
+out:
+	for (k = 0; k < m; k++)
+		free(rseq[k]);
+	free(rseq);
+	free(p);
+	free(seq);
+	free(id);
+	return rc;
+}
+
+/* Insert every new item's message: several rows per statement when the ids allow it. */
+static int
+send_inserts(struct store *s, struct send_ctx *c, int64_t now)
+{
+	size_t *idx, i, m = 0;
+	int rc = 0;
+
+	idx = xcalloc(c->n, sizeof *idx);
+	for (i = 0; i < c->n; i++) {
+		if (c->err[i] == 0 && c->dup_of[i] < 0 && !c->res[i].duplicate)
+			idx[m++] = i;
+	}
+	if (m > 1 && s->autoinc_step > 0)
+		rc = send_insert_many(s, c, idx, m, now);
+	else {
+		for (i = 0; i < m && rc == 0; i++)
+			rc = send_insert(s, c, idx[i], now);
+	}
+	free(idx);
+	return rc;
+}
+
+/* One attempt of a send batch: find repeats, load recipients, reserve seqs, insert, flush. */
+static int
+send_txn(struct store *s, void *arg)
+{
+	struct send_ctx *c = arg;
+	const struct store_send_req *r;
+	int64_t now = parley_now_ms();
+	size_t i, j;
+	int rc;
+
+	send_reset(c);
+	for (i = 0; i < c->n; i++) {
+		r = &c->reqs[i];
+		if (c->err[i] != 0)
+			continue;
+		for (j = 0; j < i; j++) {
+			if (c->err[j] == 0 && c->dup_of[j] < 0 &&
+			    strcmp(c->reqs[j].from, r->from) == 0 &&
+			    strcmp(c->reqs[j].client_msg_id, r->client_msg_id) == 0)
+				break;
+		}
+		if (j < i) {
+			c->dup_of[i] = (int)j;
+			continue;
+		}
+		if (c->check_dups) {
+			rc = ROW(s, Q_MSG_FIND, PS(r->from), PS(r->client_msg_id));
+			if (rc == 1) {
+				c->res[i].server_msg_id = store__col_u(s, Q_MSG_FIND, 0);
+				c->res[i].seq = store__col_u(s, Q_MSG_FIND, 1);
+				c->res[i].ts = store__col_i(s, Q_MSG_FIND, 2);
+				c->res[i].duplicate = 1;
+			}
+			store__done(s, Q_MSG_FIND);
+			if (rc < 0)
+				return -1;
+			if (rc == 1)
+				continue;
+		}
+		if (send_recipients(s, c, i) != 0)
+			return -1;
+	}
+	if (send_reserve(s, c) != 0)
+		return -1;
+	if (send_inserts(s, c, now) != 0)
+		return -1;
+	if (send_flush(s, c) != 0)
+		return -1;
+	for (i = 0; i < c->n; i++) {
+		if (c->dup_of[i] < 0)
+			continue;
+		j = (size_t)c->dup_of[i];
+		c->err[i] = c->err[j];
+		c->res[i].server_msg_id = c->res[j].server_msg_id;
+		c->res[i].seq = c->res[j].seq;
+		c->res[i].ts = c->res[j].ts;
+		c->res[i].duplicate = 1;
+	}
+	return 0;
+}
+
+/* Can item r be stored at all (ids, UTF-8 content, exactly one of to and group_id)? */
+static int
+send_valid(const struct store_send_req *r)
+{
+	if (r->from == NULL || !protocol_valid_user(r->from) || r->client_msg_id == NULL ||
+	    !protocol_valid_id(r->client_msg_id) || r->content == NULL || *r->content == '\0' ||
+	    !protocol_valid_utf8(r->content, strlen(r->content)))
+		return 0;
+	if (r->to != NULL)
+		return r->group_id == 0 && protocol_valid_user(r->to);
+	return r->group_id != 0;
+}
+
+int
+store_send_batch(struct store *s, const struct store_send_req *reqs, size_t n,
+    struct store_send_res *res, int *err)
+{
+	struct send_ctx c;
+	int *valid, rc, saved;
+	size_t i;
+
+	memset(&c, 0, sizeof c);
+	if (n == 0)
+		return 0;
+	valid = xcalloc(n, sizeof *valid);
+	for (i = 0; i < n; i++) {
+		valid[i] = send_valid(&reqs[i]) ? 0 : EINVAL;
+		memset(&res[i], 0, sizeof res[i]);
+	}
+	c.reqs = reqs;
+	c.res = res;
+	c.err = err;
+	c.valid = valid;
+	c.n = n;
+	c.dup_of = xcalloc(n, sizeof *c.dup_of);
+	c.rcpt = xcalloc(n, sizeof *c.rcpt);
+	c.nrcpt = xcalloc(n, sizeof *c.nrcpt);
+	for (i = 0; i < n; i++)
+		err[i] = valid[i];
+	rc = store__run(s, 1, send_txn, &c);
+	saved = errno;
+	if (rc != 0) {
+		for (i = 0; i < n; i++) {
+			store_send_res_clear(&res[i]);
+			memset(&res[i], 0, sizeof res[i]);
+			err[i] = valid[i] != 0 ? valid[i] : saved;
+		}
+	}
+	for (i = 0; i < n; i++)
+		store__strv_free(c.rcpt[i], c.nrcpt[i]);
+	free(c.rcpt);
+	free(c.nrcpt);
+	free(c.dup_of);
+	free(c.users);
+	free(c.evs);
+	free(c.convs);
+	free(valid);
+	errno = saved;
+	return rc;
+}
+
+int
+store_send(struct store *s, const struct store_send_req *req, struct store_send_res *res)
+{
+	int err;
+
+	if (store_send_batch(s, req, 1, res, &err) != 0)
+		return -1;
+	if (err != 0) {
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
