@@ -46,15 +46,20 @@ struct fcgi_thread {
 	int		 done;	/* atomic */
 };
 
+/* --help: the text on stdout, exit 0; a usage error: on stderr, exit 2. */
 static void
-usage(void)
+usage(int help)
 {
-	fprintf(stderr, "usage: parley-fcgi [--config FILE] [--listen ADDR] [--threads N]\n"
+	fprintf(help ? stdout : stderr,
+	    "usage: parley-fcgi [--config FILE] [--listen ADDR] [--threads N]\n"
 	    "  -c, --config FILE   configuration file (default $PARLEY_CONFIG)\n"
 	    "  -l, --listen ADDR   /path.sock, :port or host:port; overrides fcgi.listen\n"
 	    "  -t, --threads N     request threads; overrides fcgi.threads\n"
-	    "With a listening socket on fd 0 (spawn-fcgi) or passed by systemd, that one is used.\n");
-	exit(2);
+	    "  -V, --version       print the version and exit\n"
+	    "  -h, --help          this text\n"
+	    "With a listening socket on fd 0 (spawn-fcgi) or passed by systemd, that one is used.\n"
+	    "See parley-fcgi(8) and parley.conf(5).\n");
+	exit(help ? 0 : 2);
 }
 
 static int
@@ -283,6 +288,7 @@ main(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "threads", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct fcgi_app app;
@@ -295,7 +301,7 @@ main(int argc, char **argv)
 	int ch, i, rc, sig, flags;
 
 	memset(&app, 0, sizeof app);
-	while ((ch = getopt_long(argc, argv, "c:l:t:h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:t:hV", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			cfgarg = optarg;
@@ -303,10 +309,15 @@ main(int argc, char **argv)
 		case 'l':
 		case 't':
 			break;	/* applied after the file */
+		case 'V':
+			printf("parley-fcgi %s\n", PARLEY_VERSION);
+			return 0;
 		default:
-			usage();
+			usage(ch == 'h');
 		}
 	}
+	if (optind != argc)
+		usage(0);
 	/* config_load starts from the defaults; without a file it explains what is missing. */
 	path = config_path(cfgarg);
 	if (config_load(&app.cfg, path, &cause) < 0) {
@@ -315,7 +326,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	optind = 1;
-	while ((ch = getopt_long(argc, argv, "c:l:t:h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:l:t:hV", longopts, NULL)) != -1) {
 		if ((ch == 'l' && config_set(&app.cfg, "fcgi.listen", optarg, &cause) < 0) ||
 		    (ch == 't' && config_set(&app.cfg, "fcgi.threads", optarg, &cause) < 0)) {
 			fprintf(stderr, "parley-fcgi: %s\n", cause);

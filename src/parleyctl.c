@@ -35,10 +35,14 @@ usage(FILE *f)
 	    "                                   (default DIR: %s, else ./schema)\n"
 	    "  token USER [--ttl S] [--device ID]\n"
 	    "                                   print a signed access token for USER\n"
+	    "  check-config                     read and validate the configuration, print\n"
+	    "                                   \"FILE: ok\" or the first error (exit 1)\n"
 	    "\n"
 	    "options:\n"
-	    "  --config FILE   configuration file (default: $PARLEY_CONFIG)\n"
-	    "  --help          this text\n", PARLEY_SCHEMA_DIR);
+	    "  -c, --config FILE   configuration file (default: $PARLEY_CONFIG)\n"
+	    "  -V, --version       print the version and exit\n"
+	    "  -h, --help          this text\n"
+	    "See parleyctl(1) and parley.conf(5).\n", PARLEY_SCHEMA_DIR);
 }
 
 /* The exit status for --help (0, text on stdout) or a usage error (2, text on stderr). */
@@ -282,6 +286,39 @@ cmd_migrate(const char *config_arg, int argc, char **argv)
 	return rc == 0 ? 0 : 1;
 }
 
+/* --- check-config ------------------------------------------------------------------------ */
+
+/* parleyctl check-config: the same load and validation the daemons do at start-up, nothing else. */
+static int
+cmd_check_config(const char *config_arg, int argc, char **argv)
+{
+	const char *path = config_path(config_arg);
+	struct config cfg;
+	char *cause = NULL;
+
+	if (argc > 1 && strcmp(argv[1], "--help") == 0)
+		return usage_status(1);
+	if (argc != 1)
+		return usage_status(0);
+	if (path == NULL) {
+		log_error("no configuration: use --config FILE or set PARLEY_CONFIG");
+		return 1;
+	}
+	if (config_load(&cfg, path, &cause) != 0)
+		goto fail;	/* config_load freed cfg */
+	if (config_validate(&cfg, &cause) != 0) {
+		config_clear(&cfg);
+		goto fail;
+	}
+	printf("%s: ok\n", path);
+	config_clear(&cfg);
+	return 0;
+fail:
+	fprintf(stderr, "parleyctl: %s\n", cause);
+	free(cause);
+	return 1;
+}
+
 /* --- token --------------------------------------------------------------------------------- */
 
 /* parleyctl token USER [--ttl S] [--device ID]: print a token signed with auth.jwt_secret. */
@@ -346,6 +383,7 @@ main(int argc, char **argv)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
 	};
 	const char *config_arg = NULL, *cmd;
@@ -353,11 +391,14 @@ main(int argc, char **argv)
 
 	log_init("parleyctl", LOG_LEVEL_INFO, 0);
 	/* "+": stop at the command; its own options are parsed by the command. */
-	while ((ch = getopt_long(argc, argv, "+c:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			config_arg = optarg;
 			break;
+		case 'V':
+			printf("parleyctl %s\n", PARLEY_VERSION);
+			return 0;
 		case 'h':
 		default:
 			return usage_status(ch == 'h');
@@ -372,6 +413,8 @@ main(int argc, char **argv)
 		return cmd_migrate(config_arg, argc, argv);
 	if (strcmp(cmd, "token") == 0)
 		return cmd_token(config_arg, argc, argv);
+	if (strcmp(cmd, "check-config") == 0)
+		return cmd_check_config(config_arg, argc, argv);
 	if (strcmp(cmd, "help") == 0)
 		return usage_status(1);
 	log_error("unknown command %s", cmd);

@@ -24,12 +24,16 @@
 /* lws's rx buffer per connection: small, because idle connections are the common case. */
 #define WS_RX_BUFFER	1024
 
+/* --help: the text on stdout, exit 0; a usage error: on stderr, exit 2. */
 static void
-usage(void)
+usage(int help)
 {
-	fprintf(stderr, "usage: parley-ws [--config FILE]\n"
-	    "  --config FILE   configuration file (default: $PARLEY_CONFIG)\n");
-	exit(2);
+	fprintf(help ? stdout : stderr, "usage: parley-ws [--config FILE]\n"
+	    "  -c, --config FILE   configuration file (default: $PARLEY_CONFIG)\n"
+	    "  -V, --version       print the version and exit\n"
+	    "  -h, --help          this text\n"
+	    "See parley-ws(8) and parley.conf(5).\n");
+	exit(help ? 0 : 2);
 }
 
 /* lws's own messages go through our log (errors and warnings only; they are rare). */
@@ -199,6 +203,7 @@ main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct actor_config acfg;
@@ -213,17 +218,20 @@ main(int argc, char **argv)
 	size_t i;
 	int ch;
 
-	while ((ch = getopt_long(argc, argv, "c:h", longopts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "c:hV", longopts, NULL)) != -1) {
 		switch (ch) {
 		case 'c':
 			arg = optarg;
 			break;
+		case 'V':
+			printf("parley-ws %s\n", PARLEY_VERSION);
+			return 0;
 		default:
-			usage();
+			usage(ch == 'h');
 		}
 	}
 	if (optind != argc)
-		usage();
+		usage(0);
 
 	log_init("parley-ws", LOG_LEVEL_INFO, 0);
 	if ((path = config_path(arg)) == NULL)

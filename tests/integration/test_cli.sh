@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# test_cli.sh - what an operator meets first: --version and --help on every binary, usage errors,
+# parleyctl check-config, the man pages (render without warnings), and every configuration key
+# documented in docs/configuration.md, parley.conf(5) and the sample contrib/parley.conf.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+: "${PARLEY_BUILDDIR:=$(pwd)}"
+: "${PARLEY_SRCDIR:=$(cd "$here/../.." && pwd)}"
+b=$PARLEY_BUILDDIR s=$PARLEY_SRCDIR
+pass=0 fail=0
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+ok()  { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL: $*"; }
+# matches FILE REGEX: "-" wants FILE empty, anything else a line matching the regex.
+matches() {
+	if [ "$2" = - ]; then [ ! -s "$1" ]; else grep -qE -- "$2" "$1"; fi
+}
+# expect NAME WANT_RC WANT_STDOUT WANT_STDERR -- CMD... (see matches for the two wants)
+expect() {
+	local name=$1 rc=$2 out=$3 err=$4 got; shift 5
+	"$@" >"$tmp/out" 2>"$tmp/err"; got=$?
+	[ "$got" -eq "$rc" ] || { bad "$name: exit $got, want $rc"; return; }
+	matches "$tmp/out" "$out" || { bad "$name: stdout '$(head -c 200 "$tmp/out")'"; return; }
+	matches "$tmp/err" "$err" || { bad "$name: stderr '$(head -c 200 "$tmp/err")'"; return; }
+	ok
+}
+
+version=$(sed -n 's/^AC_INIT(\[parley\], \[\([^]]*\)\].*/\1/p' "$s/configure.ac")
+[ -n "$version" ] && ok || bad "no version in configure.ac"
+
+for p in parley-fcgi parley-ws parleyctl; do
+	expect "$p --version" 0 "^$p $version\$" - -- "$b/$p" --version
+	expect "$p -V" 0 "^$p $version\$" - -- "$b/$p" -V
+	expect "$p --help" 0 '^usage: '"$p" - -- "$b/$p" --help
+	expect "$p bad option" 2 - 'usage: '"$p" -- "$b/$p" --no-such-option
+done
+expect "parley-ws extra argument" 2 - 'usage: parley-ws' -- "$b/parley-ws" extra
+
+# check-config: the daemons' own validation, one line out.
+printf '[auth]\njwt_secret = %s\n' 0123456789abcdef0123456789abcdef >"$tmp/good.conf"
+printf '[auth]\njwt_secret = %s\n[ws]\nport = 80800\n' 0123456789abcdef0123456789abcdef >"$tmp/bad.conf"
+expect "check-config good" 0 "^$tmp/good.conf: ok\$" - -- "$b/parleyctl" --config "$tmp/good.conf" check-config
+expect "check-config bad" 1 - "bad.conf:4: ws.port: \"80800\" is out of range" -- \
+	"$b/parleyctl" --config "$tmp/bad.conf" check-config
+expect "check-config missing file" 1 - 'nonexistent.conf: No such file' -- \
+	"$b/parleyctl" --config "$tmp/nonexistent.conf" check-config
+expect "check-config no file" 1 - 'no configuration' -- env -u PARLEY_CONFIG "$b/parleyctl" check-config
+# The daemons refuse the same bad file with the same one line, exit 1.
+expect "parley-ws bad config" 1 - "bad.conf:4: ws.port" -- "$b/parley-ws" --config "$tmp/bad.conf"
+expect "parley-fcgi bad config" 1 - "bad.conf:4: ws.port" -- "$b/parley-fcgi" --config "$tmp/bad.conf"
+
+# Man pages: render with man -l and no warning from groff.
+for m in "$s"/man/*.[0-9]; do
+	if MANWIDTH=80 man --warnings=all -l "$m" >"$tmp/man.out" 2>"$tmp/man.err" &&
+	    [ ! -s "$tmp/man.err" ] && [ -s "$tmp/man.out" ]; then ok
+	else bad "man -l $(basename "$m"): $(head -c 300 "$tmp/man.err")"; fi
+done
+for m in parley-fcgi.8 parley-ws.8 parleyctl.1 parley.conf.5; do
+	[ -f "$s/man/$m" ] && ok || bad "man/$m missing"
+done
+
+# Every key of the configuration table is documented in all three places.
+keys=$(sed -nE 's/^[[:space:]]*[SI]\("([a-z_]+\.[a-z_]+)".*/\1/p' "$s/src/config.c")
+[ "$(echo "$keys" | wc -l)" -gt 20 ] && ok || bad "could not read the keys of src/config.c"
+for k in $keys; do
+	sect=${k%%.*} name=${k#*.}
+	grep -qF "\`$k\`" "$s/docs/configuration.md" || bad "$k not in docs/configuration.md"
+	grep -qE "^\.B $k\$|^\.BR? $k " "$s/man/parley.conf.5" || bad "$k not in man/parley.conf.5"
+	# The sample has "[section]" then "key = value" or "# key = value".
+	awk -v sect="[$sect]" -v name="$name" '
+		/^\[/ { in_s = ($0 == sect) }
+		in_s && $0 ~ "^#? ?" name " =" { found = 1 }
+		END { exit !found }' "$s/contrib/parley.conf" || bad "$k not in contrib/parley.conf"
+	ok
+done
+# The sample itself is a valid configuration (with its placeholder secret).
+expect "sample config" 0 ': ok$' - -- "$b/parleyctl" --config "$s/contrib/parley.conf" check-config
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
