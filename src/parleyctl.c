@@ -1,4 +1,4 @@
-/* parleyctl.c - operator tool: apply schema migrations, mint tokens. */
+/* parleyctl.c - operator tool: schema migrations, tokens, configuration checks, daemon stats. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mysql.h>
 
@@ -15,6 +16,7 @@
 #include "log.h"
 #include "parley.h"
 #include "protocol.h"
+#include "scrape.h"
 #include "xmalloc.h"
 
 #ifndef PARLEY_SCHEMA_DIR
@@ -35,6 +37,10 @@ usage(FILE *f)
 	    "                                   (default DIR: %s, else ./schema)\n"
 	    "  token USER [--ttl S] [--device ID]\n"
 	    "                                   print a signed access token for USER\n"
+	    "  stats [--fcgi ADDR] [--ws HOST:PORT] [--interval S] [--all]\n"
+	    "                                   both daemons' metrics in short, with rates over S\n"
+	    "                                   seconds (default 1; 0: totals only); --all adds\n"
+	    "                                   every metric\n"
 	    "  check-config                     read and validate the configuration, print\n"
 	    "                                   \"FILE: ok\" or the first error (exit 1)\n"
 	    "\n"
@@ -319,6 +325,221 @@ fail:
 	return 1;
 }
 
+/* --- stats ------------------------------------------------------------------------------- */
+
+/* How long one scrape may take. */
+#define CTL_SCRAPE_MS	3000
+
+/* The summary: rows of figures, each a label and a metric (its name after parley_fcgi_/_ws_). */
+#define CTL_FCGI	1
+#define CTL_WS		2
+struct ctl_figure {
+	const char	*row;
+	const char	*label;
+	const char	*metric;
+	int		 who;	/* CTL_FCGI, CTL_WS: the daemons it is about */
+};
+static const struct ctl_figure ctl_figures[] = {
+	{ "requests", "answered", "http_requests_total", CTL_FCGI },
+	{ "requests", "errors", "http_errors_total", CTL_FCGI },
+	{ "connections", "open", "ws_connections", CTL_WS },
+	{ "connections", "closed slow", "ws_slow_closed_total", CTL_WS },
+	{ "connections", "closed idle", "ws_idle_closed_total", CTL_WS },
+	{ "messages", "sent", "messages_sent_total", CTL_FCGI | CTL_WS },
+	{ "messages", "duplicates", "messages_duplicate_total", CTL_FCGI | CTL_WS },
+	{ "long polls", "parked", "polls_parked", CTL_FCGI },
+	{ "long polls", "woken", "polls_woken_total", CTL_FCGI },
+	{ "long polls", "timed out", "polls_timed_out_total", CTL_FCGI },
+	{ "long polls", "gone", "polls_gone_total", CTL_FCGI },
+	{ "mailboxes", "actors", "actor_actors", CTL_FCGI | CTL_WS },
+	{ "mailboxes", "queued", "actor_queued", CTL_FCGI | CTL_WS },
+	{ "mailboxes", "rejected", "actor_rejected_total", CTL_FCGI | CTL_WS },
+	{ "mailboxes", "failed", "actor_failed_total", CTL_FCGI | CTL_WS },
+	{ "bus", "peers", "bus_peers", CTL_FCGI | CTL_WS },
+	{ "bus", "hints in", "bus_hints_received_total", CTL_FCGI | CTL_WS },
+	{ "bus", "dropped", "bus_dropped_total", CTL_FCGI | CTL_WS },
+	{ "errors", "storage", "store_errors_total", CTL_FCGI | CTL_WS },
+};
+
+/* One daemon to scrape: over FastCGI (addr) or HTTP (host, port). */
+struct ctl_target {
+	const char	*name;
+	const char	*addr;		/* parley-fcgi: its socket */
+	char		 host[256];	/* parley-ws: its own port */
+	int		 port;
+};
+
+static int
+ctl_scrape(const struct ctl_target *t, const char *token, struct scrape_sample *s)
+{
+	char *body = NULL, *cause = NULL;
+	int rc;
+
+	if (t->addr != NULL)
+		rc = scrape_fcgi(t->addr, token, CTL_SCRAPE_MS, &body, &cause);
+	else
+		rc = scrape_http(t->host, t->port, token, CTL_SCRAPE_MS, &body, &cause);
+	if (rc != 0) {
+		printf("%s: unreachable (%s)\n", t->name, cause);
+		free(cause);
+		return -1;
+	}
+	scrape_parse(body, s);
+	free(body);
+	return 0;
+}
+
+/* Print one metric: its value, and for a counter sampled twice, its rate per second. */
+static void
+ctl_print_metric(const struct scrape_metric *m, const struct scrape_sample *before,
+    double seconds)
+{
+	double was = before != NULL ? scrape_get(before, m->name) : -1;
+
+	if (m->counter && seconds > 0 && was >= 0)
+		printf("  %-44s %14.0f  %10.1f/s\n", m->name, m->value, (m->value - was) / seconds);
+	else
+		printf("  %-44s %14.0f\n", m->name, m->value);
+}
+
+/* The metric prefix+suffix of s, or NULL. */
+static const struct scrape_metric *
+ctl_find(const struct scrape_sample *s, const char *prefix, const char *suffix)
+{
+	size_t i, plen = strlen(prefix);
+
+	for (i = 0; i < s->n; i++)
+		if (strncmp(s->v[i].name, prefix, plen) == 0 && strcmp(s->v[i].name + plen, suffix) == 0)
+			return &s->v[i];
+	return NULL;
+}
+
+/*
+ * Print t's summary, a row per kind of figure ("messages  sent 120 (4.0/s), duplicates 0"); a
+ * counter gets its rate when there is an earlier sample. Figures of the other daemon's kind
+ * (each daemon renders the whole table) are left out while zero. all: every metric, raw.
+ */
+static void
+ctl_print(const struct ctl_target *t, const struct scrape_sample *now,
+    const struct scrape_sample *before, int interval, int all)
+{
+	const char *prefix = t->addr != NULL ? "parley_fcgi_" : "parley_ws_", *row = NULL;
+	const struct scrape_metric *m, *was;
+	size_t i;
+
+	if (t->addr != NULL)
+		printf("%s (%s): up\n", t->name, t->addr);
+	else
+		printf("%s (%s:%d): up\n", t->name, t->host, t->port);
+	for (i = 0; i < PARLEY_NITEMS(ctl_figures); i++) {
+		if ((m = ctl_find(now, prefix, ctl_figures[i].metric)) == NULL)
+			continue;
+		if (m->value == 0 && !(ctl_figures[i].who & (t->addr != NULL ? CTL_FCGI : CTL_WS)))
+			continue;
+		if (row == NULL || strcmp(row, ctl_figures[i].row) != 0)
+			printf("%s  %-12s", row != NULL ? "\n" : "", ctl_figures[i].row);
+		else
+			printf(",");
+		printf(" %s %.0f", ctl_figures[i].label, m->value);
+		was = before != NULL ? ctl_find(before, prefix, ctl_figures[i].metric) : NULL;
+		if (m->counter && was != NULL && interval > 0)
+			printf(" (%.1f/s)", (m->value - was->value) / interval);
+		row = ctl_figures[i].row;
+	}
+	printf("\n");
+	if (all)
+		for (i = 0; i < now->n; i++)
+			ctl_print_metric(&now->v[i], before, interval);
+}
+
+/*
+ * parleyctl stats: both daemons' /metrics in short. parley-fcgi is asked over its own FastCGI
+ * socket (no web server needed), parley-ws on its own port; both with a token minted here, so
+ * the answer is the same whether or not the daemon asks for one.
+ */
+static int
+cmd_stats(const char *config_arg, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "fcgi", required_argument, NULL, 'f' },
+		{ "ws", required_argument, NULL, 'w' },
+		{ "interval", required_argument, NULL, 'i' },
+		{ "all", no_argument, NULL, 'a' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct ctl_target fcgi = { .name = "parley-fcgi" }, ws = { .name = "parley-ws" };
+	struct scrape_sample a[2] = { { 0 } }, b[2] = { { 0 } };
+	const char *fcgi_arg = NULL, *ws_arg = NULL, *colon;
+	struct config cfg;
+	uint64_t interval = 1;
+	char *tok;
+	int ch, i, up[2], all = 0;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "f:w:i:ah", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'a':
+			all = 1;
+			break;
+		case 'f':
+			fcgi_arg = optarg;
+			break;
+		case 'w':
+			ws_arg = optarg;
+			break;
+		case 'i':
+			if (protocol_parse_u64(optarg, 0, 60, &interval) != 0) {
+				log_error("--interval: expected seconds, 0..60");
+				return 2;
+			}
+			break;
+		case 'h':
+		default:
+			return usage_status(ch == 'h');
+		}
+	}
+	if (optind != argc)
+		return usage_status(0);
+	ctl_config(&cfg, config_arg);
+	fcgi.addr = fcgi_arg != NULL ? fcgi_arg : cfg.fcgi_listen;
+	if (ws_arg != NULL && (colon = strrchr(ws_arg, ':')) != NULL &&
+	    (size_t)(colon - ws_arg) < sizeof ws.host) {
+		memcpy(ws.host, ws_arg, (size_t)(colon - ws_arg));
+		ws.port = atoi(colon + 1);
+	} else if (ws_arg != NULL) {
+		log_error("--ws: expected HOST:PORT");
+		config_clear(&cfg);
+		return 2;
+	} else {
+		snprintf(ws.host, sizeof ws.host, "%s", cfg.ws_listen);
+		ws.port = cfg.ws_port;
+	}
+	if ((tok = auth_mint(cfg.jwt_secret, "parleyctl", NULL, parley_now_ms() / 1000, 300)) == NULL)
+		fatal("cannot mint a token: %s", strerror(errno));
+	/* Both first, then both again: one interval for the pair. */
+	up[0] = ctl_scrape(&fcgi, tok, &a[0]) == 0;
+	up[1] = ctl_scrape(&ws, tok, &a[1]) == 0;
+	if (interval > 0 && (up[0] || up[1])) {
+		sleep((unsigned)interval);
+		up[0] = up[0] && ctl_scrape(&fcgi, tok, &b[0]) == 0;
+		up[1] = up[1] && ctl_scrape(&ws, tok, &b[1]) == 0;
+	}
+	for (i = 0; i < 2; i++) {
+		if (!up[i])
+			continue;
+		if (interval > 0)
+			ctl_print(i == 0 ? &fcgi : &ws, &b[i], &a[i], (int)interval, all);
+		else
+			ctl_print(i == 0 ? &fcgi : &ws, &a[i], NULL, 0, all);
+		scrape_clear(&a[i]);
+		scrape_clear(&b[i]);
+	}
+	free(tok);
+	config_clear(&cfg);
+	return up[0] && up[1] ? 0 : 1;
+}
+
 /* --- token --------------------------------------------------------------------------------- */
 
 /* parleyctl token USER [--ttl S] [--device ID]: print a token signed with auth.jwt_secret. */
@@ -413,6 +634,8 @@ main(int argc, char **argv)
 		return cmd_migrate(config_arg, argc, argv);
 	if (strcmp(cmd, "token") == 0)
 		return cmd_token(config_arg, argc, argv);
+	if (strcmp(cmd, "stats") == 0)
+		return cmd_stats(config_arg, argc, argv);
 	if (strcmp(cmd, "check-config") == 0)
 		return cmd_check_config(config_arg, argc, argv);
 	if (strcmp(cmd, "help") == 0)

@@ -77,5 +77,33 @@ done
 # The sample itself is a valid configuration (with its placeholder secret).
 expect "sample config" 0 ': ok$' - -- "$b/parleyctl" --config "$s/contrib/parley.conf" check-config
 
+# parleyctl stats against both daemons, run here on the test stack's MariaDB and memcached.
+if [ -n "${PARLEY_TEST_CONFIG:-}" ]; then
+	port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	mkdir -m 0700 "$tmp/bus"
+	grep -vE '^(listen|dir) *=' "$PARLEY_TEST_CONFIG" >"$tmp/stack.conf"
+	printf '[bus]\ndir = %s\n[fcgi]\nlisten = %s\n[ws]\nport = %s\n' \
+		"$tmp/bus" "$tmp/fcgi.sock" "$port" >>"$tmp/stack.conf"
+	"$b/parley-fcgi" --config "$tmp/stack.conf" 2>"$tmp/fcgi.log" & fpid=$!
+	"$b/parley-ws" --config "$tmp/stack.conf" 2>"$tmp/ws.log" & wpid=$!
+	for _ in $(seq 50); do
+		[ -S "$tmp/fcgi.sock" ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+		sleep 0.1
+	done
+	expect "stats, both up" 0 '^parley-ws \(127.0.0.1:'"$port"'\): up$' - -- \
+		"$b/parleyctl" --config "$tmp/stack.conf" stats --interval 0
+	# The first stats was one request to parley-fcgi's /metrics: the second one counts it.
+	expect "stats counts" 0 '^  requests +answered [1-9][0-9]*, errors 0$' - -- \
+		"$b/parleyctl" --config "$tmp/stack.conf" stats --interval 0
+	expect "stats rates" 0 '^  messages +sent 0 \(0\.0/s\)' - -- \
+		"$b/parleyctl" --config "$tmp/stack.conf" stats --interval 1
+	expect "stats --all" 0 '^  parley_ws_ws_connections +0$' - -- \
+		"$b/parleyctl" --config "$tmp/stack.conf" stats --interval 0 --all
+	kill "$wpid"; wait "$wpid" 2>/dev/null
+	expect "stats, parley-ws down" 1 'parley-ws: unreachable \(127.0.0.1:'"$port"': Connection refused\)' - -- \
+		"$b/parleyctl" --config "$tmp/stack.conf" stats --interval 0
+	kill "$fpid"; wait "$fpid" 2>/dev/null
+fi
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
