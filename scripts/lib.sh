@@ -7,7 +7,7 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PARLEY_PACKAGES="build-essential autoconf automake libtool pkg-config
 	libjson-c-dev libmemcached-dev libmariadb-dev libssl-dev libwebsockets-dev libfcgi-dev check
 	mariadb-server mariadb-client memcached lighttpd apache2 nginx-light spawn-fcgi
-	python3 python3-websockets curl wrk man-db"
+	python3 python3-websockets curl wrk man-db logrotate"
 
 say() { printf '==> %s\n' "$*"; }
 

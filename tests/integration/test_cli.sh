@@ -77,6 +77,19 @@ done
 # The sample itself is a valid configuration (with its placeholder secret).
 expect "sample config" 0 ': ok$' - -- "$b/parleyctl" --config "$s/contrib/parley.conf" check-config
 
+# The logrotate snippet parses, and a forced rotation keeps the file its writer holds open.
+mkdir "$tmp/log"
+sed "s#/var/log/parley#$tmp/log#g" "$s/contrib/logrotate/parley" >"$tmp/logrotate.conf"
+exec 7>>"$tmp/log/parley-ws.log"; echo "before" >&7
+if /usr/sbin/logrotate -f -s "$tmp/logrotate.state" "$tmp/logrotate.conf" 2>"$tmp/lr.err"; then
+	echo "after" >&7
+	[ "$(cat "$tmp/log/parley-ws.log.1" 2>/dev/null)" = before ] && ok || bad "logrotate: no parley-ws.log.1"
+	grep -qx after "$tmp/log/parley-ws.log" && ok || bad "logrotate: writes after the rotation lost"
+else
+	bad "logrotate: $(head -c 300 "$tmp/lr.err")"
+fi
+exec 7>&-
+
 # parleyctl stats against both daemons, run here on the test stack's MariaDB and memcached.
 if [ -n "${PARLEY_TEST_CONFIG:-}" ]; then
 	port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
