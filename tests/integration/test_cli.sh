@@ -77,6 +77,26 @@ done
 # The sample itself is a valid configuration (with its placeholder secret).
 expect "sample config" 0 ': ok$' - -- "$b/parleyctl" --config "$s/contrib/parley.conf" check-config
 
+# The systemd units: valid, and hardened (exposure under 2 on systemd-analyze's 0-10 scale).
+if command -v systemd-analyze >/dev/null; then
+	for u in parley-fcgi.service parley-ws.service parley-fcgi.socket; do
+		# verify wants the binary at ExecStart: point it at the one just built.
+		sed "s#/usr/local/bin/#$b/#" "$s/contrib/systemd/$u" >"$tmp/$u"
+	done
+	for u in parley-fcgi.service parley-ws.service parley-fcgi.socket; do
+		if systemd-analyze verify "$tmp/$u" >"$tmp/verify.out" 2>&1 && [ ! -s "$tmp/verify.out" ]
+		then ok; else bad "systemd-analyze verify $u: $(head -c 300 "$tmp/verify.out")"; fi
+	done
+	for u in parley-fcgi.service parley-ws.service; do
+		score=$(systemd-analyze security --offline=yes "$tmp/$u" 2>/dev/null |
+			sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+		if [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s < 2.0) }'; then ok
+		else bad "$u: exposure '$score', want < 2.0"; fi
+	done
+else
+	bad "systemd-analyze not found (apt-get install systemd)"
+fi
+
 # The logrotate snippet parses, and a forced rotation keeps the file its writer holds open.
 mkdir "$tmp/log"
 sed "s#/var/log/parley#$tmp/log#g" "$s/contrib/logrotate/parley" >"$tmp/logrotate.conf"
