@@ -66,12 +66,12 @@ keys=$(sed -nE 's/^[[:space:]]*[SI]\("([a-z_]+\.[a-z_]+)".*/\1/p' "$s/src/config
 for k in $keys; do
 	sect=${k%%.*} name=${k#*.}
 	grep -qF "\`$k\`" "$s/docs/configuration.md" || bad "$k not in docs/configuration.md"
-	grep -qE "^\.B $k\$|^\.BR? $k " "$s/man/parley.conf.5" || bad "$k not in man/parley.conf.5"
+	grep -qE "^\.B $k\$|^\.BR? $k " "$s/man/parley.conf.5" || bad "$k not in man/parley.conf.5 (document it in docs/configuration.md, then run scripts/man-conf)"
 	# The sample has "[section]" then "key = value" or "# key = value".
 	awk -v sect="[$sect]" -v name="$name" '
 		/^\[/ { in_s = ($0 == sect) }
 		in_s && $0 ~ "^#? ?" name " =" { found = 1 }
-		END { exit !found }' "$s/contrib/parley.conf" || bad "$k not in contrib/parley.conf"
+		END { exit !found }' "$s/contrib/parley.conf" || bad "$k not in the sample contrib/parley.conf (add it, commented out with its default)"
 	ok
 done
 # The sample itself is a valid configuration (with its placeholder secret).
