@@ -530,17 +530,102 @@ fail:
 	return -1;
 }
 
+/* The value of the four hex digits at s, or -1. */
+static long
+proto_hex4(const char *s)
+{
+	long v = 0;
+	int i, d;
+
+	for (i = 0; i < 4; i++) {
+		if (s[i] >= '0' && s[i] <= '9')
+			d = s[i] - '0';
+		else if (s[i] >= 'a' && s[i] <= 'f')
+			d = s[i] - 'a' + 10;
+		else if (s[i] >= 'A' && s[i] <= 'F')
+			d = s[i] - 'A' + 10;
+		else
+			return -1;
+		v = v * 16 + d;
+	}
+	return v;
+}
+
+/*
+ * json-c decodes a \u escape of a lone surrogate (\ud800 not followed by a low one, or a low one
+ * alone) as U+FFFD: a character the client never sent, which would pass every UTF-8 check and be
+ * stored. Find such escapes inside strings and return a copy of buf in which each is replaced by
+ * the surrogate's own three bytes (ED A0 80..ED BF BF), which json-c passes through and the field
+ * checks refuse as invalid UTF-8, naming the field. NULL when there is none (the usual case).
+ * Malformed JSON is only skipped over: the parser refuses it afterwards.
+ */
+static char *
+proto_lone_surrogates(const char *buf, size_t len, size_t *outlen)
+{
+	char *out = NULL;
+	size_t i, o = 0, copied = 0;
+	long u, lo;
+	int in_str = 0;
+
+	for (i = 0; i < len; i++) {
+		if (!in_str) {
+			in_str = buf[i] == '"';
+			continue;
+		}
+		if (buf[i] == '"') {
+			in_str = 0;
+			continue;
+		}
+		if (buf[i] != '\\')
+			continue;
+		if (i + 5 >= len || buf[i + 1] != 'u' || (u = proto_hex4(buf + i + 2)) < 0) {
+			i++;	/* a one-character escape (or a malformed one) */
+			continue;
+		}
+		if (u < 0xd800 || u > 0xdfff) {
+			i += 5;
+			continue;
+		}
+		if (u <= 0xdbff && i + 11 < len && buf[i + 6] == '\\' && buf[i + 7] == 'u' &&
+		    (lo = proto_hex4(buf + i + 8)) >= 0xdc00 && lo <= 0xdfff) {
+			i += 11;	/* a proper pair */
+			continue;
+		}
+		if (out == NULL)
+			out = xmalloc(len + 1);
+		memcpy(out + o, buf + copied, i - copied);
+		o += i - copied;
+		out[o++] = (char)0xed;
+		out[o++] = (char)(0x80 | ((u >> 6) & 0x3f));
+		out[o++] = (char)(0x80 | (u & 0x3f));
+		i += 5;
+		copied = i + 1;
+	}
+	if (out == NULL)
+		return NULL;
+	memcpy(out + o, buf + copied, len - copied);
+	o += len - copied;
+	out[o] = '\0';
+	*outlen = o;
+	return out;
+}
+
 struct json_object *
 protocol_parse_json(const char *buf, size_t len)
 {
 	struct json_tokener *tok;
 	struct json_object *o;
+	char *fixed;
 	size_t end;
 
 	if (len > INT32_MAX)
 		return NULL;
-	if ((tok = json_tokener_new()) == NULL)
+	if ((fixed = proto_lone_surrogates(buf, len, &len)) != NULL)
+		buf = fixed;
+	if ((tok = json_tokener_new()) == NULL) {
+		free(fixed);
 		return NULL;
+	}
 	/*
 	 * Strict JSON, trailing white space only. UTF-8 is checked per field instead, so that the
 	 * error names the field (and a refused send can still be acked by its client_msg_id).
@@ -554,10 +639,12 @@ protocol_parse_json(const char *buf, size_t len)
 			goto fail;
 	}
 	json_tokener_free(tok);
+	free(fixed);
 	return o;
 fail:
 	json_object_put(o);
 	json_tokener_free(tok);
+	free(fixed);
 	return NULL;
 }
 

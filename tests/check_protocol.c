@@ -895,6 +895,71 @@ START_TEST(test_parse_json)
 }
 END_TEST
 
+/*
+ * \u escapes of a lone surrogate: json-c turns them into U+FFFD, which would store a character
+ * the client never sent. They are refused like invalid UTF-8, naming the field (a send frame is
+ * still acked by its client_msg_id); a proper pair and an escaped U+FFFD are taken.
+ */
+static const struct {
+	const char	*body;
+	const char	*field;		/* NULL: accepted */
+	const char	*content;	/* the decoded content when accepted */
+} surrogates[] = {
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\ud800b\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\uDBFFb\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\udc00b\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"\\ud800\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\ud800\\u0041\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\ude00\\ud83d\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"a\\ud83d\\ud83d\\ude00\"}", "content", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\\ud800\",\"content\":\"a\"}", "client_msg_id", NULL },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"\\ud83d\\ude00\"}", NULL, "\xf0\x9f\x98\x80" },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"\\ufffd\"}", NULL, "\xef\xbf\xbd" },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"\\\\ud800\"}", NULL, "\\ud800" },
+	{ "{\"to\":\"bob\",\"client_msg_id\":\"c\",\"content\":\"x\",\"\\ud800\":1}", NULL, "x" },
+};
+
+START_TEST(test_lone_surrogate)
+{
+	const char *body = surrogates[_i].body, *field = NULL, *why = NULL;
+	struct proto_send req;
+	struct proto_frame_req fr;
+	struct json_object *o;
+	char *frame, *cmid = NULL;
+	int rc;
+
+	o = protocol_parse_json(body, strlen(body));
+	ck_assert_ptr_nonnull(o);
+	rc = protocol_decode_send(o, 4000, &req, &field, &why);
+	if (surrogates[_i].field == NULL) {
+		ck_assert_int_eq(rc, 0);
+		ck_assert_str_eq(req.content, surrogates[_i].content);
+	} else {
+		ck_assert_int_eq(rc, -1);
+		ck_assert_str_eq(field, surrogates[_i].field);
+	}
+	protocol_send_clear(&req);
+	json_object_put(o);
+
+	/* The same as a send_message frame. */
+	xasprintf(&frame, "{\"type\":\"send_message\",%s", body + 1);
+	memset(&fr, 0, sizeof fr);
+	field = NULL;
+	rc = protocol_decode_frame(frame, strlen(frame), 4000, 1000, &fr, &field, &why, &cmid);
+	if (surrogates[_i].field == NULL)
+		ck_assert_int_eq(rc, 0);
+	else {
+		ck_assert_int_eq(rc, -1);
+		ck_assert_str_eq(field, surrogates[_i].field);
+		if (strcmp(field, "content") == 0)
+			ck_assert_str_eq(cmid, "c");
+	}
+	protocol_frame_clear(&fr);
+	free(cmid);
+	free(frame);
+}
+END_TEST
+
 /* --- query numbers --------------------------------------------------------------------------------- */
 
 static const struct {
@@ -1187,6 +1252,7 @@ main(void)
 	tcase_add_test(tc, test_frame_length);
 	tcase_add_test(tc, test_frame_limits);
 	tcase_add_test(tc, test_parse_json);
+	tcase_add_loop_test(tc, test_lone_surrogate, 0, PARLEY_NITEMS(surrogates));
 	tcase_add_loop_test(tc, test_parse_u64, 0, PARLEY_NITEMS(u64s));
 	tcase_add_test(tc, test_encode_new_message);
 	tcase_add_test(tc, test_encode_escapes);
