@@ -111,22 +111,32 @@ auth_segment_json(const char *seg, size_t len)
 	return o;
 }
 
-/* A NumericDate claim: a JSON number (integer or not) within a sane range. 1 present, 0 absent, -1 bad. */
+/*
+ * A NumericDate claim: a JSON number (integer or not) within +-AUTH_TIME_MAX. One rule for both
+ * notations: json-c clamps an integer beyond int64 to INT64_MAX/MIN (2^64 would read as "never
+ * expires"), so the range is checked on the value, never trusted to the parser.
+ * 1 present, 0 absent, -1 bad.
+ */
+#define AUTH_TIME_MAX	9000000000000000LL	/* ~285 million years: beyond it is no date */
 static int
 auth_time_claim(struct json_object *claims, const char *name, int64_t *out)
 {
 	struct json_object *v;
+	int64_t i;
 	double d;
 
 	if (!json_object_object_get_ex(claims, name, &v) || v == NULL)
 		return 0;
 	if (json_object_is_type(v, json_type_int)) {
-		*out = json_object_get_int64(v);
+		i = json_object_get_int64(v);
+		if (i > AUTH_TIME_MAX || i < -AUTH_TIME_MAX)
+			return -1;
+		*out = i;
 		return 1;
 	}
 	if (json_object_is_type(v, json_type_double)) {
 		d = json_object_get_double(v);
-		if (!isfinite(d) || d > 9e15 || d < -9e15)
+		if (!isfinite(d) || d > (double)AUTH_TIME_MAX || d < -(double)AUTH_TIME_MAX)
 			return -1;
 		*out = (int64_t)d;	/* truncated: a fraction of a second never matters here */
 		return 1;

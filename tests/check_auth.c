@@ -112,7 +112,20 @@ static const struct {
 	{ HS256, "{\"sub\":\"alice\",\"exp\":1700000000}", SIG_GOOD, 0, "token expired", NULL, NULL },
 	{ HS256, "{\"sub\":\"alice\",\"exp\":1700000001}", SIG_GOOD, 0, NULL, "alice", "" },
 	{ HS256, "{\"sub\":\"alice\",\"exp\":0}", SIG_GOOD, LEEWAY, "token expired", NULL, NULL },
-	{ HS256, "{\"sub\":\"alice\",\"exp\":-9223372036854775808}", SIG_GOOD, LEEWAY, "token expired", NULL, NULL },
+	/* One range for every time claim, integer or not: |t| <= 9e15 (2^64 must not mean "never"). */
+	{ HS256, "{\"sub\":\"alice\",\"exp\":-9223372036854775808}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":18446744073709551616}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":18446744073709551615}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":9223372036854775807}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":9000000000000001}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":9000000000000000}", SIG_GOOD, LEEWAY, NULL, "alice", "" },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":9e15}", SIG_GOOD, LEEWAY, NULL, "alice", "" },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":1e30}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":-9000000000000001}", SIG_GOOD, LEEWAY, "invalid exp", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":1700001000,\"nbf\":-18446744073709551616}", SIG_GOOD, LEEWAY,
+	    "invalid nbf", NULL, NULL },
+	{ HS256, "{\"sub\":\"alice\",\"exp\":1700001000,\"iat\":18446744073709551616}", SIG_GOOD, LEEWAY,
+	    "invalid iat", NULL, NULL },
 
 	/* nbf and iat in the future, with and within the leeway. */
 	{ HS256, "{\"sub\":\"alice\",\"exp\":1700001000,\"nbf\":1700000031}", SIG_GOOD, LEEWAY,
