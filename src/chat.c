@@ -524,6 +524,31 @@ chat_room_history_json(struct chat *ch, const char *room, uint64_t after, int li
 	return 0;
 }
 
+/* One comment's event by id: the page of one after id - 1, kept only when it is that comment. */
+int
+chat_room_comment_json(struct chat *ch, const char *room, uint64_t id, char **event)
+{
+	struct store_page page;
+
+	*event = NULL;
+	if (!protocol_valid_room(room) || id == 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	memset(&page, 0, sizeof page);
+	if (store_room_history(ch->store, room, id - 1, 1, &page) != 0)
+		return -1;
+	/* The first comment after id - 1 is another one when id was trimmed: not ours to send. */
+	if (page.n != 1 || page.next != id) {
+		store_page_clear(&page);
+		errno = ENOENT;
+		return -1;
+	}
+	*event = xstrdup(page.events[0]);
+	store_page_clear(&page);
+	return 0;
+}
+
 /*
  * GET /health. memcached "down" also when it is disabled by configuration (summaries then always
  * come from MySQL); bus "down" when this context has none (tools).

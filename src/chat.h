@@ -75,6 +75,11 @@ int	chat_group_remove(struct chat *, const char *by, uint64_t group_id, const ch
 int	chat_room_post(struct chat *, const char *user, const char *room, const char *text, char **event);
 int	chat_room_history_json(struct chat *, const char *room, uint64_t after, int limit, char **json,
 	    size_t *nevents);
+/*
+ * The room_message event of comment id in room (for a hint too large to carry it). -1/ENOENT
+ * when that comment is not there (trimmed, or of another room): never another comment instead.
+ */
+int	chat_room_comment_json(struct chat *, const char *room, uint64_t id, char **event);
 
 /* {"status":"ok","mysql":"ok"|"down","memcached":"ok"|"down","bus":"ok"|"down"}; -1/EAGAIN when MySQL is down (body still set). */
 int	chat_health_json(struct chat *, char **json);

@@ -666,6 +666,57 @@ START_TEST(test_room_rate_limit)
 }
 END_TEST
 
+/*
+ * A room event fetched by id (its hint was too large to carry it) is that comment or nothing:
+ * once trimmed (limits.room_history), the fetch used to answer the next comment, which the
+ * receiver then got twice (once for this id, once for its own hint).
+ */
+START_TEST(test_room_comment_trimmed)
+{
+	struct fx f;
+	char *u = testenv_name("u"), *room = testenv_name("r"), *other = testenv_name("r");
+	char *ev[3] = { 0 }, *got = NULL, *oev = NULL;
+	uint64_t ids[3], oid;
+	struct json_object *o;
+	size_t i;
+
+	fx_open(&f);
+	f.cfg.room_history = 2;
+	for (i = 0; i < 3; i++) {
+		ck_assert_int_eq(chat_room_post(&f.ch, u, room, i == 0 ? "first" : "later", &ev[i]), 0);
+		o = testenv_json(ev[i]);
+		ids[i] = get_u64(o, "comment.id");
+		json_object_put(o);
+	}
+	/* The first one is trimmed: asking for it finds nothing, not the second. */
+	ck_assert_int_eq(chat_room_comment_json(&f.ch, room, ids[0], &got), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_ptr_null(got);
+	for (i = 1; i < 3; i++) {
+		ck_assert_int_eq(chat_room_comment_json(&f.ch, room, ids[i], &got), 0);
+		ck_assert_str_eq(got, ev[i]);
+		free(got);
+	}
+	/* An id between two of this room's comments (another room's) is not this room's. */
+	ck_assert_int_eq(chat_room_post(&f.ch, u, other, "elsewhere", &oev), 0);
+	o = testenv_json(oev);
+	oid = get_u64(o, "comment.id");
+	json_object_put(o);
+	ck_assert_int_eq(chat_room_comment_json(&f.ch, room, oid, &got), -1);
+	ck_assert_int_eq(errno, ENOENT);
+	ck_assert_int_eq(chat_room_comment_json(&f.ch, other, ids[2], &got), -1);
+	ck_assert_int_eq(errno, ENOENT);
+
+	for (i = 0; i < 3; i++)
+		free(ev[i]);
+	free(oev);
+	fx_close(&f);
+	free(u);
+	free(room);
+	free(other);
+}
+END_TEST
+
 START_TEST(test_health)
 {
 	struct fx f;
@@ -742,6 +793,7 @@ chat_suite(void)
 	tcase_add_test(tc, test_receipt_hints_sender);
 	tcase_add_test(tc, test_presence_fanout);
 	tcase_add_test(tc, test_room_rate_limit);
+	tcase_add_test(tc, test_room_comment_trimmed);
 	tcase_add_test(tc, test_health);
 	tcase_add_test(tc, test_events_page_shape);
 	suite_add_tcase(s, tc);

@@ -185,32 +185,25 @@ work_sync(struct wctx *w, struct job *j)
 	return work_page(w, j, after);
 }
 
-/* A room event by id, for a hint too large to carry it. */
+/*
+ * A room event by id, for a hint too large to carry it. A comment trimmed meanwhile is skipped:
+ * the next one arrives through its own hint.
+ */
 static int
 work_room_fetch(struct wctx *w, struct job *j)
 {
-	struct json_object *o = NULL, *a, *e;
 	const char *room = j->req.room;
 	struct done *d;
-	char *json = NULL;
+	char *event = NULL;
 
-	if (chat_room_history_json(&w->chat, room, j->after > 0 ? j->after - 1 : 0, 1, &json,
-	    NULL) != 0)
+	if (chat_room_comment_json(&w->chat, room, j->after, &event) != 0)
 		return errno == EAGAIN ? -1 : 0;
-	if ((o = json_tokener_parse(json)) != NULL &&
-	    json_object_object_get_ex(o, "events", &a) && json_object_is_type(a, json_type_array) &&
-	    json_object_array_length(a) == 1) {
-		e = json_object_array_get_idx(a, 0);
-		d = ws_done_new(DONE_ROOM, 0);
-		strncpy(d->key, room, PARLEY_ID_MAX);
-		d->seq = j->after;
-		d->text = xstrdup(json_object_to_json_string_ext(e,
-		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
-		d->len = strlen(d->text);
-		ws_done_push(w->ws, d);
-	}
-	json_object_put(o);
-	free(json);
+	d = ws_done_new(DONE_ROOM, 0);
+	strncpy(d->key, room, PARLEY_ID_MAX);
+	d->seq = j->after;
+	d->text = event;
+	d->len = strlen(d->text);
+	ws_done_push(w->ws, d);
 	return 0;
 }
 
