@@ -375,3 +375,35 @@ http_query_get(const char *query, const char *key, char **value)
 	}
 	return 0;
 }
+
+int
+http_path_split(const char *path, char **segs, size_t max, size_t *nsegs)
+{
+	const char *p = path, *slash;
+	size_t n = 0, len;
+
+	*nsegs = 0;
+	if (*p != '/')
+		return -1;
+	p++;
+	while (*p != '\0') {
+		if (n == max)
+			goto fail;
+		slash = strchr(p, '/');
+		len = slash != NULL ? (size_t)(slash - p) : strlen(p);
+		if (len == 0 || (segs[n] = http_pct_decode(p, len, 0)) == NULL)
+			goto fail;
+		n++;
+		if (slash == NULL)
+			break;
+		p = slash + 1;
+		if (*p == '\0')		/* a trailing slash names no route */
+			goto fail;
+	}
+	*nsegs = n;
+	return 0;
+fail:
+	while (n > 0)
+		free(segs[--n]);
+	return -1;
+}

@@ -71,4 +71,11 @@ int	http_query_get(const char *query, const char *key, char **value);
 /* Percent-decode n bytes (plus_space: '+' means ' ' as in query strings). NULL when malformed. */
 char	*http_pct_decode(const char *s, size_t n, int plus_space);
 
+/*
+ * Split a URI path ("/groups/7/members/bob%40x") into at most max percent-decoded segments
+ * (caller frees each). 0 and *n; -1 (nothing to free) when it cannot be a route: no leading '/',
+ * an empty segment, a trailing '/', more than max segments, or a segment badly encoded.
+ */
+int	http_path_split(const char *path, char **segs, size_t max, size_t *n);
+
 #endif

@@ -593,39 +593,6 @@ h_metrics(struct rctx *c)
 
 /* --- routing ----------------------------------------------------------------------------- */
 
-/* Split the path into percent-decoded segments. -1 when it cannot be a route of ours. */
-static int
-split_path(const char *path, char **segs, size_t *nsegs)
-{
-	const char *p = path, *slash;
-	size_t n = 0, len;
-
-	*nsegs = 0;
-	if (*p != '/')
-		return -1;
-	p++;
-	while (*p != '\0') {
-		if (n == ROUTE_SEGS_MAX)
-			goto fail;
-		slash = strchr(p, '/');
-		len = slash != NULL ? (size_t)(slash - p) : strlen(p);
-		if (len == 0 || (segs[n] = http_pct_decode(p, len, 0)) == NULL)
-			goto fail;
-		n++;
-		if (slash == NULL)
-			break;
-		p = slash + 1;
-		if (*p == '\0')		/* a trailing slash names no route */
-			goto fail;
-	}
-	*nsegs = n;
-	return 0;
-fail:
-	while (n > 0)
-		free(segs[--n]);
-	return -1;
-}
-
 /* Does the route match the segments? Fills c->num / c->name from its placeholders. */
 static int
 route_match(const struct route *r, char **segs, size_t n, struct rctx *c)
@@ -684,7 +651,7 @@ routes_handle(struct fcgi_app *app, struct chat *chat, const struct http_req *re
 	c.spec = spec;
 	memset(resp, 0, sizeof *resp);
 
-	if (split_path(req->path, segs, &nsegs) == 0) {
+	if (http_path_split(req->path, segs, ROUTE_SEGS_MAX, &nsegs) == 0) {
 		for (i = 0; i < PARLEY_NITEMS(routes); i++) {
 			if (route_match(&routes[i], segs, nsegs, &c)) {
 				r = &routes[i];
