@@ -7,7 +7,8 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PARLEY_PACKAGES="build-essential autoconf automake libtool pkg-config
 	libjson-c-dev libmemcached-dev libmariadb-dev libssl-dev libwebsockets-dev libfcgi-dev check
 	mariadb-server mariadb-client memcached lighttpd apache2 nginx-light spawn-fcgi
-	python3 python3-websockets curl wrk man-db logrotate"
+	python3 python3-websockets curl wrk man-db logrotate
+	clang libclang-rt-14-dev"
 
 say() { printf '==> %s\n' "$*"; }
 
