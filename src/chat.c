@@ -122,11 +122,14 @@ chat_message_hint(struct chat *ch, const struct store_send_req *sr,
 	}
 }
 
-/* Did send i of a batch commit a new message (not a failure, not a retry)? */
+/*
+ * Is there anyone to tell about send i of a batch? A new message, and a retry of one already
+ * stored (the store names its targets again: the first answer may have reached nobody).
+ */
 static int
 chat_sent_new(const struct store_send_res *res, const int *err, size_t i)
 {
-	return (err == NULL || err[i] == 0) && !res[i].duplicate;
+	return (err == NULL || err[i] == 0) && res[i].targets.n > 0;
 }
 
 /*
@@ -378,7 +381,7 @@ out:
 }
 
 int
-chat_presence(struct chat *ch, const char *user, const char *node, int delta)
+chat_presence(struct chat *ch, const char *user, const char *node, uint64_t conn, int delta)
 {
 	int64_t now = parley_now_ms();
 	int changed = 0;
@@ -388,7 +391,7 @@ chat_presence(struct chat *ch, const char *user, const char *node, int delta)
 		errno = EINVAL;
 		return -1;
 	}
-	if (store_presence_update(ch->store, user, node, delta, now, &changed) != 0)
+	if (store_presence_update(ch->store, user, node, conn, delta, now, &changed) != 0)
 		return -1;
 	if (!changed)
 		return 0;

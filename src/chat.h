@@ -59,8 +59,11 @@ int	chat_receipts_json(struct chat *, const char *user, uint64_t message_id, cha
 
 /* Typing: an ephemeral event to the peer or to every other member of the group (EACCES if not one). */
 int	chat_typing(struct chat *, const char *user, const struct proto_target *);
-/* Presence: a connection of user came (+1) or went (-1) on node; hints watchers on a transition. */
-int	chat_presence(struct chat *, const char *user, const char *node, int delta);
+/*
+ * Presence: connection conn (its id on node) of user came (+1) or went (-1); hints watchers on a
+ * transition. A connection counted twice, or ended without having been counted, changes nothing.
+ */
+int	chat_presence(struct chat *, const char *user, const char *node, uint64_t conn, int delta);
 int	chat_presence_json(struct chat *, char *const *users, size_t n, char **json);
 
 int	chat_conversations_json(struct chat *, const char *user, int limit, char **json);

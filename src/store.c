@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #define STORE_BACKOFF_MIN	100	/* ms between connection attempts after a failure ... */
 #define STORE_BACKOFF_MAX	2000	/* ... doubling up to this */
 #define STORE_COLBUF		128	/* first size of a result column buffer */
+#define STORE_ATTEMPTS_KEEP	86400000	/* ms a gone store's store_attempts row is kept */
 
 /*
  * The 2-row form is the common 1:1 message: its two events and two conversation rows go in one
@@ -43,6 +45,10 @@ static const char *const core_sql[Q_CORE_END - STORE__Q(STORE__SET_CORE)] = {
 	STORE__SQL(Q_MEMBERS) = "SELECT user_id, role FROM group_members WHERE group_id = ?"
 	    " ORDER BY user_id",
 	STORE__SQL(Q_ROLE) = "SELECT role FROM group_members WHERE group_id = ? AND user_id = ?",
+	STORE__SQL(Q_ATT_GET) = "SELECT token, result FROM store_attempts WHERE owner = ?",
+	STORE__SQL(Q_ATT_SET) = "INSERT INTO store_attempts (owner, token, result, ts)"
+	    " VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE token = VALUES(token),"
+	    " result = VALUES(result), ts = VALUES(ts)",
 };
 STORE__QSET_CHECK(Q_CORE_END, STORE__SET_CORE);
 static const struct store__qset core_qset = { core_sql, Q_CORE_END - STORE__Q(STORE__SET_CORE),
@@ -135,6 +141,21 @@ store_autoinc_probe(struct store *s)
 }
 
 /*
+ * Forget the store_attempts rows of stores gone for a day (a store that ends cleanly leaves its
+ * row too: one small row per store ever made). Best effort: a failure here changes nothing.
+ */
+static void
+store_attempts_prune(struct store *s)
+{
+	char sql[128];
+
+	snprintf(sql, sizeof sql, "DELETE FROM store_attempts WHERE ts < %lld",
+	    (long long)(parley_now_ms() - STORE_ATTEMPTS_KEEP));
+	if (mysql_real_query(s->my, sql, strlen(sql)) != 0)
+		log_warn("mysql: pruning store_attempts: %s", mysql_error(s->my));
+}
+
+/*
  * Make sure there is a connection. A failed attempt sets a backoff window (100 ms doubling to 2 s)
  * inside which calls fail at once with EAGAIN instead of hammering a server that is down; the
  * first call after the window tries again.
@@ -200,6 +221,7 @@ store_connect(struct store *s)
 	s->my = my;
 	s->thread_id = mysql_thread_id(my);
 	store_autoinc_probe(s);
+	store_attempts_prune(s);
 	return 0;
 }
 
@@ -468,6 +490,21 @@ store__refuse(int err)
 
 /* --- transactions -------------------------------------------------------------------------- */
 
+/* The next of the store's random numbers (splitmix64): never 0. */
+static uint64_t
+store_rand(struct store *s)
+{
+	uint64_t z;
+
+	do {
+		z = (s->rng += 0x9e3779b97f4a7c15ULL);
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+		z ^= z >> 31;
+	} while (z == 0);
+	return z;
+}
+
 /* One attempt: 0 done, -1 logical failure (errno), -2 MySQL failure (s->myerr). */
 static int
 store_attempt(struct store *s, int txn, store__fn fn, void *arg)
@@ -490,6 +527,9 @@ store_attempt(struct store *s, int txn, store__fn fn, void *arg)
 		return 0;
 	if ((rc == 0 ? mysql_commit(s->my) : mysql_rollback(s->my)) != 0) {
 		store__fail(s, mysql_errno(s->my), rc == 0 ? "COMMIT" : "ROLLBACK");
+		/* The server may have applied it and lost only the answer: the re-run checks. */
+		if (rc == 0 && store_err_lost(s->myerr))
+			s->unsure = 1;
 		return -2;
 	}
 	return 0;
@@ -502,14 +542,16 @@ store_attempt(struct store *s, int txn, store__fn fn, void *arg)
  * a duplicate key the body asked to retry. fn must start from scratch on every run.
  *
  * A COMMIT whose answer is lost may have been applied: the re-run then meets its own effects.
- * Sends are safe (the retry finds the message by client_msg_id and answers duplicate = 1),
- * receipts and membership changes are idempotent; a room comment may be stored twice.
+ * Every write body tells them from others' (store__mine, the attempt token of this call), so a
+ * re-run answers what the first run did: the same targets, the same group, the same change.
  */
 int
 store__run(struct store *s, int txn, store__fn fn, void *arg)
 {
 	int attempt, rc, lost;
 
+	s->token = store_rand(s);
+	s->unsure = 0;
 	for (attempt = 1;; attempt++) {
 		if (store_connect(s) != 0)
 			return -1;
@@ -548,6 +590,77 @@ store__run_json(struct store *s, store__fn fn, void *ctx, char **slot, char **js
 	}
 	*json = *slot;
 	return 0;
+}
+
+/* --- attempt tokens --------------------------------------------------------------------- */
+
+/* "a b user seq user seq ...": what store__mark records (user ids have no spaces). */
+static char *
+store_result_text(uint64_t a, uint64_t b, const struct store_targets *t)
+{
+	size_t i, n = t != NULL ? t->n : 0, len = 48 + n * (PARLEY_ID_MAX + 24), off;
+	char *r = xmalloc(len);
+
+	off = (size_t)snprintf(r, len, "%llu %llu", (unsigned long long)a, (unsigned long long)b);
+	for (i = 0; i < n; i++)
+		off += (size_t)snprintf(r + off, len - off, " %s %llu", t->v[i].user,
+		    (unsigned long long)t->v[i].seq);
+	return r;
+}
+
+/* Read back a store_result_text; 0, or -1 when it is not one. */
+static int
+store_result_parse(const char *r, uint64_t *a, uint64_t *b, struct store_targets *t)
+{
+	char user[PARLEY_ID_MAX + 1];
+	unsigned long long x, y;
+	int used;
+
+	if (sscanf(r, "%llu %llu%n", &x, &y, &used) != 2)
+		return -1;
+	*a = x;
+	*b = y;
+	r += used;
+	while (*r == ' ') {
+		if (sscanf(r, " %64s %llu%n", user, &x, &used) != 2)
+			return -1;
+		if (t != NULL)
+			store__targets_push(t, user, x);
+		r += used;
+	}
+	return *r == '\0' ? 0 : -1;
+}
+
+int
+store__mine(struct store *s, uint64_t *a, uint64_t *b, struct store_targets *t)
+{
+	int rc;
+
+	if (!s->unsure)
+		return 0;
+	rc = ROW(s, Q_ATT_GET, PU(s->owner));
+	if (rc == 1 && store__col_u(s, Q_ATT_GET, 0) == s->token) {
+		store_targets_clear(t);
+		if (store_result_parse(store__col_s(s, Q_ATT_GET, 1), a, b, t) != 0) {
+			log_warn("store: unreadable store_attempts result");
+			rc = -1;
+			errno = EIO;
+		}
+	} else if (rc == 1)
+		rc = 0;
+	store__done(s, Q_ATT_GET);
+	return rc;
+}
+
+int
+store__mark(struct store *s, uint64_t a, uint64_t b, const struct store_targets *t)
+{
+	char *r = store_result_text(a, b, t);
+	int rc;
+
+	rc = EXEC(s, Q_ATT_SET, PU(s->owner), PU(s->token), PS(r), PI(parley_now_ms()));
+	free(r);
+	return rc;
 }
 
 /* --- small helpers ------------------------------------------------------------------------- */
@@ -732,6 +845,10 @@ store_new(const struct config *cfg)
 	s = xcalloc(1, sizeof *s);
 	s->cfg = cfg;
 	s->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)s;
+	/* owner must differ between stores (each has its own store_attempts row): random. */
+	if (getrandom(&s->rng, sizeof s->rng, GRND_NONBLOCK) != (ssize_t)sizeof s->rng)
+		s->rng = (uint64_t)time(NULL) << 32 ^ (uint64_t)(uintptr_t)s ^ (uint64_t)getpid();
+	s->owner = store_rand(s);
 	/* The texts a set builds (the multi-row forms): once per store, freed with it. */
 	for (k = 0; k < STORE__SET_COUNT; k++) {
 		set = store__qsets[k];

@@ -46,8 +46,11 @@ void	store_targets_clear(struct store_targets *);
  * Send. The message row, its new_message event in the sender's log and in every recipient's log
  * (each with that user's next seq, gap-free) and the conversation rows commit in ONE transaction.
  * UNIQUE(sender, client_msg_id) makes a retry return the first result with duplicate = 1 and no
- * new events (targets empty). A group message needs the sender to be a member (EACCES) of an
- * existing group (ENOENT).
+ * new events; its targets still name the logs that have the message's event (so the caller
+ * invalidates and hints again) when the retry asks for the same message (recipient, group,
+ * content), and are empty when not. A re-run of this call after a lost COMMIT reply is no
+ * duplicate (the message's attempt token is this call's). A group message needs the sender to
+ * be a member (EACCES) of an existing group (ENOENT).
  */
 struct store_send_req {
 	const char	*from;
@@ -120,12 +123,14 @@ int	store_group_members(struct store *, uint64_t group_id, char ***members, size
 int	store_is_member(struct store *, uint64_t group_id, const char *user, int *member);
 
 /*
- * Presence: connections are counted per (user, node) so that a node's rows can be dropped when it
- * restarts (store_presence_reset). delta is +1 or -1; *online_changed = 1 when the user's total
- * went 0 -> 1 or 1 -> 0 (then last_seen = now on the way down).
+ * Presence: every open connection is a row (user, node, conn), conn the connection's id on that
+ * node, so that a node's rows can be dropped when it restarts (store_presence_reset) and a
+ * connection counted twice (a re-run) or dropped without having been counted changes nothing.
+ * delta is +1 (the connection opened) or -1 (it closed); *online_changed = 1 when the user's
+ * count went 0 -> 1 or 1 -> 0 (then last_seen = now on the way down).
  */
-int	store_presence_update(struct store *, const char *user, const char *node, int delta,
-	    int64_t now_ms, int *online_changed);
+int	store_presence_update(struct store *, const char *user, const char *node, uint64_t conn,
+	    int delta, int64_t now_ms, int *online_changed);
 int	store_presence_reset(struct store *, const char *node, int64_t now_ms);
 /* {"presence":[{"user":..,"online":..,"last_seen":..}]} for the given users. */
 int	store_presence_json(struct store *, char *const *users, size_t n, char **json);

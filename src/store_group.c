@@ -75,14 +75,30 @@ group_notify(struct store *s, char *const *users, size_t n, uint64_t g, const ch
 	return 0;
 }
 
+/* Did an earlier run of this change commit (its COMMIT reply lost)? Then c->t is its targets. */
+static int
+group_mine(struct store *s, struct group_ctx *c)
+{
+	uint64_t g, unused;
+	int rc;
+
+	if ((rc = store__mine(s, &g, &unused, c->t)) != 0)
+		return rc < 0 ? -1 : 1;
+	return 0;
+}
+
 /* Create: the group, its members (creator admin), a "created" event in every member's log. */
 static int
 group_create_txn(struct store *s, void *arg)
 {
 	struct group_ctx *c = arg;
+	uint64_t unused;
 	size_t i;
+	int rc;
 
 	store_targets_clear(c->t);
+	if ((rc = store__mine(s, &c->g, &unused, c->t)) != 0)
+		return rc < 0 ? -1 : 1;
 	if (EXEC(s, Q_GROUP_INSERT, PS(c->name), PS(c->by), PI(parley_now_ms())) != 0)
 		return -1;
 	c->g = store__insert_id(s, Q_GROUP_INSERT);
@@ -91,7 +107,9 @@ group_create_txn(struct store *s, void *arg)
 		    PU(strcmp(c->members[i], c->by) == 0)) != 0)
 			return -1;
 	}
-	return group_notify(s, c->members, c->n, c->g, "created", NULL, c->by, c->t);
+	if (group_notify(s, c->members, c->n, c->g, "created", NULL, c->by, c->t) != 0)
+		return -1;
+	return store__mark(s, c->g, 0, c->t);
 }
 
 int
@@ -199,6 +217,8 @@ group_add_txn(struct store *s, void *arg)
 	int rc;
 
 	store_targets_clear(c->t);
+	if ((rc = group_mine(s, c)) != 0)
+		return rc;
 	if ((rc = store__group_exists(s, c->g, NULL)) != 1)
 		return rc < 0 ? -1 : store__refuse(ENOENT);
 	if ((rc = store__group_role(s, c->g, c->by)) == -1)
@@ -213,7 +233,7 @@ group_add_txn(struct store *s, void *arg)
 		return -1;
 	rc = group_notify(s, m, n, c->g, "member_added", c->user, c->by, c->t);
 	store__strv_free(m, n);
-	return rc;
+	return rc != 0 ? -1 : store__mark(s, c->g, 0, c->t);
 }
 
 /* Run a membership change (add or remove user, made by by) as one transaction; fills t. */
@@ -256,6 +276,8 @@ group_remove_txn(struct store *s, void *arg)
 	int rc;
 
 	store_targets_clear(c->t);
+	if ((rc = group_mine(s, c)) != 0)
+		return rc;
 	if ((rc = store__group_exists(s, c->g, NULL)) != 1)
 		return rc < 0 ? -1 : store__refuse(ENOENT);
 	if (strcmp(c->by, c->user) != 0) {
@@ -273,7 +295,7 @@ group_remove_txn(struct store *s, void *arg)
 	if ((rc = EXEC(s, Q_MEMBER_DELETE, PU(c->g), PS(c->user))) == 0)
 		rc = group_notify(s, m, n, c->g, "member_removed", c->user, c->by, c->t);
 	store__strv_free(m, n);
-	return rc;
+	return rc != 0 ? -1 : store__mark(s, c->g, 0, c->t);
 }
 
 int

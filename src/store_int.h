@@ -100,6 +100,8 @@ enum {
 	Q_GROUP_GET,
 	Q_MEMBERS,
 	Q_ROLE,
+	Q_ATT_GET,
+	Q_ATT_SET,
 	Q_CORE_END
 };
 
@@ -145,6 +147,10 @@ struct store {
 	int			 backoff;
 	unsigned		 seed;
 	uint64_t		 autoinc_step;	/* ids of a multi-row INSERT: first + k * step; 0: not so */
+	uint64_t		 rng;		/* splitmix64 state (attempt tokens, owner id) */
+	uint64_t		 owner;		/* this store's row in store_attempts */
+	uint64_t		 token;		/* attempt token of the current store__run call */
+	int			 unsure;	/* a COMMIT of this call lost its reply: it may be in */
 };
 
 /* A statement parameter. */
@@ -187,6 +193,18 @@ char		*store__multi_sql(const char *head, const char *row, size_t n, const char 
 /* --- transactions (store.c) --- */
 int		 store__run(struct store *, int txn, store__fn, void *arg);
 int		 store__run_json(struct store *, store__fn, void *ctx, char **slot, char **json);
+
+/*
+ * Lost COMMIT replies (docs/reliability.md). Every store__run call gets a new attempt token
+ * (s->token). A write body that may be re-run after its COMMIT was applied but its reply lost
+ * starts with store__mine: 1 when an earlier run of this very call committed (then a and b and
+ * the targets are what that run recorded with store__mark, and the body returns 1: nothing more
+ * to write), 0 when not (checked only after a lost COMMIT reply: no cost otherwise), -1 error.
+ * store__mark, the body's last statement, records the call's result under the token in the
+ * same transaction. Sends use messages.attempt instead (store_send.c).
+ */
+int		 store__mine(struct store *, uint64_t *a, uint64_t *b, struct store_targets *);
+int		 store__mark(struct store *, uint64_t a, uint64_t b, const struct store_targets *);
 
 /* --- shared helpers (store.c) --- */
 void		 store__targets_push(struct store_targets *, const char *user, uint64_t seq);

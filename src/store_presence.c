@@ -1,4 +1,4 @@
-/* store_presence.c - presence: connections counted per (user, node), online flags, last_seen. */
+/* store_presence.c - presence: one row per open connection, online flags, last_seen. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,19 +27,17 @@ static const char *const presence_sql[Q_PRESENCE_END - STORE__Q(STORE__SET_PRESE
 	/* The presence_users row is the per-user lock that serialises connection counting. */
 	STORE__SQL(Q_PRES_LOCK) = "INSERT INTO presence_users (user_id, last_seen) VALUES (?, 0)"
 	    " ON DUPLICATE KEY UPDATE last_seen = last_seen",
-	STORE__SQL(Q_PRES_SUM) = "SELECT COALESCE(SUM(conns), 0) FROM presence_nodes"
-	    " WHERE user_id = ?",
-	STORE__SQL(Q_PRES_INC) = "INSERT INTO presence_nodes (user_id, node, conns) VALUES (?, ?, 1)"
-	    " ON DUPLICATE KEY UPDATE conns = conns + 1",
-	STORE__SQL(Q_PRES_DEC) = "UPDATE presence_nodes SET conns = conns - 1"
-	    " WHERE user_id = ? AND node = ? AND conns > 0",
+	STORE__SQL(Q_PRES_SUM) = "SELECT COUNT(*) FROM presence_conns WHERE user_id = ?",
+	STORE__SQL(Q_PRES_INC) = "INSERT IGNORE INTO presence_conns (user_id, node, conn)"
+	    " VALUES (?, ?, ?)",
+	STORE__SQL(Q_PRES_DEC) = "DELETE FROM presence_conns"
+	    " WHERE user_id = ? AND node = ? AND conn = ?",
 	STORE__SQL(Q_PRES_SEEN) = "UPDATE presence_users SET last_seen = ? WHERE user_id = ?",
 	STORE__SQL(Q_PRES_RESET_SEEN) = "UPDATE presence_users SET last_seen = ? WHERE user_id IN"
-	    " (SELECT user_id FROM presence_nodes WHERE node = ? AND conns > 0)",
-	STORE__SQL(Q_PRES_RESET_DEL) = "DELETE FROM presence_nodes WHERE node = ?",
-	STORE__SQL(Q_PRES_GET) = "SELECT (SELECT COALESCE(SUM(conns), 0) FROM presence_nodes"
-	    " WHERE user_id = ?), (SELECT COALESCE(MAX(last_seen), 0) FROM presence_users"
-	    " WHERE user_id = ?)",
+	    " (SELECT user_id FROM presence_conns WHERE node = ?)",
+	STORE__SQL(Q_PRES_RESET_DEL) = "DELETE FROM presence_conns WHERE node = ?",
+	STORE__SQL(Q_PRES_GET) = "SELECT (SELECT COUNT(*) FROM presence_conns WHERE user_id = ?),"
+	    " (SELECT COALESCE(MAX(last_seen), 0) FROM presence_users WHERE user_id = ?)",
 };
 
 const struct store__qset store__presence_qset = { presence_sql,
@@ -50,6 +48,7 @@ const struct store__qset store__presence_qset = { presence_sql,
 struct presence_ctx {
 	const char	*user;
 	const char	*node;
+	uint64_t	 conn;
 	int		 delta;
 	int64_t		 now;
 	int		 changed;
@@ -58,15 +57,22 @@ struct presence_ctx {
 	char		*json;
 };
 
-/* Count a connection of user on node up or down; changed when online flipped. */
+/*
+ * Add or drop the row of connection (node, conn) of user; changed when online flipped. Counting
+ * rows, not increments: adding a connection twice or dropping one never added changes nothing.
+ */
 static int
 presence_update_txn(struct store *s, void *arg)
 {
 	struct presence_ctx *c = arg;
-	uint64_t before, after;
+	uint64_t before, after, changed, unused;
 	int rc;
 
 	c->changed = 0;
+	if ((rc = store__mine(s, &changed, &unused, NULL)) != 0) {
+		c->changed = changed != 0;
+		return rc < 0 ? -1 : 1;
+	}
 	if (EXEC(s, Q_PRES_LOCK, PS(c->user)) != 0)
 		return -1;
 	rc = ROW(s, Q_PRES_SUM, PS(c->user));
@@ -74,28 +80,29 @@ presence_update_txn(struct store *s, void *arg)
 	store__done(s, Q_PRES_SUM);
 	if (rc < 0)
 		return -1;
-	after = before;
 	if (c->delta > 0) {
-		if (EXEC(s, Q_PRES_INC, PS(c->user), PS(c->node)) != 0)
+		if (EXEC(s, Q_PRES_INC, PS(c->user), PS(c->node), PU(c->conn)) != 0)
 			return -1;
-		after++;
+		after = before + store__affected(s, Q_PRES_INC);
 	} else {
-		if (EXEC(s, Q_PRES_DEC, PS(c->user), PS(c->node)) != 0)
+		if (EXEC(s, Q_PRES_DEC, PS(c->user), PS(c->node), PU(c->conn)) != 0)
 			return -1;
-		if (store__affected(s, Q_PRES_DEC) > 0)
-			after--;
+		after = before - store__affected(s, Q_PRES_DEC);
 	}
+	if (after == before)
+		return 1;	/* that connection was counted (or gone) already */
 	c->changed = (before == 0) != (after == 0);
 	if (c->changed && after == 0 && EXEC(s, Q_PRES_SEEN, PI(c->now), PS(c->user)) != 0)
 		return -1;
-	return 0;
+	return store__mark(s, (uint64_t)c->changed, 0, NULL);
 }
 
 int
-store_presence_update(struct store *s, const char *user, const char *node, int delta,
-    int64_t now_ms, int *online_changed)
+store_presence_update(struct store *s, const char *user, const char *node, uint64_t conn,
+    int delta, int64_t now_ms, int *online_changed)
 {
-	struct presence_ctx c = { .user = user, .node = node, .delta = delta, .now = now_ms };
+	struct presence_ctx c = { .user = user, .node = node, .conn = conn, .delta = delta,
+	    .now = now_ms };
 
 	*online_changed = 0;
 	if (user == NULL || node == NULL || !protocol_valid_user(user) || *node == '\0' ||

@@ -121,13 +121,17 @@ receipt_txn(struct store *s, void *arg)
 {
 	struct receipt_ctx *c = arg;
 	struct msg_info mi;
-	uint64_t g, d, r, nd, nr, seq = 0, unread = 0;
+	uint64_t g, d, r, nd, nr, seq = 0, unread = 0, changed, unused;
 	const char *peer;
 	char *body;
 	int rc, self;
 
 	c->changed = 0;
 	store_targets_clear(c->t);
+	if ((rc = store__mine(s, &changed, &unused, c->t)) != 0) {
+		c->changed = changed != 0;
+		return rc < 0 ? -1 : 1;
+	}
 	if ((rc = msg_info(s, c->mid, &mi)) != 1)
 		return rc < 0 ? -1 : store__refuse(ENOENT);
 	g = mi.group_id;
@@ -175,13 +179,15 @@ receipt_txn(struct store *s, void *arg)
 	} else if (EXEC(s, Q_CONV_SET_MARKERS, PU(nd), PU(nr), PS(c->user), PU(g), PS(peer)) != 0)
 		return -1;
 	c->changed = 1;
-	if (self)
-		return 0;
-	body = protocol_event_message_status(seq, c->mid, nr != r ? PROTO_READ : PROTO_DELIVERED,
-	    c->user, parley_now_ms());
-	rc = store__event_append_body(s, mi.sender, seq, body, c->t);
-	free(body);
-	return rc;
+	if (!self) {
+		body = protocol_event_message_status(seq, c->mid,
+		    nr != r ? PROTO_READ : PROTO_DELIVERED, c->user, parley_now_ms());
+		rc = store__event_append_body(s, mi.sender, seq, body, c->t);
+		free(body);
+		if (rc != 0)
+			return -1;
+	}
+	return store__mark(s, 1, 0, c->t);
 }
 
 int

@@ -64,9 +64,13 @@ static int
 room_post_txn(struct store *s, void *arg)
 {
 	struct room_ctx *c = arg;
-	uint64_t n, cut;
+	uint64_t n, cut, ts;
 	int rc;
 
+	if ((rc = store__mine(s, &c->id, &ts, NULL)) != 0) {
+		c->ts = (int64_t)ts;
+		return rc < 0 ? -1 : 1;
+	}
 	c->ts = parley_now_ms();
 	if (EXEC(s, Q_RATE_LOCK, PS(c->user)) != 0)
 		return -1;
@@ -90,7 +94,7 @@ room_post_txn(struct store *s, void *arg)
 		return -1;
 	if (cut != 0 && EXEC(s, Q_ROOM_TRIM, PS(c->room), PU(cut)) != 0)
 		return -1;
-	return 0;
+	return store__mark(s, c->id, (uint64_t)c->ts, NULL);
 }
 
 int

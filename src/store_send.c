@@ -14,6 +14,7 @@
 
 enum {
 	Q_MSG_FIND = STORE__Q(STORE__SET_SEND),
+	Q_EV_FIND,
 	Q_MSG_INSERT,
 	Q_EV_INSERT_MSG,
 	Q_CONV_UPSERT,
@@ -72,9 +73,9 @@ static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SE
 	" unread = unread + VALUES(unread)"
 
 #define MSG_HEAD	"INSERT INTO messages (sender, recipient, group_id, content, client_msg_id," \
-			" ts, sender_seq) VALUES "
-#define MSG_ROW		"(?, ?, ?, ?, ?, ?, ?)"
-#define MSG_WIDTH	7
+			" ts, sender_seq, attempt) VALUES "
+#define MSG_ROW		"(?, ?, ?, ?, ?, ?, ?, ?)"
+#define MSG_WIDTH	8
 
 /*
  * Reserve seqs of many users with one statement per chunk; the new last_seq values are read back
@@ -88,8 +89,11 @@ static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SE
 
 /* Entries left NULL are the multi-row forms, built by send_sql. */
 static const char *const send_sql_text[Q_SEND_END - STORE__Q(STORE__SET_SEND)] = {
-	STORE__SQL(Q_MSG_FIND) = "SELECT id, sender_seq, ts FROM messages"
-	    " WHERE sender = ? AND client_msg_id = ?",
+	STORE__SQL(Q_MSG_FIND) = "SELECT id, sender_seq, ts, attempt, recipient, group_id, content"
+	    " FROM messages WHERE sender = ? AND client_msg_id = ?",
+	/* A recent message's event in a user's log: the newest first, so the scan stops early. */
+	STORE__SQL(Q_EV_FIND) = "SELECT seq FROM events WHERE user_id = ? AND message_id = ?"
+	    " ORDER BY seq DESC LIMIT 1",
 	STORE__SQL(Q_MSG_INSERT) = MSG_HEAD MSG_ROW,
 	STORE__SQL(Q_EV_INSERT_MSG) = EV_HEAD EV_ROW,
 	STORE__SQL(Q_CONV_UPSERT) = CONV_HEAD CONV_ROW CONV_TAIL,
@@ -147,6 +151,7 @@ struct send_ctx {
 	size_t				 n;
 	int				 check_dups;	/* look client_msg_ids up first (after a 1062) */
 	int				*dup_of;	/* earlier item of the batch this one repeats, or -1 */
+	int				*stored;	/* the item's client_msg_id is stored already */
 	char				***rcpt;	/* recipients other than the sender, per item */
 	size_t				*nrcpt;
 	struct send_user		*users;
@@ -188,6 +193,7 @@ send_reset(struct send_ctx *c)
 		memset(&c->res[i], 0, sizeof c->res[i]);
 		c->err[i] = c->valid[i];
 		c->dup_of[i] = -1;
+		c->stored[i] = 0;
 		store__strv_free(c->rcpt[i], c->nrcpt[i]);
 		c->rcpt[i] = NULL;
 		c->nrcpt[i] = 0;
@@ -377,7 +383,7 @@ send_reserve(struct store *s, struct send_ctx *c)
 	struct send_user *u = NULL;
 
 	for (i = 0; i < c->n; i++) {
-		if (c->err[i] != 0 || c->dup_of[i] >= 0 || c->res[i].duplicate)
+		if (c->err[i] != 0 || c->dup_of[i] >= 0 || c->stored[i])
 			continue;
 		if (n + c->nrcpt[i] + 1 > cap) {
 			cap = (n + c->nrcpt[i] + 1) * 2;
@@ -460,7 +466,7 @@ send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 	seq = send_take(c, r->from);
 	if (EXEC(s, Q_MSG_INSERT, PS(r->from), PS(r->to),
 	    r->to != NULL ? PN : PU(r->group_id), PS(r->content), PS(r->client_msg_id),
-	    PI(now), PU(seq)) != 0) {
+	    PI(now), PU(seq), PU(s->token)) != 0) {
 		send_insert_failed(s, c);
 		return -1;
 	}
@@ -499,6 +505,7 @@ send_insert_many(struct store *s, struct send_ctx *c, const size_t *idx, size_t 
 		p[k * MSG_WIDTH + 4] = PS(r->client_msg_id);
 		p[k * MSG_WIDTH + 5] = PI(now);
 		p[k * MSG_WIDTH + 6] = PU(seq[k]);
+		p[k * MSG_WIDTH + 7] = PU(s->token);
 	}
 	for (done = 0; done < m; done += store__chunks[q]) {
 		for (q = 0; store__chunks[q] > m - done; q++)
@@ -534,7 +541,7 @@ send_inserts(struct store *s, struct send_ctx *c, int64_t now)
 
 	idx = xcalloc(c->n, sizeof *idx);
 	for (i = 0; i < c->n; i++) {
-		if (c->err[i] == 0 && c->dup_of[i] < 0 && !c->res[i].duplicate)
+		if (c->err[i] == 0 && c->dup_of[i] < 0 && !c->stored[i])
 			idx[m++] = i;
 	}
 	if (m > 1 && s->autoinc_step > 0)
@@ -544,6 +551,69 @@ send_inserts(struct store *s, struct send_ctx *c, int64_t now)
 			rc = send_insert(s, c, idx[i], now);
 	}
 	free(idx);
+	return rc;
+}
+
+/* Name user in t with the seq of message id's event in user's log (none: not named). */
+static int
+send_event_of(struct store *s, struct store_targets *t, const char *user, uint64_t id)
+{
+	int rc;
+
+	if ((rc = ROW(s, Q_EV_FIND, PS(user), PU(id))) == 1)
+		store__targets_push(t, user, store__col_u(s, Q_EV_FIND, 0));
+	store__done(s, Q_EV_FIND);
+	return rc < 0 ? -1 : 0;
+}
+
+/*
+ * Is item i's client_msg_id stored already? 1 yes (res filled), 0 no, -1 error. A message this
+ * call stored (its attempt token: the first run committed, its COMMIT reply was lost) is not a
+ * duplicate: the answer is the first run's. Either way, when the stored message is the one asked
+ * for (same recipient, group and content), targets name every log that has its event, so the
+ * caller invalidates and hints again: the first answer may have reached nobody. A different
+ * message under the same id is a duplicate with no targets (nothing of it is pushed).
+ */
+static int
+send_found(struct store *s, struct send_ctx *c, size_t i)
+{
+	const struct store_send_req *r = &c->reqs[i];
+	struct store_send_res *res = &c->res[i];
+	const char *to, *content;
+	uint64_t id = 0;
+	char **m;
+	size_t n, j;
+	int rc, same = 0;
+
+	if ((rc = ROW(s, Q_MSG_FIND, PS(r->from), PS(r->client_msg_id))) == 1) {
+		c->stored[i] = 1;
+		id = res->server_msg_id = store__col_u(s, Q_MSG_FIND, 0);
+		res->seq = store__col_u(s, Q_MSG_FIND, 1);
+		res->ts = store__col_i(s, Q_MSG_FIND, 2);
+		res->duplicate = store__col_null(s, Q_MSG_FIND, 3) ||
+		    store__col_u(s, Q_MSG_FIND, 3) != s->token;
+		to = store__col_s(s, Q_MSG_FIND, 4);
+		content = store__col_s(s, Q_MSG_FIND, 6);
+		same = content != NULL && strcmp(content, r->content) == 0 && (r->to != NULL ?
+		    to != NULL && strcmp(to, r->to) == 0 :
+		    to == NULL && store__col_u(s, Q_MSG_FIND, 5) == r->group_id);
+	}
+	store__done(s, Q_MSG_FIND);
+	if (rc != 1 || !same)
+		return rc;
+	store__targets_push(&res->targets, r->from, res->seq);
+	if (r->to != NULL) {
+		if (strcmp(r->to, r->from) != 0 && send_event_of(s, &res->targets, r->to, id) != 0)
+			return -1;
+		return 1;
+	}
+	if (store__group_load(s, r->group_id, &m, &n, NULL) != 0)
+		return -1;
+	for (j = 0, rc = 1; j < n && rc == 1; j++) {
+		if (strcmp(m[j], r->from) != 0 && send_event_of(s, &res->targets, m[j], id) != 0)
+			rc = -1;
+	}
+	store__strv_free(m, n);
 	return rc;
 }
 
@@ -558,6 +628,9 @@ send_txn(struct store *s, void *arg)
 	int rc;
 
 	send_reset(c);
+	/* A COMMIT of this call lost its reply: its messages may be in, look them up. */
+	if (s->unsure)
+		c->check_dups = 1;
 	for (i = 0; i < c->n; i++) {
 		r = &c->reqs[i];
 		if (c->err[i] != 0)
@@ -573,15 +646,7 @@ send_txn(struct store *s, void *arg)
 			continue;
 		}
 		if (c->check_dups) {
-			rc = ROW(s, Q_MSG_FIND, PS(r->from), PS(r->client_msg_id));
-			if (rc == 1) {
-				c->res[i].server_msg_id = store__col_u(s, Q_MSG_FIND, 0);
-				c->res[i].seq = store__col_u(s, Q_MSG_FIND, 1);
-				c->res[i].ts = store__col_i(s, Q_MSG_FIND, 2);
-				c->res[i].duplicate = 1;
-			}
-			store__done(s, Q_MSG_FIND);
-			if (rc < 0)
+			if ((rc = send_found(s, c, i)) < 0)
 				return -1;
 			if (rc == 1)
 				continue;
@@ -643,6 +708,7 @@ store_send_batch(struct store *s, const struct store_send_req *reqs, size_t n,
 	c.valid = valid;
 	c.n = n;
 	c.dup_of = xcalloc(n, sizeof *c.dup_of);
+	c.stored = xcalloc(n, sizeof *c.stored);
 	c.rcpt = xcalloc(n, sizeof *c.rcpt);
 	c.nrcpt = xcalloc(n, sizeof *c.nrcpt);
 	for (i = 0; i < n; i++)
@@ -661,6 +727,7 @@ store_send_batch(struct store *s, const struct store_send_req *reqs, size_t n,
 	free(c.rcpt);
 	free(c.nrcpt);
 	free(c.dup_of);
+	free(c.stored);
 	free(c.users);
 	free(c.evs);
 	free(c.convs);

@@ -204,14 +204,18 @@ START_TEST(test_send_logs_and_hints)
 	ck_assert(json_object_equal(pl, event_at(la, 0)));
 	json_object_put(pl);
 
-	/* A retry: same ids, nothing new in the logs and no hint. */
+	/*
+	 * A retry: same ids, nothing new in the logs, the same hints again (the first answer may
+	 * have reached nobody: its COMMIT reply lost, the client got a 503 and retried).
+	 */
 	ck_assert_int_eq(chat_send(&f.ch, a, &req, &dup), 0);
 	ck_assert_int_eq(dup.duplicate, 1);
 	ck_assert_uint_eq(dup.server_msg_id, res.server_msg_id);
 	ck_assert_uint_eq(dup.seq, res.seq);
-	ck_assert_uint_eq(dup.targets.n, 0);
+	ck_assert_uint_eq(dup.targets.n, 2);
 	hints_collect(&f, 300, &hs);
-	ck_assert_uint_eq(hs.n, 0);
+	ck_assert_uint_eq(hs.n, 2);
+	ck_assert_uint_eq(hints_one(&hs, BUS_USER_EVENT, b)->seq, bseq);
 	json_object_put(lb);
 	lb = log_of(&f, b, 0, &n);
 	ck_assert_uint_eq(n, 1);
@@ -309,7 +313,7 @@ START_TEST(test_send_many)
 		{ .from = b, .to = c, .content = "from b", .client_msg_id = m2 },
 	};
 	struct store_send_res res[3];
-	struct json_object *lc;
+	struct json_object *lc, *lc2;
 	struct hints hs;
 	int err[3];
 	size_t n, i;
@@ -327,14 +331,17 @@ START_TEST(test_send_many)
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 2);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, a), 1);
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, b), 1);
-	/* A retry of the same batch is all duplicates: same ids, nothing new published. */
+	/* A retry of the same batch is all duplicates: same ids, the same hints again. */
 	for (i = 0; i < 3; i++)
 		store_send_res_clear(&res[i]);
 	ck_assert_int_eq(chat_send_many(&f.ch, reqs, 3, res, err), 0);
 	ck_assert_int_eq(res[0].duplicate, 1);
 	ck_assert_int_eq(res[2].duplicate, 1);
 	hints_collect(&f, 200, &hs);
-	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 0);
+	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EVENT, c), 2);
+	lc2 = log_of(&f, c, 0, &n);
+	ck_assert_uint_eq(n, 2);
+	json_object_put(lc2);
 	for (i = 0; i < 3; i++)
 		store_send_res_clear(&res[i]);
 	json_object_put(lc);
@@ -557,7 +564,7 @@ START_TEST(test_presence_fanout)
 	store_send_res_clear(&res);
 	hints_collect(&f, 200, &hs);
 
-	ck_assert_int_eq(chat_presence(&f.ch, a, node, 1), 0);
+	ck_assert_int_eq(chat_presence(&f.ch, a, node, 1, 1), 0);
 	hints_collect(&f, 300, &hs);
 	ck_assert_uint_eq(hs.n, 1);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, b);
@@ -569,8 +576,8 @@ START_TEST(test_presence_fanout)
 	ck_assert_uint_eq(hints_count(&hs, BUS_USER_EPHEMERAL, stranger), 0);
 
 	/* A second connection, and its end, are no transition. */
-	ck_assert_int_eq(chat_presence(&f.ch, a, node2, 1), 0);
-	ck_assert_int_eq(chat_presence(&f.ch, a, node2, -1), 0);
+	ck_assert_int_eq(chat_presence(&f.ch, a, node2, 1, 1), 0);
+	ck_assert_int_eq(chat_presence(&f.ch, a, node2, 1, -1), 0);
 	hints_collect(&f, 200, &hs);
 	ck_assert_uint_eq(hs.n, 0);
 	ck_assert_int_eq(chat_presence_json(&f.ch, users, 1, &json), 0);
@@ -580,14 +587,14 @@ START_TEST(test_presence_fanout)
 	json_object_put(pl);
 	free(json);
 
-	ck_assert_int_eq(chat_presence(&f.ch, a, node, -1), 0);
+	ck_assert_int_eq(chat_presence(&f.ch, a, node, 1, -1), 0);
 	hints_collect(&f, 300, &hs);
 	h = hints_one(&hs, BUS_USER_EPHEMERAL, b);
 	pl = testenv_json(h->payload);
 	ck_assert(!json_object_get_boolean(testenv_json_get(pl, "online")));
 	ck_assert_int_gt(json_object_get_int64(testenv_json_get(pl, "last_seen")), 0);
 	json_object_put(pl);
-	ck_assert_int_eq(chat_presence(&f.ch, a, node, 0), -1);
+	ck_assert_int_eq(chat_presence(&f.ch, a, node, 1, 0), -1);
 	ck_assert_int_eq(errno, EINVAL);
 	fx_close(&f);
 	free(a);
@@ -777,6 +784,56 @@ START_TEST(test_events_page_shape)
 }
 END_TEST
 
+/*
+ * A send and a receipt whose COMMIT replies are lost (tests/harness/mysql-commit-drop) still
+ * forget the cached summaries and hint every target, as when the reply arrives.
+ */
+START_TEST(test_lost_commit_hints)
+{
+	struct fx f;
+	char *a = testenv_name("a"), *b = testenv_name("b");
+	struct proto_send req = { .content = "second" };
+	struct proto_receipt_req rr;
+	struct store_send_res r0, res;
+	struct testenv_proxy px;
+	struct hints hs;
+
+	fx_open(&f);
+	testenv_proxy_start(&px, &f.cfg);	/* before the store's first connection */
+	send_to(&f, a, b, "first", &r0);
+	ck_assert_int_eq(unread_with(&f, b, a), 1);	/* now cached */
+	hints_collect(&f, 200, &hs);
+
+	req.to = b;
+	req.client_msg_id = testenv_name("m");
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(chat_send(&f.ch, a, &req, &res), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_int_eq(res.duplicate, 0);
+	hints_collect(&f, 300, &hs);
+	ck_assert_uint_eq(hints_one(&hs, BUS_USER_EVENT, b)->seq, 2);
+	ck_assert_uint_eq(hints_one(&hs, BUS_USER_EVENT, a)->seq, 2);
+	ck_assert_int_eq(unread_with(&f, b, a), 2);
+
+	rr.message_id = res.server_msg_id;
+	rr.status = PROTO_READ;
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(chat_receipt(&f.ch, b, &rr), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	hints_collect(&f, 300, &hs);
+	ck_assert_uint_eq(hints_one(&hs, BUS_USER_EVENT, a)->seq, 3);	/* its message_status */
+	ck_assert_int_eq(unread_with(&f, b, a), 0);
+
+	store_send_res_clear(&r0);
+	store_send_res_clear(&res);
+	free(req.client_msg_id);
+	fx_close(&f);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(b);
+}
+END_TEST
+
 static Suite *
 chat_suite(void)
 {
@@ -791,6 +848,7 @@ chat_suite(void)
 	tcase_add_test(tc, test_typing_peer);
 	tcase_add_test(tc, test_group_typing_and_send);
 	tcase_add_test(tc, test_receipt_hints_sender);
+	tcase_add_test(tc, test_lost_commit_hints);
 	tcase_add_test(tc, test_presence_fanout);
 	tcase_add_test(tc, test_room_rate_limit);
 	tcase_add_test(tc, test_room_comment_trimmed);

@@ -20,6 +20,16 @@
 static struct config cfg;
 
 static void
+strv_free_test(char **v, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+static void
 setup(void)
 {
 	testenv_config(&cfg);
@@ -325,11 +335,11 @@ START_TEST(test_idempotent_under_concurrency)
 			ck_assert_int_eq(w[i].failures, 0);
 			ck_assert_uint_eq(w[i].res.server_msg_id, w[0].res.server_msg_id);
 			ck_assert_uint_eq(w[i].res.seq, (uint64_t)round + 1);
-			if (!w[i].res.duplicate) {
+			if (!w[i].res.duplicate)
 				fresh++;
-				ck_assert_uint_eq(w[i].res.targets.n, 2);
-			} else
-				ck_assert_uint_eq(w[i].res.targets.n, 0);
+			/* A duplicate names the same logs: its caller hints again. */
+			ck_assert_uint_eq(w[i].res.targets.n, 2);
+			ck_assert_uint_eq(w[i].res.targets.v[1].seq, (uint64_t)round + 1);
 			store_send_res_clear(&w[i].res);
 		}
 		ck_assert_int_eq(fresh, 1);
@@ -889,11 +899,14 @@ START_TEST(test_presence)
 	struct json_object *o, *e;
 	int ch;
 
-	ck_assert_int_eq(store_presence_update(s, a, n1, 1, 1000, &ch), 0);
+	ck_assert_int_eq(store_presence_update(s, a, n1, 7, 1, 1000, &ch), 0);
 	ck_assert_int_eq(ch, 1);
-	ck_assert_int_eq(store_presence_update(s, a, n2, 1, 1001, &ch), 0);
+	ck_assert_int_eq(store_presence_update(s, a, n2, 7, 1, 1001, &ch), 0);
 	ck_assert_int_eq(ch, 0);
-	ck_assert_int_eq(store_presence_update(s, a, n1, -1, 1002, &ch), 0);
+	/* The same connection counted again (a re-run) is still one. */
+	ck_assert_int_eq(store_presence_update(s, a, n1, 7, 1, 1002, &ch), 0);
+	ck_assert_int_eq(ch, 0);
+	ck_assert_int_eq(store_presence_update(s, a, n1, 7, -1, 1002, &ch), 0);
 	ck_assert_int_eq(ch, 0);
 	users[0] = a;
 	users[1] = b;
@@ -908,10 +921,12 @@ START_TEST(test_presence)
 	ck_assert(json_object_get_type(testenv_json_get(e, "last_seen")) == json_type_null);
 	json_object_put(o);
 	free(json);
-	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5000, &ch), 0);
+	ck_assert_int_eq(store_presence_update(s, a, n2, 7, -1, 5000, &ch), 0);
 	ck_assert_int_eq(ch, 1);
-	/* An extra -1 does not go negative. */
-	ck_assert_int_eq(store_presence_update(s, a, n2, -1, 5001, &ch), 0);
+	/* An extra -1, or one of a connection never counted, changes nothing. */
+	ck_assert_int_eq(store_presence_update(s, a, n2, 7, -1, 5001, &ch), 0);
+	ck_assert_int_eq(ch, 0);
+	ck_assert_int_eq(store_presence_update(s, a, n2, 8, -1, 5002, &ch), 0);
 	ck_assert_int_eq(ch, 0);
 	ck_assert_int_eq(store_presence_json(s, users, 1, &json), 0);
 	o = testenv_json(json);
@@ -922,7 +937,7 @@ START_TEST(test_presence)
 	free(json);
 
 	/* A restarted node drops its connections. */
-	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 6000, &ch), 0);
+	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 1, 6000, &ch), 0);
 	ck_assert_int_eq(ch, 1);
 	ck_assert_int_eq(store_presence_reset(s, n1, 7000), 0);
 	ck_assert_int_eq(store_presence_json(s, &users[1], 1, &json), 0);
@@ -932,7 +947,7 @@ START_TEST(test_presence)
 	ck_assert_int_eq(testenv_json_int(e, "last_seen"), 7000);
 	json_object_put(o);
 	free(json);
-	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 8000, &ch), 0);
+	ck_assert_int_eq(store_presence_update(s, b, n1, 1, 1, 8000, &ch), 0);
 	ck_assert_int_eq(ch, 1);
 	store_free(s);
 	free(a);
@@ -1107,6 +1122,250 @@ START_TEST(test_mysql_restart)
 }
 END_TEST
 
+/* --- lost COMMIT replies (tests/harness/mysql-commit-drop) ------------------------------------ */
+
+/* The number of events in user's log. */
+static size_t
+log_len(struct store *s, const char *user)
+{
+	struct store_page all;
+	size_t n;
+
+	read_all(s, user, 0, &all);
+	n = all.n;
+	store_page_clear(&all);
+	return n;
+}
+
+/* The type of the n-th (0-based) event of user's log. */
+static char *
+event_type(struct store *s, const char *user, size_t n)
+{
+	struct store_page all;
+	struct json_object *o;
+	char *type;
+
+	read_all(s, user, 0, &all);
+	ck_assert_uint_gt(all.n, n);
+	o = testenv_json(all.events[n]);
+	type = xstrdup(testenv_json_str(o, "type"));
+	json_object_put(o);
+	store_page_clear(&all);
+	return type;
+}
+
+/* A send whose COMMIT reply is lost is the sender's first attempt: not a duplicate, same targets. */
+START_TEST(test_lost_commit_send)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct store_send_req r = { NULL, NULL, 0, "lost reply", "lc-1" };
+	struct testenv_proxy px;
+	struct store_send_res res;
+	struct store *s;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	r.from = a;
+	r.to = b;
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_send(s, &r, &res), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_uint_ge(store_reconnects(s), 1);
+	ck_assert_int_eq(res.duplicate, 0);
+	ck_assert_uint_eq(res.seq, 1);
+	ck_assert_uint_eq(res.targets.n, 2);
+	ck_assert_str_eq(res.targets.v[0].user, a);
+	ck_assert_uint_eq(res.targets.v[0].seq, 1);
+	ck_assert_str_eq(res.targets.v[1].user, b);
+	ck_assert_uint_eq(res.targets.v[1].seq, 1);
+	store_send_res_clear(&res);
+	ck_assert_uint_eq(log_len(s, a), 1);
+	ck_assert_uint_eq(log_len(s, b), 1);
+	/* The client's own retry is a duplicate, with the same targets (hinted again). */
+	ck_assert_int_eq(store_send(s, &r, &res), 0);
+	ck_assert_int_eq(res.duplicate, 1);
+	ck_assert_uint_eq(res.targets.n, 2);
+	ck_assert_uint_eq(res.targets.v[1].seq, 1);
+	store_send_res_clear(&res);
+	/* Another message under the same client_msg_id: a duplicate that names nobody. */
+	r.content = "something else";
+	ck_assert_int_eq(store_send(s, &r, &res), 0);
+	ck_assert_int_eq(res.duplicate, 1);
+	ck_assert_uint_eq(res.targets.n, 0);
+	store_send_res_clear(&res);
+	ck_assert_uint_eq(log_len(s, b), 1);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* A receipt whose COMMIT reply is lost still reports the change and its message_status target. */
+START_TEST(test_lost_commit_receipt)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *type;
+	struct testenv_proxy px;
+	struct store_send_res res;
+	struct store_targets t;
+	struct store *s;
+	int changed = 0;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	send1(s, a, b, 0, "read me", "lc-r1", &res);
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_receipt(s, b, res.server_msg_id, PROTO_READ, &changed, &t), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_int_eq(changed, 1);
+	ck_assert_uint_eq(t.n, 1);
+	ck_assert_str_eq(t.v[0].user, a);
+	ck_assert_uint_eq(t.v[0].seq, 2);
+	store_targets_clear(&t);
+	ck_assert_uint_eq(log_len(s, a), 2);
+	type = event_type(s, a, 1);
+	ck_assert_str_eq(type, "message_status");
+	free(type);
+	store_send_res_clear(&res);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* Creating a group whose COMMIT reply is lost creates one group: one "created" event each. */
+START_TEST(test_lost_commit_group_create)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct testenv_proxy px;
+	struct store_targets t;
+	struct store *s;
+	char **m, *members[1];
+	uint64_t g = 0;
+	size_t n;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	members[0] = b;
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_group_create(s, a, "lost reply", members, 1, &g, &t), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_uint_gt(g, 0);
+	ck_assert_uint_eq(t.n, 2);
+	store_targets_clear(&t);
+	ck_assert_uint_eq(log_len(s, a), 1);
+	ck_assert_uint_eq(log_len(s, b), 1);
+	ck_assert_int_eq(store_group_members(s, g, &m, &n), 0);
+	ck_assert_uint_eq(n, 2);
+	strv_free_test(m, n);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/*
+ * A member removal whose COMMIT reply is lost answers success, not ENOENT; an addition still
+ * names every member to tell.
+ */
+START_TEST(test_lost_commit_member_remove)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct testenv_proxy px;
+	struct store_targets t;
+	struct store *s;
+	char *members[1];
+	uint64_t g = 0;
+	int member = 1;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	members[0] = b;
+	ck_assert_int_eq(store_group_create(s, a, "remove", members, 1, &g, &t), 0);
+	store_targets_clear(&t);
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_group_add(s, a, g, c, &t), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_uint_eq(t.n, 3);
+	store_targets_clear(&t);
+	testenv_proxy_arm(&px);
+	ck_assert_msg(store_group_remove(s, a, g, b, &t) == 0, "remove: %s", strerror(errno));
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_uint_eq(t.n, 3);
+	store_targets_clear(&t);
+	ck_assert_int_eq(store_is_member(s, g, b, &member), 0);
+	ck_assert_int_eq(member, 0);
+	ck_assert_uint_eq(log_len(s, b), 3);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+/* A connection counted while the COMMIT reply is lost is counted once: gone, the user is offline. */
+START_TEST(test_lost_commit_presence)
+{
+	char *a = testenv_name("alice"), *node = testenv_name("node"), *json, *users[1];
+	struct testenv_proxy px;
+	struct json_object *o, *e;
+	struct store *s;
+	int ch = 0;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_presence_update(s, a, node, 1, 1, 1000, &ch), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_int_eq(ch, 1);
+	ck_assert_int_eq(store_presence_update(s, a, node, 1, -1, 2000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	users[0] = a;
+	ck_assert_int_eq(store_presence_json(s, users, 1, &json), 0);
+	o = testenv_json(json);
+	e = json_object_array_get_idx(testenv_json_get(o, "presence"), 0);
+	ck_assert(!json_object_get_boolean(testenv_json_get(e, "online")));
+	ck_assert_int_eq(testenv_json_int(e, "last_seen"), 2000);
+	json_object_put(o);
+	free(json);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(a);
+	free(node);
+}
+END_TEST
+
+/* A room comment whose COMMIT reply is lost is stored once and answers its own id. */
+START_TEST(test_lost_commit_room)
+{
+	char *room = testenv_name("room"), *a = testenv_name("alice");
+	struct testenv_proxy px;
+	struct store_page p;
+	struct store *s;
+	uint64_t id = 0;
+	int64_t ts = 0;
+
+	testenv_proxy_start(&px, &cfg);
+	s = store_new(&cfg);
+	testenv_proxy_arm(&px);
+	ck_assert_int_eq(store_room_post(s, room, a, "once", 10, &id, &ts), 0);
+	ck_assert(testenv_proxy_fired(&px));
+	ck_assert_uint_gt(id, 0);
+	ck_assert_int_gt(ts, 0);
+	ck_assert_int_eq(store_room_history(s, room, 0, 10, &p), 0);
+	ck_assert_uint_eq(p.n, 1);
+	ck_assert_uint_eq(p.next, id);
+	store_page_clear(&p);
+	store_free(s);
+	testenv_proxy_stop(&px);
+	free(room);
+	free(a);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -1146,6 +1405,17 @@ store_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_mysql_down_fails_fast);
 	tcase_add_test(tc, test_mysql_restart);
+	suite_add_tcase(su, tc);
+
+	tc = tcase_create("lost_commit");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 30);
+	tcase_add_test(tc, test_lost_commit_send);
+	tcase_add_test(tc, test_lost_commit_receipt);
+	tcase_add_test(tc, test_lost_commit_group_create);
+	tcase_add_test(tc, test_lost_commit_member_remove);
+	tcase_add_test(tc, test_lost_commit_presence);
+	tcase_add_test(tc, test_lost_commit_room);
 	suite_add_tcase(su, tc);
 	return su;
 }

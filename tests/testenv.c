@@ -1,9 +1,13 @@
 /* testenv.c - what Check tests share: the throwaway stack's config, unique names, fault injection. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -107,6 +111,66 @@ testenv_mysql_restart(void)
 	/* setsid: Check kills a forked test's process group at its end, the new mariadbd included. */
 	testenv_sh("setsid '%s/tests/harness/services' restart-mysql '%s' >/dev/null",
 	    src != NULL ? src : ".", testenv_dir());
+}
+
+void
+testenv_proxy_start(struct testenv_proxy *p, struct config *cfg)
+{
+	const char *src = getenv("PARLEY_SRCDIR");
+	static unsigned n;
+	char *script;
+	struct stat st;
+	pid_t pid;
+	int i;
+
+	memset(p, 0, sizeof *p);
+	xasprintf(&p->sock, "%s/commit-drop-%ld-%u.sock", testenv_dir(), (long)getpid(), n);
+	xasprintf(&p->arm, "%s/commit-drop-%ld-%u.arm", testenv_dir(), (long)getpid(), n++);
+	xasprintf(&script, "%s/tests/harness/mysql-commit-drop", src != NULL ? src : ".");
+	unlink(p->arm);
+	if ((pid = fork()) < 0)
+		fatal("fork: %s", strerror(errno));
+	if (pid == 0) {
+		execlp("python3", "python3", script, p->sock, cfg->mysql_socket, p->arm, (char *)NULL);
+		_exit(127);
+	}
+	p->pid = (int)pid;
+	free(script);
+	for (i = 0; i < 100 && stat(p->sock, &st) != 0; i++)
+		usleep(50 * 1000);
+	ck_assert_msg(stat(p->sock, &st) == 0, "mysql-commit-drop did not start");
+	free(cfg->mysql_socket);
+	cfg->mysql_socket = xstrdup(p->sock);
+}
+
+void
+testenv_proxy_arm(struct testenv_proxy *p)
+{
+	int fd;
+
+	if ((fd = open(p->arm, O_WRONLY | O_CREAT | O_TRUNC, 0600)) < 0)
+		fatal("%s: %s", p->arm, strerror(errno));
+	close(fd);
+}
+
+int
+testenv_proxy_fired(const struct testenv_proxy *p)
+{
+	return access(p->arm, F_OK) != 0;
+}
+
+void
+testenv_proxy_stop(struct testenv_proxy *p)
+{
+	if (p->pid > 0) {
+		kill((pid_t)p->pid, SIGTERM);
+		waitpid((pid_t)p->pid, NULL, 0);
+	}
+	unlink(p->sock);
+	unlink(p->arm);
+	free(p->sock);
+	free(p->arm);
+	memset(p, 0, sizeof *p);
 }
 
 struct json_object *

@@ -22,6 +22,20 @@ const char *testenv_dir(void);
 void	testenv_memcached_signal(int sig);
 void	testenv_memcached_restart(void);
 void	testenv_mysql_restart(void);
+/*
+ * The lost-COMMIT-reply fault: tests/harness/mysql-commit-drop between a store and the stack's
+ * MariaDB. start points cfg->mysql_socket at a new proxy; arm makes it drop the reply to the next
+ * COMMIT (and close that connection); fired is 1 once an armed drop happened.
+ */
+struct testenv_proxy {
+	int	 pid;
+	char	*sock;
+	char	*arm;
+};
+void	testenv_proxy_start(struct testenv_proxy *, struct config *cfg);
+void	testenv_proxy_arm(struct testenv_proxy *);
+int	testenv_proxy_fired(const struct testenv_proxy *);
+void	testenv_proxy_stop(struct testenv_proxy *);
 /* Run a shell command, fail the test when it exits non-zero. */
 void	testenv_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

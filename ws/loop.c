@@ -191,6 +191,7 @@ loop_job(struct conn *c)
 
 	j = xcalloc(1, sizeof *j);
 	j->conn = c->id;
+	j->pconn = c->id;
 	j->epoch = c->epoch;
 	if (c->user != NULL)
 		memcpy(j->user, c->user->key.name, sizeof j->user);

@@ -144,7 +144,7 @@ work_auth(struct wctx *w, struct job *j)
 	uint64_t cursor = 0, last = 0;
 
 	if (!j->presence_done) {
-		if (chat_presence(&w->chat, j->user, w->ws->node, 1) != 0 && errno == EAGAIN)
+		if (chat_presence(&w->chat, j->user, w->ws->node, j->pconn, 1) != 0 && errno == EAGAIN)
 			return -1;
 		j->presence_done = 1;
 	}
@@ -246,7 +246,7 @@ work_dispatch(void *ctx, const char *key, int kind, void *data)
 		free(ev);
 		break;
 	case JOB_PRESENCE_DOWN:
-		rc = chat_presence(&w->chat, j->user, w->ws->node, -1);
+		rc = chat_presence(&w->chat, j->user, w->ws->node, j->pconn, -1);
 		break;
 	case JOB_ROOM_FETCH:
 		return work_room_fetch(w, j);

@@ -69,6 +69,7 @@ enum job_kind {
 struct job {
 	struct job		*next;		/* the loop's presence retry or held-send list */
 	uint64_t		 conn;
+	uint64_t		 pconn;		/* presence: the connection's id, kept when conn is 0 */
 	uint32_t		 epoch;
 	int			 has_after;
 	int			 presence_done;
