@@ -31,7 +31,10 @@
 /* Timeouts are answered in batches of at most this many per worker message. */
 #define PARK_TIMEOUT_BATCH	64
 #define PARK_EPOLL_EVENTS	256
-/* Keys in the wait table: "u/" + user or "r/" + room, so users and rooms never collide. */
+/*
+ * Keys in the wait table: "u/" + user or "r/" + room, so users and rooms never collide; and
+ * "o/" + user for the list of what one user has parked (the per-user cap).
+ */
 #define PARK_KEY_MAX		(PARLEY_ID_MAX + 3)
 
 /* Buckets (microseconds) of the wake latency histogram: hint in, answer written. */
@@ -47,6 +50,19 @@ enum park_msg {
 
 struct park_key;
 
+/* A waiter is on two lists: the wait list of its key, and the list of its owner (the user). */
+enum park_list {
+	PL_WAIT,
+	PL_OWNER,
+	PL_N
+};
+
+/* A waiter's place in one list. */
+struct park_link {
+	struct park_key	*pk;
+	struct waiter	*prev, *next;
+};
+
 /* One parked request. Fields below "parked" are guarded by park.lock while it is parked. */
 struct waiter {
 	int		 fd;
@@ -57,21 +73,24 @@ struct waiter {
 	int		 limit;
 	int64_t		 deadline;	/* monotonic ms */
 	int64_t		 woken_us;	/* when a hint claimed it (wake latency metric) */
+	uint64_t	 serial;	/* order of arrival: the oldest is replaced first */
 
 	int		 parked;
 	int		 recheck;	/* due is a retry of a wake, not the deadline */
 	int64_t		 due;		/* heap order */
 	size_t		 heap_idx;
-	struct park_key	*pk;
-	struct waiter	*prev, *next;
+	struct park_link link[PL_N];
 	char		 key[PARK_KEY_MAX];
+	char		 owner[PARK_KEY_MAX];	/* "o/" + user */
+	char		 device[PARLEY_ID_MAX + 1];	/* "" when unknown: never replaced by device */
 };
 
-/* The waiters of one key. */
+/* The waiters of one key (a wait list or an owner list). */
 struct park_key {
 	struct park_key	*hnext;
 	uint64_t	 hash;
 	struct waiter	*head;
+	size_t		 n;
 	char		 key[PARK_KEY_MAX];
 };
 
@@ -111,6 +130,9 @@ struct park {
 	uint64_t		 timeout_rr;
 	uint64_t		 wake_hist[PARK_HIST_N + 1];	/* atomics: hint -> answer */
 	uint64_t		 wake_sum_us;
+	uint64_t		 serial;	/* next waiter's arrival number (lock) */
+	uint64_t		 replaced;	/* atomics: answered for a newer poll of the same device */
+	uint64_t		 evicted;	/* ... or for a newer poll past the per-user cap */
 	uint64_t		 seen_dropped;	/* loop thread: bus drops already swept for */
 	int64_t			 last_sweep;
 
@@ -281,6 +303,17 @@ park_key_get(struct park *p, const char *key)
 	return pk;
 }
 
+/* The first wait list (not an owner list) in bucket i, or NULL (lock held). */
+static struct park_key *
+park_bucket_wait_key(struct park *p, size_t i)
+{
+	struct park_key *pk;
+
+	for (pk = p->buckets[i]; pk != NULL && pk->key[0] == 'o'; pk = pk->hnext)
+		;
+	return pk;
+}
+
 static void
 park_key_drop(struct park *p, struct park_key *pk)
 {
@@ -369,24 +402,93 @@ park_kick(struct park *p)
 		log_warn("park: eventfd write: %s", strerror(errno));
 }
 
+/* Put w at the head of one of its lists (lock held). */
+static void
+park_link(struct park *p, struct waiter *w, enum park_list l, const char *key)
+{
+	struct park_link *lk = &w->link[l];
+	struct park_key *pk = park_key_get(p, key);
+
+	lk->pk = pk;
+	lk->prev = NULL;
+	lk->next = pk->head;
+	if (pk->head != NULL)
+		pk->head->link[l].prev = w;
+	pk->head = w;
+	pk->n++;
+}
+
+/* Take w out of one of its lists; the list goes when it is empty (lock held). */
+static void
+park_unlink(struct park *p, struct waiter *w, enum park_list l)
+{
+	struct park_link *lk = &w->link[l];
+
+	if (lk->prev != NULL)
+		lk->prev->link[l].next = lk->next;
+	else
+		lk->pk->head = lk->next;
+	if (lk->next != NULL)
+		lk->next->link[l].prev = lk->prev;
+	if (--lk->pk->n == 0)
+		park_key_drop(p, lk->pk);
+	memset(lk, 0, sizeof *lk);
+}
+
+static int park_claim_locked(struct park *, struct waiter *);
+
+/*
+ * The parked poll that a new poll w ends, if any (lock held): the same user's poll from the same
+ * device on the same wait list, else the user's oldest when the user is at the cap. *cap says
+ * which. NULL when w fits.
+ */
+static struct waiter *
+park_displaced(struct park *p, const struct waiter *w, int *cap)
+{
+	struct park_key *pk = park_key_find(p, w->owner, park_hash(w->owner));
+	struct waiter *o, *oldest = NULL;
+
+	*cap = 0;
+	if (pk == NULL)
+		return NULL;
+	for (o = pk->head; o != NULL; o = o->link[PL_OWNER].next) {
+		if (w->device[0] != '\0' && strcmp(o->device, w->device) == 0 &&
+		    strcmp(o->key, w->key) == 0)
+			return o;
+		if (oldest == NULL || o->serial < oldest->serial)
+			oldest = o;
+	}
+	if (pk->n < (size_t)p->cfg->fcgi_max_parked_per_user)
+		return NULL;
+	*cap = 1;
+	return oldest;
+}
+
 /*
  * Put w into the table (one reference moves to the table). new_one: a fresh long poll, which
- * counts against fcgi_max_parked. -1 with ESHUTDOWN (stopping) or ENOSPC (too many).
+ * counts against fcgi_max_parked and may end an older poll of its user (fcgi_max_parked_per_user,
+ * or the same device): that one is claimed here and returned in *old for the caller to answer.
+ * -1 with ESHUTDOWN (stopping) or ENOSPC (too many).
  */
 static int
-park_add(struct park *p, struct waiter *w, int new_one, int64_t due)
+park_add(struct park *p, struct waiter *w, int new_one, int64_t due, struct waiter **old)
 {
 	struct epoll_event ev;
-	struct park_key *pk;
-	int kick;
+	struct waiter *o = NULL;
+	int kick, cap = 0;
 
+	if (old != NULL)
+		*old = NULL;
 	pthread_mutex_lock(&p->lock);
 	if (p->stopping) {
 		pthread_mutex_unlock(&p->lock);
 		errno = ESHUTDOWN;
 		return -1;
 	}
-	if ((new_one && p->nheap >= (size_t)p->cfg->fcgi_max_parked) || (size_t)w->fd >= p->nfd) {
+	if (new_one)
+		o = park_displaced(p, w, &cap);
+	if ((new_one && o == NULL && p->nheap >= (size_t)p->cfg->fcgi_max_parked) ||
+	    (size_t)w->fd >= p->nfd) {
 		pthread_mutex_unlock(&p->lock);
 		errno = ENOSPC;
 		return -1;
@@ -402,13 +504,15 @@ park_add(struct park *p, struct waiter *w, int new_one, int64_t due)
 		errno = ENOSPC;
 		return -1;
 	}
-	pk = park_key_get(p, w->key);
-	w->pk = pk;
-	w->prev = NULL;
-	w->next = pk->head;
-	if (pk->head != NULL)
-		pk->head->prev = w;
-	pk->head = w;
+	if (o != NULL) {
+		park_claim_locked(p, o);
+		__atomic_add_fetch(cap ? &p->evicted : &p->replaced, 1, __ATOMIC_RELAXED);
+		*old = o;
+	}
+	if (new_one)
+		w->serial = p->serial++;
+	park_link(p, w, PL_WAIT, w->key);
+	park_link(p, w, PL_OWNER, w->owner);
 	w->due = due;
 	heap_push(p, w);
 	p->byfd[w->fd] = w;
@@ -429,16 +533,8 @@ park_claim_locked(struct park *p, struct waiter *w)
 	if (!w->parked)
 		return 0;
 	w->parked = 0;
-	if (w->prev != NULL)
-		w->prev->next = w->next;
-	else
-		w->pk->head = w->next;
-	if (w->next != NULL)
-		w->next->prev = w->prev;
-	if (w->pk->head == NULL)
-		park_key_drop(p, w->pk);
-	w->pk = NULL;
-	w->prev = w->next = NULL;
+	park_unlink(p, w, PL_WAIT);
+	park_unlink(p, w, PL_OWNER);
 	heap_remove(p, w);
 	p->byfd[w->fd] = NULL;
 	(void)epoll_ctl(p->ep, EPOLL_CTL_DEL, w->fd, NULL);
@@ -484,13 +580,14 @@ park_query(struct chat *ch, const struct waiter *w, char **json, size_t *n)
 static void
 park_serve(struct park *p, struct chat *ch, struct waiter *w, int woken, char **got)
 {
+	struct waiter *old;
 	char *json = NULL;
 	size_t n = 0;
 	int rc, err;
 
 	waiter_ref(w);	/* ours, while we look at w */
 	w->recheck = 0;
-	if (park_add(p, w, !woken, w->deadline) < 0) {
+	if (park_add(p, w, !woken, w->deadline, &old) < 0) {
 		/* Not in the table: we own it alone (two references). */
 		if (errno == ESHUTDOWN)
 			park_answer_empty(p, w);
@@ -499,6 +596,11 @@ park_serve(struct park *p, struct chat *ch, struct waiter *w, int woken, char **
 		waiter_unref(w);
 		waiter_unref(w);
 		return;
+	}
+	if (old != NULL) {
+		/* Ended by this newer poll: the empty result, as its timeout would have given. */
+		park_answer_empty(p, old);
+		waiter_unref(old);
 	}
 	rc = park_query(ch, w, &json, &n);
 	err = errno;
@@ -537,6 +639,8 @@ park_submit(struct park *p, struct chat *ch, int fd, int request_id, const struc
 	w->limit = spec->limit;
 	w->deadline = parley_mono_ms() + (int64_t)spec->timeout_s * 1000;
 	snprintf(w->key, sizeof w->key, "%s/%s", spec->kind == PARK_ROOM ? "r" : "u", spec->key);
+	snprintf(w->owner, sizeof w->owner, "o/%s", spec->user);
+	snprintf(w->device, sizeof w->device, "%s", spec->device);
 	park_serve(p, ch, w, 0, NULL);
 }
 
@@ -695,7 +799,8 @@ park_post(struct park *p, const char *key, struct park_wake *wake)
 			continue;
 		}
 		w->recheck = wake->kind == PM_WAKE;
-		if (park_add(p, w, 0, w->recheck ? parley_mono_ms() + PARK_RECHECK_MS : w->deadline) < 0) {
+		if (park_add(p, w, 0, w->recheck ? parley_mono_ms() + PARK_RECHECK_MS : w->deadline,
+		    NULL) < 0) {
 			park_answer_empty(p, w);
 			waiter_unref(w);
 		}
@@ -721,7 +826,7 @@ park_wake_key(struct park *p, const char *prefix, const char *name, uint64_t seq
 	pthread_mutex_lock(&p->lock);
 	pk = park_key_find(p, key, park_hash(key));
 	for (w = pk != NULL ? pk->head : NULL; w != NULL; w = next) {
-		next = w->next;
+		next = w->link[PL_WAIT].next;
 		/* seq 0: a hint that does not say which event; wake all. */
 		if (kind == PM_WAKE && seq != 0 && w->after >= seq)
 			continue;
@@ -867,7 +972,7 @@ park_sweep(struct park *p)
 
 	pthread_mutex_lock(&p->lock);
 	for (i = 0; i < p->nbuckets; i++) {
-		while ((pk = p->buckets[i]) != NULL) {
+		while ((pk = park_bucket_wait_key(p, i)) != NULL) {
 			if (n == cap) {
 				cap = cap ? cap * 2 : 64;
 				batches = xreallocarray(batches, cap, sizeof *batches);
@@ -878,7 +983,7 @@ park_sweep(struct park *p)
 			/* Claiming the last waiter frees pk and unlinks it from the bucket. */
 			do {
 				w = pk->head;
-				last = w->next == NULL;
+				last = w->link[PL_WAIT].next == NULL;
 				w->woken_us = 0;	/* not a hint: not a wake-up latency */
 				park_wake_push(batches[n], w);
 				park_claim_locked(p, w);
@@ -1101,6 +1206,12 @@ park_metrics(struct park *p, const char *prefix)
 	PM("bus_dropped_total", "counter", "bus hints a full peer lost", bs.dropped);
 	PM("bus_peers", "gauge", "processes on the bus", bs.peers);
 	PM("polls_waiting", "gauge", "long polls in the wait table", park_count(p));
+	PM("polls_replaced_total", "counter",
+	    "parked polls answered empty for a newer poll of the same user and device",
+	    __atomic_load_n(&p->replaced, __ATOMIC_RELAXED));
+	PM("polls_evicted_total", "counter",
+	    "parked polls answered empty for a newer poll past fcgi.max_parked_per_user",
+	    __atomic_load_n(&p->evicted, __ATOMIC_RELAXED));
 #undef PM
 	fprintf(f, "# HELP %s_wake_seconds parked polls: from the hint to the answer written\n"
 	    "# TYPE %s_wake_seconds histogram\n", prefix, prefix);

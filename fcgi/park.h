@@ -23,6 +23,12 @@ struct metrics;
  *
  * Exactly one party answers a parked request: whoever removes it from the wait list ("claims"
  * it) under the park lock.
+ *
+ * Web servers that never tell a backend that the client left (Apache; lighttpd for a connection
+ * it was not watching) would keep an abandoned poll, and the web server's slot, until its
+ * timeout. So a user holds at most fcgi.max_parked_per_user parked polls, and a newer poll from
+ * the same user, device and wait list replaces the older: the older one is answered at once with
+ * the empty result, as a timeout would, and a web server writing it to a gone client frees it.
  */
 enum park_kind {
 	PARK_EVENTS,	/* GET /messages/long_poll: {"events":[..],"next":N} */
@@ -33,6 +39,8 @@ enum park_kind {
 struct park_spec {
 	enum park_kind	kind;
 	char		key[PARLEY_ID_MAX + 1];	/* the user, or the room for PARK_ROOM */
+	char		user[PARLEY_ID_MAX + 1];	/* who polls (fcgi.max_parked_per_user) */
+	char		device[PARLEY_ID_MAX + 1];	/* its device, "" when unknown */
 	uint64_t	after;
 	int		limit;
 	int		timeout_s;		/* >= 1 */

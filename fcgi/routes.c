@@ -257,6 +257,9 @@ park_it(struct rctx *c, enum park_kind kind, const char *key, uint64_t after, in
 	memset(c->spec, 0, sizeof *c->spec);
 	c->spec->kind = kind;
 	snprintf(c->spec->key, sizeof c->spec->key, "%s", key);
+	/* Whose poll, from which device (the token's dev claim): a newer one replaces it. */
+	snprintf(c->spec->user, sizeof c->spec->user, "%s", c->id.user);
+	snprintf(c->spec->device, sizeof c->spec->device, "%s", c->id.device);
 	c->spec->after = after;
 	c->spec->limit = limit;
 	c->spec->timeout_s = timeout;
@@ -364,6 +367,7 @@ h_sync(struct rctx *c)
 	}
 	if (timeout > 0) {
 		park_it(c, PARK_SYNC, c->id.user, after, limit, timeout);
+		snprintf(c->spec->device, sizeof c->spec->device, "%s", device);
 		goto out;
 	}
 	rc = chat_events_json(c->chat, c->id.user, after, limit, 1, &json, &n);

@@ -21,6 +21,7 @@ enum config_type {
 	CT_STR,		/* any string */
 	CT_STR_NONEMPTY,	/* a string that must not be empty */
 	CT_STR_OPT,	/* a string; empty means "not set" (NULL) */
+	CT_LISTEN,	/* "/path" (UNIX socket) or "host:port" with a host (never every interface) */
 	CT_INT,		/* decimal integer in [min, max] */
 	CT_SIZE,	/* byte count with optional k/m/g suffix, in [min, max] */
 	CT_BOOL,	/* yes/no/true/false/on/off/1/0 */
@@ -81,10 +82,11 @@ static const struct config_key config_keys[] = {
 	I("actor.backoff_ms",		CT_INT,		 actor_backoff_ms,	1, 60000, 50),
 	I("actor.idle_ms",		CT_INT,		 actor_idle_ms,		10, 86400000, 30000),
 
-	S("fcgi.listen",		CT_STR_NONEMPTY, fcgi_listen,		"/run/parley/fcgi.sock"),
+	S("fcgi.listen",		CT_LISTEN,	 fcgi_listen,		"/run/parley/fcgi.sock"),
 	I("fcgi.socket_mode",		CT_MODE,	 fcgi_socket_mode,	0, 0777, 0660),
 	I("fcgi.threads",		CT_INT,		 fcgi_threads,		1, 1024, 4),
 	I("fcgi.max_parked",		CT_INT,		 fcgi_max_parked,	0, 1000000, 10000),
+	I("fcgi.max_parked_per_user",	CT_INT,		 fcgi_max_parked_per_user, 1, 1000000, 16),
 
 	S("ws.listen",			CT_STR_NONEMPTY, ws_listen,		"127.0.0.1"),
 	I("ws.port",			CT_INT,		 ws_port,		1, 65535, 8081),
@@ -112,7 +114,8 @@ static const char *config_sections[] = {
 static int
 config_is_str(const struct config_key *k)
 {
-	return k->type == CT_STR || k->type == CT_STR_NONEMPTY || k->type == CT_STR_OPT;
+	return k->type == CT_STR || k->type == CT_STR_NONEMPTY || k->type == CT_STR_OPT ||
+	    k->type == CT_LISTEN;
 }
 
 /* The field of cfg that k describes, seen as its type. */
@@ -255,6 +258,37 @@ config_bool(const char *s)
 	return -1;
 }
 
+/*
+ * A listen address: a UNIX socket path, or host:port naming one host. libfcgi binds ":port" to
+ * every interface, and whoever reaches the socket can crash the process (a libfcgi bug), so a
+ * missing host, "*" and the wildcard addresses are refused: name the interface.
+ */
+static int
+config_listen(const char *value, char **why)
+{
+	static const char *const any[] = { "", "*", "0.0.0.0", "::", "[::]" };
+	const char *colon = strrchr(value, ':');
+	long long port;
+	size_t i, hlen;
+
+	if (value[0] == '/')
+		return 0;
+	if (colon == NULL || config_number(colon + 1, 10, &port) != 0 || port < 1 ||
+	    port > 65535) {
+		xasprintf(why, "\"%s\" is neither a UNIX socket path (/...) nor host:port", value);
+		return -1;
+	}
+	hlen = (size_t)(colon - value);
+	for (i = 0; i < PARLEY_NITEMS(any); i++) {
+		if (strlen(any[i]) == hlen && strncmp(value, any[i], hlen) == 0) {
+			xasprintf(why, "\"%s\" would listen on every interface: name the host "
+			    "(e.g. 127.0.0.1:%lld)", value, port);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 /* Validate and store one value; *why is a reason without the key (caller frees). */
 static int
 config_apply(struct config *cfg, const struct config_key *k, const char *value, char **why)
@@ -267,10 +301,13 @@ config_apply(struct config *cfg, const struct config_key *k, const char *value, 
 	case CT_STR:
 	case CT_STR_NONEMPTY:
 	case CT_STR_OPT:
-		if (k->type == CT_STR_NONEMPTY && *value == '\0') {
+	case CT_LISTEN:
+		if ((k->type == CT_STR_NONEMPTY || k->type == CT_LISTEN) && *value == '\0') {
 			*why = xstrdup("must not be empty");
 			return -1;
 		}
+		if (k->type == CT_LISTEN && config_listen(value, why) < 0)
+			return -1;
 		sp = config_str(cfg, k);
 		free(*sp);
 		*sp = (k->type == CT_STR_OPT && *value == '\0') ? NULL : xstrdup(value);

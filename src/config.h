@@ -56,6 +56,7 @@ struct config {
 	int	 fcgi_socket_mode;	/* octal permissions of a UNIX listen socket, default 0660 */
 	int	 fcgi_threads;		/* request threads, default 4 */
 	int	 fcgi_max_parked;	/* parked long polls, default 10000; beyond: 503 */
+	int	 fcgi_max_parked_per_user; /* parked polls of one user, default 16; beyond: oldest ends */
 
 	/* [ws] */
 	char	*ws_listen;		/* interface address, default "127.0.0.1" */

@@ -86,6 +86,7 @@ START_TEST(test_defaults)
 	ck_assert_int_eq(c.fcgi_socket_mode, 0660);
 	ck_assert_int_eq(c.fcgi_threads, 4);
 	ck_assert_int_eq(c.fcgi_max_parked, 10000);
+	ck_assert_int_eq(c.fcgi_max_parked_per_user, 16);
 	ck_assert_str_eq(c.ws_listen, "127.0.0.1");
 	ck_assert_int_eq(c.ws_port, 8081);
 	ck_assert_int_eq(c.ws_max_connections, 10000);
@@ -262,6 +263,8 @@ static const struct {
 	{ "mysql.port", "007", 7 },
 	{ "auth.jwt_leeway", "0", 0 },
 	{ "fcgi.max_parked", "0", 0 },
+	{ "fcgi.max_parked_per_user", "1", 1 },
+	{ "fcgi.max_parked_per_user", "1000000", 1000000 },
 	{ "limits.body_max", "1024", 1024 },
 	{ "limits.body_max", "1k", 1024 },
 	{ "limits.body_max", "64K", 65536 },
@@ -299,6 +302,8 @@ field_value(const struct config *c, const char *key)
 		return c->jwt_leeway;
 	if (strcmp(key, "fcgi.max_parked") == 0)
 		return c->fcgi_max_parked;
+	if (strcmp(key, "fcgi.max_parked_per_user") == 0)
+		return c->fcgi_max_parked_per_user;
 	if (strcmp(key, "limits.body_max") == 0)
 		return (long long)c->body_max;
 	if (strcmp(key, "ws.queue_bytes") == 0)
@@ -368,6 +373,16 @@ static const struct {
 	{ "fcgi.socket_mode", "rw", "not an octal mode" },
 	{ "fcgi.socket_mode", "01660", "out of range" },
 	{ "fcgi.socket_mode", "-1", "not an octal mode" },
+	{ "fcgi.max_parked_per_user", "0", "out of range" },
+	{ "fcgi.max_parked_per_user", "1000001", "out of range" },
+	{ "fcgi.listen", ":9000", "every interface" },
+	{ "fcgi.listen", "*:9000", "every interface" },
+	{ "fcgi.listen", "0.0.0.0:9000", "every interface" },
+	{ "fcgi.listen", "[::]:9000", "every interface" },
+	{ "fcgi.listen", "localhost", "neither a UNIX socket path" },
+	{ "fcgi.listen", "127.0.0.1:0", "neither a UNIX socket path" },
+	{ "fcgi.listen", "127.0.0.1:65536", "neither a UNIX socket path" },
+	{ "fcgi.listen", "sock", "neither a UNIX socket path" },
 };
 
 START_TEST(test_bad_values_set)

@@ -9,8 +9,10 @@ environment:
   FCGI_SOCKET     its FastCGI socket (to play the web server directly)
   PARLEY_TEST_CONFIG  the config (its jwt_secret mints tokens)
 Usage: fcgi_test.py PHASE   where PHASE is one of
-  full      every route, long polls, sync, 2000 parked polls, hang-up, two processes
-  basic     send, duplicate, long-poll wake/timeout, 401 (for the Apache and nginx variants)
+  full      every route, long polls, sync, 2000 parked polls, hang-up, two processes, dropped
+            polls freed, a newer poll replacing an older, fcgi.max_parked_per_user
+  basic     send, duplicate, long-poll wake/timeout, 401, replacement, dropped polls (for the
+            Apache and nginx variants)
   fdleak    many requests; the process's fd count must come back (Apache: FCGI_KEEP_CONN)
   park N    park N long polls (FCGI_MAX_PARKED = N: one more gets 503), SIGTERM FCGI_KILL_PID
   raw       /health spoken as FastCGI directly to FCGI_SOCKET (spawn-fcgi start)
@@ -917,6 +919,226 @@ def t_hangup_http(base, what):
     check(ok, "a client hanging up while parked is freed at once" + what)
 
 
+def http_read_one(s, timeout=10):
+    """Read one HTTP/1.1 answer with a Content-Length from socket s: (status, body)."""
+    s.settimeout(timeout)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(4096)
+        if not chunk:
+            return 0, ""
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    hd = {k.lower(): v for k, v in (x.split(": ", 1) for x in lines[1:] if ": " in x)}
+    n = int(hd.get("content-length", "0"))
+    while len(rest) < n:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        rest += chunk
+    return int(lines[0].split()[1]), rest[:n].decode("utf-8", "replace")
+
+
+def t_dropped_polls(base, what, n=300):
+    """Many clients drop their long polls: each is freed at once, others are served promptly.
+
+    Each client is a browser-like keep-alive connection: one request answered, a pause (a
+    network's round trip), then its long poll. lighttpd watches a connection for a hang-up only
+    when it found nothing to read on it; a request that is already there when it looks (the
+    first of a connection, or one sent within microseconds of the previous answer) is not
+    watched until its answer starts (docs/deploy.md)."""
+    u = urllib.parse.urlsplit(base)
+    tok = token(name("ops"))
+    gone0 = metric(base, tok, "polls_gone_total")
+    parked0 = metric(base, tok, "polls_parked")
+    socks = []
+    for i in range(n):
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    for s in socks:
+        http_read_one(s)
+    time.sleep(0.1)
+    for s in socks:
+        s.sendall(("GET /messages/long_poll?after=0&timeout=50 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % token(name("drop"))).encode())
+    if not check(wait_parked(base, tok, parked0 + n, 20), "%d long polls parked%s" % (n, what),
+                 metric(base, tok, "polls_parked") - parked0):
+        return
+    t0 = time.monotonic()
+    for s in socks:
+        s.close()
+    ok = wait_until(lambda: metric(base, tok, "polls_gone_total") >= gone0 + n, 10, 0.05)
+    dt = time.monotonic() - t0
+    check(ok and dt < 3, "%d dropped long polls freed at once%s (polls_gone +%d in %.2f s)" %
+          (n, what, metric(base, tok, "polls_gone_total") - gone0, dt))
+    check(wait_until(lambda: metric(base, tok, "polls_parked") <= parked0, 5),
+          "and none of them is parked any more%s" % what)
+    # Other clients are served at once, long polls included.
+    t0 = time.monotonic()
+    r = req(base, "GET", "/health", timeout=5)
+    check(r.status == 200 and time.monotonic() - t0 < 1, "another client is served promptly%s (%.2f s)" %
+          (what, time.monotonic() - t0), r)
+    alice, bob = name("alice"), name("bob")
+    p = Poller(base, "/messages/long_poll?after=0&timeout=10", token(bob))
+    p.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    send(base, token(alice), bob, "after the drop")
+    p.join(10)
+    check(p.resp is not None and p.resp.status == 200 and len(p.resp.json()["events"]) == 1 and
+          p.t_done - t0 < 1, "and another long poll is woken promptly%s" % what, p.resp)
+
+
+def close_wait(port):
+    """Server-side TCP connections on port whose client has hung up (CLOSE_WAIT), IPv4."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(":%04X" % port) and fields[3] == "08":
+                n += 1
+    return n
+
+
+def t_one_user_drops(base, cap, what, n=300):
+    """The incident: one user opens and drops many long polls, each on a fresh connection.
+
+    A web server that does not tell (Apache; lighttpd for a request it read with the
+    connection) keeps each until parley-fcgi answers it: the per-user cap answers all but the
+    newest CAP at once, so the web server frees them, and every other client is served."""
+    u = urllib.parse.urlsplit(base)
+    ops = token(name("ops"))
+    tok = token(name("dropper"))
+    parked0 = metric(base, ops, "polls_parked")
+    cw0 = close_wait(u.port)
+    t0 = time.monotonic()
+    for i in range(n):
+        s = socket.create_connection((u.hostname, u.port))
+        s.sendall(("GET /messages/long_poll?after=0&timeout=10 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % tok).encode())
+        s.close()
+    dt_open = time.monotonic() - t0
+    time.sleep(1)
+    parked = metric(base, ops, "polls_parked") - parked0
+    check(parked <= cap, "%d polls of one user opened and dropped in %.1f s: at most %d stay parked%s (%d)" %
+          (n, dt_open, cap, what, parked))
+    ok = wait_until(lambda: close_wait(u.port) - cw0 <= cap, 5)
+    check(ok, "and the web server holds at most %d of their connections%s (%d)" %
+          (cap, what, close_wait(u.port) - cw0))
+    t0 = time.monotonic()
+    r = req(base, "GET", "/health", timeout=10)
+    check(r.status == 200 and time.monotonic() - t0 < 1, "another client is served promptly%s (%.2f s)" %
+          (what, time.monotonic() - t0), r)
+    alice, bob = name("alice"), name("bob")
+    p = Poller(base, "/messages/long_poll?after=0&timeout=10", token(bob))
+    p.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    send(base, token(alice), bob, "after the drops")
+    p.join(10)
+    check(p.resp is not None and p.resp.status == 200 and len(p.resp.json()["events"]) == 1 and
+          p.t_done - t0 < 1, "and another long poll is woken promptly%s" % what, p.resp)
+
+
+def t_replace(base, what=""):
+    """A newer poll of the same user and device ends the older one at once with the empty result."""
+    alice, bob = name("alice"), name("bob")
+    ta = token(alice)
+    dev = name("dev")
+    tb = token(bob, dev=dev)
+    ops = token(name("ops"))
+    rep0 = metric(base, ops, "polls_replaced_total")
+    parked0 = metric(base, ops, "polls_parked")
+    p1 = Poller(base, "/messages/long_poll?after=0&timeout=30", tb)
+    p1.start()
+    check(wait_parked(base, ops, parked0 + 1), "first poll of a device parked" + what)
+    t0 = time.monotonic()
+    p2 = Poller(base, "/messages/long_poll?after=0&timeout=30", tb)
+    p2.start()
+    p1.join(10)
+    check(p1.resp is not None and p1.resp.status == 200 and p1.resp.body == '{"events":[],"next":0}' and
+          p1.t_done - t0 < 2, "a newer poll of the same user and device answers the older at once, "
+          "empty as a timeout" + what, (p1.resp, p1.t_done and p1.t_done - t0))
+    check(metric(base, ops, "polls_replaced_total") == rep0 + 1, "counted in polls_replaced_total" + what,
+          metric(base, ops, "polls_replaced_total") - rep0)
+    # another device of the same user is not replaced; nor a room poll of the same device
+    p3 = Poller(base, "/messages/long_poll?after=0&timeout=30", token(bob, dev=name("dev")))
+    p3.start()
+    p4 = Poller(base, "/rooms/%s/messages?after=0&timeout=30" % name("room"), tb)
+    p4.start()
+    check(wait_parked(base, ops, parked0 + 3), "other devices and other wait lists stay parked" + what,
+          metric(base, ops, "polls_parked") - parked0)
+    check(metric(base, ops, "polls_replaced_total") == rep0 + 1, "and replace nothing" + what)
+    send(base, ta, bob, "to both devices")
+    p2.join(10)
+    p3.join(10)
+    check(all(p.resp is not None and p.resp.status == 200 and len(p.resp.json()["events"]) == 1
+              for p in (p2, p3)), "the newer poll and the other device get the message" + what, (p2.resp, p3.resp))
+    # /sync names its device with device_id
+    sdev = name("dev")
+    tn = token(bob)
+    after = last_seq(base, tn)
+    s1 = Poller(base, "/sync?device_id=%s&after=%d&timeout=30" % (sdev, after), tn)
+    s1.start()
+    wait_until(lambda: metric(base, ops, "polls_parked") >= parked0 + 2, 5)
+    s2 = Poller(base, "/sync?device_id=%s&after=%d&timeout=30" % (sdev, after), tn)
+    s2.start()
+    s1.join(10)
+    check(s1.resp is not None and s1.resp.body == '{"events":[],"next":%d,"has_more":false}' % after,
+          "a newer /sync of the same device_id replaces the older" + what, s1.resp)
+    send(base, ta, bob, "for the sync")
+    s2.join(10)
+    p4_room = p4  # the room poll: end it with a comment
+    req(base, "POST", p4_room.path.split("?")[0], ta, body={"text": "bye"})
+    p4.join(10)
+    check(s2.resp is not None and len(s2.resp.json()["events"]) == 1 and p4.resp is not None and
+          p4.resp.status == 200, "the newer /sync and the room poll are answered normally" + what, (s2.resp, p4.resp))
+
+
+def t_user_cap(base, cap):
+    """fcgi.max_parked_per_user: CAP polls of a user park; one more ends the user's oldest."""
+    bob = name("bob")
+    ops = token(name("ops"))
+    ev0 = metric(base, ops, "polls_evicted_total")
+    parked0 = metric(base, ops, "polls_parked")
+    polls = []
+    for i in range(cap):  # tokens without a device: never replaced by device, only by the cap
+        p = Poller(base, "/messages/long_poll?after=0&timeout=30", token(bob))
+        p.start()
+        polls.append(p)
+        wait_parked(base, ops, parked0 + i + 1)
+    check(metric(base, ops, "polls_parked") == parked0 + cap and not any(p.resp for p in polls),
+          "at fcgi.max_parked_per_user (%d): every poll of the user parked" % cap,
+          metric(base, ops, "polls_parked") - parked0)
+    check(metric(base, ops, "polls_evicted_total") == ev0, "none evicted at the cap")
+    t0 = time.monotonic()
+    extra = Poller(base, "/messages/long_poll?after=0&timeout=30", token(bob))
+    extra.start()
+    polls[0].join(10)
+    check(polls[0].resp is not None and polls[0].resp.body == '{"events":[],"next":0}' and
+          polls[0].t_done - t0 < 2, "one past the cap: the user's oldest poll is answered empty at once",
+          polls[0].resp)
+    time.sleep(0.3)
+    check(not any(p.resp for p in polls[1:]) and extra.resp is None and
+          metric(base, ops, "polls_parked") == parked0 + cap,
+          "the others and the newest stay parked (still %d)" % cap, metric(base, ops, "polls_parked") - parked0)
+    check(metric(base, ops, "polls_evicted_total") == ev0 + 1, "counted in polls_evicted_total",
+          metric(base, ops, "polls_evicted_total") - ev0)
+    # another user is not affected by bob's cap
+    other = Poller(base, "/messages/long_poll?after=0&timeout=2", token(name("carol")))
+    other.start()
+    check(wait_parked(base, ops, parked0 + cap + 1), "another user still parks")
+    send(base, token(name("alice")), bob, "wake bob")
+    for p in polls[1:] + [extra]:
+        p.join(10)
+    check(all(p.resp is not None and len(p.resp.json()["events"]) == 1 for p in polls[1:] + [extra]),
+          "bob's parked polls all get the message")
+    other.join(10)
+    check(other.resp is not None and other.resp.status == 200, "and is answered in its own time", other.resp)
+
+
 def t_keep_conn(base, pid, sock_path):
     """FCGI_KEEP_CONN (Apache): a connection is served again or closed, never left unread."""
     alice, bob = name("alice"), name("bob")
@@ -1005,11 +1227,12 @@ def t_fdleak(base, pid):
 
 
 def phase_park(base, n):
-    bob = name("bob")
-    tb = token(bob)
-    after = last_seq(base, tb)
+    tb = token(name("ops"))
+    after = 0
     parked0 = metric(base, tb, "polls_parked")
-    polls = [Poller(base, "/messages/long_poll?after=%d&timeout=50" % after, tb) for _ in range(n)]
+    # one user each: fcgi.max_parked_per_user is below n
+    polls = [Poller(base, "/messages/long_poll?after=%d&timeout=50" % after, token(name("bob")))
+             for _ in range(n)]
     for p in polls:
         p.start()
     check(wait_parked(base, tb, parked0 + n), "%d polls parked before SIGTERM" % n)
@@ -1086,6 +1309,10 @@ def main():
             t_keep_conn(base, pid, os.environ["FCGI_SOCKET"])
             if base2:
                 t_two_processes(base, base2)
+                t_user_cap(base2, int(os.environ.get("FCGI_USER_CAP2", "3")))
+            t_replace(base, " (lighttpd)")
+            t_dropped_polls(base, " (lighttpd)")
+            t_one_user_drops(base, int(os.environ.get("FCGI_USER_CAP", "16")), " (lighttpd)")
             t_mass(base, pid, int(os.environ.get("FCGI_MASS", "2000")))
         elif phase == "basic":
             what = " (%s)" % os.environ.get("FCGI_SERVER", "")
@@ -1094,8 +1321,11 @@ def main():
             check(r.status == 401, "401 without a token" + what, r)
             t_send_poll(base)
             t_long_poll(base, what=what)
+            t_replace(base, what)
             if os.environ.get("FCGI_SERVER") == "nginx":
                 t_hangup_http(base, what)
+                t_dropped_polls(base, what)
+            t_one_user_drops(base, int(os.environ.get("FCGI_USER_CAP", "16")), what)
         elif phase == "fdleak":
             t_fdleak(base, pid)
         elif phase == "park":

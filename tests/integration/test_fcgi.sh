@@ -61,7 +61,7 @@ run_py() {	# run_py NAME ENV... -- ARGS...: run fcgi_test.py, show and count its
 }
 
 # A config like the stack's, with its own listen socket and a bus shared by both processes.
-make_conf() {	# make_conf NAME SOCKET [MAX_PARKED]
+make_conf() {	# make_conf NAME SOCKET [MAX_PARKED [MAX_PARKED_PER_USER]]
 	awk '/^\[/ { skip = ($0 == "[bus]" || $0 == "[fcgi]") } !skip' "$PARLEY_TEST_CONFIG" >"$work/$1.conf"
 	cat >>"$work/$1.conf" <<CONF
 [bus]
@@ -71,11 +71,12 @@ listen = $2
 socket_mode = 0660
 threads = 4
 max_parked = ${3:-10000}
+max_parked_per_user = ${4:-16}
 CONF
 }
 
-start_fcgi() {	# start_fcgi NAME [MAX_PARKED]: sets fcgi_pid
-	make_conf "$1" "$work/$1.sock" "${2:-}"
+start_fcgi() {	# start_fcgi NAME [MAX_PARKED [MAX_PARKED_PER_USER]]: sets fcgi_pid
+	make_conf "$1" "$work/$1.sock" "${2:-}" "${3:-}"
 	"$fcgi_bin" -c "$work/$1.conf" >"$work/$1.log" 2>&1 &
 	fcgi_pid=$!
 	pids+=("$fcgi_pid")
@@ -98,7 +99,7 @@ start_web() {	# start_web SERVER DIR SOCKET: sets web_url
 
 start_fcgi one || exit 1
 pid1=$fcgi_pid
-start_fcgi two 20 || exit 1
+start_fcgi two 20 3 || exit 1
 pid2=$fcgi_pid
 start_web lighttpd lt1 "$work/one.sock" || exit 1
 url1=$web_url
@@ -108,7 +109,7 @@ url2=$web_url
 echo "== lighttpd: every route, long polls, sync, hang-up, keep-conn, two processes, 2000 parked"
 phase_args=(full)
 run_py lighttpd PARLEY_HTTP="$url1" PARLEY_HTTP2="$url2" FCGI_PID="$pid1" \
-	FCGI_SOCKET="$work/one.sock" FCGI_MASS="${FCGI_MASS:-2000}"
+	FCGI_SOCKET="$work/one.sock" FCGI_MASS="${FCGI_MASS:-2000}" FCGI_USER_CAP2=3
 
 echo "== nginx: send and long polls"
 if start_web nginx ngx "$work/one.sock"; then
