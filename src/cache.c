@@ -419,22 +419,40 @@ cache_invalidate(struct cache *c, const char *user)
 /*
  * A real round trip to every server: not memcached_version(), which libmemcached 1.1.4 answers
  * from what it remembers once a server's version is known (a killed memcached stayed "ok").
+ * The probe runs on a fresh clone of the connection, not on this thread's: that one may be
+ * stale (the first call after memcached restarted fails on the old socket), and after a failure
+ * both the breaker and libmemcached's own retry timeout keep it away from memcached for a
+ * second, so each thread in turn would report "down" for a while after memcached is back.
  */
 int
 cache_check(struct cache *c)
 {
+	memcached_st *probe;
 	memcached_stat_st *st;
 	memcached_return_t rc = MEMCACHED_SUCCESS;
+	int ok;
 
 	if (c->mc == NULL)
 		return 0;
-	if (cache_usable(c) && cache_pending_flush(c) == 0) {
-		st = memcached_stat(c->mc, NULL, &rc);
-		if (st != NULL)
-			memcached_stat_free(c->mc, st);
-		cache_result(c, rc, "stat");
+	if ((probe = memcached_clone(NULL, c->mc)) == NULL)
+		fatal("memcached_clone: out of memory");
+	st = memcached_stat(probe, NULL, &rc);
+	ok = st != NULL && !memcached_fatal(rc);
+	if (st != NULL)
+		memcached_stat_free(probe, st);
+	memcached_free(probe);
+	if (ok && !c->alive) {
+		/* It answers: this thread's sockets may be stale, drop them and end the pause. */
+		memcached_quit(c->mc);
+		memcached_quit(c->mcq);
+		log_info("memcached: reachable again");
+		c->alive = 1;
+		c->down_until = 0;
 	}
-	return cache_alive(c);
+	/* Lost invalidations are replayed whenever this thread may talk to memcached. */
+	if (cache_usable(c))
+		(void)cache_pending_flush(c);
+	return ok;
 }
 
 /* Number of entries of a {"conversations":[...]} text; -1 when it is not one. */

@@ -32,7 +32,10 @@ struct cache	*cache_new(const struct config *, struct cache_journal *);
 void		 cache_free(struct cache *);
 /* 1 when the last memcached operation succeeded (for /health: "ok" or "down"). */
 int		 cache_alive(struct cache *);
-/* Probe memcached now (a stats round trip to every server); returns cache_alive(). */
+/*
+ * Probe memcached now: a stats round trip to every server on a fresh connection (this thread's
+ * breaker and stale sockets play no part), 1 when every server answered. For /health.
+ */
 int		 cache_check(struct cache *);
 
 /*

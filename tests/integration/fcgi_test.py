@@ -31,6 +31,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -739,6 +740,28 @@ def t_health_memcached(base):
     check(ok, "memcached back: /health says ok again")
 
 
+def t_health_memcached_restart(base):
+    """memcached restarted (empty, new socket): /health says ok as soon as it answers, no flapping.
+
+    Each request thread's connection is stale after the restart and its breaker keeps it away
+    from memcached for a second after the first failure; /health probes on a fresh connection."""
+    tdir = os.environ.get("PARLEY_TEST_DIR", "")
+    services = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "harness", "services")
+    for _ in range(8):  # every request thread has a connection to the old memcached
+        req(base, "GET", "/health")
+    rc = subprocess.run([services, "restart-memcached", tdir], capture_output=True, text=True)
+    if not check(rc.returncode == 0, "memcached restarted", rc.stderr):
+        return
+    seen = []
+    t_end = time.monotonic() + 3
+    while time.monotonic() < t_end:
+        seen.append(req(base, "GET", "/health").json().get("memcached"))
+        time.sleep(0.03)
+    check(seen and all(m == "ok" for m in seen),
+          "memcached restarted: every /health says memcached ok from the moment it answers (%d probes)" %
+          len(seen), [i for i, m in enumerate(seen) if m != "ok"][:20])
+
+
 def t_rooms(base):
     room = name("room")
     alice, bob = name("alice"), name("bob")
@@ -1305,6 +1328,7 @@ def main():
             t_room_history(base)
             t_metrics(base)
             t_health_memcached(base)
+            t_health_memcached_restart(base)
             t_hangup(base, pid, os.environ["FCGI_SOCKET"])
             t_keep_conn(base, pid, os.environ["FCGI_SOCKET"])
             if base2:
