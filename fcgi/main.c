@@ -53,7 +53,7 @@ usage(int help)
 	fprintf(help ? stdout : stderr,
 	    "usage: parley-fcgi [--config FILE] [--listen ADDR] [--threads N]\n"
 	    "  -c, --config FILE   configuration file (default $PARLEY_CONFIG)\n"
-	    "  -l, --listen ADDR   /path.sock, :port or host:port; overrides fcgi.listen\n"
+	    "  -l, --listen ADDR   /path.sock or host:port; overrides fcgi.listen\n"
 	    "  -t, --threads N     request threads; overrides fcgi.threads\n"
 	    "  -V, --version       print the version and exit\n"
 	    "  -h, --help          this text\n"
