@@ -26,7 +26,7 @@
 
 /* A wake that could not be handed to a worker (mailbox full) is tried again this much later. */
 #define PARK_RECHECK_MS		50
-/* After the bus lost hints, every waiter reads MySQL again, at most this often. */
+/* After a peer (any process, this one included) lost hints for us, every waiter reads MySQL again, at most this often. */
 #define PARK_SWEEP_MS		200
 /* Timeouts are answered in batches of at most this many per worker message. */
 #define PARK_TIMEOUT_BATCH	64
@@ -133,7 +133,7 @@ struct park {
 	uint64_t		 serial;	/* next waiter's arrival number (lock) */
 	uint64_t		 replaced;	/* atomics: answered for a newer poll of the same device */
 	uint64_t		 evicted;	/* ... or for a newer poll past the per-user cap */
-	uint64_t		 seen_dropped;	/* loop thread: bus drops already swept for */
+	int			 sweep_due;	/* loop thread: a BUS_LOST came, not yet swept for */
 	int64_t			 last_sweep;
 
 	int			 ep;
@@ -871,6 +871,10 @@ park_hints(struct park *p)
 		case BUS_ROOM:
 			park_wake_key(p, "r", h->key, h->seq, PM_WAKE, NULL);
 			break;
+		case BUS_LOST:
+			/* Some process dropped hints for us: which waiters they concerned is unknown. */
+			p->sweep_due = 1;
+			break;
 		default:
 			break;
 		}
@@ -956,9 +960,10 @@ park_expire(struct park *p)
 }
 
 /*
- * The bus lost hints (a receiver's queue was full; we see the drops of this process's own
- * publishes): a waiter may have missed its wake-up, so every waiter reads MySQL again. Rare
- * with a large enough net.unix.max_dgram_qlen; without it, lost hints only delay a little.
+ * The bus lost hints meant for us (BUS_LOST: the backlog of some process, this one or another,
+ * for our socket was full): a waiter may have missed its wake-up, so every waiter reads MySQL
+ * again. The marker comes after every hint that process kept for us, so the re-read sees the
+ * commits whose hints were dropped.
  */
 static void
 park_sweep(struct park *p)
@@ -1008,7 +1013,6 @@ park_loop(void *arg)
 {
 	struct park *p = arg;
 	struct epoll_event evs[PARK_EPOLL_EVENTS];
-	struct bus_stats bs;
 	int64_t now;
 	uint64_t v;
 	int n, i, timeout, busfd = bus_fd(p->bus);
@@ -1030,10 +1034,9 @@ park_loop(void *arg)
 			p->next_wake = now + timeout;
 		}
 		pthread_mutex_unlock(&p->lock);
-		bus_stats(p->bus, &bs);
-		if (bs.dropped != p->seen_dropped) {
+		if (p->sweep_due) {
 			if (now - p->last_sweep >= PARK_SWEEP_MS) {
-				p->seen_dropped = bs.dropped;
+				p->sweep_due = 0;
 				p->last_sweep = now;
 				park_sweep(p);
 				continue;
@@ -1205,6 +1208,10 @@ park_metrics(struct park *p, const char *prefix)
 	PM("bus_sent_total", "counter", "bus hints handed to a peer", bs.sent);
 	PM("bus_dropped_total", "counter", "bus hints a full peer lost", bs.dropped);
 	PM("bus_peers", "gauge", "processes on the bus", bs.peers);
+	PM("bus_refused_total", "counter", "bus connections of another uid refused unread",
+	    bs.refused);
+	PM("bus_lost_total", "counter", "times a peer said it dropped hints for us (all waiters re-read)",
+	    bs.lost);
 	PM("polls_waiting", "gauge", "long polls in the wait table", park_count(p));
 	PM("polls_replaced_total", "counter",
 	    "parked polls answered empty for a newer poll of the same user and device",

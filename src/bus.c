@@ -41,6 +41,9 @@
 #define BUS_WIRE_VERSION	1
 #define BUS_HDR			14
 
+static size_t	bus_encode(unsigned char *, enum bus_topic, const char *, size_t, uint64_t,
+		    const char *, size_t);
+
 /* Send buffer asked for per connection; the kernel caps it at net.core.wmem_max. */
 #define BUS_SNDBUF		(1024 * 1024)
 /*
@@ -86,6 +89,7 @@ struct bus_peer {
 	size_t		 qlen;		/* bytes from qoff on */
 	size_t		 qcap;
 	size_t		 qn;		/* records in the backlog */
+	int		 lost;		/* a record was dropped: a BUS_LOST marker is owed */
 };
 
 /* An immutable snapshot of the peers: publishers hold a reference while sending outside the lock. */
@@ -107,6 +111,8 @@ TAILQ_HEAD(bus_conns, bus_conn);
 struct bus {
 	char		*dir;
 	char		*name;		/* our socket's file name */
+	uid_t		 uid;		/* the only peer uid we talk to: our own effective uid */
+	int64_t		 refused_log_ms;	/* atomic: last refusal logged (at most one a second) */
 	int		 lfd;		/* listening */
 	int		 ep;		/* epoll: lfd, accepted connections, backlogged peers; bus_fd */
 	struct bus_peer	*self;		/* our connection to lfd */
@@ -125,6 +131,7 @@ struct bus {
 	int		 polled;	/* records read since the last epoll_wait */
 
 	uint64_t	 sent, dropped, stale, received, malformed, queued;	/* atomics */
+	uint64_t	 refused, lost;						/* atomics */
 };
 
 static void
@@ -213,6 +220,40 @@ bus_connect(const char *dir, const char *name)
 		return -1;
 	}
 	return fd;
+}
+
+/*
+ * 1 when the process at the other end of fd runs as our uid. SO_PEERCRED is what the kernel
+ * recorded at connect() (for an accepted connection) or listen() (for one we made): it cannot be
+ * forged by the peer, whatever it sends later.
+ */
+static int
+bus_cred_ok(const struct bus *b, int fd, uid_t *uid)
+{
+	struct ucred uc;
+	socklen_t len = sizeof uc;
+
+	*uid = (uid_t)-1;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &len) == -1 || len != sizeof uc)
+		return 0;
+	*uid = uc.uid;
+	return uc.uid == b->uid;
+}
+
+/* A connection from or to another uid was closed unused: count it, log it at most once a second. */
+static void
+bus_refuse(struct bus *b, const char *what, uid_t uid)
+{
+	int64_t now = parley_mono_ms(), last;
+
+	bus_count(&b->refused, 1);
+	last = __atomic_load_n(&b->refused_log_ms, __ATOMIC_RELAXED);
+	if (now - last < 1000 ||
+	    !__atomic_compare_exchange_n(&b->refused_log_ms, &last, now, 0, __ATOMIC_RELAXED,
+	    __ATOMIC_RELAXED))
+		return;
+	log_warn("bus: refused %s of uid %ld (only uid %ld may use %s)", what,
+	    uid == (uid_t)-1 ? -1L : (long)uid, (long)b->uid, b->dir);
 }
 
 static struct bus_peer *
@@ -310,9 +351,17 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 		if ((p = bus_peers_find(b->peers, de->d_name)) != NULL && bus_peer_alive(p)) {
 			p->refs++;
 		} else {
+			uid_t uid;
+
 			if ((fd = bus_connect(b->dir, de->d_name)) == -1) {
 				if ((errno == ECONNREFUSED || errno == ENOENT) && bus_pid_dead(pid))
 					bus_unlink_stale(b, de->d_name);
+				continue;
+			}
+			/* A listener of another uid would read every hint we send: never send it one. */
+			if (!bus_cred_ok(b, fd, &uid)) {
+				close(fd);
+				bus_refuse(b, "a listening socket", uid);
 				continue;
 			}
 			p = bus_peer_new(de->d_name, pid, fd);
@@ -397,6 +446,7 @@ bus_peer_break(struct bus *b, struct bus_peer *p)
 		close(p->fd);	/* also takes it out of bus.ep */
 	p->fd = -1;
 	p->armed = 0;
+	p->lost = 0;	/* nobody reads there any more */
 	bus_uncount(&b->queued, p->qn);
 	p->qoff = p->qlen = p->qn = 0;
 }
@@ -420,10 +470,15 @@ bus_send1(struct bus *b, int fd, const unsigned char *buf, size_t n)
 	}
 }
 
-/* Send what waits in p's backlog, oldest first; p.lock held. 1 emptied, 0 still waiting, -1 broken. */
+/*
+ * Send what waits in p's backlog, oldest first, then the BUS_LOST marker if a record was dropped
+ * meanwhile (after everything queued before the drop, so the receiver re-reads MySQL only once
+ * it has caught up); p.lock held. 1 emptied, 0 still waiting, -1 broken.
+ */
 static int
 bus_backlog_flush(struct bus *b, struct bus_peer *p)
 {
+	unsigned char mark[BUS_HDR];
 	size_t n;
 	int rc;
 
@@ -437,6 +492,12 @@ bus_backlog_flush(struct bus *b, struct bus_peer *p)
 		bus_uncount(&b->queued, 1);
 	}
 	p->qoff = p->qlen = 0;
+	if (p->lost) {
+		n = bus_encode(mark, BUS_LOST, "", 0, 0, NULL, 0);
+		if ((rc = bus_send1(b, p->fd, mark, n)) != 1)
+			return rc;
+		p->lost = 0;
+	}
 	return 1;
 }
 
@@ -510,7 +571,7 @@ bus_peer_send(struct bus *b, struct bus_peer *p, const unsigned char *buf, size_
 		rc = -1;
 		goto out;
 	}
-	rc = p->qn > 0 ? bus_backlog_flush(b, p) : 1;
+	rc = p->qn > 0 || p->lost ? bus_backlog_flush(b, p) : 1;
 	if (rc == 1)
 		rc = bus_send1(b, p->fd, buf, n);
 	if (rc == -1) {
@@ -522,7 +583,10 @@ bus_peer_send(struct bus *b, struct bus_peer *p, const unsigned char *buf, size_
 			bus_peer_arm(b, p);
 			rc = 1;
 		} else {
+			/* The receiver learns it from the marker that follows the backlog. */
 			bus_count(&b->dropped, 1);
+			p->lost = 1;
+			bus_peer_arm(b, p);
 		}
 	}
 out:
@@ -539,7 +603,7 @@ bus_peer_flush(struct bus *b, struct bus_peer *p)
 	int rc = 1;
 
 	pthread_mutex_lock(&p->lock);
-	if (p->fd != -1 && p->qn > 0)
+	if (p->fd != -1 && (p->qn > 0 || p->lost))
 		rc = bus_backlog_flush(b, p);
 	if (rc == -1)
 		bus_peer_break(b, p);
@@ -581,7 +645,7 @@ bus_mkdirs(const char *dir, mode_t mode)
 		c = *p;
 		*p = '\0';
 		if (mkdir(s, mode) == 0) {
-			/* umask may have narrowed it; the group is meant to share the bus. */
+			/* umask may have narrowed it; never widened beyond mode. */
 			(void)chmod(s, mode);
 		} else if (errno != EEXIST) {
 			goto out;
@@ -596,6 +660,39 @@ out:
 	return rc;
 }
 
+/*
+ * The bus directory must be ours and writable by nobody else: whoever can create a socket there
+ * receives every hint (message content included) and, before SO_PEERCRED was checked, could
+ * send any. A cause (caller frees) and -1 when it is not.
+ */
+static int
+bus_dir_check(const char *dir, uid_t uid, char **cause)
+{
+	struct stat st;
+
+	if (stat(dir, &st) == -1) {
+		xasprintf(cause, "bus directory %s: %s", dir, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		xasprintf(cause, "bus directory %s is not a directory", dir);
+		return -1;
+	}
+	if (st.st_uid != uid) {
+		xasprintf(cause, "bus directory %s is owned by uid %ld, not by this process's uid %ld: "
+		    "every process on the bus must run as the directory's owner (chown it, or point "
+		    "bus.dir elsewhere)", dir, (long)st.st_uid, (long)uid);
+		return -1;
+	}
+	if ((st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+		xasprintf(cause, "bus directory %s has mode %04o: its group or others can write to "
+		    "it, so they could read or forge hints; refusing to start (chmod 0700 %s)", dir,
+		    (unsigned)(st.st_mode & 07777), dir);
+		return -1;
+	}
+	return 0;
+}
+
 struct bus *
 bus_new(const char *dir, char **cause)
 {
@@ -608,12 +705,15 @@ bus_new(const char *dir, char **cause)
 	int fd;
 
 	*cause = NULL;
-	if (bus_mkdirs(dir, 0770) != 0) {
+	if (bus_mkdirs(dir, 0700) != 0) {
 		xasprintf(cause, "bus directory %s: %s", dir, strerror(errno));
 		return NULL;
 	}
+	if (bus_dir_check(dir, geteuid(), cause) != 0)
+		return NULL;
 	b = xcalloc(1, sizeof *b);
 	b->dir = xstrdup(dir);
+	b->uid = geteuid();
 	b->lfd = b->ep = -1;
 	pthread_mutex_init(&b->lock, NULL);
 	TAILQ_INIT(&b->conns);
@@ -639,7 +739,7 @@ bus_new(const char *dir, char **cause)
 		}
 		goto fail;
 	}
-	if (listen(b->lfd, SOMAXCONN) == -1 || chmod(sun.sun_path, 0660) == -1 ||
+	if (listen(b->lfd, SOMAXCONN) == -1 || chmod(sun.sun_path, 0600) == -1 ||
 	    epoll_ctl(b->ep, EPOLL_CTL_ADD, b->lfd, &ev) == -1) {
 		xasprintf(cause, "bus socket %s: %s", sun.sun_path, strerror(errno));
 		goto fail;
@@ -735,7 +835,7 @@ bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h)
 	if (buf == NULL || n < BUS_HDR || n > BUS_DGRAM_MAX || buf[0] != BUS_WIRE_VERSION ||
 	    buf[3] != 0)
 		goto bad;
-	if (buf[1] < BUS_USER_EVENT || buf[1] > BUS_SHUTDOWN)
+	if (buf[1] < BUS_USER_EVENT || buf[1] > BUS_LOST)
 		goto bad;
 	klen = buf[2];
 	len = (size_t)buf[4] | ((size_t)buf[5] << 8);
@@ -770,6 +870,7 @@ bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
 	if (key == NULL)
 		key = "";
 	klen = strlen(key);
+	/* BUS_LOST is the bus's own marker: nobody else may claim a loss (or hide one). */
 	if (klen > PARLEY_ID_MAX || topic < BUS_USER_EVENT || topic > BUS_SHUTDOWN) {
 		errno = EINVAL;
 		return -1;
@@ -820,6 +921,7 @@ bus_accept(struct bus *b)
 {
 	struct epoll_event ev = { .events = EPOLLIN };
 	struct bus_conn *c;
+	uid_t uid;
 	int fd;
 
 	for (;;) {
@@ -830,6 +932,12 @@ bus_accept(struct bus *b)
 			if (errno != EAGAIN)
 				log_warn("bus: accept: %s", strerror(errno));
 			return;
+		}
+		/* Checked before a byte is read: another uid's records are never even decoded. */
+		if (!bus_cred_ok(b, fd, &uid)) {
+			close(fd);
+			bus_refuse(b, "a connection", uid);
+			continue;
 		}
 		c = xcalloc(1, sizeof *c);
 		c->fd = fd;
@@ -914,6 +1022,8 @@ bus_recv(struct bus *b, struct bus_hint *h)
 		TAILQ_INSERT_TAIL(&b->ready, c, rlink);
 		if ((size_t)n <= BUS_DGRAM_MAX && bus_decode(buf, (size_t)n, h) == 0) {
 			bus_count(&b->received, 1);
+			if (h->topic == BUS_LOST)
+				bus_count(&b->lost, 1);
 			return 0;
 		}
 		bus_count(&b->malformed, 1);
@@ -930,6 +1040,8 @@ bus_stats(struct bus *b, struct bus_stats *st)
 	st->received = __atomic_load_n(&b->received, __ATOMIC_RELAXED);
 	st->malformed = __atomic_load_n(&b->malformed, __ATOMIC_RELAXED);
 	st->queued = __atomic_load_n(&b->queued, __ATOMIC_RELAXED);
+	st->refused = __atomic_load_n(&b->refused, __ATOMIC_RELAXED);
+	st->lost = __atomic_load_n(&b->lost, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&b->lock);
 	st->peers = b->peers != NULL ? b->peers->n : 0;
 	pthread_mutex_unlock(&b->lock);

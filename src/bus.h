@@ -14,13 +14,22 @@
  * in a bounded backlog that the owner's loop flushes (bus_recv) when the peer reads again; only
  * a peer whose backlog is full (stopped, far behind) loses hints. Sockets of dead processes are
  * unlinked when found. A hint is a wake-up, not the truth: the receiver reads MySQL (durable
- * events) or uses the small inline payload (ephemeral events).
+ * events) or uses the small inline payload (ephemeral events; a new message's event).
+ *
+ * Trust: the directory must belong to our effective uid and be writable by nobody else
+ * (bus_new refuses it otherwise), and every connection, accepted or made, is checked with
+ * SO_PEERCRED: only processes of our uid are heard or told anything. So an inline payload always
+ * comes from a Parley process of this deployment (docs/reliability.md, "Bus trust").
+ * A peer that had to drop hints for us (its backlog for us was full) says so with a BUS_LOST
+ * record after the ones it kept: the receiver then re-reads MySQL for every waiter.
  */
 enum bus_topic {
 	BUS_USER_EVENT = 1,	/* key = user: durable event(s) up to seq are in MySQL */
 	BUS_USER_EPHEMERAL,	/* key = user: payload is an ephemeral event (typing, presence) */
 	BUS_ROOM,		/* key = room: payload is a room_message event, seq its id */
-	BUS_SHUTDOWN		/* internal: wakes a process's own loop (never sent to peers) */
+	BUS_SHUTDOWN,		/* internal: wakes a process's own loop (never sent to peers) */
+	BUS_LOST		/* from the bus itself, never published: a peer dropped hints meant
+				 * for us (its backlog for us was full); every waiter must re-read */
 };
 
 #define BUS_PAYLOAD_MAX 3072
@@ -37,7 +46,11 @@ struct bus_hint {
 
 struct bus;
 
-/* Bind this process's socket in dir (created if missing, mode 0770). NULL and *cause on failure (caller frees cause). */
+/*
+ * Bind this process's socket (mode 0600) in dir (created if missing, mode 0700). NULL and *cause
+ * (caller frees) on failure, also when dir is not owned by our effective uid or its group or
+ * others may write to it.
+ */
 struct bus	*bus_new(const char *dir, char **cause);
 void		 bus_free(struct bus *);
 /*
@@ -48,12 +61,16 @@ int		 bus_fd(const struct bus *);
 /*
  * Send a hint to every process on the bus. Any thread may call it. Never blocks. 0 when it was
  * handed to (or queued for) every live peer, -1/EAGAIN when some peer's backlog was full
- * (counted in dropped; a gap check covers it). Queued hints die with bus_free.
+ * (counted in dropped; that peer gets BUS_LOST once it reads again). Queued hints die with
+ * bus_free. BUS_LOST cannot be published (-1/EINVAL).
  * A payload longer than BUS_PAYLOAD_MAX is not sent inline (len = 0 is sent: receivers refetch).
  */
 int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
 		     const char *payload, size_t len);
-/* Receive one hint; only the thread owning the loop calls it. 0 got one; -1/EAGAIN none left. */
+/*
+ * Receive one hint (BUS_LOST included: re-read everything); only the thread owning the loop calls
+ * it. 0 got one; -1/EAGAIN none left.
+ */
 int		 bus_recv(struct bus *, struct bus_hint *);
 
 /*
@@ -74,6 +91,8 @@ struct bus_stats {
 	uint64_t	malformed;
 	size_t		peers;		/* other processes connected to; our own socket not counted */
 	uint64_t	queued;		/* hints waiting in our backlogs for slow peers, now */
+	uint64_t	refused;	/* connections from or to another uid, closed unread */
+	uint64_t	lost;		/* BUS_LOST markers received: a peer dropped hints for us */
 };
 void		 bus_stats(struct bus *, struct bus_stats *);
 

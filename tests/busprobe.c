@@ -7,8 +7,12 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "chat.h"
+#include "config.h"
 #include "log.h"
 #include "parley.h"
+#include "protocol.h"
+#include "store.h"
 
 /*
  * busprobe DIR listen N [TIMEOUT_S]
@@ -20,13 +24,19 @@
  * busprobe DIR publish TOPIC KEY SEQ [PAYLOAD]
  *	bind, publish one hint, print "sent=N dropped=N stale=N peers=N", exit 0 (1 if some peer
  *	could not take it).
+ * busprobe DIR lose CONFIG N FROM TO CONTENT CMID
+ *	bind, publish N hints for the key "~flood" (a stopped peer's backlog overflows), then send
+ *	one message FROM -> TO through libparley (MySQL of CONFIG, hints on this bus, so a stopped
+ *	peer's hint for it is dropped too), print "dropped=N id=ID", and keep flushing the
+ *	backlogs (and the BUS_LOST markers owed) for up to 60 s, until killed.
  */
 static int
 usage(void)
 {
 	fprintf(stderr, "usage: busprobe DIR listen N [TIMEOUT_S]\n"
 	    "       busprobe DIR count N TIMEOUT_S DELAY_MS\n"
-	    "       busprobe DIR publish TOPIC KEY SEQ [PAYLOAD]\n");
+	    "       busprobe DIR publish TOPIC KEY SEQ [PAYLOAD]\n"
+	    "       busprobe DIR lose CONFIG N FROM TO CONTENT CMID\n");
 	return 2;
 }
 
@@ -92,6 +102,51 @@ probe_count(struct bus *b, long want, long timeout_s, long delay_ms)
 	return got == want ? 0 : 1;
 }
 
+/* Make a stopped peer lose the hint of a real commit, then serve our backlogs as a daemon would. */
+static int
+probe_lose(struct bus *b, char **argv)
+{
+	struct pollfd pfd = { .fd = bus_fd(b), .events = POLLIN };
+	struct proto_send req = { .to = argv[3], .content = argv[4], .client_msg_id = argv[5] };
+	struct store_send_res res;
+	struct bus_stats st;
+	struct bus_hint h;
+	struct config cfg;
+	struct chat ch;
+	char *cause = NULL;
+	int64_t end;
+	long i, n = atol(argv[1]);
+
+	if (config_load(&cfg, argv[0], &cause) != 0) {
+		fprintf(stderr, "busprobe: %s\n", cause);
+		free(cause);
+		return 2;
+	}
+	for (i = 0; i < n; i++)
+		(void)bus_publish(b, BUS_USER_EVENT, "~flood", (uint64_t)i, NULL, 0);
+	chat_init(&ch, &cfg, b, NULL);
+	if (chat_send(&ch, argv[2], &req, &res) != 0) {
+		fprintf(stderr, "busprobe: send: %s\n", strerror(errno));
+		chat_clear(&ch);
+		config_clear(&cfg);
+		return 1;
+	}
+	bus_stats(b, &st);
+	printf("dropped=%llu id=%llu\n", (unsigned long long)st.dropped,
+	    (unsigned long long)res.server_msg_id);
+	fflush(stdout);
+	store_send_res_clear(&res);
+	chat_clear(&ch);
+	end = parley_mono_ms() + 60000;
+	while (parley_mono_ms() < end) {
+		while (bus_recv(b, &h) == 0)
+			;
+		(void)poll(&pfd, 1, 100);
+	}
+	config_clear(&cfg);
+	return 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -122,6 +177,8 @@ main(int argc, char **argv)
 		    (unsigned long long)st.sent, (unsigned long long)st.dropped,
 		    (unsigned long long)st.stale, st.peers);
 		rc = rc == 0 ? 0 : 1;
+	} else if (strcmp(argv[2], "lose") == 0 && argc >= 9) {
+		rc = probe_lose(b, argv + 3);
 	} else {
 		rc = usage();
 	}

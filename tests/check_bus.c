@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -198,7 +199,7 @@ bus_open(const char *dir)
 	return b;
 }
 
-/* The directory is created 0770, our socket is 0660, and bus_free removes it. */
+/* The directory is created 0700, our socket is 0600, and bus_free removes it. */
 START_TEST(test_dir_and_modes)
 {
 	char *dir = bus_dir(), *name, *path, *long_dir, *cause, big[100];
@@ -206,13 +207,13 @@ START_TEST(test_dir_and_modes)
 	struct stat st;
 
 	ck_assert_int_eq(stat(dir, &st), 0);
-	ck_assert_int_eq(st.st_mode & 07777, 0770);
+	ck_assert_int_eq(st.st_mode & 07777, 0700);
 	name = sock_of(dir, getpid());
 	ck_assert_ptr_nonnull(name);
 	xasprintf(&path, "%s/%s", dir, name);
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert(S_ISSOCK(st.st_mode));
-	ck_assert_int_eq(st.st_mode & 0777, 0660);
+	ck_assert_int_eq(st.st_mode & 0777, 0600);
 	bus_free(b);
 	ck_assert_int_eq(stat(path, &st), -1);
 	ck_assert_int_eq(errno, ENOENT);
@@ -625,6 +626,280 @@ START_TEST(test_decode)
 }
 END_TEST
 
+/* The uid the trust tests impersonate: not ours, and nobody's in particular. */
+#define OTHER_UID	65534
+
+/* In a child: become OTHER_UID for good (so SO_PEERCRED shows it); _exit(90) if we cannot. */
+static void
+become_other(void)
+{
+	if (setgroups(0, NULL) != 0 || setresgid(OTHER_UID, OTHER_UID, OTHER_UID) != 0 ||
+	    setresuid(OTHER_UID, OTHER_UID, OTHER_UID) != 0 || geteuid() != OTHER_UID)
+		_exit(90);
+}
+
+/* bus_new refuses a directory that its group or others may write to, or that is not ours. */
+START_TEST(test_dir_refused)
+{
+	static const struct { mode_t mode; int ok; } modes[] = {
+		{ 0777, 0 }, { 0770, 0 }, { 0702, 0 }, { 01777, 0 }, { 0700, 1 }, { 0750, 1 }, { 0711, 1 },
+	};
+	char *dir = bus_dir(), *cause = NULL, want[64];
+	struct bus *b;
+	struct stat st;
+	size_t i;
+
+	ck_assert_msg(geteuid() == 0, "the bus trust tests run as root (as in CI): they need a second uid");
+	ck_assert_int_eq(mkdir(dir, 0700), 0);
+	for (i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+		ck_assert_int_eq(chmod(dir, modes[i].mode), 0);
+		b = bus_new(dir, &cause);
+		if (modes[i].ok) {
+			ck_assert_msg(b != NULL, "mode %04o refused: %s", (unsigned)modes[i].mode,
+			    cause != NULL ? cause : "?");
+			bus_free(b);
+			continue;
+		}
+		ck_assert_msg(b == NULL, "mode %04o accepted", (unsigned)modes[i].mode);
+		ck_assert_ptr_nonnull(cause);
+		snprintf(want, sizeof want, "has mode %04o", (unsigned)modes[i].mode);
+		ck_assert_msg(strstr(cause, want) != NULL, "cause: %s", cause);
+		free(cause);
+		cause = NULL;
+		/* Refused before anything was created in it. */
+		ck_assert_ptr_null(sock_of(dir, getpid()));
+	}
+	/* Not ours, even with a tight mode. */
+	ck_assert_int_eq(chmod(dir, 0700), 0);
+	ck_assert_int_eq(chown(dir, OTHER_UID, OTHER_UID), 0);
+	ck_assert_ptr_null(bus_new(dir, &cause));
+	ck_assert_ptr_nonnull(cause);
+	ck_assert_msg(strstr(cause, "is owned by uid 65534") != NULL, "cause: %s", cause);
+	free(cause);
+	/* A directory we create is 0700 whatever the umask, and the mode stays as it was found. */
+	ck_assert_int_eq(chown(dir, 0, 0), 0);
+	ck_assert_int_eq(chmod(dir, 0750), 0);
+	b = bus_open(dir);
+	ck_assert_int_eq(stat(dir, &st), 0);
+	ck_assert_int_eq(st.st_mode & 07777, 0750);
+	bus_free(b);
+	free(dir);
+}
+END_TEST
+
+/*
+ * A process of another uid that reaches a bus socket (a loosened mode, a mistake) is refused
+ * before a byte of its records is read: a forged new_message is never received, and counted.
+ */
+START_TEST(test_forged_hint_dropped)
+{
+	static const char ev[] = "{\"type\":\"new_message\",\"seq\":7,\"message\":{\"content\":\"forged\"}}";
+	char *dir = bus_dir(), *name;
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	unsigned char rec[BUS_DGRAM_MAX];
+	struct bus_stats st;
+	struct bus_hint h;
+	struct bus *b = bus_open(dir);
+	size_t n;
+	pid_t pid;
+	int fd, status;
+
+	ck_assert_msg(geteuid() == 0, "the bus trust tests run as root (as in CI): they need a second uid");
+	name = sock_of(dir, getpid());
+	ck_assert_ptr_nonnull(name);
+	/* Let the other uid reach the socket file: the kernel's credentials must stop it anyway. */
+	ck_assert_int_eq(chmod(dir, 0711), 0);
+	snprintf(sun.sun_path, sizeof sun.sun_path, "%s", name);
+	{
+		char *path;
+
+		xasprintf(&path, "%s/%s", dir, name);
+		ck_assert_int_eq(chmod(path, 0666), 0);
+		free(path);
+	}
+	/* A well-formed user-event hint for alice, seq 7, with a new_message inline. */
+	rec[0] = 1; rec[1] = BUS_USER_EVENT; rec[2] = 5; rec[3] = 0;
+	rec[4] = (unsigned char)(sizeof ev - 1); rec[5] = 0;
+	memset(rec + 6, 0, 8);
+	rec[6] = 7;
+	memcpy(rec + 14, "alice", 5);
+	memcpy(rec + 19, ev, sizeof ev - 1);
+	n = 19 + sizeof ev - 1;
+	ck_assert_int_eq(bus_decode(rec, n, &h), 0);
+
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		if (chdir(dir) != 0)
+			_exit(91);
+		become_other();
+		fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+		if (fd == -1 || connect(fd, (struct sockaddr *)&sun, sizeof sun) != 0)
+			_exit(92);
+		/* The kernel queues it before the listener looks at who we are. */
+		_exit(send(fd, rec, n, 0) == (ssize_t)n ? 0 : 93);
+	}
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "forger status %d", status);
+
+	ck_assert_msg(!recv_wait(b, &h, 500), "a hint from uid %d was received: %s %s", OTHER_UID,
+	    h.key, h.payload);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.refused, 1);
+	ck_assert_uint_eq(st.received, 0);
+	ck_assert_uint_eq(st.malformed, 0);
+	/* Our own uid is still heard. */
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, "alice", 8, NULL, 0), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_uint_eq(h.seq, 8);
+	bus_free(b);
+	free(name);
+	free(dir);
+}
+END_TEST
+
+/*
+ * A socket in the bus directory that listens as another uid never gets a hint: it would read
+ * every message's content.
+ */
+START_TEST(test_foreign_listener_not_told)
+{
+	char *dir = bus_dir(), *odir, *opath, *path, got[8] = "";
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct bus_stats st;
+	struct bus *b = bus_open(dir);
+	int pfd[2], fd, c, status;
+	struct pollfd pl;
+	pid_t pid;
+	ssize_t n;
+
+	ck_assert_msg(geteuid() == 0, "the bus trust tests run as root (as in CI): they need a second uid");
+	xasprintf(&odir, "%s.other", dir);
+	ck_assert_int_eq(mkdir(odir, 0777), 0);
+	ck_assert_int_eq(chmod(odir, 0777), 0);
+	xasprintf(&opath, "%s/l.sock", odir);
+	/* Relative to odir: the other uid cannot traverse the test's private parents. */
+	snprintf(sun.sun_path, sizeof sun.sun_path, "l.sock");
+	ck_assert_int_eq(pipe(pfd), 0);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		char buf[BUS_DGRAM_MAX + 1];
+
+		close(pfd[0]);
+		if (chdir(odir) != 0)
+			_exit(91);
+		become_other();
+		fd = socket(AF_UNIX, SOCK_SEQPACKET, 0);
+		if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) != 0 || listen(fd, 8) != 0)
+			_exit(92);
+		(void)write(pfd[1], "L", 1);
+		/* Report whether anything connected and what it sent within 3 s. */
+		pl = (struct pollfd){ .fd = fd, .events = POLLIN };
+		if (poll(&pl, 1, 3000) != 1 || (c = accept(fd, NULL, NULL)) == -1) {
+			(void)write(pfd[1], "N", 1);
+			_exit(0);
+		}
+		pl = (struct pollfd){ .fd = c, .events = POLLIN };
+		n = poll(&pl, 1, 1000) == 1 ? recv(c, buf, sizeof buf, MSG_DONTWAIT) : -1;
+		(void)write(pfd[1], n > 0 ? "H" : "C", 1);
+		_exit(0);
+	}
+	close(pfd[1]);
+	ck_assert_int_eq(read(pfd[0], got, 1), 1);
+	ck_assert_int_eq(got[0], 'L');
+	/* Moved into the bus directory under a live pid's name (the child's), as a peer would be. */
+	xasprintf(&path, "%s/%ld-0000000000000001.sock", dir, (long)pid);
+	ck_assert_int_eq(rename(opath, path), 0);
+	ck_assert_int_eq(bus_publish(b, BUS_USER_EVENT, "alice", 9, "{\"secret\":1}", 12), 0);
+	bus_stats(b, &st);
+	ck_assert_uint_eq(st.peers, 0);
+	ck_assert_uint_ge(st.refused, 1);
+	ck_assert_int_eq(read(pfd[0], got, 1), 1);
+	ck_assert_msg(got[0] != 'H', "the other uid's listener read a hint");
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	close(pfd[0]);
+	bus_free(b);
+	unlink(path);
+	rmdir(odir);
+	free(path);
+	free(opath);
+	free(odir);
+	free(dir);
+}
+END_TEST
+
+/*
+ * Hints another process had to drop for us (its backlog for us was full while we did not read)
+ * are announced by one BUS_LOST after the ones it kept, so we re-read MySQL; our own drops of
+ * hints for others do not concern us.
+ */
+START_TEST(test_lost_announced)
+{
+	char *dir = bus_dir();
+	struct bus *pub = bus_open(dir), *rcv = bus_open(dir);
+	struct bus_stats ps, rs;
+	struct bus_hint h;
+	uint64_t kept = 0, next = 0, lost = 0, after_lost = 0;
+	int64_t t0;
+	int i;
+
+	/* Two buses of one process are two peers, each with its own sockets and backlogs. */
+	for (i = 0; i < 40000; i++)
+		(void)bus_publish(pub, BUS_USER_EVENT, "flood", (uint64_t)i, NULL, 0);
+	bus_stats(pub, &ps);
+	ck_assert_uint_gt(ps.dropped, 0);
+	ck_assert_uint_eq(ps.peers, 1);
+	ck_assert_int_eq(bus_publish(pub, BUS_LOST, "", 0, NULL, 0), -1);
+	ck_assert_int_eq(errno, EINVAL);
+
+	/* rcv catches up while pub's loop flushes; the kept hints come in order, then BUS_LOST. */
+	t0 = parley_mono_ms();
+	ps.lost = 0;
+	while (parley_mono_ms() - t0 < 20000 && (lost == 0 || ps.lost == 0)) {
+		while (bus_recv(pub, &h) == 0)
+			;
+		while (bus_recv(rcv, &h) == 0) {
+			if (h.topic == BUS_LOST) {
+				lost++;
+				continue;
+			}
+			ck_assert_uint_ge(h.seq, next);
+			next = h.seq + 1;
+			if (lost > 0)
+				after_lost++;
+			kept++;
+		}
+		bus_stats(pub, &ps);
+		usleep(1000);
+	}
+	ck_assert_msg(lost == 1, "BUS_LOST received %llu times after %llu hints",
+	    (unsigned long long)lost, (unsigned long long)kept);
+	/* Nothing it kept comes after the marker: the marker means "re-read now, you are caught up". */
+	while (bus_recv(pub, &h) == 0)
+		;
+	ck_assert_int_eq(bus_recv(rcv, &h), -1);
+	ck_assert_uint_eq(after_lost, 0);
+	bus_stats(rcv, &rs);
+	ck_assert_uint_eq(rs.lost, 1);
+	ck_assert_uint_lt(kept, 40000);
+	/* pub's own socket was not read during the burst either: it lost some and was told too. */
+	bus_stats(pub, &ps);
+	ck_assert_uint_eq(ps.lost, 1);
+	ck_assert_uint_eq(ps.queued, 0);
+	/* Every drop is accounted for: what rcv and pub itself missed. */
+	ck_assert_uint_eq(ps.dropped, (40000 - kept) + (40000 - (ps.received - ps.lost)));
+	/* After the marker, hints flow again and no second marker comes without a new drop. */
+	ck_assert_int_eq(bus_publish(pub, BUS_USER_EVENT, "again", 1, NULL, 0), 0);
+	ck_assert(recv_wait(rcv, &h, 2000));
+	ck_assert_str_eq(h.key, "again");
+	ck_assert_int_eq(bus_recv(rcv, &h), -1);
+	bus_free(rcv);
+	bus_free(pub);
+	free(dir);
+}
+END_TEST
+
 /*
  * A burst far beyond what a socket buffer holds (and beyond the kernel's datagram queue limit of
  * max_dgram_qlen + 1) reaches a peer that reads only after it, and ourselves, all of it, in
@@ -747,6 +1022,10 @@ bus_suite(void)
 	tcase_add_test(tc, test_large_payload);
 	tcase_add_test(tc, test_malformed);
 	tcase_add_test(tc, test_decode);
+	tcase_add_test(tc, test_dir_refused);
+	tcase_add_test(tc, test_forged_hint_dropped);
+	tcase_add_test(tc, test_foreign_listener_not_told);
+	tcase_add_test(tc, test_lost_announced);
 	tcase_add_test(tc, test_threads_and_churn);
 	tcase_add_test(tc, test_burst_not_lost);
 	suite_add_tcase(s, tc);

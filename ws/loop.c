@@ -215,8 +215,8 @@ loop_fetch(struct ws *ws, struct conn *c)
 {
 	struct job *j;
 
-	if (c->fetching || c->state != CONN_READY)
-		return;
+	if (c->fetching || c->backlog != NULL || c->state != CONN_READY)
+		return;	/* a page being pumped fetches on when it ends; need_fetch stays */
 	j = loop_job(c);
 	j->after = c->delivered;
 	c->fetching = 1;
@@ -834,7 +834,11 @@ loop_frame_done(struct ws *ws, struct conn *c, struct done *d)
 		loop_close(c, d->close_code, "closed");
 }
 
-/* Lost hints (the loop fell behind): every live connection re-reads its log. */
+/*
+ * Lost hints (the loop fell behind, or a peer dropped hints for us): every live connection
+ * re-reads its log; one already reading may have read before the lost commit, so it reads
+ * once more when done (the tick).
+ */
 static void
 loop_resync_all(struct ws *ws)
 {
@@ -842,7 +846,11 @@ loop_resync_all(struct ws *ws)
 	size_t i = 0;
 
 	while (conn_at(ws->conns, &i, &c) == 0) {
-		if (c->live && !c->fetching && c->backlog == NULL)
+		if (c->state != CONN_READY)
+			continue;
+		if (c->fetching || c->backlog != NULL)
+			c->need_fetch = 1;
+		else if (c->live)
 			loop_fetch(ws, c);
 	}
 }
@@ -869,7 +877,9 @@ loop_drain(struct ws *ws)
 
 	for (; d != NULL; d = dn) {
 		dn = d->next;
-		if (d->kind == DONE_HINT) {
+		if (d->kind == DONE_HINT && d->topic == BUS_LOST) {
+			overflow = 1;	/* a peer dropped hints for us: as if our queue had */
+		} else if (d->kind == DONE_HINT) {
 			hints++;
 			loop_hint(ws, d);
 		} else if (d->kind == DONE_ROOM) {
@@ -892,7 +902,7 @@ loop_drain(struct ws *ws)
 		ws_done_free(d);
 	}
 	if (overflow) {
-		log_warn("bus hints dropped: the loop fell behind; resyncing every connection");
+		log_warn("bus hints lost (our queue, or a peer's backlog for us, was full); resyncing every connection");
 		loop_resync_all(ws);
 	}
 	if (ws->nheld > 0)
@@ -1155,6 +1165,7 @@ loop_http(struct ws *ws, struct lws *wsi, const char *uri)
 {
 	unsigned char hdr[LWS_PRE + 512], *p = hdr + LWS_PRE, *end = hdr + sizeof hdr - 1;
 	struct actor_stats st;
+	struct bus_stats bs;
 	char *text, *extra, *body;
 	size_t len;
 
@@ -1164,8 +1175,17 @@ loop_http(struct ws *ws, struct lws *wsi, const char *uri)
 		return lws_http_transaction_completed(wsi) ? -1 : 0;
 	}
 	actor_pool_stats(ws->pool, &st);
+	bus_stats(ws->bus, &bs);
 	xasprintf(&extra, "# HELP parley_ws_actor_queued messages waiting in actor mailboxes\n"
-	    "# TYPE parley_ws_actor_queued gauge\nparley_ws_actor_queued %zu\n", st.queued);
+	    "# TYPE parley_ws_actor_queued gauge\nparley_ws_actor_queued %zu\n"
+	    "# HELP parley_ws_bus_dropped_total bus hints a full peer lost\n"
+	    "# TYPE parley_ws_bus_dropped_total counter\nparley_ws_bus_dropped_total %llu\n"
+	    "# HELP parley_ws_bus_refused_total bus connections of another uid refused unread\n"
+	    "# TYPE parley_ws_bus_refused_total counter\nparley_ws_bus_refused_total %llu\n"
+	    "# HELP parley_ws_bus_lost_total times a peer said it dropped hints for us\n"
+	    "# TYPE parley_ws_bus_lost_total counter\nparley_ws_bus_lost_total %llu\n", st.queued,
+	    (unsigned long long)bs.dropped, (unsigned long long)bs.refused,
+	    (unsigned long long)bs.lost);
 	text = metrics_render(&ws->metrics, "parley_ws", extra);
 	free(extra);
 	len = strlen(text);

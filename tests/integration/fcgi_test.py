@@ -1223,6 +1223,99 @@ def t_two_processes(base, base2):
             check((p.t_done - t_ack) < 0.1, "across processes within 100 ms (%.1f ms)" % ((p.t_done - t_ack) * 1000))
 
 
+def bus_socket_of(busdir, pid):
+    for f in os.listdir(busdir):
+        if f.startswith("%d-" % pid) and f.endswith(".sock"):
+            return f
+    return None
+
+
+def t_bus_forged(base, pid, busdir):
+    """A process of another uid that reaches parley-fcgi's bus socket cannot push an event."""
+    bob = name("bob")
+    tb = token(bob)
+    sock = bus_socket_of(busdir, pid)
+    check(sock is not None, "parley-fcgi's bus socket is in the bus directory")
+    if sock is None:
+        return
+    check((os.stat(busdir).st_mode & 0o777) == 0o700, "the bus directory is 0700",
+          oct(os.stat(busdir).st_mode))
+    refused0 = metric(base, tb, "bus_refused_total")
+    p = Poller(base, "/messages/long_poll?after=%d&timeout=2" % last_seq(base, tb), tb)
+    parked0 = metric(base, tb, "polls_parked")
+    p.start()
+    wait_parked(base, tb, parked0 + 1)
+    ev = json.dumps({"type": "typing", "from": "mallory", "forged": True}).encode()
+    key = bob.encode()
+    rec = struct.pack("<BBBBHQ", 1, 2, len(key), 0, len(ev), 0) + key + ev
+    # Loosen the modes as an operator's mistake would; SO_PEERCRED must still refuse it.
+    # parley-fcgi is stopped meanwhile, so the record is queued before it can look at the peer.
+    os.chmod(busdir, 0o711)
+    os.chmod(os.path.join(busdir, sock), 0o666)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.chdir(busdir)
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.connect(sock)
+                code = 0 if s.send(rec) == len(rec) else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        check(os.waitstatus_to_exitcode(status) == 0, "the other uid reached the bus socket")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        os.chmod(os.path.join(busdir, sock), 0o600)
+        os.chmod(busdir, 0o700)
+    p.join(10)
+    j = p.resp.json() if p.resp else None
+    check(j is not None and j.get("events") == [],
+          "a forged hint from another uid is not delivered to a parked poll", p.resp)
+    check(metric(base, tb, "bus_refused_total") == refused0 + 1,
+          "the refused bus connection is counted (parley_fcgi_bus_refused_total)")
+
+
+def t_lost_hint(base, pid, busdir, conf, probe):
+    """A hint another process dropped for this one still wakes the waiter within the sweep."""
+    alice, bob = name("alice"), name("bob")
+    tb = token(bob)
+    lost0 = metric(base, tb, "bus_lost_total")
+    p = Poller(base, "/messages/long_poll?after=%d&timeout=40" % last_seq(base, tb), tb)
+    parked0 = metric(base, tb, "polls_parked")
+    p.start()
+    wait_parked(base, tb, parked0 + 1)
+    cmid = name("c")
+    # While parley-fcgi is stopped, another process fills its backlog for it, then commits a
+    # message to bob: that hint is dropped, and only the BUS_LOST marker can tell parley-fcgi.
+    os.kill(pid, signal.SIGSTOP)
+    proc = None
+    try:
+        proc = subprocess.Popen([probe, busdir, "lose", conf, "40000", alice, bob, "lost hint", cmid],
+                                stdout=subprocess.PIPE, text=True)
+        line = proc.stdout.readline().strip()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    t_cont = time.monotonic()
+    m = re.match(r"dropped=(\d+) id=(\d+)$", line)
+    check(m is not None and int(m.group(1)) > 0, "the other process dropped hints", line)
+    p.join(20)
+    j = p.resp.json() if p.resp else None
+    ok = j is not None and j.get("events") and j["events"][0]["message"]["client_msg_id"] == cmid
+    check(ok, "a hint dropped by another process still wakes the parked poll", p.resp)
+    if ok:
+        check(p.t_done - t_cont < 5.0, "within seconds of catching up, not at the poll's timeout (%.1f s)"
+              % (p.t_done - t_cont))
+    check(metric(base, tb, "bus_lost_total") >= lost0 + 1, "the loss is counted (parley_fcgi_bus_lost_total)")
+    proc.kill()
+    proc.wait()
+
+
 def t_fdleak(base, pid):
     alice, bob = name("alice"), name("bob")
     ta, tb = token(alice), token(bob)
@@ -1337,6 +1430,10 @@ def main():
             t_replace(base, " (lighttpd)")
             t_dropped_polls(base, " (lighttpd)")
             t_one_user_drops(base, int(os.environ.get("FCGI_USER_CAP", "16")), " (lighttpd)")
+            if os.environ.get("BUS_DIR"):
+                t_bus_forged(base, pid, os.environ["BUS_DIR"])
+                t_lost_hint(base, pid, os.environ["BUS_DIR"], os.environ["FCGI_CONF"],
+                            os.path.join(os.environ["PARLEY_BUILDDIR"], "tests", "busprobe"))
             t_mass(base, pid, int(os.environ.get("FCGI_MASS", "2000")))
         elif phase == "basic":
             what = " (%s)" % os.environ.get("FCGI_SERVER", "")

@@ -109,7 +109,8 @@ url2=$web_url
 echo "== lighttpd: every route, long polls, sync, hang-up, keep-conn, two processes, 2000 parked"
 phase_args=(full)
 run_py lighttpd PARLEY_HTTP="$url1" PARLEY_HTTP2="$url2" FCGI_PID="$pid1" \
-	FCGI_SOCKET="$work/one.sock" FCGI_MASS="${FCGI_MASS:-2000}" FCGI_USER_CAP2=3
+	FCGI_SOCKET="$work/one.sock" FCGI_MASS="${FCGI_MASS:-2000}" FCGI_USER_CAP2=3 \
+	BUS_DIR="$work/bus" FCGI_CONF="$work/one.conf"
 
 echo "== nginx: send and long polls"
 if start_web nginx ngx "$work/one.sock"; then
@@ -153,6 +154,21 @@ if command -v spawn-fcgi >/dev/null; then
 		{ echo "FAIL parley-fcgi opened fcgi.listen although fd 0 was a socket"; failed=$((failed + 1)); }
 else
 	echo "FAIL spawn-fcgi is missing (apt-get install spawn-fcgi)"; failed=$((failed + 1))
+fi
+
+echo "== a bus directory its group or others may write to: parley-fcgi refuses to start"
+make_conf openbus "$work/openbus.sock"
+sed -i "s|^dir = $work/bus\$|dir = $work/openbus|" "$work/openbus.conf"
+mkdir -m 0777 "$work/openbus" && chmod 0777 "$work/openbus"
+timeout 10 "$fcgi_bin" -c "$work/openbus.conf" >"$work/openbus.log" 2>&1
+rc=$?
+if [ "$rc" = 1 ] && grep -q "bus directory $work/openbus has mode 0777" "$work/openbus.log" &&
+    [ -z "$(ls -A "$work/openbus")" ]; then
+	echo "ok   a world-writable bus directory is refused at start-up (exit 1, the reason logged)"
+	passed=$((passed + 1))
+else
+	echo "FAIL parley-fcgi with a 0777 bus directory: exit $rc"; cat "$work/openbus.log"
+	failed=$((failed + 1))
 fi
 
 echo "== MySQL down: 503 + Retry-After, then recovery without a restart"

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -966,6 +967,37 @@ async def lost_hint_gap_filled(env):
     await b.none(lambda m: m.get("type") == "new_message", 0.3)
     for c in (a, ai, b):
         await c.close()
+
+
+@test
+async def lost_hint_marker_resyncs(env):
+    # Another process on the bus drops the hint of its commit for bob (its backlog for the
+    # stopped daemon is full): the BUS_LOST record that follows the kept hints makes the daemon
+    # re-read bob's log, although no later event for bob ever comes.
+    d = Daemon("lostd", bus=os.path.join(TOP, "bus-lost"))
+    probe = None
+    try:
+        alice, bob = uname("alice"), uname("bob")
+        b = await connect(d, bob)
+        cmid = uname("c")
+        lost0 = d.metric("bus_lost_total")
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            probe = subprocess.Popen([os.path.join(BUILD, "tests", "busprobe"), d.bus, "lose", d.conf,
+                                      "40000", alice, bob, "hint lost", cmid],
+                                     stdout=subprocess.PIPE, text=True)
+            line = probe.stdout.readline().strip()
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        assert re.match(r"dropped=[1-9]\d* id=\d+$", line), line
+        await b.next(is_msg(cmid), timeout=10)
+        assert d.metric("bus_lost_total") == lost0 + 1, d.metric("bus_lost_total")
+        await b.close()
+    finally:
+        if probe is not None:
+            probe.kill()
+            probe.wait()
+        d.stop()
 
 
 @test
