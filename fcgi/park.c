@@ -26,7 +26,7 @@
 
 /* A wake that could not be handed to a worker (mailbox full) is tried again this much later. */
 #define PARK_RECHECK_MS		50
-/* After a peer (any process, this one included) lost hints for us, every waiter reads MySQL again, at most this often. */
+/* After some process (this one included) lost hints for us, every waiter re-reads, at most this often. */
 #define PARK_SWEEP_MS		200
 /* Timeouts are answered in batches of at most this many per worker message. */
 #define PARK_TIMEOUT_BATCH	64

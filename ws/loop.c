@@ -902,7 +902,8 @@ loop_drain(struct ws *ws)
 		ws_done_free(d);
 	}
 	if (overflow) {
-		log_warn("bus hints lost (our queue, or a peer's backlog for us, was full); resyncing every connection");
+		log_warn("bus hints lost (our queue, or a peer's backlog for us, was full); "
+		    "resyncing every connection");
 		loop_resync_all(ws);
 	}
 	if (ws->nheld > 0)
