@@ -626,11 +626,15 @@ bus_flush_all(struct bus *b)
 	bus_peers_put(b, ps);
 }
 
-/* mkdir -p with mode for the directories we create. */
+/*
+ * mkdir -p: the last directory with mode, the parents we create 0750 (the web server may need to
+ * traverse a parent to reach the FastCGI socket; nobody but us may write to any of them).
+ */
 static int
 bus_mkdirs(const char *dir, mode_t mode)
 {
 	char *p, *s, c;
+	size_t len;
 	int rc = -1;
 
 	if (dir[0] == '\0') {
@@ -638,15 +642,17 @@ bus_mkdirs(const char *dir, mode_t mode)
 		return -1;
 	}
 	s = xstrdup(dir);
+	for (len = strlen(s); len > 1 && s[len - 1] == '/'; len--)
+		s[len - 1] = '\0';
 
 	for (p = s + 1; ; p++) {
 		if (*p != '/' && *p != '\0')
 			continue;
 		c = *p;
 		*p = '\0';
-		if (mkdir(s, mode) == 0) {
-			/* umask may have narrowed it; never widened beyond mode. */
-			(void)chmod(s, mode);
+		if (mkdir(s, c == '\0' ? mode : 0750) == 0) {
+			/* umask may have narrowed it: exactly these modes, never wider. */
+			(void)chmod(s, c == '\0' ? mode : 0750);
 		} else if (errno != EEXIST) {
 			goto out;
 		}
@@ -662,8 +668,8 @@ out:
 
 /*
  * The bus directory must be ours and writable by nobody else: whoever can create a socket there
- * receives every hint (message content included) and, before SO_PEERCRED was checked, could
- * send any. A cause (caller frees) and -1 when it is not.
+ * could receive hints (message content included) if SO_PEERCRED were not checked, and squat the
+ * names. A cause (caller frees) and -1 when it is not.
  */
 static int
 bus_dir_check(const char *dir, uid_t uid, char **cause)

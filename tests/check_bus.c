@@ -202,7 +202,7 @@ bus_open(const char *dir)
 /* The directory is created 0700, our socket is 0600, and bus_free removes it. */
 START_TEST(test_dir_and_modes)
 {
-	char *dir = bus_dir(), *name, *path, *long_dir, *cause, big[100];
+	char *dir = bus_dir(), *name, *path, *long_dir, *cause, *deep, *mid, big[100];
 	struct bus *b = bus_open(dir);
 	struct stat st;
 
@@ -218,6 +218,20 @@ START_TEST(test_dir_and_modes)
 	ck_assert_int_eq(stat(path, &st), -1);
 	ck_assert_int_eq(errno, ENOENT);
 	bus_free(NULL);
+	/* Parents it creates are 0750 (traversable, writable by us alone), the bus directory 0700. */
+	xasprintf(&mid, "%s/x", dir);
+	xasprintf(&deep, "%s/x/y/", dir);
+	ck_assert_int_eq(rmdir(dir), 0);
+	b = bus_open(deep);
+	ck_assert_int_eq(stat(dir, &st), 0);
+	ck_assert_int_eq(st.st_mode & 07777, 0750);
+	ck_assert_int_eq(stat(mid, &st), 0);
+	ck_assert_int_eq(st.st_mode & 07777, 0750);
+	ck_assert_int_eq(stat(deep, &st), 0);
+	ck_assert_int_eq(st.st_mode & 07777, 0700);
+	bus_free(b);
+	free(deep);
+	free(mid);
 	/* A path the socket name cannot fit in fails with a cause. */
 	memset(big, 'x', sizeof big - 1);
 	big[sizeof big - 1] = '\0';
