@@ -29,6 +29,7 @@
 #include "metrics.h"
 #include "park.h"
 #include "routes.h"
+#include "store.h"
 #include "xmalloc.h"
 
 /* Listen backlog: a burst of thousands of long polls must not find the queue full. */
@@ -45,6 +46,21 @@ struct fcgi_thread {
 	pthread_t	 tid;
 	int		 done;	/* atomic */
 };
+
+/* Wait for MySQL as mysql.start_wait says; a MySQL that never answered stops start-up. */
+static void
+mysql_start(const struct config *cfg)
+{
+	struct store *s;
+	char *cause = NULL;
+
+	if (cfg->mysql_start_wait < 0)
+		return;
+	s = store_new(cfg);
+	if (store_wait(s, cfg->mysql_start_wait, &cause) != 0)
+		fatal("%s", cause);
+	store_free(s);
+}
 
 /* --help: the text on stdout, exit 0; a usage error: on stderr, exit 2. */
 static void
@@ -360,6 +376,7 @@ main(int argc, char **argv)
 	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+	mysql_start(&app.cfg);
 	app.listen_fd = open_listen(&app.cfg, &created);
 	if (created != NULL && stat(created, &bound) < 0)
 		fatal("stat %s: %s", created, strerror(errno));

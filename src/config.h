@@ -21,6 +21,7 @@ struct config {
 	char	*mysql_database;	/* default "parley" */
 	int	 mysql_connect_timeout;	/* seconds, default 2 */
 	int	 mysql_rw_timeout;	/* seconds for reads/writes, default 10 */
+	int	 mysql_start_wait;	/* seconds a daemon waits for MySQL at start; -1: not at all */
 
 	/* [memcached] */
 	char	*memcached_servers;	/* "/path/to.sock" or "host:port[,host:port]"; "" disables; default "127.0.0.1:11211" */

@@ -198,8 +198,9 @@ store_connect(struct store *s)
 	if (mysql_real_connect(my, c->mysql_socket != NULL ? NULL : c->mysql_host, c->mysql_user,
 	    c->mysql_password, c->mysql_database, c->mysql_socket != NULL ? 0 : c->mysql_port,
 	    c->mysql_socket, 0) == NULL) {
+		snprintf(s->down_why, sizeof s->down_why, "%s", mysql_error(my));
 		if (!s->down_logged)
-			log_warn("mysql: cannot connect: %s", mysql_error(my));
+			log_warn("mysql: cannot connect: %s", s->down_why);
 		s->down_logged = 1;
 		mysql_close(my);
 		s->backoff = s->backoff == 0 ? STORE_BACKOFF_MIN : s->backoff * 2;
@@ -901,4 +902,22 @@ int
 store_ping(struct store *s)
 {
 	return store__run(s, 0, ping_fn, NULL);
+}
+
+int
+store_wait(struct store *s, int seconds, char **cause)
+{
+	int64_t deadline = parley_mono_ms() + (int64_t)seconds * 1000;
+
+	for (;;) {
+		if (store_ping(s) == 0)
+			return 0;
+		if (parley_mono_ms() >= deadline)
+			break;
+		usleep(250 * 1000);
+		s->next_try = 0;	/* this loop is the backoff */
+	}
+	xasprintf(cause, "MySQL did not answer within %d s (mysql.start_wait): %s", seconds,
+	    s->down_why[0] != '\0' ? s->down_why : strerror(errno));
+	return -1;
 }

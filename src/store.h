@@ -28,6 +28,11 @@ struct store	*store_new(const struct config *);
 void		 store_free(struct store *);
 /* 0 when MySQL answers now. */
 int		 store_ping(struct store *);
+/*
+ * Start-up: ping until MySQL answers, for up to seconds (0: one try). -1 with *cause set
+ * (caller frees) naming MySQL's own reason when it never did. Blocks: never on an event loop.
+ */
+int		 store_wait(struct store *, int seconds, char **cause);
 /* How many times this connection was re-established (metrics, tests). */
 uint64_t	 store_reconnects(const struct store *);
 

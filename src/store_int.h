@@ -143,6 +143,7 @@ struct store {
 	uint64_t		 reconnects;
 	int			 connected_once;
 	int			 down_logged;
+	char			 down_why[256];	/* mysql_error() of the last failed connect */
 	int64_t			 next_try;	/* monotonic ms before which we do not reconnect */
 	int			 backoff;
 	unsigned		 seed;

@@ -75,13 +75,20 @@ ws_origins(struct ws *ws)
 	free(copy);
 }
 
-/* Connections counted for this node by a previous run of it are gone: reset them (blocking, before the loop). */
+/*
+ * Before the loop (blocking): wait for MySQL as mysql.start_wait says, then reset the
+ * connections a previous run of this node counted (they are gone).
+ */
 static void
-ws_presence_reset(struct ws *ws)
+ws_mysql_start(struct ws *ws)
 {
 	struct chat ch;
+	char *cause = NULL;
 
 	chat_init(&ch, ws->cfg, NULL, NULL);
+	if (ws->cfg->mysql_start_wait >= 0 &&
+	    store_wait(ch.store, ws->cfg->mysql_start_wait, &cause) != 0)
+		fatal("%s", cause);
 	if (store_presence_reset(ch.store, ws->node, parley_now_ms()) != 0)
 		log_warn("presence reset for %s failed: %s", ws->node, strerror(errno));
 	chat_clear(&ch);
@@ -267,7 +274,7 @@ main(int argc, char **argv)
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
 	ws.journal = cache_journal_new();
-	ws_presence_reset(&ws);
+	ws_mysql_start(&ws);
 
 	memset(&acfg, 0, sizeof acfg);
 	acfg.workers = cfg.actor_workers;

@@ -50,6 +50,21 @@ expect "check-config no file" 1 - 'no configuration' -- env -u PARLEY_CONFIG "$b
 expect "parley-ws bad config" 1 - "bad.conf:4: ws.port" -- "$b/parley-ws" --config "$tmp/bad.conf"
 expect "parley-fcgi bad config" 1 - "bad.conf:4: ws.port" -- "$b/parley-fcgi" --config "$tmp/bad.conf"
 
+# MySQL unreachable at start: one line with MySQL's own reason, exit 1 (or, with -1, start anyway).
+printf '[auth]\njwt_secret = %s\n[mysql]\nsocket = %s\nstart_wait = 0\n[bus]\ndir = %s\n[fcgi]\nlisten = %s\n' \
+	0123456789abcdef0123456789abcdef "$tmp/no-mysql.sock" "$tmp/bus0" "$tmp/f0.sock" >"$tmp/nomysql.conf"
+mkdir -m 0700 "$tmp/bus0"
+for p in parley-fcgi parley-ws; do
+	expect "$p, MySQL down at start" 1 - \
+	    "error: MySQL did not answer within 0 s \(mysql.start_wait\): Can't connect .*no-mysql.sock" -- \
+	    timeout 20 "$b/$p" --config "$tmp/nomysql.conf"
+done
+sed 's/^start_wait = 0$/start_wait = -1/' "$tmp/nomysql.conf" >"$tmp/nowait.conf"
+"$b/parley-fcgi" --config "$tmp/nowait.conf" 2>"$tmp/nowait.log" & nwpid=$!
+for _ in $(seq 50); do [ -S "$tmp/f0.sock" ] && break; sleep 0.1; done
+[ -S "$tmp/f0.sock" ] && kill -0 "$nwpid" 2>/dev/null && ok || bad "start_wait = -1: parley-fcgi did not start"
+kill "$nwpid" 2>/dev/null; wait "$nwpid" 2>/dev/null
+
 # Man pages: render with man -l and no warning from groff.
 for m in "$s"/man/*.[0-9]; do
 	if MANWIDTH=80 man --warnings=all -l "$m" >"$tmp/man.out" 2>"$tmp/man.err" &&
