@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -46,6 +47,33 @@ struct fcgi_thread {
 	pthread_t	 tid;
 	int		 done;	/* atomic */
 };
+
+/*
+ * libfcgi unlinks whatever is at the socket path before binding: a second parley-fcgi would take
+ * the socket of a running one, and a mistyped path could delete a file. Refuse both; a socket
+ * nobody answers on is stale and may go.
+ */
+static void
+listen_path_check(const char *path)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, rc;
+
+	if (lstat(path, &st) < 0)
+		return;
+	if (!S_ISSOCK(st.st_mode))
+		fatal("cannot listen on %s: it exists and is not a socket", path);
+	if (strlen(path) >= sizeof sun.sun_path)
+		return;	/* FCGX_OpenSocket says why */
+	strcpy(sun.sun_path, path);
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		fatal("socket: %s", strerror(errno));
+	rc = connect(fd, (struct sockaddr *)&sun, sizeof sun);
+	close(fd);
+	if (rc == 0)
+		fatal("cannot listen on %s: socket in use by another process", path);
+}
 
 /* Wait for MySQL as mysql.start_wait says; a MySQL that never answered stops start-up. */
 static void
@@ -111,6 +139,7 @@ open_listen(const struct config *cfg, char **created)
 		return FCGI_LISTENSOCK_FILENO;
 	}
 	if (cfg->fcgi_listen[0] == '/') {
+		listen_path_check(cfg->fcgi_listen);
 		old = umask(~(mode_t)cfg->fcgi_socket_mode & 0777);
 		fd = FCGX_OpenSocket(cfg->fcgi_listen, FCGI_BACKLOG);
 		umask(old);

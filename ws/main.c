@@ -1,6 +1,9 @@
 /* main.c - parley-ws: start-up, the threads around the libwebsockets loop, and shutdown. */
+#include <sys/socket.h>
+
 #include <errno.h>
 #include <getopt.h>
+#include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -159,6 +162,30 @@ ws_signal_thread(void *arg)
 	return NULL;
 }
 
+/*
+ * lws says only "init server failed" when it cannot bind: bind once ourselves first (and let
+ * go), so a port in use or an address not on this host stops start-up with the reason.
+ */
+static void
+ws_listen_check(const struct config *cfg)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai;
+	char port[16];
+	int fd, rc, one = 1;
+
+	snprintf(port, sizeof port, "%d", cfg->ws_port);
+	if ((rc = getaddrinfo(cfg->ws_listen, port, &hints, &ai)) != 0)
+		fatal("cannot listen on %s port %d: %s", cfg->ws_listen, cfg->ws_port,
+		    gai_strerror(rc));
+	if ((fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+	    bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+		fatal("cannot listen on %s port %d: %s", cfg->ws_listen, cfg->ws_port,
+		    strerror(errno));
+	close(fd);
+	freeaddrinfo(ai);
+}
+
 static struct lws_context *
 ws_context(struct ws *ws)
 {
@@ -274,6 +301,7 @@ main(int argc, char **argv)
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
 	ws.journal = cache_journal_new();
+	ws_listen_check(&cfg);
 	ws_mysql_start(&ws);
 
 	memset(&acfg, 0, sizeof acfg);

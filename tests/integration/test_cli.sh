@@ -65,6 +65,32 @@ for _ in $(seq 50); do [ -S "$tmp/f0.sock" ] && break; sleep 0.1; done
 [ -S "$tmp/f0.sock" ] && kill -0 "$nwpid" 2>/dev/null && ok || bad "start_wait = -1: parley-fcgi did not start"
 kill "$nwpid" 2>/dev/null; wait "$nwpid" 2>/dev/null
 
+# A port or socket in use: one line naming it, exit 1, and the running daemon keeps its socket.
+if [ -n "${PARLEY_TEST_CONFIG:-}" ]; then
+	busy=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+	mkdir -m 0700 "$tmp/bus1"
+	grep -vE '^(listen|dir) *=' "$PARLEY_TEST_CONFIG" >"$tmp/busy.conf"
+	printf '[bus]\ndir = %s\n[fcgi]\nlisten = %s\n[ws]\nport = %s\n' \
+		"$tmp/bus1" "$tmp/f1.sock" "$busy" >>"$tmp/busy.conf"
+	/usr/bin/python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); s.listen(); time.sleep(30)' "$busy" & holder=$!
+	for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$busy") 2>/dev/null && break; sleep 0.1; done
+	expect "parley-ws, port in use" 1 - "error: cannot listen on 127.0.0.1 port $busy: Address already in use" -- \
+		timeout 20 "$b/parley-ws" --config "$tmp/busy.conf"
+	kill "$holder"; wait "$holder" 2>/dev/null
+	"$b/parley-fcgi" --config "$tmp/busy.conf" 2>"$tmp/f1.log" & f1=$!
+	for _ in $(seq 50); do [ -S "$tmp/f1.sock" ] && break; sleep 0.1; done
+	ino=$(stat -c %i "$tmp/f1.sock")
+	expect "parley-fcgi, socket in use" 1 - "error: cannot listen on $tmp/f1.sock: socket in use by another process" -- \
+		timeout 20 "$b/parley-fcgi" --config "$tmp/busy.conf"
+	[ "$(stat -c %i "$tmp/f1.sock")" = "$ino" ] && ok || bad "the second parley-fcgi replaced the first one's socket"
+	kill "$f1"; wait "$f1" 2>/dev/null
+	: >"$tmp/not-a-socket"
+	sed "s#^listen = .*#listen = $tmp/not-a-socket#" "$tmp/busy.conf" >"$tmp/notsock.conf"
+	expect "parley-fcgi, listen path is a file" 1 - "is not a socket" -- \
+		timeout 20 "$b/parley-fcgi" --config "$tmp/notsock.conf"
+	[ -f "$tmp/not-a-socket" ] && ok || bad "parley-fcgi deleted the file at fcgi.listen"
+fi
+
 # Man pages: render with man -l and no warning from groff.
 for m in "$s"/man/*.[0-9]; do
 	if MANWIDTH=80 man --warnings=all -l "$m" >"$tmp/man.out" 2>"$tmp/man.err" &&
