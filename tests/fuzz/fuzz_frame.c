@@ -3,6 +3,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
+
 #include "protocol.h"
 
 static void
@@ -10,6 +12,28 @@ check(int ok)
 {
 	if (!ok)
 		abort();
+}
+
+/*
+ * What is accepted must come out again unchanged: the new_message event the recipient gets,
+ * parsed back, holds the very content and client_msg_id (the encoder escapes what JSON needs).
+ */
+static void
+check_roundtrip(const struct proto_send *s)
+{
+	struct proto_message m = { .id = 1, .from = "a", .to = s->to, .group_id = s->group_id,
+	    .content = s->content, .client_msg_id = s->client_msg_id, .ts = 1 };
+	struct json_object *o, *msg, *v;
+	char *ev = protocol_event_new_message(7, &m);
+
+	o = protocol_parse_json(ev, strlen(ev));
+	check(o != NULL && json_object_object_get_ex(o, "message", &msg));
+	check(json_object_object_get_ex(msg, "content", &v) &&
+	    strcmp(json_object_get_string(v), s->content) == 0);
+	check(json_object_object_get_ex(msg, "client_msg_id", &v) &&
+	    strcmp(json_object_get_string(v), s->client_msg_id) == 0);
+	json_object_put(o);
+	free(ev);
 }
 
 /*
@@ -29,6 +53,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case PROTO_F_SEND:
 			check(protocol_valid_utf8(r.send.content, strlen(r.send.content)));
 			check(protocol_valid_id(r.send.client_msg_id));
+			check_roundtrip(&r.send);
 			break;
 		case PROTO_F_JOIN_ROOM:
 		case PROTO_F_LEAVE_ROOM:
