@@ -58,6 +58,7 @@ static const struct config_key config_keys[] = {
 	I("mysql.connect_timeout",	CT_INT,		 mysql_connect_timeout,	1, 3600, 2),
 	I("mysql.rw_timeout",		CT_INT,		 mysql_rw_timeout,	1, 3600, 10),
 	I("mysql.start_wait",		CT_INT,		 mysql_start_wait,	-1, 3600, 10),
+	I("mysql.lock_wait_timeout",	CT_INT,		 mysql_lock_wait_timeout, 1, 3600, 5),
 
 	S("memcached.servers",		CT_STR,		 memcached_servers,	"127.0.0.1:11211"),
 	I("memcached.timeout_ms",	CT_INT,		 memcached_timeout_ms,	1, 60000, 100),

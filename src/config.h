@@ -22,6 +22,7 @@ struct config {
 	int	 mysql_connect_timeout;	/* seconds, default 2 */
 	int	 mysql_rw_timeout;	/* seconds for reads/writes, default 10 */
 	int	 mysql_start_wait;	/* seconds a daemon waits for MySQL at start; -1: not at all */
+	int	 mysql_lock_wait_timeout;	/* seconds a statement waits for a row lock, default 5 */
 
 	/* [memcached] */
 	char	*memcached_servers;	/* "/path/to.sock" or "host:port[,host:port]"; "" disables; default "127.0.0.1:11211" */

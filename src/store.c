@@ -165,6 +165,7 @@ store_connect(struct store *s)
 {
 	const struct config *c = s->cfg;
 	unsigned int ct, rw;
+	char init[160];
 	int64_t now;
 	MYSQL *my;
 
@@ -193,8 +194,11 @@ store_connect(struct store *s)
 	/* READ COMMITTED: no gap locks, so concurrent appends only meet on the rows they touch. */
 	mysql_options(my, MYSQL_INIT_COMMAND,
 	    "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
-	mysql_options(my, MYSQL_INIT_COMMAND, "SET SESSION sql_mode = "
-	    "'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = 5");
+	/* The library keeps a copy of an init command: init may go out of scope. */
+	snprintf(init, sizeof init, "SET SESSION sql_mode = "
+	    "'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', innodb_lock_wait_timeout = %d",
+	    c->mysql_lock_wait_timeout);
+	mysql_options(my, MYSQL_INIT_COMMAND, init);
 	if (mysql_real_connect(my, c->mysql_socket != NULL ? NULL : c->mysql_host, c->mysql_user,
 	    c->mysql_password, c->mysql_database, c->mysql_socket != NULL ? 0 : c->mysql_port,
 	    c->mysql_socket, 0) == NULL) {
@@ -233,6 +237,11 @@ void
 store__fail(struct store *s, unsigned e, const char *what)
 {
 	s->myerr = e != 0 ? e : CR_UNKNOWN_ERROR;
+	/* A duplicate key is logged by store__run unless the body asks to retry it (a send's). */
+	if (s->myerr == ER_DUP_ENTRY) {
+		s->dup_what = what;
+		snprintf(s->dup_msg, sizeof s->dup_msg, "%s", mysql_error(s->my));
+	}
 	if (!store_err_lost(s->myerr) && s->myerr != ER_LOCK_DEADLOCK &&
 	    s->myerr != ER_LOCK_WAIT_TIMEOUT && s->myerr != ER_DUP_ENTRY)
 		log_warn("mysql: %s: error %u: %s", what, s->myerr, mysql_error(s->my));
@@ -567,12 +576,20 @@ store__run(struct store *s, int txn, store__fn fn, void *arg)
 			mysql_rollback(s->my);
 		if (!lost && s->myerr != ER_LOCK_DEADLOCK && s->myerr != ER_LOCK_WAIT_TIMEOUT &&
 		    !s->retry_ok) {
+			/* A duplicate key nobody expected is a broken invariant: say where. */
+			if (s->myerr == ER_DUP_ENTRY)
+				log_error("mysql: duplicate key in statement \"%s\": %s",
+				    s->dup_what != NULL ? s->dup_what : "?", s->dup_msg);
 			errno = EIO;
 			return -1;
 		}
 		if (attempt >= STORE_ATTEMPTS) {
 			log_warn("mysql: giving up after %d attempts (error %u)", attempt, s->myerr);
-			errno = lost ? EAGAIN : EIO;
+			/*
+			 * Lost connections, deadlocks and lock waits all pass: unavailable, retry
+			 * later (503). Only a duplicate key retried in vain is an internal error.
+			 */
+			errno = s->retry_ok ? EIO : EAGAIN;
 			return -1;
 		}
 		if (!lost && !s->retry_ok)	/* let the other transaction finish */

@@ -18,8 +18,10 @@ struct config;
  * prepared again. MYSQL_OPT_RECONNECT is never used.
  *
  * Errors: -1 with errno EAGAIN when MySQL is unreachable (the caller answers 503 and the next call
- * tries to reconnect, with backoff), EACCES not allowed, ENOENT no such thing, EINVAL bad argument,
- * EIO anything else (logged here, never shown to clients).
+ * tries to reconnect, with backoff) or a deadlock or lock-wait timeout (mysql.lock_wait_timeout)
+ * outlasted every attempt, EACCES not allowed, ENOENT no such thing, EINVAL bad argument, EIO
+ * anything else (logged here with the statement, a duplicate key included; never shown to
+ * clients).
  */
 struct store;
 

@@ -63,6 +63,7 @@ START_TEST(test_defaults)
 	ck_assert_str_eq(c.mysql_database, "parley");
 	ck_assert_int_eq(c.mysql_connect_timeout, 2);
 	ck_assert_int_eq(c.mysql_rw_timeout, 10);
+	ck_assert_int_eq(c.mysql_lock_wait_timeout, 5);
 	ck_assert_str_eq(c.memcached_servers, "127.0.0.1:11211");
 	ck_assert_int_eq(c.memcached_timeout_ms, 100);
 	ck_assert_int_eq(c.memcached_ttl, 300);
@@ -261,6 +262,8 @@ static const struct {
 	{ "mysql.port", "1", 1 },
 	{ "mysql.port", "65535", 65535 },
 	{ "mysql.port", "007", 7 },
+	{ "mysql.lock_wait_timeout", "1", 1 },
+	{ "mysql.lock_wait_timeout", "3600", 3600 },
 	{ "auth.jwt_leeway", "0", 0 },
 	{ "fcgi.max_parked", "0", 0 },
 	{ "fcgi.max_parked_per_user", "1", 1 },
@@ -300,6 +303,8 @@ field_value(const struct config *c, const char *key)
 		return c->mysql_port;
 	if (strcmp(key, "auth.jwt_leeway") == 0)
 		return c->jwt_leeway;
+	if (strcmp(key, "mysql.lock_wait_timeout") == 0)
+		return c->mysql_lock_wait_timeout;
 	if (strcmp(key, "fcgi.max_parked") == 0)
 		return c->fcgi_max_parked;
 	if (strcmp(key, "fcgi.max_parked_per_user") == 0)
@@ -347,6 +352,8 @@ static const struct {
 	{ "mysql.port", "1.5", "not an integer" },
 	{ "mysql.port", "99999999999999999999999", "not an integer" },
 	{ "mysql.connect_timeout", "0", "out of range" },
+	{ "mysql.lock_wait_timeout", "0", "out of range" },
+	{ "mysql.lock_wait_timeout", "3601", "out of range" },
 	{ "mysql.host", "", "must not be empty" },
 	{ "mysql.user", "", "must not be empty" },
 	{ "bus.dir", "", "must not be empty" },

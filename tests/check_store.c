@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <mysql.h>
+
 #include "config.h"
 #include "log.h"
 #include "parley.h"
@@ -1366,6 +1368,100 @@ START_TEST(test_lost_commit_room)
 }
 END_TEST
 
+/* --- errors that outlast every attempt, and unexpected duplicate keys ---------------------- */
+
+/* A second, plain connection to the stack's MariaDB (not through the store). */
+static MYSQL *
+raw_connect(void)
+{
+	MYSQL *my = mysql_init(NULL);
+
+	ck_assert_ptr_nonnull(my);
+	ck_assert_msg(mysql_real_connect(my, NULL, cfg.mysql_user, cfg.mysql_password,
+	    cfg.mysql_database, 0, cfg.mysql_socket, 0) != NULL, "connect: %s", mysql_error(my));
+	return my;
+}
+
+static void
+raw_sql(MYSQL *my, const char *sql)
+{
+	ck_assert_msg(mysql_query(my, sql) == 0, "%s: %s", sql, mysql_error(my));
+}
+
+/*
+ * A row lock held for longer than every attempt waits (a lock-wait timeout each time, the same
+ * path as a deadlock that keeps coming back) is "unavailable, retry later": EAGAIN (503).
+ */
+START_TEST(test_lock_wait_outlasts_attempts)
+{
+	char *a = testenv_name("alice"), *node = testenv_name("node"), sql[256];
+	struct store *s;
+	MYSQL *holder;
+	int64_t t0;
+	int ch = 0;
+
+	cfg.mysql_lock_wait_timeout = 1;
+	holder = raw_connect();
+	raw_sql(holder, "START TRANSACTION");
+	snprintf(sql, sizeof sql, "INSERT INTO presence_users (user_id, last_seen) VALUES ('%s', 0)",
+	    a);
+	raw_sql(holder, sql);	/* the user's lock row, held until the rollback below */
+	s = store_new(&cfg);
+	t0 = parley_mono_ms();
+	ck_assert_int_eq(store_presence_update(s, a, node, 1, 1, 1000, &ch), -1);
+	ck_assert_int_eq(errno, EAGAIN);
+	/* Five waits of 1 s and the pauses between them, not 5 x the default 5 s. */
+	ck_assert_int_ge(parley_mono_ms() - t0, 4000);
+	ck_assert_int_lt(parley_mono_ms() - t0, 15000);
+	raw_sql(holder, "ROLLBACK");
+	ck_assert_int_eq(store_presence_update(s, a, node, 1, 1, 1000, &ch), 0);
+	ck_assert_int_eq(ch, 1);
+	mysql_close(holder);
+	store_free(s);
+	free(a);
+	free(node);
+}
+END_TEST
+
+/*
+ * A duplicate key in a statement other than the message insert is a broken invariant: an
+ * internal error (EIO), logged with the statement and MySQL's message, never silent.
+ */
+START_TEST(test_duplicate_key_logged)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *members[1], *text = NULL;
+	char sql[256];
+	struct store_targets t;
+	struct store *s;
+	MYSQL *other;
+	uint64_t g = 0;
+	size_t len = 0;
+	FILE *f;
+
+	/* b's log has an event its seq row does not know of: b's next seq (1) is taken. */
+	other = raw_connect();
+	snprintf(sql, sizeof sql, "INSERT INTO events (user_id, seq, kind, body)"
+	    " VALUES ('%s', 1, 2, '{}')", b);
+	raw_sql(other, sql);
+	mysql_close(other);
+	s = store_new(&cfg);
+	members[0] = b;
+	f = open_memstream(&text, &len);
+	log_set_stream(f);
+	ck_assert_int_eq(store_group_create(s, a, "dup", members, 1, &g, &t), -1);
+	ck_assert_int_eq(errno, EIO);
+	log_set_stream(NULL);
+	fclose(f);
+	ck_assert_msg(strstr(text, "duplicate key in statement \"INSERT INTO events") != NULL,
+	    "log: %s", text);
+	ck_assert_msg(strstr(text, "Duplicate entry") != NULL, "log: %s", text);
+	free(text);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -1405,6 +1501,8 @@ store_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_mysql_down_fails_fast);
 	tcase_add_test(tc, test_mysql_restart);
+	tcase_add_test(tc, test_lock_wait_outlasts_attempts);
+	tcase_add_test(tc, test_duplicate_key_logged);
 	suite_add_tcase(su, tc);
 
 	tc = tcase_create("lost_commit");
