@@ -275,7 +275,7 @@ peer_relay(struct peer *p, struct pconn *c, const struct proto_send *s)
 			peer_send(p, rc, ev, strlen(ev));
 		free(ev);
 	}
-	ack = protocol_ack_ok(s->client_msg_id, m.id, ++c->user->seq);
+	ack = protocol_ack_ok(s->client_msg_id, m.id, ++c->user->seq, 0);
 	peer_send(p, c, ack, strlen(ack));
 	free(ack);
 }

@@ -100,6 +100,11 @@ static const struct config_key config_keys[] = {
 	I("ws.idle_timeout",		CT_INT,		 ws_idle_timeout,	2, 3600, 60),
 	I("ws.auth_timeout",		CT_INT,		 ws_auth_timeout,	1, 3600, 10),
 	S("ws.origins",			CT_STR,		 ws_origins,		""),
+	I("ws.max_per_ip",		CT_INT,		 ws_max_per_ip,		1, 1000000, 2000),
+	I("ws.max_per_user",		CT_INT,		 ws_max_per_user,	1, 1000000, 32),
+	I("ws.max_preauth_message",	CT_SIZE,	 ws_max_preauth_message, 256, 16777216, 4096),
+	I("ws.max_url",			CT_SIZE,	 ws_max_url,		256, 32768, 4096),
+	S("ws.trusted_proxies",		CT_STR,		 ws_trusted_proxies,	"127.0.0.1, ::1"),
 
 	I("log.level",			CT_LEVEL,	 log_level,		0, 0, LOG_LEVEL_INFO),
 	I("log.syslog",			CT_BOOL,	 log_syslog,		0, 1, 0),
@@ -413,6 +418,13 @@ config_check(const struct config *cfg, const char **key, const char **other, cha
 		*key = "ws.ping_interval";
 		*other = "ws.idle_timeout";
 		xasprintf(why, "must be less than ws.idle_timeout (%d)", cfg->ws_idle_timeout);
+		return -1;
+	}
+	/* The auth frame is a message too: a bigger pre-auth limit would mean nothing. */
+	if (cfg->ws_max_preauth_message > cfg->ws_max_message) {
+		*key = "ws.max_preauth_message";
+		*other = "ws.max_message";
+		xasprintf(why, "must not exceed ws.max_message (%zu)", cfg->ws_max_message);
 		return -1;
 	}
 	return 0;

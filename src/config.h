@@ -71,6 +71,11 @@ struct config {
 	int	 ws_idle_timeout;	/* seconds of silence before closing, default 60 */
 	int	 ws_auth_timeout;	/* seconds to send the auth frame, default 10 */
 	char	*ws_origins;		/* comma-separated allowed Origin values; "" allows any */
+	int	 ws_max_per_ip;		/* open WebSockets per client address, default 2000 */
+	int	 ws_max_per_user;	/* open WebSockets per user (this daemon), default 32 */
+	size_t	 ws_max_preauth_message; /* largest message before auth, default 4096 */
+	size_t	 ws_max_url;		/* upgrade URL bytes (path + query), default 4096 */
+	char	*ws_trusted_proxies;	/* peers whose X-Forwarded-For names the client */
 
 	/* [log] */
 	int	 log_level;		/* enum log_level, default info */

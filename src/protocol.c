@@ -1180,7 +1180,7 @@ protocol_error_frame(const char *code, const char *message)
 }
 
 char *
-protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq)
+protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq, int duplicate)
 {
 	struct pbuf b = { 0 };
 
@@ -1189,7 +1189,7 @@ protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq)
 	pb_lit(&b, ",\"status\":\"success\",\"server_msg_id\":");
 	pb_u64(&b, server_msg_id);
 	pb_ku64(&b, "seq", seq);
-	pb_lit(&b, "}");
+	pb_lit(&b, duplicate ? ",\"duplicate\":true}" : ",\"duplicate\":false}");
 	return pb_done(&b);
 }
 

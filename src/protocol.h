@@ -154,8 +154,12 @@ int	protocol_errno_status(int err);
 char	*protocol_error_body(const char *code, const char *message);
 /* {"type":"error","code":..,"message":..} */
 char	*protocol_error_frame(const char *code, const char *message);
-/* {"type":"ack","client_msg_id":..,"status":"success","server_msg_id":..,"seq":..} */
-char	*protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq);
+/*
+ * {"type":"ack","client_msg_id":..,"status":"success","server_msg_id":..,"seq":..,"duplicate":..}:
+ * duplicate is true when a retry was answered from the first send (as HTTP's answer says).
+ */
+char	*protocol_ack_ok(const char *client_msg_id, uint64_t server_msg_id, uint64_t seq,
+	    int duplicate);
 /* {"type":"ack","client_msg_id":..,"status":"error","error":{"code":..,"message":..}} */
 char	*protocol_ack_error(const char *client_msg_id, const char *code, const char *message);
 

@@ -464,6 +464,11 @@ static const struct {
 	    "ws.ping_interval: must be less than ws.idle_timeout" },
 	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nidle_timeout = 20\n", 4,
 	    "ws.ping_interval: must be less than ws.idle_timeout (20)" },
+	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nmax_preauth_message = 65537\n", 4,
+	    "ws.max_preauth_message: must not exceed ws.max_message (65536)" },
+	{ "[ws]\nmax_url = 32769\n", 2, "ws.max_url: " },
+	{ "[ws]\nmax_per_user = 0\n", 2, "ws.max_per_user: " },
+	{ "[ws]\nmax_per_ip = 0\n", 2, "ws.max_per_ip: " },
 };
 
 START_TEST(test_bad_files)

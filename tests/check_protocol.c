@@ -1188,9 +1188,12 @@ START_TEST(test_encode_errors)
 	    "{\"error\":{\"code\":\"not_found\",\"message\":\"no \\\"such\\\" group/x\"}}");
 	expect_json(protocol_error_frame("bad_request", "unknown type"),
 	    "{\"type\":\"error\",\"code\":\"bad_request\",\"message\":\"unknown type\"}");
-	expect_json(protocol_ack_ok("c-1", 1001, 42),
+	expect_json(protocol_ack_ok("c-1", 1001, 42, 0),
 	    "{\"type\":\"ack\",\"client_msg_id\":\"c-1\",\"status\":\"success\",\"server_msg_id\":1001,"
-	    "\"seq\":42}");
+	    "\"seq\":42,\"duplicate\":false}");
+	expect_json(protocol_ack_ok("c-1", 1001, 42, 1),
+	    "{\"type\":\"ack\",\"client_msg_id\":\"c-1\",\"status\":\"success\",\"server_msg_id\":1001,"
+	    "\"seq\":42,\"duplicate\":true}");
 	expect_json(protocol_ack_error("c-1", "forbidden", "not a member"),
 	    "{\"type\":\"ack\",\"client_msg_id\":\"c-1\",\"status\":\"error\",\"error\":{\"code\":\"forbidden\","
 	    "\"message\":\"not a member\"}}");

@@ -28,6 +28,7 @@ struct conns {
 	size_t			 count;
 	struct conn_table	 users;		/* of struct conn_user */
 	struct conn_table	 rooms;		/* of struct conn_room */
+	struct conn_table	 addrs;		/* of struct conn_addr */
 };
 
 /* FNV-1a: short keys, good enough spread, no allocation. */
@@ -143,6 +144,7 @@ conns_new(size_t max)
 	cs->free_head = max > 0 ? 1 : 0;
 	conn_table_init(&cs->users, 1024);
 	conn_table_init(&cs->rooms, 256);
+	conn_table_init(&cs->addrs, 1024);
 	return cs;
 }
 
@@ -153,6 +155,7 @@ conns_free(struct conns *cs)
 		return;
 	conn_table_free(&cs->users);
 	conn_table_free(&cs->rooms);
+	conn_table_free(&cs->addrs);
 	free(cs->slots);
 	free(cs);
 }
@@ -227,6 +230,51 @@ conn_set_user(struct conns *cs, struct conn *c, const char *user)
 		u->head->uprev = c;
 	u->head = c;
 	u->n++;
+}
+
+void
+conn_set_addr(struct conns *cs, struct conn *c, const char *addr)
+{
+	struct conn_addr *a;
+
+	if ((a = (struct conn_addr *)conn_table_find(&cs->addrs, addr)) == NULL) {
+		a = xcalloc(1, sizeof *a);
+		strncpy(a->key.name, addr, PARLEY_ID_MAX);
+		conn_table_add(&cs->addrs, &a->key);
+	}
+	c->addr = a;
+	a->n++;
+}
+
+size_t
+conns_addr_count(struct conns *cs, const char *addr)
+{
+	struct conn_addr *a = (struct conn_addr *)conn_table_find(&cs->addrs, addr);
+
+	return a != NULL ? a->n : 0;
+}
+
+/* A walk of both tables: only /metrics asks, rarely. */
+void
+conns_stats(struct conns *cs, struct conns_stats *st)
+{
+	struct conn_key *k;
+	size_t i;
+
+	memset(st, 0, sizeof *st);
+	st->addrs = cs->addrs.n;
+	for (i = 0; i <= cs->addrs.mask; i++) {
+		for (k = cs->addrs.b[i]; k != NULL; k = k->next) {
+			if (((struct conn_addr *)k)->n > st->addr_max)
+				st->addr_max = ((struct conn_addr *)k)->n;
+		}
+	}
+	for (i = 0; i <= cs->users.mask; i++) {
+		for (k = cs->users.b[i]; k != NULL; k = k->next) {
+			if (((struct conn_user *)k)->n > st->user_max)
+				st->user_max = ((struct conn_user *)k)->n;
+		}
+	}
 }
 
 struct conn_room *
@@ -323,6 +371,11 @@ conn_unregister(struct conns *cs, struct conn *c)
 		if (--u->n == 0)
 			conn_table_drop(&cs->users, &u->key);
 		c->user = NULL;
+	}
+	if (c->addr != NULL) {
+		if (--c->addr->n == 0)
+			conn_table_drop(&cs->addrs, &c->addr->key);
+		c->addr = NULL;
 	}
 	if (c->registered) {
 		idx = (uint32_t)c->id;

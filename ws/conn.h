@@ -42,12 +42,14 @@ struct backlog {
 };
 
 struct conn_user;
+struct conn_addr;
 struct room_join;
 
 struct conn {
 	struct lws		*wsi;
 	uint64_t		 id;		/* 0 until registered */
 	struct conn_user	*user;		/* set once the token is verified */
+	struct conn_addr	*addr;		/* the client's address (ws.max_per_ip) */
 	struct conn		*unext, *uprev;	/* the user's connections */
 	struct room_join	*rooms;		/* rooms joined */
 	struct frame		*qhead, *qtail;
@@ -73,7 +75,8 @@ struct conn {
 				 rx_discard:1,	/* an oversized message is being dropped */
 				 rx_binary:1,
 				 writable_asked:1,
-				 ping_due:1;	/* a ping goes out at the next writeable */
+				 ping_due:1,	/* a ping goes out at the next writeable */
+				 rx_qpaused:1;	/* reading paused: answers fill the outbound queue */
 	uint8_t			 pings;		/* asked for since the last frame or pong received */
 	uint8_t			 nrooms;
 	uint32_t		 nheld;		/* sends on the loop's held lists */
@@ -89,6 +92,12 @@ struct conn_key {
 struct conn_user {
 	struct conn_key		 key;		/* first: the users table's entry */
 	struct conn		*head;
+	size_t			 n;
+};
+
+/* Connections from one client address (the peer, or X-Forwarded-For of a trusted proxy). */
+struct conn_addr {
+	struct conn_key		 key;		/* first: the addrs table's entry */
 	size_t			 n;
 };
 
@@ -123,6 +132,19 @@ int		 conn_at(struct conns *, size_t *i, struct conn **);
 /* Attach c to user (creates the entry). */
 void		 conn_set_user(struct conns *, struct conn *, const char *user);
 struct conn_user *conns_user(struct conns *, const char *user);
+
+/* Count c against the client address addr (an entry while it has connections). */
+void		 conn_set_addr(struct conns *, struct conn *, const char *addr);
+/* Connections open from addr now. */
+size_t		 conns_addr_count(struct conns *, const char *addr);
+
+/* For /metrics: distinct addresses, and the most connections one address or one user holds. */
+struct conns_stats {
+	size_t	addrs;
+	size_t	addr_max;
+	size_t	user_max;
+};
+void		 conns_stats(struct conns *, struct conns_stats *);
 
 /* Rooms: 0, or -1 with errno E2BIG when c is in too many rooms. Joining twice is a no-op. */
 #define CONN_ROOMS_MAX 32

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <ev.h>
@@ -209,6 +210,24 @@ loop_post(struct ws *ws, struct job *j, int kind)
 	return -1;
 }
 
+/*
+ * Presence -1 for connection pconn of user, whose +1 was counted: exactly one per +1 (no job
+ * for a +1 that never happened). A full mailbox keeps it for the tick.
+ */
+static void
+loop_presence_down(struct ws *ws, const char *user, uint64_t pconn)
+{
+	struct job *j;
+
+	j = xcalloc(1, sizeof *j);
+	j->pconn = pconn;
+	snprintf(j->user, sizeof j->user, "%s", user);
+	if (actor_post(ws->pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0) {
+		j->next = ws->presence_retry;
+		ws->presence_retry = j;
+	}
+}
+
 /* Read the user's log after what c got; pages flow back through DONE_PAGE. */
 static void
 loop_fetch(struct ws *ws, struct conn *c)
@@ -250,8 +269,20 @@ loop_device_id(struct conn *c)
 static void
 loop_auth_ok(struct ws *ws, struct conn *c, const struct auth_identity *id)
 {
+	struct conn_user *u;
 	struct job *j;
+	char *msg;
 
+	/* ws.max_per_user: one user (one token) cannot hold every slot of the daemon. */
+	if ((u = conns_user(ws->conns, id->user)) != NULL &&
+	    u->n >= (size_t)ws->cfg->ws_max_per_user) {
+		ws->refused_user++;
+		xasprintf(&msg, "too many connections for this user (at most %d)",
+		    ws->cfg->ws_max_per_user);
+		loop_fail(c, "rate_limited", msg, 1008, "too many connections");
+		free(msg);
+		return;
+	}
 	conn_set_user(ws->conns, c, id->user);
 	if (id->device[0] != '\0')
 		memcpy(c->device, id->device, sizeof c->device);
@@ -263,7 +294,7 @@ loop_auth_ok(struct ws *ws, struct conn *c, const struct auth_identity *id)
 		loop_fail(c, "unavailable", "server busy, retry later", 1013, "try again later");
 		return;
 	}
-	c->presence = 1;
+	/* c->presence is set by the answer, once the +1 is known to be counted (loop_ready). */
 	/* Frames sent before "ready" wait in lws until the connection is ready. */
 	lws_rx_flow_control(c->wsi, 0);
 }
@@ -288,9 +319,10 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 	struct json_object *o;
 	const char *s;
 
+	c->presence = d->presence;	/* loop_closed posts the matching -1 */
 	if (c->state != CONN_AUTHING)
 		return;
-	if (c->nheld == 0)
+	if (c->nheld == 0 && !c->rx_qpaused)
 		lws_rx_flow_control(c->wsi, 1);
 	if (d->err != 0) {
 		loop_fail(c, "unavailable", "storage unavailable, retry later", 1013,
@@ -333,24 +365,30 @@ loop_bad_frame(struct ws *ws, struct conn *c, const char *field, const char *why
 	free(msg);
 }
 
+/*
+ * sync: restart the stream at the frame's after. The job is posted before anything changes: a
+ * sync refused for a full mailbox leaves the connection exactly as it was (live, or finishing an
+ * earlier sync), so live delivery goes on and the client may retry the sync.
+ */
 static void
 loop_sync(struct ws *ws, struct conn *c, const struct proto_frame_req *r)
 {
 	struct job *j;
 
+	j = loop_job(c);
+	j->epoch = c->epoch + 1;
+	j->has_after = r->has_after;
+	j->after = r->after;
+	if (loop_post(ws, j, JOB_SYNC) != 0) {
+		loop_error(ws, c, "rate_limited", "sync: too many requests in flight, retry");
+		return;
+	}
 	c->epoch++;
 	c->live = 0;
 	c->need_fetch = 0;
 	c->hint_max = 0;
 	conn_backlog_free(c);
-	j = loop_job(c);
-	j->has_after = r->has_after;
-	j->after = r->after;
 	c->fetching = 1;
-	if (loop_post(ws, j, JOB_SYNC) != 0) {
-		c->fetching = 0;
-		loop_error(ws, c, "rate_limited", "too many requests in flight, retry sync");
-	}
 }
 
 /* The send shard of a user: FNV-1a, so a user always lands on the same one. */
@@ -462,7 +500,7 @@ loop_held_shard(struct ws *ws, unsigned shard)
 			loop_send_refused(ws, c, j, "unavailable", "shutting down, retry later");
 		}
 		ws->nheld--;
-		if (c != NULL && --c->nheld == 0 && c->state == CONN_READY)
+		if (c != NULL && --c->nheld == 0 && c->state == CONN_READY && !c->rx_qpaused)
 			loop_rx_resume(ws, c);
 	}
 	h->tail = NULL;
@@ -589,6 +627,37 @@ loop_frame_new(struct ws *ws, struct conn *c, const char *buf, size_t len)
 	protocol_frame_clear(&r);
 }
 
+/*
+ * Back-pressure on what the client makes us answer (pongs, errors): once its queue is half full,
+ * reading stops until the client has taken it down to a quarter (loop_writeable). The other half
+ * is room for the answers to the frames lws had already read (one rx buffer) and for pushes; a
+ * client that pipelines pings while reading its pongs is slowed down, not cut off.
+ */
+static void
+loop_rx_answers(struct ws *ws, struct conn *c)
+{
+	if (c->rx_qpaused || c->state == CONN_CLOSING)
+		return;
+	if (c->qframes >= (uint32_t)ws->cfg->ws_queue_frames / 2 ||
+	    c->qbytes >= ws->cfg->ws_queue_bytes / 2) {
+		c->rx_qpaused = 1;
+		lws_rx_flow_control(c->wsi, 0);
+	}
+}
+
+/* The queue went down to a quarter: read again, unless held sends or "ready" still wait. */
+static void
+loop_rx_answers_taken(struct ws *ws, struct conn *c)
+{
+	if (!c->rx_qpaused || c->qframes > (uint32_t)ws->cfg->ws_queue_frames / 4 ||
+	    c->qbytes > ws->cfg->ws_queue_bytes / 4)
+		return;
+	c->rx_qpaused = 0;
+	loop_heard(c);	/* its pongs were not read meanwhile */
+	if (c->nheld == 0 && c->state == CONN_READY)
+		loop_rx_resume(ws, c);
+}
+
 static void
 loop_message(struct ws *ws, struct conn *c, const char *buf, size_t len)
 {
@@ -600,6 +669,7 @@ loop_message(struct ws *ws, struct conn *c, const char *buf, size_t len)
 	case CONN_AUTHING:
 	case CONN_READY:
 		loop_frame_ready(ws, c, buf, len);
+		loop_rx_answers(ws, c);
 		break;
 	default:
 		break;
@@ -612,14 +682,20 @@ loop_receive(struct ws *ws, struct conn *c, const char *in, size_t len)
 {
 	size_t remaining = lws_remaining_packet_payload(c->wsi);
 	int final = lws_is_final_fragment(c->wsi);
+	/* Before auth only an auth frame is taken: a stranger buffers no more than that. */
+	size_t max = c->state == CONN_NEW ? ws->cfg->ws_max_preauth_message :
+	    ws->cfg->ws_max_message;
 
 	if (c->state == CONN_CLOSING)
 		return;
 	loop_heard(c);
-	if ((size_t)c->rxlen + len + remaining > ws->cfg->ws_max_message) {
+	if ((size_t)c->rxlen + len + remaining > max) {
 		char *msg;
 
-		xasprintf(&msg, "message larger than %zu bytes", ws->cfg->ws_max_message);
+		if (c->state == CONN_NEW)
+			ws->refused_preauth++;
+		xasprintf(&msg, "message larger than %zu bytes%s", max,
+		    c->state == CONN_NEW ? " before authentication" : "");
 		loop_fail(c, "payload_too_large", msg, 1009, "message too big");
 		free(msg);
 		return;
@@ -884,7 +960,11 @@ loop_drain(struct ws *ws)
 			loop_hint(ws, d);
 		} else if (d->kind == DONE_ROOM) {
 			loop_room_event(ws, d->key, d->text, d->len);
-		} else if ((c = conn_find(ws->conns, d->conn)) != NULL) {
+		} else if ((c = conn_find(ws->conns, d->conn)) == NULL) {
+			/* Closed while authenticating: the +1 it counted still needs its -1. */
+			if (d->kind == DONE_READY && d->presence)
+				loop_presence_down(ws, d->key, d->conn);
+		} else {
 			switch (d->kind) {
 			case DONE_READY:
 				loop_ready(ws, c, d);
@@ -962,7 +1042,7 @@ loop_keepalive(struct ws *ws, struct conn *c, int64_t now)
 
 	if (c->state == CONN_CLOSING || c->state == CONN_NEW)
 		return 0;
-	if (c->nheld > 0 || c->state == CONN_AUTHING) {
+	if (c->nheld > 0 || c->rx_qpaused || c->state == CONN_AUTHING) {
 		loop_heard(c);
 		return 0;
 	}
@@ -1028,7 +1108,7 @@ loop_refuse(struct lws *wsi, int status, const char *text, const char *code, con
 	    message);
 	rl = snprintf(resp, sizeof resp, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 	    "Content-Length: %d\r\n%sConnection: close\r\n\r\n%s", status, text, bl,
-	    status == 503 ? "Retry-After: 5\r\n" : "", body);
+	    status == 503 || status == 429 ? "Retry-After: 5\r\n" : "", body);
 	(void)send(lws_get_socket_fd(wsi), resp, (size_t)rl, MSG_NOSIGNAL | MSG_DONTWAIT);
 	return -1;
 }
@@ -1052,12 +1132,88 @@ loop_origin_ok(struct ws *ws, struct lws *wsi)
 	return 0;
 }
 
-/* Path, Origin and capacity, before the 101 (never in HTTP_CONFIRM_UPGRADE: CVE-2025-11677). */
+/*
+ * The request's URL in bytes: path, then '?' and the query (lws_hdr_total_length counts the '&'
+ * between parameters), after lws's percent-decoding. More than ws.max_url when lws cut a part
+ * at ws.max_url + 1 (main.c's token limits).
+ */
+static size_t
+loop_url_length(struct lws *wsi, size_t path)
+{
+	int args = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+
+	return path + (args > 0 ? (size_t)args + 1 : 0);
+}
+
+/* An IPv4 client on an IPv6 socket is named ::ffff:a.b.c.d: count it as a.b.c.d. */
+static const char *
+loop_addr_plain(const char *a)
+{
+	if (strncmp(a, "::ffff:", 7) == 0 && strchr(a + 7, '.') != NULL)
+		return a + 7;
+	return a;
+}
+
+static int
+loop_proxy_trusted(const struct ws *ws, const char *peer)
+{
+	size_t i;
+
+	for (i = 0; i < ws->nproxies; i++) {
+		if (strcmp(peer, ws->proxies[i]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The client's address for ws.max_per_ip: the peer's, or, when the peer is a trusted proxy
+ * (ws.trusted_proxies), the last X-Forwarded-For entry (the one that proxy added; the ones
+ * before it are the client's word). An entry that is not an address keeps the peer's.
+ */
+static void
+loop_client_addr(const struct ws *ws, struct lws *wsi, char *out, size_t size)
+{
+	char peer[64], *xff, *last;
+	size_t n;
+	int len;
+
+	if (lws_get_peer_simple(wsi, peer, sizeof peer) == NULL)
+		snprintf(peer, sizeof peer, "unknown");
+	snprintf(out, size, "%s", loop_addr_plain(peer));
+	if (!loop_proxy_trusted(ws, out) ||
+	    (len = lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR)) <= 0)
+		return;
+	xff = xmalloc((size_t)len + 1);
+	if (lws_hdr_copy(wsi, xff, len + 1, WSI_TOKEN_X_FORWARDED_FOR) < 0)
+		goto out;
+	last = strrchr(xff, ',');
+	last = last != NULL ? last + 1 : xff;
+	last += strspn(last, " \t");
+	n = strspn(last, "0123456789abcdefABCDEF.:");
+	if (n > 0 && n < size && n <= 45 && last[n + strspn(last + n, " \t")] == '\0') {
+		last[n] = '\0';
+		snprintf(out, size, "%s", loop_addr_plain(last));
+	}
+out:
+	free(xff);
+}
+
+/*
+ * URL length, path, Origin, capacity and the client address's share, before the 101 (never in
+ * HTTP_CONFIRM_UPGRADE: CVE-2025-11677).
+ */
 static int
 loop_filter(struct ws *ws, struct lws *wsi)
 {
-	char path[64];
+	char path[64], addr[PARLEY_ID_MAX + 1];
+	int plen = lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI);
 
+	if (plen < 0 || loop_url_length(wsi, (size_t)plen) > ws->cfg->ws_max_url) {
+		ws->refused_url++;
+		return loop_refuse(wsi, 414, "URI Too Long", "bad_request",
+		    "url: longer than ws.max_url bytes");
+	}
 	if (lws_hdr_copy(wsi, path, sizeof path, WSI_TOKEN_GET_URI) < 0 ||
 	    (strcmp(path, "/ws") != 0 && strcmp(path, "/ws/") != 0))
 		return loop_refuse(wsi, 404, "Not Found", "not_found", "WebSocket endpoint is /ws");
@@ -1066,6 +1222,12 @@ loop_filter(struct ws *ws, struct lws *wsi)
 	if (ws->stopping || conns_count(ws->conns) >= (size_t)ws->cfg->ws_max_connections)
 		return loop_refuse(wsi, 503, "Service Unavailable", "unavailable",
 		    "too many connections");
+	loop_client_addr(ws, wsi, addr, sizeof addr);
+	if (conns_addr_count(ws->conns, addr) >= (size_t)ws->cfg->ws_max_per_ip) {
+		ws->refused_ip++;
+		return loop_refuse(wsi, 429, "Too Many Requests", "rate_limited",
+		    "too many connections from this address");
+	}
 	return 0;
 }
 
@@ -1073,14 +1235,17 @@ loop_filter(struct ws *ws, struct lws *wsi)
 static int
 loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 {
+	char *buf, addr[PARLEY_ID_MAX + 1];
 	const char *token;
-	char *buf;
 	int len;
 
 	c->wsi = wsi;
 	if (conn_register(ws->conns, c) != 0)
 		return -1;
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, 1);
+	/* Counted here, in the same pass as loop_filter's check (one thread, no wait between). */
+	loop_client_addr(ws, wsi, addr, sizeof addr);
+	conn_set_addr(ws->conns, c, addr);
 	c->state = CONN_NEW;
 	c->rx_ms = parley_mono_ms();
 	c->auth_deadline = c->rx_ms + (int64_t)ws->cfg->ws_auth_timeout * 1000;
@@ -1101,19 +1266,10 @@ loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 static void
 loop_closed(struct ws *ws, struct conn *c)
 {
-	struct job *j;
-
 	if (!c->registered)
 		return;
-	if (c->presence && c->user != NULL) {
-		j = loop_job(c);
-		j->conn = 0;
-		if (actor_post(ws->pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0) {
-			/* The user's mailbox is full: keep it for the tick, a lost -1 leaves them online. */
-			j->next = ws->presence_retry;
-			ws->presence_retry = j;
-		}
-	}
+	if (c->presence && c->user != NULL)
+		loop_presence_down(ws, c->user->key.name, c->id);
 	conn_unregister(ws->conns, c);
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, -1);
 }
@@ -1153,6 +1309,8 @@ loop_writeable(struct ws *ws, struct conn *c)
 		return -1;
 	c->progress_ms = parley_mono_ms();
 	metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
+	if (c->rx_qpaused)
+		loop_rx_answers_taken(ws, c);
 	if (c->backlog != NULL)
 		loop_pump(ws, c);
 	if (c->qhead != NULL || c->state == CONN_CLOSING)
@@ -1160,47 +1318,152 @@ loop_writeable(struct ws *ws, struct conn *c)
 	return 0;
 }
 
-/* GET /metrics on the daemon's own port (not proxied): Prometheus text. */
+/* One whole HTTP answer on the daemon's own port; 0, or -1 to close. */
 static int
-loop_http(struct ws *ws, struct lws *wsi, const char *uri)
+loop_http_answer(struct lws *wsi, unsigned status, const char *type, const char *text)
 {
 	unsigned char hdr[LWS_PRE + 512], *p = hdr + LWS_PRE, *end = hdr + sizeof hdr - 1;
-	struct actor_stats st;
-	struct bus_stats bs;
-	char *text, *extra, *body;
-	size_t len;
+	size_t len = strlen(text);
+	char *body;
 
-	if (strcmp(uri, "/metrics") != 0) {
-		if (lws_return_http_status(wsi, HTTP_STATUS_NOT_FOUND, NULL) != 0)
-			return -1;
-		return lws_http_transaction_completed(wsi) ? -1 : 0;
-	}
-	actor_pool_stats(ws->pool, &st);
-	bus_stats(ws->bus, &bs);
-	xasprintf(&extra, "# HELP parley_ws_actor_queued messages waiting in actor mailboxes\n"
-	    "# TYPE parley_ws_actor_queued gauge\nparley_ws_actor_queued %zu\n"
-	    "# HELP parley_ws_bus_dropped_total bus hints a full peer lost\n"
-	    "# TYPE parley_ws_bus_dropped_total counter\nparley_ws_bus_dropped_total %llu\n"
-	    "# HELP parley_ws_bus_refused_total bus connections of another uid refused unread\n"
-	    "# TYPE parley_ws_bus_refused_total counter\nparley_ws_bus_refused_total %llu\n"
-	    "# HELP parley_ws_bus_lost_total times a peer said it dropped hints for us\n"
-	    "# TYPE parley_ws_bus_lost_total counter\nparley_ws_bus_lost_total %llu\n", st.queued,
-	    (unsigned long long)bs.dropped, (unsigned long long)bs.refused,
-	    (unsigned long long)bs.lost);
-	text = metrics_render(&ws->metrics, "parley_ws", extra);
-	free(extra);
-	len = strlen(text);
 	body = xmalloc(LWS_PRE + len);
 	memcpy(body + LWS_PRE, text, len);
-	free(text);
-	if (lws_add_http_common_headers(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4", len, &p,
-	    end) != 0 || lws_finalize_write_http_header(wsi, hdr + LWS_PRE, &p, end) != 0 ||
+	if (lws_add_http_common_headers(wsi, status, type, len, &p, end) != 0 ||
+	    lws_finalize_write_http_header(wsi, hdr + LWS_PRE, &p, end) != 0 ||
 	    lws_write(wsi, (unsigned char *)body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) != (int)len) {
 		free(body);
 		return -1;
 	}
 	free(body);
 	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static int
+loop_http_error(struct lws *wsi, unsigned status, const char *code, const char *message)
+{
+	char *body = protocol_error_body(code, message);
+	int rc;
+
+	rc = loop_http_answer(wsi, status, "application/json", body);
+	free(body);
+	return rc;
+}
+
+/* /metrics takes a token like every route of parley-fcgi but /health (Authorization: Bearer). */
+static int
+loop_http_authorized(struct ws *ws, struct lws *wsi)
+{
+	struct auth_identity id;
+	const char *why = "invalid token";
+	char *hdr;
+	int len, ok = 0;
+
+	if ((len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION)) <= 7)
+		return 0;
+	hdr = xmalloc((size_t)len + 1);
+	if (lws_hdr_copy(wsi, hdr, len + 1, WSI_TOKEN_HTTP_AUTHORIZATION) >= 0 &&
+	    strncasecmp(hdr, "Bearer ", 7) == 0)
+		ok = auth_verify(hdr + 7, ws->cfg->jwt_secret, ws->cfg->jwt_leeway,
+		    parley_now_ms() / 1000, &id, &why) == 0;
+	free(hdr);
+	return ok;
+}
+
+/* The loop's own figures for /metrics: the caps of ws.max_per_ip and ws.max_per_user. */
+static char *
+loop_metrics_extra(struct ws *ws)
+{
+	struct actor_stats st;
+	struct bus_stats bs;
+	struct conns_stats cs;
+	struct conn *c;
+	size_t i = 0, unauth = 0;
+	char *extra;
+
+	actor_pool_stats(ws->pool, &st);
+	bus_stats(ws->bus, &bs);
+	conns_stats(ws->conns, &cs);
+	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (c->state == CONN_NEW)
+			unauth++;
+	}
+	xasprintf(&extra,
+	    "# HELP parley_ws_actor_queued messages waiting in actor mailboxes\n"
+	    "# TYPE parley_ws_actor_queued gauge\nparley_ws_actor_queued %zu\n"
+	    "# HELP parley_ws_bus_dropped_total bus hints a full peer lost\n"
+	    "# TYPE parley_ws_bus_dropped_total counter\nparley_ws_bus_dropped_total %llu\n"
+	    "# HELP parley_ws_bus_refused_total bus connections of another uid refused unread\n"
+	    "# TYPE parley_ws_bus_refused_total counter\nparley_ws_bus_refused_total %llu\n"
+	    "# HELP parley_ws_bus_lost_total times a peer said it dropped hints for us\n"
+	    "# TYPE parley_ws_bus_lost_total counter\nparley_ws_bus_lost_total %llu\n"
+	    "# HELP parley_ws_ws_unauthenticated open WebSockets that have not authenticated yet\n"
+	    "# TYPE parley_ws_ws_unauthenticated gauge\nparley_ws_ws_unauthenticated %zu\n"
+	    "# HELP parley_ws_ws_addrs client addresses with open WebSockets\n"
+	    "# TYPE parley_ws_ws_addrs gauge\nparley_ws_ws_addrs %zu\n"
+	    "# HELP parley_ws_ws_addr_max most open WebSockets of one client address (ws.max_per_ip %d)\n"
+	    "# TYPE parley_ws_ws_addr_max gauge\nparley_ws_ws_addr_max %zu\n"
+	    "# HELP parley_ws_ws_user_max most open WebSockets of one user (ws.max_per_user %d)\n"
+	    "# TYPE parley_ws_ws_user_max gauge\nparley_ws_ws_user_max %zu\n"
+	    "# HELP parley_ws_ws_refused_ip_total upgrades refused with 429: ws.max_per_ip\n"
+	    "# TYPE parley_ws_ws_refused_ip_total counter\nparley_ws_ws_refused_ip_total %" PRIu64 "\n"
+	    "# HELP parley_ws_ws_refused_user_total authentications refused: ws.max_per_user\n"
+	    "# TYPE parley_ws_ws_refused_user_total counter\nparley_ws_ws_refused_user_total %" PRIu64 "\n"
+	    "# HELP parley_ws_ws_preauth_too_large_total closed 1009: a message over ws.max_preauth_message before auth\n"
+	    "# TYPE parley_ws_ws_preauth_too_large_total counter\nparley_ws_ws_preauth_too_large_total %" PRIu64 "\n"
+	    "# HELP parley_ws_ws_url_too_long_total requests refused with 414: ws.max_url\n"
+	    "# TYPE parley_ws_ws_url_too_long_total counter\nparley_ws_ws_url_too_long_total %" PRIu64 "\n"
+	    "# HELP parley_ws_ws_protocol_closed_total closed 1002: a frame libwebsockets refused without a reason\n"
+	    "# TYPE parley_ws_ws_protocol_closed_total counter\nparley_ws_ws_protocol_closed_total %" PRIu64 "\n",
+	    st.queued, (unsigned long long)bs.dropped, (unsigned long long)bs.refused,
+	    (unsigned long long)bs.lost, unauth, cs.addrs, ws->cfg->ws_max_per_ip, cs.addr_max,
+	    ws->cfg->ws_max_per_user, cs.user_max, ws->refused_ip, ws->refused_user,
+	    ws->refused_preauth, ws->refused_url, ws->protocol_closed);
+	return extra;
+}
+
+/* GET /metrics on the daemon's own port (not proxied): Prometheus text, for a valid token. */
+static int
+loop_http(struct ws *ws, struct lws *wsi, const char *uri)
+{
+	char *text, *extra;
+	int rc;
+
+	if (loop_url_length(wsi, strlen(uri)) > ws->cfg->ws_max_url) {
+		ws->refused_url++;
+		return loop_http_error(wsi, 414, "bad_request", "url: longer than ws.max_url bytes");
+	}
+	if (strcmp(uri, "/metrics") != 0)
+		return loop_http_error(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such route");
+	if (!loop_http_authorized(ws, wsi))
+		return loop_http_error(wsi, HTTP_STATUS_UNAUTHORIZED, "unauthorized",
+		    "a valid token is required (Authorization: Bearer)");
+	extra = loop_metrics_extra(ws);
+	text = metrics_render(&ws->metrics, "parley_ws", extra);
+	free(extra);
+	rc = loop_http_answer(wsi, HTTP_STATUS_OK, "text/plain; version=0.0.4", text);
+	free(text);
+	return rc;
+}
+
+/*
+ * lws closes a connection without a close frame for a control frame longer than 125 bytes (it
+ * gives every other protocol error a reason). Give the close a 1002 when nothing chose a reason:
+ * neither the loop (c is not closing), nor lws, nor the peer (still connected: a peek does not
+ * see its end of stream).
+ */
+static void
+loop_protocol_close(struct ws *ws, struct conn *c, struct lws *wsi)
+{
+	char b;
+	ssize_t n;
+
+	if (!c->registered || c->state == CONN_CLOSING || lws_get_close_length(wsi) != 0)
+		return;
+	n = recv(lws_get_socket_fd(wsi), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+		return;
+	ws->protocol_closed++;
+	lws_close_reason(wsi, LWS_CLOSE_STATUS_PROTOCOL_ERR, (unsigned char *)"protocol error", 14);
 }
 
 int
@@ -1225,8 +1488,11 @@ ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void 
 		return 0;
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return loop_writeable(ws, c);
-	case LWS_CALLBACK_CLOSED:
 	case LWS_CALLBACK_WS_SERVER_DROP_PROTOCOL:
+		if (c != NULL)
+			loop_protocol_close(ws, c, wsi);
+		/* fall through */
+	case LWS_CALLBACK_CLOSED:
 		if (c != NULL)
 			loop_closed(ws, c);
 		return 0;

@@ -26,6 +26,8 @@
 
 /* lws's rx buffer per connection: small, because idle connections are the common case. */
 #define WS_RX_BUFFER	1024
+/* lws's header space for a request's headers beside its URI (ws.max_url). */
+#define WS_HEADER_SPACE	8192
 
 /* --help: the text on stdout, exit 0; a usage error: on stderr, exit 2. */
 static void
@@ -65,15 +67,16 @@ ws_node_id(struct ws *ws)
 	snprintf(ws->node, sizeof ws->node, "ws:%d:%.40s", ws->cfg->ws_port, host);
 }
 
+/* Split a comma-separated configuration list (ws.origins, ws.trusted_proxies). */
 static void
-ws_origins(struct ws *ws)
+ws_list(const char *text, char ***list, size_t *n)
 {
 	char *copy, *tok, *save = NULL;
 
-	copy = xstrdup(ws->cfg->ws_origins != NULL ? ws->cfg->ws_origins : "");
+	copy = xstrdup(text != NULL ? text : "");
 	for (tok = strtok_r(copy, ", \t", &save); tok != NULL; tok = strtok_r(NULL, ", \t", &save)) {
-		ws->origins = xreallocarray(ws->origins, ws->norigins + 1, sizeof *ws->origins);
-		ws->origins[ws->norigins++] = xstrdup(tok);
+		*list = xreallocarray(*list, *n + 1, sizeof **list);
+		(*list)[(*n)++] = xstrdup(tok);
 	}
 	free(copy);
 }
@@ -189,8 +192,13 @@ ws_listen_check(const struct config *cfg)
 static struct lws_context *
 ws_context(struct ws *ws)
 {
+	static const enum lws_token_indexes uris[] = {
+		WSI_TOKEN_GET_URI, WSI_TOKEN_POST_URI, WSI_TOKEN_OPTIONS_URI, WSI_TOKEN_PATCH_URI,
+		WSI_TOKEN_PUT_URI, WSI_TOKEN_DELETE_URI, WSI_TOKEN_HEAD_URI
+	};
 	struct lws_context_creation_info info;
 	const struct config *cfg = ws->cfg;
+	size_t i;
 
 	memset(ws->protocols, 0, sizeof ws->protocols);
 	ws->protocols[0].name = "parley.v1";
@@ -208,7 +216,18 @@ ws_context(struct ws *ws)
 	 */
 	memset(&ws->retry, 0, sizeof ws->retry);
 
+	/*
+	 * lws closes a request whose headers overflow its header space without a word. The URI
+	 * (each of its fragments: path, every query parameter) is cut at ws.max_url + 1 instead, so
+	 * the request still parses and loop_filter answers 414; the other headers get 8 KiB more.
+	 */
+	memset(&ws->token_limits, 0, sizeof ws->token_limits);
+	for (i = 0; i < sizeof uris / sizeof uris[0]; i++)
+		ws->token_limits.token_limit[uris[i]] = (unsigned short)(cfg->ws_max_url + 1);
+
 	memset(&info, 0, sizeof info);
+	info.token_limits = &ws->token_limits;
+	info.max_http_header_data = (unsigned short)(cfg->ws_max_url + 1 + WS_HEADER_SPACE);
 	info.port = cfg->ws_port;
 	info.iface = cfg->ws_listen;
 	info.protocols = ws->protocols;
@@ -296,7 +315,8 @@ main(int argc, char **argv)
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
 	ws_node_id(&ws);
-	ws_origins(&ws);
+	ws_list(cfg.ws_origins, &ws.origins, &ws.norigins);
+	ws_list(cfg.ws_trusted_proxies, &ws.proxies, &ws.nproxies);
 	ws.conns = conns_new((size_t)cfg.ws_max_connections);
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
@@ -368,6 +388,9 @@ main(int argc, char **argv)
 	for (i = 0; i < ws.norigins; i++)
 		free(ws.origins[i]);
 	free(ws.origins);
+	for (i = 0; i < ws.nproxies; i++)
+		free(ws.proxies[i]);
+	free(ws.proxies);
 	log_info("stopped");
 	config_clear(&cfg);
 	return 0;

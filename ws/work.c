@@ -1,5 +1,6 @@
 /* work.c - the blocking half of parley-ws: jobs run by actor workers, each with its own chat. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,7 +106,7 @@ work_ack(struct ws *ws, const struct job *j, const struct store_send_res *res, i
 		return;
 	}
 	metrics_add(&ws->metrics, res->duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
-	work_frame(ws, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq), 0);
+	work_frame(ws, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq, res->duplicate), 0);
 }
 
 /* Read a page of the user's log after j->after and hand it to the loop. */
@@ -132,6 +133,18 @@ work_page(struct wctx *w, const struct job *j, uint64_t after)
 	return 0;
 }
 
+/* The answer to an auth job: says whether presence +1 was counted, so the loop pairs its -1. */
+static struct done *
+work_ready(const struct job *j)
+{
+	struct done *d;
+
+	d = ws_done_new(DONE_READY, j->conn);
+	d->presence = j->presence_done == 1;
+	snprintf(d->key, sizeof d->key, "%s", j->user);
+	return d;
+}
+
 /*
  * Presence +1 (once, even across retries), then the device cursor for "ready" and the user's
  * newest seq: the connection's delivered mark, live from there. The seq is read after the loop
@@ -144,14 +157,17 @@ work_auth(struct wctx *w, struct job *j)
 	uint64_t cursor = 0, last = 0;
 
 	if (!j->presence_done) {
-		if (chat_presence(&w->chat, j->user, w->ws->node, j->pconn, 1) != 0 && errno == EAGAIN)
+		if (chat_presence(&w->chat, j->user, w->ws->node, j->pconn, 1) == 0)
+			j->presence_done = 1;
+		else if (errno == EAGAIN)
 			return -1;
-		j->presence_done = 1;
+		else
+			j->presence_done = 2;	/* not counted: no -1 may follow */
 	}
 	if (store_cursor_get(w->chat.store, j->user, j->device, &cursor) != 0 ||
 	    store_last_seq(w->chat.store, j->user, &last) != 0)
 		return -1;
-	d = ws_done_new(DONE_READY, j->conn);
+	d = work_ready(j);
 	d->seq = cursor < last ? cursor : last;	/* a cursor stored beyond the log: see work_sync */
 	d->last = last;
 	ws_done_push(w->ws, d);
@@ -325,7 +341,7 @@ work_failed(void *ctx, const char *key, int kind, void *data, int err)
 	(void)key;
 	switch (kind) {
 	case JOB_AUTH:
-		d = ws_done_new(DONE_READY, j->conn);
+		d = work_ready(j);
 		d->err = err;
 		ws_done_push(w->ws, d);
 		break;

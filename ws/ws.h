@@ -43,6 +43,7 @@ struct done {
 	int		 err;
 	uint16_t	 close_code;
 	int		 has_more;
+	int		 presence;	/* READY: presence +1 was counted (key: the user) */
 	enum bus_topic	 topic;
 	uint64_t	 seq;		/* READY: cursor; PAGE: the page's after; HINT: seq */
 	uint64_t	 last;		/* PAGE: last seq returned; READY: the user's newest seq */
@@ -72,7 +73,7 @@ struct job {
 	uint64_t		 pconn;		/* presence: the connection's id, kept when conn is 0 */
 	uint32_t		 epoch;
 	int			 has_after;
-	int			 presence_done;
+	int			 presence_done;	/* AUTH: 1 counted, 2 gave up (not counted) */
 	uint64_t		 after;
 	char			 user[PARLEY_ID_MAX + 1];
 	char			 device[PARLEY_ID_MAX + 1];
@@ -108,10 +109,18 @@ struct ws {
 	lws_sorted_usec_list_t	 held_retry;
 	char			**origins;
 	size_t			 norigins;
+	char			**proxies;	/* ws.trusted_proxies */
+	size_t			 nproxies;
+	uint64_t		 refused_ip;	/* upgrades refused: ws.max_per_ip */
+	uint64_t		 refused_user;	/* auths refused: ws.max_per_user */
+	uint64_t		 refused_preauth; /* closed: message over ws.max_preauth_message */
+	uint64_t		 refused_url;	/* requests refused: URL over ws.max_url */
+	uint64_t		 protocol_closed; /* closed 1002 for a frame lws refused */
 	int			 stopping;
 	int64_t			 stop_deadline;
 	lws_sorted_usec_list_t	 tick;
 	struct lws_protocols	 protocols[2];
+	struct lws_token_limits	 token_limits;	/* the request line's URI stops at ws.max_url + 1 */
 	lws_retry_bo_t		 retry;
 };
 

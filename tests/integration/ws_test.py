@@ -117,7 +117,9 @@ class Daemon:
         return self.proc.returncode
 
     def metric(self, name):
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=3) as r:
+        req = urllib.request.Request("http://127.0.0.1:%d/metrics" % self.port,
+                                     headers={"Authorization": "Bearer " + token("metrics")})
+        with urllib.request.urlopen(req, timeout=3) as r:
             for line in r.read().decode().splitlines():
                 if line.startswith("parley_ws_" + name + " "):
                     return int(line.split()[1])
@@ -546,11 +548,13 @@ async def idempotent_retry(env):
     _, ack2 = await send(a, bob, "once", cmid=cmid)
     assert ack1["status"] == ack2["status"] == "success", (ack1, ack2)
     assert ack1["server_msg_id"] == ack2["server_msg_id"] and ack1["seq"] == ack2["seq"], (ack1, ack2)
+    # The retry says so, as HTTP's answer does.
+    assert ack1["duplicate"] is False and ack2["duplicate"] is True, (ack1, ack2)
     # The retry over a new connection (a reconnecting client) too.
     a2 = await connect(env.b, alice)
     await a2.send({"type": "send_message", "to": bob, "content": "once", "client_msg_id": cmid})
     ack3 = await a2.next(is_ack(cmid))
-    assert ack3["server_msg_id"] == ack1["server_msg_id"], ack3
+    assert ack3["server_msg_id"] == ack1["server_msg_id"] and ack3["duplicate"] is True, ack3
     await b.next(is_msg(cmid))
     await b.none(is_msg(cmid), 0.7)
     for c in (a, a2, b):
@@ -1296,6 +1300,339 @@ async def paused_reader_not_idle(env):
         await loop.run_in_executor(None, services, "stop", stack)
 
 
+# --- issue 8: limits, back-pressure of answers, protocol errors (parley-ws limits) -----------
+
+async def raw_upgrade(port, target, headers=None, proto="parley.v1"):
+    """A hand-made upgrade request; returns (reader, writer, status, head) once the answer's
+    head is read, or status None when the server closed without answering."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    lines = ["GET %s HTTP/1.1" % target, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13",
+             "Sec-WebSocket-Protocol: " + proto]
+    lines += ["%s: %s" % kv for kv in (headers or {}).items()]
+    w.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await w.drain()
+    try:
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+    except asyncio.IncompleteReadError:
+        return r, w, None, b""
+    return r, w, int(head.split()[1]), head
+
+
+def ws_frame(opcode, payload, fin=True):
+    """A masked client frame (any opcode and length, valid or not)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    if n < 126:
+        hdr = bytes([b0, 0x80 | n])
+    elif n < 65536:
+        hdr = bytes([b0, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        hdr = bytes([b0, 0x80 | 127]) + n.to_bytes(8, "big")
+    return hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_ws_frame(r, timeout=5):
+    """(opcode, payload) of the next server frame; (None, b"") at end of stream."""
+    try:
+        b0, b1 = await asyncio.wait_for(r.readexactly(2), timeout)
+        n = b1 & 0x7f
+        if n == 126:
+            n = int.from_bytes(await r.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await r.readexactly(8), "big")
+        return b0 & 0x0f, await r.readexactly(n)
+    except asyncio.IncompleteReadError:
+        return None, b""
+
+
+def http_get(port, path, tok=None):
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path),
+                                 headers={"Authorization": "Bearer " + tok} if tok else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@test
+async def metrics_need_a_token(env):
+    # The same rule as parley-fcgi's /metrics: a valid token (docs/configuration.md).
+    loop = asyncio.get_running_loop()
+    st, body = await loop.run_in_executor(None, http_get, env.a.port, "/metrics")
+    assert st == 401 and json.loads(body)["error"]["code"] == "unauthorized", (st, body)
+    st, body = await loop.run_in_executor(None, http_get, env.a.port, "/metrics",
+                                          token("ops", secret=b"another-secret-0123456789abcdef0123"))
+    assert st == 401, (st, body)
+    st, body = await loop.run_in_executor(None, http_get, env.a.port, "/metrics", token("ops"))
+    assert st == 200 and "parley_ws_ws_connections " in body and "parley_ws_ws_refused_ip_total " in body, (st, body[:300])
+    st, body = await loop.run_in_executor(None, http_get, env.a.port, "/nothing", token("ops"))
+    assert st == 404 and json.loads(body)["error"]["code"] == "not_found", (st, body)
+
+
+@test
+async def long_url_414(env):
+    # An 8 KB upgrade URL (lws's header space is smaller) is answered 414, in the error shape.
+    for target in ("/ws?access_token=" + "A" * 8000, "/ws" + "/x" * 4000,
+                   "/ws?a=1&" + "&".join("p%d=%s" % (i, "B" * 1500) for i in range(3))):
+        r, w, st, head = await raw_upgrade(env.a.port, target)
+        assert st == 414, (st, head, target[:40])
+        body = await asyncio.wait_for(r.read(), 5)
+        assert json.loads(body)["error"]["code"] == "bad_request", body
+        w.close()
+    # At and past the edge (env.cap: ws.max_url = 1024, counting path, '?' and query).
+    base = "/ws?access_token="
+    r, w, st, head = await raw_upgrade(env.cap.port, base + "x" * (1024 - len(base)))
+    assert st == 101, head
+    op, payload = await read_ws_frame(r)
+    assert op == 1 and json.loads(payload)["code"] == "unauthorized", (op, payload)
+    w.close()
+    r, w, st, head = await raw_upgrade(env.cap.port, base + "x" * (1025 - len(base)))
+    assert st == 414, head
+    w.close()
+    loop = asyncio.get_running_loop()
+    st, body = await loop.run_in_executor(None, http_get, env.cap.port, "/metrics?" + "m" * 1100, token("ops"))
+    assert st == 414, (st, body)
+    assert env.cap.metric("ws_url_too_long_total") == 2
+
+
+@test
+async def control_frame_too_long_1002(env):
+    u = uname("alice")
+    r, w, st, head = await raw_upgrade(env.a.port, "/ws?access_token=" + token(u))
+    assert st == 101, head
+    op, payload = await read_ws_frame(r)
+    assert op == 1 and json.loads(payload)["type"] == "ready", (op, payload)
+    # 125 bytes is the largest control frame: answered.
+    w.write(ws_frame(0x9, b"q" * 125))
+    op, payload = await read_ws_frame(r)
+    assert op == 0xA and payload == b"q" * 125, (op, payload[:20])
+    # 126: a protocol error, closed with a close frame 1002 (not a bare hang-up).
+    w.write(ws_frame(0x9, b"q" * 126))
+    op, payload = await read_ws_frame(r)
+    assert op == 0x8 and int.from_bytes(payload[:2], "big") == 1002, (op, payload)
+    w.close()
+    # The same with a 64-bit length on a close frame (its header alone is refused).
+    r, w, st, head = await raw_upgrade(env.a.port, "/ws?access_token=" + token(u))
+    await read_ws_frame(r)
+    w.write(ws_frame(0x8, b"\x03\xe8" + b"z" * 70000)[:14])
+    op, payload = await read_ws_frame(r)
+    assert op == 0x8 and int.from_bytes(payload[:2], "big") == 1002, (op, payload[:10])
+    w.close()
+
+
+@test
+async def ping_burst_paced_not_cut(env):
+    # 20,000 {"type":"ping"} frames written at once by a client that reads its pongs: reading
+    # is paused while pongs wait (like sends), never a slow-consumer close (1024 frames queued).
+    r, w, st, head = await raw_upgrade(env.a.port, "/ws?access_token=" + token(uname("pinger")))
+    assert st == 101, head
+    op, payload = await read_ws_frame(r)
+    assert json.loads(payload)["type"] == "ready", payload
+    n = 20000
+    w.write(ws_frame(0x1, b'{"type":"ping"}') * n)
+    got = 0
+    while got < n:
+        op, payload = await read_ws_frame(r, 20)
+        assert op is not None and op != 0x8, "closed after %d pongs: %s" % (got, payload)
+        if op == 0x1:
+            assert json.loads(payload) == {"type": "pong"}, payload
+            got += 1
+    await w.drain()
+    w.write(ws_frame(0x1, b'{"type":"ping"}'))
+    op, payload = await read_ws_frame(r)
+    assert op == 0x1 and json.loads(payload)["type"] == "pong", (op, payload)
+    w.close()
+
+
+@test
+async def per_ip_cap(env):
+    # env.cap: ws.max_per_ip = 4. Unauthenticated sockets count too.
+    held = [await websockets.connect(env.cap.url, subprotocols=["parley.v1"]) for _ in range(4)]
+    assert env.cap.metric("ws_addr_max") == 4 and env.cap.metric("ws_unauthenticated") == 4
+    try:
+        await websockets.connect(env.cap.url, subprotocols=["parley.v1"])
+        raise AssertionError("a fifth connection from one address was accepted")
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 429 and e.headers.get("Retry-After") == "5", e
+    assert env.cap.metric("ws_refused_ip_total") == 1
+    # Behind a trusted proxy (loopback by default) the client is X-Forwarded-For's last entry.
+    fwd = [await websockets.connect(env.cap.url, subprotocols=["parley.v1"],
+                                    extra_headers={"X-Forwarded-For": "198.51.100.7, 10.9.8.%d" % (i % 2)})
+           for i in range(8)]
+    try:
+        await websockets.connect(env.cap.url, subprotocols=["parley.v1"],
+                                 extra_headers={"X-Forwarded-For": "10.9.8.1"})
+        raise AssertionError("a fifth connection from 10.9.8.1 was accepted")
+    except websockets.InvalidStatusCode as e:
+        assert e.status_code == 429, e
+    assert env.cap.metric("ws_addrs") == 3
+    # A slot freed is a slot taken again.
+    await held[0].close()
+    await asyncio.sleep(0.3)
+    held[0] = await websockets.connect(env.cap.url, subprotocols=["parley.v1"])
+    for x in held + fwd:
+        await x.close()
+
+
+@test
+async def per_user_cap(env):
+    # env.cap: ws.max_per_user = 2 (the per-IP cap of 4 is not reached).
+    carol = uname("carol")
+    a = await connect(env.cap, carol)
+    b = await connect(env.cap, carol, how="frame")
+    ws = await websockets.connect(env.cap.url + "?access_token=" + token(carol), subprotocols=["parley.v1"])
+    frames = await expect_close(ws, 1008)
+    assert frames == [{"type": "error", "code": "rate_limited",
+                       "message": "too many connections for this user (at most 2)"}], frames
+    assert env.cap.metric("ws_refused_user_total") == 1 and env.cap.metric("ws_user_max") == 2
+    d = await connect(env.cap, uname("dave"))     # another user is not affected
+    await a.close()
+    await asyncio.sleep(0.3)
+    a = await connect(env.cap, carol)
+    for x in (a, b, d):
+        await x.close()
+
+
+@test
+async def preauth_message_limit(env):
+    # env.cap: ws.max_preauth_message = 300. The auth frame at the edge is taken.
+    u = uname("erin")
+    frame = json.dumps({"type": "auth", "token": token(u)})
+    assert len(frame) < 300, len(frame)
+    ws = await websockets.connect(env.cap.url, subprotocols=["parley.v1"])
+    await ws.send(frame + " " * (300 - len(frame)))
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert ready["type"] == "ready", ready
+    # Once authenticated, ws.max_message applies.
+    await ws.send(json.dumps({"type": "ping"}) + " " * 2000)
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "pong"
+    await ws.close()
+    # One byte more before auth: payload_too_large, close 1009; fragments count together.
+    for parts in ([frame + " " * (301 - len(frame))], [frame, " " * (301 - len(frame))]):
+        ws = await websockets.connect(env.cap.url, subprotocols=["parley.v1"])
+        await ws.send(parts if len(parts) > 1 else parts[0])
+        frames = await expect_close(ws, 1009)
+        assert frames[0]["code"] == "payload_too_large" and "before authentication" in frames[0]["message"], frames
+    assert env.cap.metric("ws_preauth_too_large_total") == 2
+
+
+# --- a private stack for MySQL faults (frozen, killed), shared by the tests below ------------
+
+_fault = {}
+
+
+async def fault_stack():
+    if "dir" not in _fault:
+        d = os.path.join(TOP, "stack-fault")
+        await asyncio.get_running_loop().run_in_executor(None, services, "start", d)
+        _fault["dir"] = d
+    return _fault["dir"]
+
+
+def fault_conf(stack, name, **sections):
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(os.path.join(stack, "parley.conf"))
+    for sec, kv in sections.items():
+        conf[sec] = {k: str(v) for k, v in kv.items()}
+    path = os.path.join(TOP, name + "-base.conf")
+    with open(path, "w") as f:
+        conf.write(f)
+    return path
+
+
+def mysql_pid(stack):
+    with open(os.path.join(stack, "mysql.pid")) as f:
+        return int(f.read().strip())
+
+
+def mysql_query(stack, sql):
+    out = subprocess.run(["mariadb", "--no-defaults", "--socket=" + os.path.join(stack, "mysql.sock"),
+                          "-uroot", "-N", "-B", "parley", "-e", sql], capture_output=True, text=True, timeout=20)
+    if out.returncode != 0:
+        raise AssertionError("mariadb: " + out.stderr[-300:])
+    return out.stdout.strip()
+
+
+@test
+async def sync_refused_stays_live(env):
+    # A sync refused because the user's mailbox is full (actor.mailbox 2, MySQL frozen) leaves
+    # the connection live: the next message is pushed, and a retried sync replays.
+    stack = await fault_stack()
+    d = Daemon("syncfull", base=fault_conf(stack, "syncfull", actor={"mailbox": 2, "workers": 2}),
+               bus=os.path.join(TOP, "bus-syncfull"))
+    frozen = None
+    try:
+        dave, bob = uname("dave"), uname("bob")
+        dv = await connect(d, dave)
+        b = await connect(d, bob)
+        frozen = mysql_pid(stack)
+        os.kill(frozen, signal.SIGSTOP)
+        for i in range(6):
+            await dv.send({"type": "delivered", "message_id": 987654321000 + i})
+        await dv.send({"type": "sync", "after": 0})
+        e = await dv.next(lambda m: m.get("type") == "error" and "sync" in m.get("message", ""), 5)
+        assert e["code"] == "rate_limited", e
+        os.kill(frozen, signal.SIGCONT)
+        frozen = None
+        cmid, ack = await send(b, dave, "after the refused sync")
+        assert ack["status"] == "success", ack
+        m = await dv.next(is_msg(cmid), 10)
+        assert m["seq"] == 1, m
+        await dv.send({"type": "sync", "after": 0})
+        m = await dv.next(is_msg(cmid), 10)
+        assert m["seq"] == 1, m
+        cmid2, _ = await send(b, dave, "and live after the replay")
+        m = await dv.next(is_msg(cmid2), 10)
+        assert m["seq"] == 2, m
+        await dv.close()
+        await b.close()
+        assert d.stop() == 0
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        d.stop(signal.SIGKILL)
+
+
+@test
+async def presence_pairs_on_failed_auth(env):
+    # An auth that fails (MySQL down through every retry) counted no +1: its close must post no
+    # -1, or a user still connected elsewhere on the daemon shows offline.
+    stack = await fault_stack()
+    loop = asyncio.get_running_loop()
+    d = Daemon("presfail", base=fault_conf(stack, "presfail", actor={"retries": 8, "backoff_ms": 50}),
+               bus=os.path.join(TOP, "bus-presfail"))
+    try:
+        carol = uname("carol")
+        c1 = await connect(d, carol)
+        q = "SELECT COALESCE(SUM(conns), 0) FROM presence_nodes WHERE user_id = '%s'" % carol
+        assert await loop.run_in_executor(None, mysql_query, stack, q) == "1"
+        pid = mysql_pid(stack)
+        os.kill(pid, signal.SIGTERM)
+        assert await loop.run_in_executor(None, pid_gone, pid, 30), "mariadbd did not stop"
+        ws = await websockets.connect(d.url + "?access_token=" + token(carol), subprotocols=["parley.v1"])
+        frames = await expect_close(ws, 1013, 30)
+        assert frames[-1]["code"] == "unavailable", frames
+        await loop.run_in_executor(None, services, "restart-mysql", stack)
+        # A receipt of carol's queues behind any presence job of hers: once it is answered,
+        # a -1 would have been counted.
+        await c1.send({"type": "delivered", "message_id": 987654321987})
+        e = await c1.next(lambda m: m.get("type") == "error", 30)
+        assert e["code"] == "not_found", e
+        assert await loop.run_in_executor(None, mysql_query, stack, q) == "1"
+        await c1.close()
+        deadline = time.monotonic() + 10
+        while await loop.run_in_executor(None, mysql_query, stack, q) != "0":
+            assert time.monotonic() < deadline, "carol still counted online after closing"
+            await asyncio.sleep(0.2)
+        assert d.stop() == 0
+    finally:
+        d.stop(signal.SIGKILL)
+
+
 class Env:
     pass
 
@@ -1371,7 +1708,8 @@ def main():
         env.lim = Daemon("lim", max_connections=4, auth_timeout=1, ping_interval=1, idle_timeout=2)
         env.org = Daemon("org", origins="https://chat.example, https://other.example")
         env.slow = Daemon("slow", queue_bytes=65536, queue_frames=64)
-        daemons = [env.a, env.b, env.iso, env.lim, env.org, env.slow]
+        env.cap = Daemon("cap", max_per_ip=4, max_per_user=2, max_preauth_message=300, max_url=1024)
+        daemons = [env.a, env.b, env.iso, env.lim, env.org, env.slow, env.cap]
         start_http(env)
         passed, failed = asyncio.run(run_all(env, only))
         for d in daemons:
@@ -1391,6 +1729,8 @@ def main():
         if getattr(env, "fcgi", None) is not None:
             env.fcgi.terminate()
             env.fcgi.wait(10)
+        if "dir" in _fault:
+            services("stop", _fault["dir"])
         if rc == 0 and not os.environ.get("PARLEY_KEEP"):
             shutil.rmtree(TOP, ignore_errors=True)
         else:
