@@ -747,15 +747,17 @@ loop_event_seq(const char *ev)
 
 /*
  * Move fetched events into the queue while it is below three quarters of its limits (the rest
- * is headroom for pushes, acks and errors), then fetch more or go live. Pumping never cuts a
- * client off; a client that stops taking frames is found by the tick (WS_STALL_MS).
+ * is headroom for pushes, acks and errors), then fetch more or go live. While answers hold the
+ * client's reading paused (loop_rx_answers), only up to a quarter: the queue must get down there
+ * for reading to resume. Pumping never cuts a client off; a client that stops taking frames is
+ * found by the tick (WS_STALL_MS).
  */
 static void
 loop_pump(struct ws *ws, struct conn *c)
 {
 	struct backlog *b = c->backlog;
-	size_t max_bytes = ws->cfg->ws_queue_bytes / 4 * 3;
-	size_t max_frames = (size_t)ws->cfg->ws_queue_frames / 4 * 3;
+	size_t max_bytes = ws->cfg->ws_queue_bytes / 4 * (c->rx_qpaused ? 1 : 3);
+	size_t max_frames = (size_t)ws->cfg->ws_queue_frames / 4 * (c->rx_qpaused ? 1 : 3);
 	uint64_t seq;
 	char *ev;
 	int more;
