@@ -1608,7 +1608,7 @@ async def presence_pairs_on_failed_auth(env):
     try:
         carol = uname("carol")
         c1 = await connect(d, carol)
-        q = "SELECT COALESCE(SUM(conns), 0) FROM presence_nodes WHERE user_id = '%s'" % carol
+        q = "SELECT COUNT(*) FROM presence_conns WHERE user_id = '%s'" % carol
         assert await loop.run_in_executor(None, mysql_query, stack, q) == "1"
         pid = mysql_pid(stack)
         os.kill(pid, signal.SIGTERM)
