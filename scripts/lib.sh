@@ -27,6 +27,25 @@ install_packages() {
 		--no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Node.js and the JavaScript client's test dependency (npm "ws", pinned by
+# contrib/js/package-lock.json) for tests/integration/test_js.sh. Debian's nodejs/npm when there is
+# no node at all (a node from elsewhere, e.g. NodeSource's package with its own npm, is kept).
+install_node_modules() {
+	local js="$top/contrib/js" sudo=()
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		[ "$(id -u)" = 0 ] || sudo=(sudo)
+		say "installing nodejs npm"
+		"${sudo[@]}" apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+			nodejs npm >/dev/null
+	fi
+	if [ ! -f "$js/node_modules/.package-lock.json" ] ||
+	   [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+		say "installing contrib/js's test dependencies (npm ci)"
+		(cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+	fi
+}
+
 # build DIR [configure args...]: an out-of-tree build in DIR, warnings are errors.
 build() {
 	local dir=$1; shift

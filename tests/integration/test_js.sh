@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# test_js.sh - the JavaScript client (contrib/js/parley.js) against the real stack: lighttpd in front
+# of parley-fcgi and parley-ws, started by contrib/js/test/stack.mjs. Run under
+# tests/harness/with-services (make check does); the tests are contrib/js/test/client.test.mjs,
+# run by Node's test runner, whose summary this prints.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+: "${PARLEY_BUILDDIR:=$(pwd)}"
+: "${PARLEY_SRCDIR:=$(cd "$here/../.." && pwd)}"
+export PARLEY_BUILDDIR PARLEY_SRCDIR
+if [ -z "${PARLEY_TEST_CONFIG:-}" ]; then
+	echo "test_js.sh: run it under tests/harness/with-services" >&2
+	exit 99
+fi
+for b in parley-fcgi parley-ws parleyctl; do
+	[ -x "$PARLEY_BUILDDIR/$b" ] || { echo "test_js.sh: $PARLEY_BUILDDIR/$b is not built" >&2; exit 99; }
+done
+if ! command -v node >/dev/null; then
+	echo "test_js.sh: node is missing (scripts/test installs it)" >&2
+	exit 99
+fi
+js="$PARLEY_SRCDIR/contrib/js"
+if [ ! -f "$js/node_modules/ws/package.json" ]; then
+	echo "test_js.sh: contrib/js/node_modules is missing: cd contrib/js && npm ci (scripts/test does)" >&2
+	exit 99
+fi
+cd "$js" || exit 99
+exec node --test --test-reporter=spec test/client.test.mjs
