@@ -557,10 +557,41 @@ async def ws_push_isolation(w):
     await m.close()
 
 
+async def ws_removed_while_connected(w):
+    """A member removed while its WebSocket is open hears of the removal, then nothing more."""
+    gone, stays = uname("gone"), uname("stays")
+    r = req("POST", "/groups", good(w.owner), {"name": "live", "members": [gone, stays]})
+    assert r.status == 200, r
+    g = r.json()["group_id"]
+    ws, other = await ws_client(gone), await ws_client(stays)
+    r = req("DELETE", "/groups/%d/members/%s" % (g, gone), good(w.owner))
+    check(r.status == 204, "removal of a connected member", r)
+    first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    check(first.get("type") == "group_update" and first.get("group_id") == g and
+          first.get("user") == gone, "the removed member's socket is told of the removal", first)
+    send_http(w.owner, uname("c"), group=g, content="after the live removal")
+    req("POST", "/typing", good(w.owner), {"group_id": g})
+    got = []
+    while len(got) < 3:
+        m = json.loads(await asyncio.wait_for(other.recv(), 5))
+        got.append(m.get("type"))
+    check(sorted(got) == ["group_update", "new_message", "typing"], "the member who stays gets them", got)
+    frames, code = await recv_all(ws, 1.0)
+    check(frames == [] and code is None, "the removed member's open socket gets nothing after", frames)
+    cmid = uname("c")
+    a = await ws_answer(ws, {"type": "send_message", "group_id": g, "content": "x", "client_msg_id": cmid},
+                        is_ack(cmid))
+    check(a.get("status") == "error" and a["error"]["code"] == "forbidden",
+          "the removed member's open socket cannot send to the group", a)
+    await ws.close()
+    await other.close()
+
+
 async def ws_all(w):
     await ws_bad_tokens(w)
     await ws_wrong_user(w)
     await ws_push_isolation(w)
+    await ws_removed_while_connected(w)
 
 
 ST = None
