@@ -258,10 +258,25 @@ chat_events_json(struct chat *ch, const char *user, uint64_t after, int limit, i
 	memset(&page, 0, sizeof page);
 	if (store_events(ch->store, user, after, limit, &page) != 0)
 		return -1;
-	*json = protocol_events_page(page.events, page.n, page.next,
-	    with_has_more ? (page.has_more != 0) : -1);
+	*json = protocol_events_page_reset(page.events, page.n, page.next,
+	    with_has_more ? (page.has_more != 0) : -1, page.oldest_seq);
 	if (nevents != NULL)
-		*nevents = page.n;
+		*nevents = page.n + (page.oldest_seq != 0);
+	store_page_clear(&page);
+	return 0;
+}
+
+int
+chat_history_json(struct chat *ch, const char *user, const struct proto_history *h, int frame,
+    char **json)
+{
+	struct store_page page;
+	int limit = h->limit > 0 ? h->limit : PROTO_HISTORY_LIMIT_DEFAULT;
+
+	memset(&page, 0, sizeof page);
+	if (store_history(ch->store, user, h->with, h->group_id, h->before, limit, &page) != 0)
+		return -1;
+	*json = protocol_history_page(h, frame, page.events, page.n, page.next);
 	store_page_clear(&page);
 	return 0;
 }

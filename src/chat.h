@@ -50,9 +50,20 @@ void	chat_send_request(struct store_send_req *, const char *user, const struct p
 int	chat_send_many(struct chat *, const struct store_send_req *reqs, size_t n,
 	    struct store_send_res *res, int *err);
 
-/* {"events":[..],"next":N} (has_more < 0) or with "has_more" (has_more >= 0 asks for it). */
+/*
+ * {"events":[..],"next":N} (has_more < 0) or with "has_more" (has_more >= 0 asks for it), plus
+ * "reset":true and "oldest_seq" when after lies before the oldest event kept (retention). A reset
+ * counts as one in *nevents: it is something to answer at once, like an event.
+ */
 int	chat_events_json(struct chat *, const char *user, uint64_t after, int limit, int with_has_more,
 	    char **json, size_t *nevents);
+
+/*
+ * A history page of user's conversation h (see store_history): {"messages":[..],"next_before":..},
+ * or the history frame when frame is set. h->limit 0 takes PROTO_HISTORY_LIMIT_DEFAULT.
+ */
+int	chat_history_json(struct chat *, const char *user, const struct proto_history *h, int frame,
+	    char **json);
 
 int	chat_receipt(struct chat *, const char *user, const struct proto_receipt_req *);
 int	chat_receipts_json(struct chat *, const char *user, uint64_t message_id, char **json);

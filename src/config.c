@@ -77,6 +77,12 @@ static const struct config_key config_keys[] = {
 	I("limits.room_history",	CT_INT,		 room_history,		1, 100000, 200),
 	I("limits.poll_timeout_max",	CT_INT,		 poll_timeout_max,	1, 3600, 60),
 	I("limits.page_max",		CT_INT,		 page_max,		1, 10000, 500),
+	I("limits.history_max",		CT_INT,		 history_max,		1, 10000, 200),
+
+	I("retention.events_days",	CT_INT,		 retention_events_days,	0, 36500, 0),
+	I("retention.messages_days",	CT_INT,		 retention_messages_days, 0, 36500, 0),
+	I("retention.batch",		CT_INT,		 retention_batch,	1, 100000, 1000),
+	I("retention.pause_ms",		CT_INT,		 retention_pause_ms,	0, 60000, 10),
 
 	I("actor.workers",		CT_INT,		 actor_workers,		1, 1024, 4),
 	I("actor.mailbox",		CT_INT,		 actor_mailbox,		1, 1000000, 256),
@@ -114,7 +120,7 @@ static const struct config_key config_keys[] = {
 #undef I
 
 static const char *config_sections[] = {
-	"mysql", "memcached", "auth", "bus", "limits", "actor", "fcgi", "ws", "log"
+	"mysql", "memcached", "auth", "bus", "limits", "retention", "actor", "fcgi", "ws", "log"
 };
 
 /* Is k one of the string types (the ones config_clear frees)? */

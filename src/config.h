@@ -45,6 +45,13 @@ struct config {
 	int	 room_history;		/* room messages kept for GET /rooms/{room}/messages, default 200 */
 	int	 poll_timeout_max;	/* seconds, longest long poll, default 60 */
 	int	 page_max;		/* largest "limit" for event pages, default 500 */
+	int	 history_max;		/* largest "limit" of a history page, default 200 */
+
+	/* [retention] (parleyctl prune) */
+	int	 retention_events_days;	/* events older than this are pruned; 0 (default) keeps all */
+	int	 retention_messages_days; /* the same for messages (and so for history); 0 keeps all */
+	int	 retention_batch;	/* rows deleted per short transaction, default 1000 */
+	int	 retention_pause_ms;	/* pause between two batches, default 10 */
 
 	/* [actor] */
 	int	 actor_workers;		/* worker threads, default 4 */

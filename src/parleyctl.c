@@ -1,4 +1,4 @@
-/* parleyctl.c - operator tool: schema migrations, tokens, configuration checks, daemon stats. */
+/* parleyctl.c - operator tool: schema migrations, retention, tokens, configuration checks, daemon stats. */
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
@@ -17,6 +17,7 @@
 #include "parley.h"
 #include "protocol.h"
 #include "scrape.h"
+#include "store.h"
 #include "xmalloc.h"
 
 #ifndef PARLEY_SCHEMA_DIR
@@ -35,6 +36,8 @@ usage(FILE *f)
 	    "commands:\n"
 	    "  migrate [--schema-dir DIR]       apply the schema/NNN_*.sql files not yet applied\n"
 	    "                                   (default DIR: %s, else ./schema)\n"
+	    "  prune [--now MS]                 delete events and messages older than [retention]\n"
+	    "                                   says, in short batches (safe while the daemons serve)\n"
 	    "  token USER [--ttl S] [--device ID]\n"
 	    "                                   print a signed access token for USER\n"
 	    "  stats [--fcgi ADDR] [--ws HOST:PORT] [--interval S] [--all]\n"
@@ -540,6 +543,71 @@ cmd_stats(const char *config_arg, int argc, char **argv)
 	return up[0] && up[1] ? 0 : 1;
 }
 
+/* --- prune --------------------------------------------------------------------------------- */
+
+/* The cut-off time of a retention in days, as of now_ms; 0 (keep forever) for 0 days. */
+static int64_t
+ctl_cutoff(int64_t now_ms, int days)
+{
+	return days > 0 ? now_ms - (int64_t)days * 86400000 : 0;
+}
+
+/*
+ * parleyctl prune [--now MS]: apply retention.events_days and retention.messages_days. --now
+ * takes another "now" (ms since the epoch): a test or a catch-up run can prune as of that time.
+ * Exit status 0 done (also when retention keeps everything), 1 failed (MySQL).
+ */
+static int
+cmd_prune(const char *config_arg, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "now", required_argument, NULL, 'n' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	struct store_prune_res res = { 0 };
+	struct config cfg;
+	struct store *s;
+	int64_t now = parley_now_ms();
+	uint64_t v;
+	int ch, rc;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, "+n:h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'n':
+			if (protocol_parse_u64(optarg, 1, (uint64_t)INT64_MAX, &v) != 0) {
+				log_error("--now: expected milliseconds since the epoch");
+				return 2;
+			}
+			now = (int64_t)v;
+			break;
+		case 'h':
+		default:
+			return usage_status(ch == 'h');
+		}
+	}
+	if (optind != argc)
+		return usage_status(0);
+	ctl_config(&cfg, config_arg);
+	if (cfg.retention_events_days == 0 && cfg.retention_messages_days == 0) {
+		printf("retention keeps everything (retention.events_days and messages_days are 0)\n");
+		config_clear(&cfg);
+		return 0;
+	}
+	s = store_new(&cfg);
+	rc = store_prune(s, ctl_cutoff(now, cfg.retention_events_days),
+	    ctl_cutoff(now, cfg.retention_messages_days), cfg.retention_batch,
+	    cfg.retention_pause_ms, &res);
+	if (rc != 0)
+		log_error("prune: %s", strerror(errno));
+	printf("pruned %llu events in %llu logs, %llu messages\n", (unsigned long long)res.events,
+	    (unsigned long long)res.logs, (unsigned long long)res.messages);
+	store_free(s);
+	config_clear(&cfg);
+	return rc == 0 ? 0 : 1;
+}
+
 /* --- token --------------------------------------------------------------------------------- */
 
 /* parleyctl token USER [--ttl S] [--device ID]: print a token signed with auth.jwt_secret. */
@@ -638,6 +706,8 @@ main(int argc, char **argv)
 		return cmd_stats(config_arg, argc, argv);
 	if (strcmp(cmd, "check-config") == 0)
 		return cmd_check_config(config_arg, argc, argv);
+	if (strcmp(cmd, "prune") == 0)
+		return cmd_prune(config_arg, argc, argv);
 	if (strcmp(cmd, "help") == 0)
 		return usage_status(1);
 	log_error("unknown command %s", cmd);

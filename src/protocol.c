@@ -662,6 +662,7 @@ static const struct {
 	{ "leave_room",		PROTO_F_LEAVE_ROOM },
 	{ "room_message",	PROTO_F_ROOM_MESSAGE },
 	{ "ping",		PROTO_F_PING },
+	{ "history",		PROTO_F_HISTORY },
 };
 
 /* "room": a valid room name, copied into *room. */
@@ -676,6 +677,38 @@ proto_room(struct json_object *o, char **room, const char **field, const char **
 	if ((s = proto_ident(v, protocol_valid_room, why)) == NULL)
 		PROTO_FAIL("room", *why);
 	*room = xstrdup(s);
+	return 0;
+fail:
+	return -1;
+}
+
+/* The history frame: exactly one of "with" and "group_id"; "before" and "limit" optional. */
+static int
+proto_history(struct json_object *o, struct proto_history *h, const char **field,
+    const char **why)
+{
+	struct json_object *vwith, *vgid, *v;
+	const char *s;
+	uint64_t u;
+
+	vwith = proto_get(o, "with");
+	vgid = proto_get(o, "group_id");
+	if ((vwith == NULL) == (vgid == NULL))
+		PROTO_FAIL("with", "exactly one of \"with\" and \"group_id\" is required");
+	if (vwith != NULL) {
+		if ((s = proto_ident(vwith, protocol_valid_user, why)) == NULL)
+			PROTO_FAIL("with", *why);
+		h->with = xstrdup(s);
+	} else if (proto_uint(vgid, 1, INT64_MAX, &h->group_id, why) != 0)
+		PROTO_FAIL("group_id", *why);
+	if ((v = proto_get(o, "before")) != NULL &&
+	    proto_uint(v, 1, INT64_MAX, &h->before, why) != 0)
+		PROTO_FAIL("before", *why);
+	if ((v = proto_get(o, "limit")) != NULL) {
+		if (proto_uint(v, 1, PROTO_HISTORY_LIMIT_MAX, &u, why) != 0)
+			PROTO_FAIL("limit", *why);
+		h->limit = (int)u;
+	}
 	return 0;
 fail:
 	return -1;
@@ -732,6 +765,8 @@ proto_frame_body(struct json_object *o, int content_max, int room_max, struct pr
 		return 0;
 	case PROTO_F_PING:
 		return 0;
+	case PROTO_F_HISTORY:
+		return proto_history(o, &r->history, field, why);
 	}
 	PROTO_FAIL("type", "unknown type");
 fail:
@@ -790,8 +825,18 @@ protocol_frame_clear(struct proto_frame_req *r)
 	protocol_target_clear(&r->target);
 	free(r->room);
 	free(r->text);
+	protocol_history_clear(&r->history);
 	memset(r, 0, sizeof *r);
 	r->type = type;
+}
+
+void
+protocol_history_clear(struct proto_history *h)
+{
+	if (h == NULL)
+		return;
+	free(h->with);
+	memset(h, 0, sizeof *h);
 }
 
 int
@@ -957,25 +1002,43 @@ pb_done(struct pbuf *b)
 	return b->p;
 }
 
+/* The message object of new_message events and history pages. */
+static void
+pb_message(struct pbuf *b, const struct proto_message *m)
+{
+	pb_lit(b, "{\"id\":");
+	pb_u64(b, m->id);
+	pb_kstr(b, "from", m->from);
+	pb_kstr(b, "to", m->group_id != 0 ? NULL : m->to);
+	pb_key(b, "group_id");
+	if (m->group_id != 0)
+		pb_u64(b, m->group_id);
+	else
+		pb_lit(b, "null");
+	pb_kstr(b, "content", m->content);
+	pb_kstr(b, "client_msg_id", m->client_msg_id);
+	pb_ki64(b, "ts", m->ts);
+	pb_lit(b, "}");
+}
+
+char *
+protocol_message(const struct proto_message *m)
+{
+	struct pbuf b = { 0 };
+
+	pb_message(&b, m);
+	return pb_done(&b);
+}
+
 char *
 protocol_event_new_message(uint64_t seq, const struct proto_message *m)
 {
 	struct pbuf b = { 0 };
 
 	pb_event(&b, "new_message", seq);
-	pb_lit(&b, ",\"message\":{\"id\":");
-	pb_u64(&b, m->id);
-	pb_kstr(&b, "from", m->from);
-	pb_kstr(&b, "to", m->group_id != 0 ? NULL : m->to);
-	pb_key(&b, "group_id");
-	if (m->group_id != 0)
-		pb_u64(&b, m->group_id);
-	else
-		pb_lit(&b, "null");
-	pb_kstr(&b, "content", m->content);
-	pb_kstr(&b, "client_msg_id", m->client_msg_id);
-	pb_ki64(&b, "ts", m->ts);
-	pb_lit(&b, "}}");
+	pb_lit(&b, ",\"message\":");
+	pb_message(&b, m);
+	pb_lit(&b, "}");
 	return pb_done(&b);
 }
 
@@ -1101,6 +1164,13 @@ protocol_event_with_seq(const char *body, uint64_t seq)
 char *
 protocol_events_page(char *const *events, size_t n, uint64_t next, int has_more)
 {
+	return protocol_events_page_reset(events, n, next, has_more, 0);
+}
+
+char *
+protocol_events_page_reset(char *const *events, size_t n, uint64_t next, int has_more,
+    uint64_t oldest_seq)
+{
 	struct pbuf b = { 0 };
 	size_t i, total = 64;
 
@@ -1119,6 +1189,55 @@ protocol_events_page(char *const *events, size_t n, uint64_t next, int has_more)
 		pb_key(&b, "has_more");
 		pb_lit(&b, has_more ? "true" : "false");
 	}
+	if (oldest_seq != 0) {
+		pb_lit(&b, ",\"reset\":true");
+		pb_ku64(&b, "oldest_seq", oldest_seq);
+	}
+	pb_lit(&b, "}");
+	return pb_done(&b);
+}
+
+char *
+protocol_event_reset(uint64_t oldest_seq)
+{
+	struct pbuf b = { 0 };
+
+	pb_event(&b, "reset", 0);
+	pb_ku64(&b, "oldest_seq", oldest_seq);
+	pb_lit(&b, "}");
+	return pb_done(&b);
+}
+
+char *
+protocol_history_page(const struct proto_history *h, int frame, char *const *messages, size_t n,
+    uint64_t next_before)
+{
+	struct pbuf b = { 0 };
+	size_t i, total = 128;
+
+	for (i = 0; i < n; i++)
+		total += strlen(messages[i]) + 1;
+	pb_reserve(&b, total);
+	if (frame) {
+		pb_event(&b, "history", 0);
+		if (h->with != NULL)
+			pb_kstr(&b, "with", h->with);
+		else
+			pb_ku64(&b, "group_id", h->group_id);
+		pb_lit(&b, ",");
+	} else
+		pb_lit(&b, "{");
+	pb_lit(&b, "\"messages\":[");
+	for (i = 0; i < n; i++) {
+		if (i > 0)
+			pb_raw(&b, ",", 1);
+		pb_lit(&b, messages[i]);
+	}
+	pb_lit(&b, "],\"next_before\":");
+	if (next_before != 0)
+		pb_u64(&b, next_before);
+	else
+		pb_lit(&b, "null");
 	pb_lit(&b, "}");
 	return pb_done(&b);
 }

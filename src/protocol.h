@@ -78,7 +78,22 @@ int	protocol_decode_room_text(struct json_object *, int max_chars, char **text,
 /* WebSocket client frames. */
 enum proto_frame {
 	PROTO_F_AUTH, PROTO_F_SYNC, PROTO_F_SEND, PROTO_F_DELIVERED, PROTO_F_READ, PROTO_F_TYPING,
-	PROTO_F_JOIN_ROOM, PROTO_F_LEAVE_ROOM, PROTO_F_ROOM_MESSAGE, PROTO_F_PING
+	PROTO_F_JOIN_ROOM, PROTO_F_LEAVE_ROOM, PROTO_F_ROOM_MESSAGE, PROTO_F_PING, PROTO_F_HISTORY
+};
+
+/*
+ * A history page request (GET /conversations/{user}/messages, GET /groups/{id}/messages, the
+ * history frame): exactly one of with / group_id; before 0 = from the newest; limit 0 = the
+ * default. The frame decoder takes any limit from 1 to PROTO_HISTORY_LIMIT_MAX; the daemon checks
+ * it against its configured maximum.
+ */
+#define PROTO_HISTORY_LIMIT_MAX		10000
+#define PROTO_HISTORY_LIMIT_DEFAULT	50
+struct proto_history {
+	char		*with;		/* the peer of a 1:1 conversation, or NULL */
+	uint64_t	 group_id;	/* 0 for a 1:1 conversation */
+	uint64_t	 before;	/* only messages with id < before; 0: no bound */
+	int		 limit;		/* 0: not given */
 };
 struct proto_frame_req {
 	enum proto_frame		type;
@@ -90,6 +105,7 @@ struct proto_frame_req {
 	struct proto_target		 target;	/* TYPING */
 	char				*room;		/* *_ROOM */
 	char				*text;		/* ROOM_MESSAGE */
+	struct proto_history		 history;	/* HISTORY */
 };
 /*
  * Decode one text frame. -1/EINVAL with *field and *why for bad JSON ("json"), unknown type ("type")
@@ -99,6 +115,7 @@ struct proto_frame_req {
 int	protocol_decode_frame(const char *buf, size_t len, int content_max_chars, int room_max_chars,
 	    struct proto_frame_req *, const char **field, const char **why, char **client_msg_id);
 void	protocol_frame_clear(struct proto_frame_req *);
+void	protocol_history_clear(struct proto_history *);
 
 /*
  * Parse a JSON text (an HTTP body, a frame): strict JSON, nothing but white space after it.
@@ -144,6 +161,23 @@ char	*protocol_event_with_seq(const char *body, uint64_t seq);
 
 /* {"events":[e1,e2,...],"next":N} plus ,"has_more":bool when has_more >= 0. events are JSON texts. */
 char	*protocol_events_page(char *const *events, size_t n, uint64_t next, int has_more);
+/*
+ * The same, and when oldest_seq is not 0 (the page's after lay before the oldest event kept)
+ * ,"reset":true,"oldest_seq":N at its end.
+ */
+char	*protocol_events_page_reset(char *const *events, size_t n, uint64_t next, int has_more,
+	    uint64_t oldest_seq);
+/* {"type":"reset","oldest_seq":N}: sent before the replay of a sync whose after was pruned. */
+char	*protocol_event_reset(uint64_t oldest_seq);
+/* A message object as in new_message: {"id":..,"from":..,"to":..,"group_id":..,...,"ts":..} */
+char	*protocol_message(const struct proto_message *);
+/*
+ * A history page: {"messages":[m1,..],"next_before":ID|null} (next_before 0 writes null); with
+ * frame set, the history frame {"type":"history","with":..|"group_id":..,"messages":..,..}.
+ * messages are JSON texts of protocol_message.
+ */
+char	*protocol_history_page(const struct proto_history *, int frame, char *const *messages,
+	    size_t n, uint64_t next_before);
 
 /* Errors. */
 /* The contract's code for an errno (see parley.h): "bad_request", ..., "internal". */

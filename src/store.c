@@ -63,6 +63,8 @@ static const struct store__qset *const store__qsets[STORE__SET_COUNT] = {
 	[STORE__SET_GROUP] = &store__group_qset,
 	[STORE__SET_PRESENCE] = &store__presence_qset,
 	[STORE__SET_ROOM] = &store__room_qset,
+	[STORE__SET_HISTORY] = &store__history_qset,
+	[STORE__SET_RETENTION] = &store__retention_qset,
 };
 
 static pthread_once_t store_lib_once = PTHREAD_ONCE_INIT;

@@ -83,12 +83,17 @@ int	store_send_batch(struct store *, const struct store_send_req *, size_t n,
 	    struct store_send_res *, int *err);
 void	store_send_res_clear(struct store_send_res *);
 
-/* Event log. Events are full JSON texts with "seq"; next = last seq returned, or after if none. */
+/*
+ * Event log. Events are full JSON texts with "seq"; next = last seq returned, or after if none.
+ * oldest_seq is 0, or, when after + 1 lies before the oldest event retention kept (after is
+ * behind: events were pruned that the reader never got), that oldest seq: the reader must reset.
+ */
 struct store_page {
 	char		**events;
 	size_t		  n;
 	uint64_t	  next;
 	int		  has_more;
+	uint64_t	  oldest_seq;
 };
 int	store_events(struct store *, const char *user, uint64_t after, int limit, struct store_page *);
 void	store_page_clear(struct store_page *);
@@ -128,6 +133,37 @@ int	store_group_remove(struct store *, const char *by, uint64_t group_id, const 
 /* The members of a group (caller frees each and the array). ENOENT when no such group. */
 int	store_group_members(struct store *, uint64_t group_id, char ***members, size_t *n);
 int	store_is_member(struct store *, uint64_t group_id, const char *user, int *member);
+
+/*
+ * Conversation history, read from user's own log (so it holds exactly what reached user: for a
+ * group, what was sent while user was a member): the messages of the conversation with peer
+ * (group_id 0) or of group group_id (peer NULL) with id < before (0: no bound), newest first, at
+ * most limit, as protocol_message texts in page->events; page->next is the id to pass as before
+ * for the next page, 0 when nothing older is left. A group needs user to be a member or to have
+ * been one (its log holds messages of the group): else EACCES, or ENOENT for no such group.
+ * One range scan of the events index ev_history per page.
+ */
+int	store_history(struct store *, const char *user, const char *peer, uint64_t group_id,
+	    uint64_t before, int limit, struct store_page *page);
+/* The SQL of a history page (parameters: user, group_id, peer, before, limit): for EXPLAIN. */
+const char *store_history_sql(void);
+
+/*
+ * Retention (parleyctl prune): prune the events appended before events_before_ms (each log
+ * loses a prefix: user_seq.first_seq moves up, readers behind it get a reset; its new_message
+ * rows stay below first_seq as the history's index while their message is kept) and delete the
+ * messages sent before messages_before_ms (gone from history too, their events with them; events
+ * never outlive their message, so the log is cut at the later of the two times); 0 leaves that
+ * kind alone. Work is done in transactions of at most batch rows with pause_ms between them, so
+ * it never holds locks for long and may run while the daemons serve.
+ */
+struct store_prune_res {
+	uint64_t	events;		/* rows deleted */
+	uint64_t	messages;
+	uint64_t	logs;		/* user logs that lost events */
+};
+int	store_prune(struct store *, int64_t events_before_ms, int64_t messages_before_ms, int batch,
+	    int pause_ms, struct store_prune_res *);
 
 /*
  * Presence: every open connection is a row (user, node, conn), conn the connection's id on that

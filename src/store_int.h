@@ -12,6 +12,8 @@
  *   store_group.c     groups and membership
  *   store_presence.c  presence
  *   store_room.c      rooms
+ *   store_history.c   conversation history pages
+ *   store_retention.c retention (prune)
  *
  * Statements come in sets, one per file. A statement id is STORE__Q(set) + its index in the set
  * (at most STORE__QPER per set); every connection prepares a statement on first use. To add a
@@ -64,6 +66,8 @@ enum store__set {
 	STORE__SET_GROUP,
 	STORE__SET_PRESENCE,
 	STORE__SET_ROOM,
+	STORE__SET_HISTORY,
+	STORE__SET_RETENTION,
 	STORE__SET_COUNT
 };
 
@@ -92,6 +96,8 @@ extern const struct store__qset store__receipt_qset;
 extern const struct store__qset store__group_qset;
 extern const struct store__qset store__presence_qset;
 extern const struct store__qset store__room_qset;
+extern const struct store__qset store__history_qset;
+extern const struct store__qset store__retention_qset;
 
 /* Statements of the core set (store.c), used by several files. */
 enum {

@@ -21,9 +21,19 @@ enum {
 STORE__QSET_CHECK(Q_LOG_END, STORE__SET_LOG);
 
 static const char *const log_sql[Q_LOG_END - STORE__Q(STORE__SET_LOG)] = {
-	STORE__SQL(Q_EV_PAGE) = "SELECT e.seq, e.kind, e.body, m.id, m.sender, m.recipient,"
-	    " m.group_id, m.content, m.client_msg_id, m.ts FROM events e LEFT JOIN messages m"
-	    " ON m.id = e.message_id WHERE e.user_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
+	/*
+	 * The page and, as a row of kind 0, the oldest seq retention kept (user_seq.first_seq):
+	 * one statement, so one read view sees both (a prune commits its deletions and the move
+	 * of first_seq together). Below first_seq a log keeps only new_message rows, as the
+	 * history's index (store_history.c): the join on the (const) user_seq row starts the
+	 * range scan of the primary key at first_seq.
+	 */
+	STORE__SQL(Q_EV_PAGE) = "SELECT first_seq, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+	    " NULL FROM user_seq WHERE user_id = ? UNION ALL"
+	    " (SELECT e.seq, e.kind, e.body, m.id, m.sender, m.recipient,"
+	    " m.group_id, m.content, m.client_msg_id, m.ts FROM user_seq u JOIN events e"
+	    " ON e.user_id = u.user_id AND e.seq >= u.first_seq LEFT JOIN messages m"
+	    " ON m.id = e.message_id WHERE u.user_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?)",
 	STORE__SQL(Q_SEQ_GET) = "SELECT last_seq FROM user_seq WHERE user_id = ?",
 	STORE__SQL(Q_CUR_GET) = "SELECT cur_seq FROM device_cursors"
 	    " WHERE user_id = ? AND device_id = ?",
@@ -42,28 +52,41 @@ struct events_ctx {
 	struct store_page	*page;
 };
 
-/* A page of user's log after c->after; one row more than the limit tells has_more. */
+/*
+ * A page of user's log after c->after; one row more than the limit tells has_more. The page is
+ * behind (oldest_seq set) when after + 1 lies before the oldest event kept: first_seq, or the
+ * first seq returned if a prune committed in between (the log has no other gaps). Its next then
+ * skips the pruned stretch, so that the following page does not report the same reset again.
+ */
 static int
 events_fn(struct store *s, void *arg)
 {
 	struct events_ctx *c = arg;
 	struct store_page *p = c->page;
 	struct proto_message m;
-	uint64_t seq;
+	uint64_t seq, first = 1, first_row = 0, rows = 0;
 	const char *body;
 	int rc;
 
 	store_page_clear(p);
 	p->next = c->after;
 	p->has_more = 0;
-	if (EXEC(s, Q_EV_PAGE, PS(c->user), PU(c->after), PU((uint64_t)c->limit + 1)) != 0)
+	p->oldest_seq = 0;
+	if (EXEC(s, Q_EV_PAGE, PS(c->user), PS(c->user), PU(c->after),
+	    PU((uint64_t)c->limit + 1)) != 0)
 		return -1;
 	while ((rc = store__fetch(s, Q_EV_PAGE)) == 1) {
+		seq = store__col_u(s, Q_EV_PAGE, 0);
+		if (store__col_u(s, Q_EV_PAGE, 1) == 0) {
+			first = seq;
+			continue;
+		}
+		if (rows++ == 0)
+			first_row = seq;
 		if (p->n == (size_t)c->limit) {
 			p->has_more = 1;
-			break;
+			continue;	/* read on: the first_seq row may come last */
 		}
-		seq = store__col_u(s, Q_EV_PAGE, 0);
 		body = store__col_s(s, Q_EV_PAGE, 2);
 		if (store__col_u(s, Q_EV_PAGE, 1) == EV_MESSAGE && !store__col_null(s, Q_EV_PAGE, 3)) {
 			m.id = store__col_u(s, Q_EV_PAGE, 3);
@@ -76,12 +99,22 @@ events_fn(struct store *s, void *arg)
 			store__page_push(p, protocol_event_new_message(seq, &m));
 		} else if (body != NULL)
 			store__page_push(p, xstrdup(body));
-		else
+		else if (store__col_u(s, Q_EV_PAGE, 1) != EV_MESSAGE)
 			log_warn("store: event %llu of a user has no body", (unsigned long long)seq);
+		/* else: a new_message whose message retention deleted; the event goes soon too. */
 		p->next = seq;
 	}
 	store__done(s, Q_EV_PAGE);
-	return rc < 0 ? -1 : 0;
+	if (rc < 0)
+		return -1;
+	if (rows > 0 && first_row > first)
+		first = first_row;
+	if (c->after + 1 < first) {
+		p->oldest_seq = first;
+		if (p->next < first - 1)
+			p->next = first - 1;
+	}
+	return 0;
 }
 
 int

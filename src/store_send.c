@@ -59,9 +59,11 @@ static const unsigned store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ
 static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN2,
     Q_SEQ_IN1 };
 
-#define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id) VALUES "
-#define EV_ROW		"(?, ?, 1, ?)"
-#define EV_WIDTH	3
+/* conv_group, conv_peer: the event's conversation for history (schema/003, index ev_history). */
+#define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id, conv_group, conv_peer)" \
+			" VALUES "
+#define EV_ROW		"(?, ?, 1, ?, ?, ?)"
+#define EV_WIDTH	5
 #define CONV_HEAD	"INSERT INTO conversations (user_id, group_id, peer, last_message_id," \
 			" last_ts, unread) VALUES "
 #define CONV_ROW	"(?, ?, ?, ?, ?, ?)"
@@ -205,8 +207,10 @@ send_reset(struct send_ctx *c)
 	c->nconvs = 0;
 }
 
+/* Queue user's new_message event of message id in conversation (g, peer) as conversations has it. */
 static void
-send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id)
+send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id, uint64_t g,
+    const char *peer)
 {
 	if (c->nevs == c->evcap) {
 		c->evcap = c->evcap == 0 ? 64 : c->evcap * 2;
@@ -215,6 +219,8 @@ send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id)
 	c->evs[c->nevs * EV_WIDTH] = PS(user);
 	c->evs[c->nevs * EV_WIDTH + 1] = PU(seq);
 	c->evs[c->nevs * EV_WIDTH + 2] = PU(id);
+	c->evs[c->nevs * EV_WIDTH + 3] = PU(g);
+	c->evs[c->nevs * EV_WIDTH + 4] = PS(peer);
 	c->nevs++;
 }
 
@@ -445,12 +451,13 @@ send_record(struct send_ctx *c, size_t i, uint64_t seq, const uint64_t *rseq, ui
 	res->ts = now;
 	res->duplicate = 0;
 	store__targets_push(&res->targets, r->from, seq);
-	send_event(c, r->from, seq, id);
+	send_event(c, r->from, seq, id, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "");
 	send_conv(c, r->from, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "", id, now, 0);
 	for (j = 0; j < c->nrcpt[i]; j++) {
 		seq = rseq != NULL ? rseq[j] : send_take(c, c->rcpt[i][j]);
 		store__targets_push(&res->targets, c->rcpt[i][j], seq);
-		send_event(c, c->rcpt[i][j], seq, id);
+		send_event(c, c->rcpt[i][j], seq, id, r->to != NULL ? 0 : r->group_id,
+		    r->to != NULL ? r->from : "");
 		send_conv(c, c->rcpt[i][j], r->to != NULL ? 0 : r->group_id,
 		    r->to != NULL ? r->from : "", id, now, 1);
 	}

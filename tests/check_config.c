@@ -78,6 +78,11 @@ START_TEST(test_defaults)
 	ck_assert_int_eq(c.room_history, 200);
 	ck_assert_int_eq(c.poll_timeout_max, 60);
 	ck_assert_int_eq(c.page_max, 500);
+	ck_assert_int_eq(c.history_max, 200);
+	ck_assert_int_eq(c.retention_events_days, 0);
+	ck_assert_int_eq(c.retention_messages_days, 0);
+	ck_assert_int_eq(c.retention_batch, 1000);
+	ck_assert_int_eq(c.retention_pause_ms, 10);
 	ck_assert_int_eq(c.actor_workers, 4);
 	ck_assert_int_eq(c.actor_mailbox, 256);
 	ck_assert_int_eq(c.actor_retries, 5);
@@ -159,6 +164,12 @@ START_TEST(test_every_key)
 	    "room_history = 50\n"
 	    "poll_timeout_max = 30\n"
 	    "page_max = 100\n"
+	    "history_max = 150\n"
+	    "[retention]\n"
+	    "events_days = 30\n"
+	    "messages_days = 365\n"
+	    "batch = 500\n"
+	    "pause_ms = 0\n"
 	    "[actor]\n"
 	    "workers = 8\n"
 	    "mailbox = 64\n"
@@ -211,6 +222,11 @@ START_TEST(test_every_key)
 	ck_assert_int_eq(c.room_history, 50);
 	ck_assert_int_eq(c.poll_timeout_max, 30);
 	ck_assert_int_eq(c.page_max, 100);
+	ck_assert_int_eq(c.history_max, 150);
+	ck_assert_int_eq(c.retention_events_days, 30);
+	ck_assert_int_eq(c.retention_messages_days, 365);
+	ck_assert_int_eq(c.retention_batch, 500);
+	ck_assert_int_eq(c.retention_pause_ms, 0);
 	ck_assert_int_eq(c.actor_workers, 8);
 	ck_assert_int_eq(c.actor_mailbox, 64);
 	ck_assert_int_eq(c.actor_retries, 3);
@@ -294,6 +310,16 @@ static const struct {
 	{ "fcgi.socket_mode", "0600", 0600 },
 	{ "fcgi.socket_mode", "0", 0 },
 	{ "fcgi.socket_mode", "0775", 0775 },
+	{ "limits.history_max", "1", 1 },
+	{ "limits.history_max", "10000", 10000 },
+	{ "retention.events_days", "0", 0 },
+	{ "retention.events_days", "36500", 36500 },
+	{ "retention.messages_days", "0", 0 },
+	{ "retention.messages_days", "36500", 36500 },
+	{ "retention.batch", "1", 1 },
+	{ "retention.batch", "100000", 100000 },
+	{ "retention.pause_ms", "0", 0 },
+	{ "retention.pause_ms", "60000", 60000 },
 };
 
 static long long
@@ -319,6 +345,16 @@ field_value(const struct config *c, const char *key)
 		return c->log_level;
 	if (strcmp(key, "fcgi.socket_mode") == 0)
 		return c->fcgi_socket_mode;
+	if (strcmp(key, "limits.history_max") == 0)
+		return c->history_max;
+	if (strcmp(key, "retention.events_days") == 0)
+		return c->retention_events_days;
+	if (strcmp(key, "retention.messages_days") == 0)
+		return c->retention_messages_days;
+	if (strcmp(key, "retention.batch") == 0)
+		return c->retention_batch;
+	if (strcmp(key, "retention.pause_ms") == 0)
+		return c->retention_pause_ms;
 	ck_abort_msg("no field for %s", key);
 	return -1;
 }
@@ -390,6 +426,16 @@ static const struct {
 	{ "fcgi.listen", "127.0.0.1:0", "neither a UNIX socket path" },
 	{ "fcgi.listen", "127.0.0.1:65536", "neither a UNIX socket path" },
 	{ "fcgi.listen", "sock", "neither a UNIX socket path" },
+	{ "limits.history_max", "0", "out of range" },
+	{ "limits.history_max", "10001", "out of range" },
+	{ "retention.events_days", "-1", "out of range" },
+	{ "retention.events_days", "36501", "out of range" },
+	{ "retention.messages_days", "-1", "out of range" },
+	{ "retention.messages_days", "36501", "out of range" },
+	{ "retention.batch", "0", "out of range" },
+	{ "retention.batch", "100001", "out of range" },
+	{ "retention.pause_ms", "-1", "out of range" },
+	{ "retention.pause_ms", "60001", "out of range" },
 };
 
 START_TEST(test_bad_values_set)

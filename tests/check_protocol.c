@@ -748,6 +748,18 @@ static const struct {
 	{ "{\"type\":\"ping\"}", NULL, PROTO_F_PING, 0, 0, 0 },
 	{ "{\"type\":\"ping\",\"x\":[1,2]}", NULL, PROTO_F_PING, 0, 0, 0 },
 	{ " {\"type\":\"ping\"}\r\n", NULL, PROTO_F_PING, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\"}", NULL, PROTO_F_HISTORY, "bob", 0, 0 },
+	{ "{\"type\":\"history\",\"group_id\":17,\"before\":9,\"limit\":2}", NULL, PROTO_F_HISTORY,
+	    NULL, 17, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"group_id\":17}", "with", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\"}", "with", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"b b\"}", "with", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"group_id\":0}", "group_id", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"before\":0}", "before", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"before\":\"5\"}", "before", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"limit\":0}", "limit", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"limit\":10001}", "limit", 0, 0, 0, 0 },
+	{ "{\"type\":\"history\",\"with\":\"bob\",\"limit\":1.5}", "limit", 0, 0, 0, 0 },
 	{ "{\"type\":\"pong\"}", "type", 0, 0, 0, 0 },
 	{ "{\"type\":\"PING\"}", "type", 0, 0, 0, 0 },
 	{ "{\"type\":\"\"}", "type", 0, 0, 0, 0 },
@@ -832,6 +844,18 @@ START_TEST(test_frame)
 		ck_assert_str_eq(r.text, frames[_i].detail);
 		break;
 	case PROTO_F_PING:
+		break;
+	case PROTO_F_HISTORY:
+		if (frames[_i].detail != NULL) {
+			ck_assert_str_eq(r.history.with, frames[_i].detail);
+			ck_assert_uint_eq(r.history.before, 0);
+			ck_assert_int_eq(r.history.limit, 0);
+		} else {
+			ck_assert_ptr_null(r.history.with);
+			ck_assert_uint_eq(r.history.before, 9);
+			ck_assert_int_eq(r.history.limit, 2);
+		}
+		ck_assert_uint_eq(r.history.group_id, frames[_i].num);
 		break;
 	}
 	protocol_frame_clear(&r);
@@ -1180,6 +1204,38 @@ START_TEST(test_events_page)
 }
 END_TEST
 
+/* History pages (HTTP body and frame), the reset frame, a page with reset. */
+START_TEST(test_history_page)
+{
+	struct proto_message m = { 5, "alice", "bob", 0, "Hi", "c-1", 1733160000123 };
+	struct proto_history with = { (char *)"bob", 0, 0, 0 }, group = { NULL, 17, 0, 0 };
+	char *msg[2];
+
+	msg[0] = protocol_message(&m);
+	expect_json(xstrdup(msg[0]), "{\"id\":5,\"from\":\"alice\",\"to\":\"bob\",\"group_id\":null,"
+	    "\"content\":\"Hi\",\"client_msg_id\":\"c-1\",\"ts\":1733160000123}");
+	m.id = 4;
+	m.group_id = 17;
+	msg[1] = protocol_message(&m);
+	expect_json(protocol_history_page(&with, 0, NULL, 0, 0), "{\"messages\":[],\"next_before\":null}");
+	expect_json(protocol_history_page(&with, 0, msg, 1, 5),
+	    "{\"messages\":[{\"id\":5,\"from\":\"alice\",\"to\":\"bob\",\"group_id\":null,\"content\":\"Hi\","
+	    "\"client_msg_id\":\"c-1\",\"ts\":1733160000123}],\"next_before\":5}");
+	expect_json(protocol_history_page(&with, 1, NULL, 0, 0),
+	    "{\"type\":\"history\",\"with\":\"bob\",\"messages\":[],\"next_before\":null}");
+	expect_json(protocol_history_page(&group, 1, msg + 1, 1, 0),
+	    "{\"type\":\"history\",\"group_id\":17,\"messages\":[{\"id\":4,\"from\":\"alice\",\"to\":null,"
+	    "\"group_id\":17,\"content\":\"Hi\",\"client_msg_id\":\"c-1\",\"ts\":1733160000123}],"
+	    "\"next_before\":null}");
+	expect_json(protocol_event_reset(42), "{\"type\":\"reset\",\"oldest_seq\":42}");
+	expect_json(protocol_events_page_reset(NULL, 0, 3, 0, 42),
+	    "{\"events\":[],\"next\":3,\"has_more\":false,\"reset\":true,\"oldest_seq\":42}");
+	expect_json(protocol_events_page_reset(NULL, 0, 3, -1, 0), "{\"events\":[],\"next\":3}");
+	free(msg[0]);
+	free(msg[1]);
+}
+END_TEST
+
 START_TEST(test_encode_errors)
 {
 	expect_json(protocol_error_body("bad_request", "content: too long"),
@@ -1263,6 +1319,7 @@ main(void)
 	tcase_add_loop_test(tc, test_with_seq, 0, PARLEY_NITEMS(with_seqs));
 	tcase_add_test(tc, test_with_seq_roundtrip);
 	tcase_add_test(tc, test_events_page);
+	tcase_add_test(tc, test_history_page);
 	tcase_add_test(tc, test_encode_errors);
 	tcase_add_loop_test(tc, test_errno_map, 0, PARLEY_NITEMS(errnos));
 	suite_add_tcase(s, tc);

@@ -2,6 +2,7 @@
 #include <check.h>
 #include <errno.h>
 #include <json-c/json.h>
+#include <mysql.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -891,6 +892,427 @@ START_TEST(test_note_to_self)
 }
 END_TEST
 
+/* --- history ------------------------------------------------------------------------------- */
+
+/* One history page; asserts success and that the ids (newest first) are want[0..n). */
+static uint64_t
+history_ids(struct store *s, const char *user, const char *peer, uint64_t g, uint64_t before,
+    int limit, const uint64_t *want, size_t n)
+{
+	struct store_page p;
+	struct json_object *o;
+	uint64_t next;
+	size_t i;
+
+	ck_assert_msg(store_history(s, user, peer, g, before, limit, &p) == 0, "history: %s",
+	    strerror(errno));
+	ck_assert_uint_eq(p.n, n);
+	for (i = 0; i < n; i++) {
+		o = testenv_json(p.events[i]);
+		ck_assert_uint_eq((uint64_t)testenv_json_int(o, "id"), want[i]);
+		json_object_put(o);
+	}
+	next = p.next;
+	store_page_clear(&p);
+	return next;
+}
+
+/* A history page refused with errno err. */
+static void
+history_refused(struct store *s, const char *user, const char *peer, uint64_t g, int limit,
+    int err)
+{
+	struct store_page p;
+
+	errno = 0;
+	ck_assert_int_eq(store_history(s, user, peer, g, 0, limit, &p), -1);
+	ck_assert_int_eq(errno, err);
+	ck_assert_uint_eq(p.n, 0);
+}
+
+/* 1:1 history: both directions, the caller's own messages, paging by before, exact objects. */
+START_TEST(test_history_pair)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	struct store_page p, log;
+	struct json_object *h, *e;
+	uint64_t id[5], note, toc, next;
+	char cmid[16];
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		snprintf(cmid, sizeof cmid, "h%d", i);
+		send1(s, i < 3 ? a : b, i < 3 ? b : a, 0, "hi", cmid, &r);
+		id[4 - i] = r.server_msg_id;	/* newest first */
+		store_send_res_clear(&r);
+	}
+	send1(s, a, c, 0, "other", "hc", &r);
+	toc = r.server_msg_id;
+	store_send_res_clear(&r);
+	send1(s, a, a, 0, "note", "hn", &r);
+	note = r.server_msg_id;
+	store_send_res_clear(&r);
+
+	/* alice's pages of 2 with bob: 5 4 | 3 2 | 1 (ids newest first), then nothing older. */
+	next = history_ids(s, a, b, 0, 0, 2, id, 2);
+	ck_assert_uint_eq(next, id[1]);
+	next = history_ids(s, a, b, 0, next, 2, id + 2, 2);
+	ck_assert_uint_eq(next, id[3]);
+	next = history_ids(s, a, b, 0, next, 2, id + 4, 1);
+	ck_assert_uint_eq(next, 0);
+	/* Exactly a full last page: nothing older, so null too. */
+	ck_assert_uint_eq(history_ids(s, a, b, 0, id[1], 3, id + 2, 3), 0);
+	/* bob sees the same conversation; other conversations stay apart. */
+	ck_assert_uint_eq(history_ids(s, b, a, 0, 0, 50, id, 5), 0);
+	ck_assert_uint_eq(history_ids(s, a, c, 0, 0, 50, &toc, 1), 0);
+	ck_assert_uint_eq(history_ids(s, a, a, 0, 0, 50, &note, 1), 0);
+	ck_assert_uint_eq(history_ids(s, c, b, 0, 0, 50, NULL, 0), 0);
+	ck_assert_uint_eq(history_ids(s, a, b, 0, 1, 50, NULL, 0), 0);
+
+	/* A history message is the new_message event's message object, byte for byte. */
+	ck_assert_int_eq(store_history(s, b, a, 0, 0, 1, &p), 0);
+	ck_assert_int_eq(store_events(s, b, 0, 100, &log), 0);
+	ck_assert_uint_eq(log.n, 5);
+	h = testenv_json(p.events[0]);
+	e = testenv_json(log.events[4]);
+	ck_assert_str_eq(json_object_to_json_string(h),
+	    json_object_to_json_string(testenv_json_get(e, "message")));
+	ck_assert_str_eq(testenv_json_str(h, "from"), b);
+	ck_assert_str_eq(testenv_json_str(h, "to"), a);
+	json_object_put(h);
+	json_object_put(e);
+	store_page_clear(&p);
+	store_page_clear(&log);
+
+	history_refused(s, a, "not valid", 0, 10, EINVAL);
+	history_refused(s, a, b, 7, 10, EINVAL);
+	history_refused(s, a, NULL, 0, 10, EINVAL);
+	history_refused(s, a, b, 0, 0, EINVAL);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+/*
+ * Group history: a member sees what was sent while it was one (a late joiner nothing before,
+ * a removed member what reached it before), a stranger 403, no such group 404.
+ */
+START_TEST(test_history_group)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char *d = testenv_name("dave"), *members[] = { b };
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	struct store_targets t = { 0 };
+	uint64_t g, m[3];
+
+	ck_assert_int_eq(store_group_create(s, a, "h", members, 1, &g, &t), 0);
+	store_targets_clear(&t);
+	send1(s, a, NULL, g, "g1", "g1", &r);
+	m[2] = r.server_msg_id;
+	store_send_res_clear(&r);
+	ck_assert_int_eq(store_group_add(s, a, g, c, &t), 0);
+	store_targets_clear(&t);
+	send1(s, b, NULL, g, "g2", "g2", &r);
+	m[1] = r.server_msg_id;
+	store_send_res_clear(&r);
+	ck_assert_int_eq(store_group_remove(s, a, g, b, &t), 0);
+	store_targets_clear(&t);
+	send1(s, c, NULL, g, "g3", "g3", &r);
+	m[0] = r.server_msg_id;
+	store_send_res_clear(&r);
+
+	ck_assert_uint_eq(history_ids(s, a, NULL, g, 0, 50, m, 3), 0);
+	ck_assert_uint_eq(history_ids(s, c, NULL, g, 0, 50, m, 2), 0);
+	ck_assert_uint_eq(history_ids(s, b, NULL, g, 0, 50, m + 1, 2), 0);
+	ck_assert_uint_eq(history_ids(s, b, NULL, g, 0, 1, m + 1, 1), m[1]);
+	/* 1:1 history with a member is not the group's. */
+	ck_assert_uint_eq(history_ids(s, a, c, 0, 0, 50, NULL, 0), 0);
+	history_refused(s, d, NULL, g, 50, EACCES);
+	history_refused(s, d, NULL, g + 1000000, 50, ENOENT);
+	history_refused(s, a, NULL, g + 1000000, 50, ENOENT);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+	free(d);
+}
+END_TEST
+
+/* sql with each '?' replaced by the next of args (literal SQL). Caller frees. */
+static char *
+sql_fill(const char *sql, const char *const *args)
+{
+	char *out = xmalloc(strlen(sql) + 1024), *o = out;
+
+	for (; *sql != '\0'; sql++) {
+		if (*sql == '?') {
+			o += sprintf(o, "%s", *args++);
+			continue;
+		}
+		*o++ = *sql;
+	}
+	*o = '\0';
+	return out;
+}
+
+/*
+ * The plan of a history page whatever the history's length: a range on ev_history read
+ * backwards (no filesort), then messages by primary key. docs/protocol.md shows this EXPLAIN.
+ */
+START_TEST(test_history_explain)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *sql, *user, *peer;
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	const char *args[5];
+	char cmid[16];
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+	MYSQL *my;
+	int i, nrows = 0;
+
+	for (i = 0; i < 40; i++) {
+		snprintf(cmid, sizeof cmid, "x%d", i);
+		send1(s, i % 2 ? a : b, i % 2 ? b : a, 0, "x", cmid, &r);
+		store_send_res_clear(&r);
+	}
+	xasprintf(&user, "'%s'", a);
+	xasprintf(&peer, "'%s'", b);
+	args[0] = user;
+	args[1] = "0";
+	args[2] = peer;
+	args[3] = "18446744073709551615";
+	args[4] = "51";
+	sql = sql_fill(store_history_sql(), args);
+	my = mysql_init(NULL);
+	ck_assert_ptr_nonnull(mysql_real_connect(my, NULL, cfg.mysql_user, cfg.mysql_password,
+	    cfg.mysql_database, 0, cfg.mysql_socket, 0));
+	ck_assert_int_eq(mysql_query(my, "ANALYZE TABLE events, messages"), 0);
+	mysql_free_result(mysql_store_result(my));
+	free(user);
+	xasprintf(&user, "EXPLAIN %s", sql);
+	ck_assert_msg(mysql_query(my, user) == 0, "%s", mysql_error(my));
+	res = mysql_store_result(my);
+	ck_assert_ptr_nonnull(res);
+	/* id select_type table type possible_keys key key_len ref rows Extra */
+	while ((row = mysql_fetch_row(res)) != NULL) {
+		fprintf(stderr, "explain: %s %s %s %s %s %s\n", row[2], row[3], row[5], row[6],
+		    row[8], row[9] != NULL ? row[9] : "");
+		ck_assert_ptr_null(row[9] != NULL ? strstr(row[9], "filesort") : NULL);
+		if (nrows++ == 0) {
+			ck_assert_str_eq(row[2], "e");
+			ck_assert_str_eq(row[3], "range");
+			ck_assert_str_eq(row[5], "ev_history");
+		} else {
+			ck_assert_str_eq(row[2], "m");
+			ck_assert_str_eq(row[3], "eq_ref");
+			ck_assert_str_eq(row[5], "PRIMARY");
+		}
+	}
+	ck_assert_int_eq(nrows, 2);
+	mysql_free_result(res);
+	mysql_close(my);
+	free(sql);
+	free(user);
+	free(peer);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
+/* --- retention ------------------------------------------------------------------------------ */
+
+/* A page of user's log after after: its first seq (0 if none), n, next and oldest_seq. */
+static void
+page_check(struct store *s, const char *user, uint64_t after, int limit, uint64_t first,
+    size_t n, uint64_t next, uint64_t oldest)
+{
+	struct store_page p;
+
+	ck_assert_int_eq(store_events(s, user, after, limit, &p), 0);
+	ck_assert_uint_eq(p.n, n);
+	if (n > 0)
+		ck_assert_int_eq(seq_of(p.events[0]), (int64_t)first);
+	ck_assert_uint_eq(p.next, next);
+	ck_assert_uint_eq(p.oldest_seq, oldest);
+	store_page_clear(&p);
+}
+
+/* A moment between what was sent before and what is sent after (ts are ms, clocks the host's). */
+static int64_t
+moment(void)
+{
+	int64_t t;
+
+	usleep(30 * 1000);
+	t = parley_now_ms();
+	usleep(30 * 1000);
+	return t;
+}
+
+/*
+ * Prune events, then messages: a reader behind the oldest kept event is told (oldest_seq) and
+ * its next skips the hole; history keeps messages until they are pruned themselves.
+ */
+START_TEST(test_prune)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_prune_res pr;
+	struct store_send_res r;
+	struct store_targets t = { 0 };
+	uint64_t ids[8];
+	int64_t cut;
+	char cmid[16];
+	int i, changed;
+
+	for (i = 0; i < 5; i++) {
+		snprintf(cmid, sizeof cmid, "o%d", i);
+		send1(s, a, b, 0, "old", cmid, &r);
+		ids[7 - i] = r.server_msg_id;
+		store_send_res_clear(&r);
+	}
+	ck_assert_int_eq(store_receipt(s, b, ids[3], PROTO_READ, &changed, &t), 0);
+	store_targets_clear(&t);	/* a's seq 6: message_status */
+	send1(s, c, c, 0, "note", "cn", &r);
+	store_send_res_clear(&r);
+	cut = moment();
+	for (i = 0; i < 3; i++) {
+		snprintf(cmid, sizeof cmid, "n%d", i);
+		send1(s, a, b, 0, "new", cmid, &r);
+		ids[2 - i] = r.server_msg_id;
+		store_send_res_clear(&r);
+	}
+	page_check(s, a, 0, 100, 1, 9, 9, 0);
+
+	/* Events before cut: a's 1..6 go (first_seq 7), b's 1..5, c's whole log (1). */
+	ck_assert_int_eq(store_prune(s, cut, 0, 2, 0, &pr), 0);
+	ck_assert_uint_ge(pr.events, 1);	/* a's message_status; new_message rows stay */
+	ck_assert_uint_ge(pr.logs, 3);
+	ck_assert_uint_eq(pr.messages, 0);
+	page_check(s, a, 0, 100, 7, 3, 9, 7);
+	page_check(s, a, 5, 100, 7, 3, 9, 7);
+	page_check(s, a, 6, 100, 7, 3, 9, 0);
+	page_check(s, a, 9, 100, 0, 0, 9, 0);
+	page_check(s, a, 0, 2, 7, 2, 8, 7);
+	page_check(s, a, 8, 2, 9, 1, 9, 0);
+	page_check(s, b, 3, 100, 6, 3, 8, 6);
+	/* A log pruned whole: nothing to return, yet behind; next skips to the end. */
+	page_check(s, c, 0, 100, 0, 0, 1, 2);
+	page_check(s, c, 1, 100, 0, 0, 1, 0);
+	/* History still has every message: they are kept. */
+	ck_assert_uint_eq(history_ids(s, a, b, 0, 0, 50, ids, 8), 0);
+	ck_assert_uint_eq(history_ids(s, b, a, 0, 0, 50, ids, 8), 0);
+	/* Again: nothing more to do for these logs, and the same answers. */
+	ck_assert_int_eq(store_prune(s, cut, 0, 1000, 0, &pr), 0);
+	page_check(s, a, 0, 100, 7, 3, 9, 7);
+
+	/* Messages before cut: gone from history too, their rows with them. */
+	ck_assert_int_eq(store_prune(s, 0, cut, 2, 0, &pr), 0);
+	ck_assert_uint_ge(pr.messages, 6);
+	ck_assert_uint_ge(pr.events, 11);	/* a's 5 + b's 5 history rows, c's 1 */
+	ck_assert_uint_eq(history_ids(s, a, b, 0, 0, 50, ids, 3), 0);
+	ck_assert_uint_eq(history_ids(s, b, a, 0, 0, 50, ids, 3), 0);
+	ck_assert_uint_eq(history_ids(s, c, c, 0, 0, 50, NULL, 0), 0);
+	page_check(s, a, 0, 100, 7, 3, 9, 7);
+	page_check(s, b, 0, 100, 6, 3, 8, 6);
+	errno = 0;
+	ck_assert_int_eq(store_prune(s, 0, 0, 0, 0, &pr), -1);
+	ck_assert_int_eq(errno, EINVAL);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+struct prune_sender {
+	const char	*from;
+	const char	*to;
+	int		 n;
+	int		 id;
+	int		 failures;
+};
+
+static void *
+prune_sender_run(void *arg)
+{
+	struct prune_sender *w = arg;
+	struct store *s = store_new(&cfg);
+	struct store_send_req q = { w->from, w->to, 0, "live", NULL };
+	struct store_send_res r;
+	char cmid[32];
+	int i;
+
+	q.client_msg_id = cmid;
+	for (i = 0; i < w->n; i++) {
+		snprintf(cmid, sizeof cmid, "w%d-%d", w->id, i);
+		if (store_send(s, &q, &r) != 0)
+			w->failures++;
+		store_send_res_clear(&r);
+	}
+	store_free(s);
+	return NULL;
+}
+
+/* Prune while two senders append to the same logs: nothing newer than the cut-off is lost. */
+START_TEST(test_prune_while_sending)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob");
+	struct store *s = store_new(&cfg);
+	struct prune_sender w[2] = { { NULL, NULL, 100, 0, 0 }, { NULL, NULL, 100, 1, 0 } };
+	struct store_prune_res pr;
+	struct store_send_res r;
+	struct store_page all;
+	pthread_t th[2];
+	int64_t cut;
+	char cmid[16];
+	int i, runs = 0;
+
+	for (i = 0; i < 20; i++) {
+		snprintf(cmid, sizeof cmid, "o%d", i);
+		send1(s, a, b, 0, "old", cmid, &r);
+		store_send_res_clear(&r);
+	}
+	cut = moment();
+	w[0].from = w[1].to = a;
+	w[0].to = w[1].from = b;
+	for (i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, prune_sender_run, &w[i]), 0);
+	/* Batches of 3 rows: many short transactions in between the sends. */
+	do {
+		ck_assert_int_eq(store_prune(s, cut, cut, 3, 0, &pr), 0);
+		runs++;
+	} while (runs < 50 && (w[0].failures + w[1].failures) == 0 &&
+	    pthread_tryjoin_np(th[0], NULL) != 0);
+	if (runs == 50)
+		pthread_join(th[0], NULL);
+	pthread_join(th[1], NULL);
+	ck_assert_int_eq(w[0].failures + w[1].failures, 0);
+	ck_assert_int_eq(store_prune(s, cut, cut, 3, 0, &pr), 0);
+	/* Both logs: 20 old events pruned, the 200 new ones all there, gap-free, from 21. */
+	read_all(s, a, 20, &all);
+	ck_assert_uint_eq(all.n, 200);
+	for (i = 0; i < 200; i++)
+		ck_assert_int_eq(seq_of(all.events[i]), 21 + i);
+	store_page_clear(&all);
+	page_check(s, a, 0, 1, 21, 1, 21, 21);
+	page_check(s, b, 0, 1, 21, 1, 21, 21);
+	read_all(s, b, 20, &all);
+	ck_assert_uint_eq(all.n, 200);
+	store_page_clear(&all);
+	store_free(s);
+	free(a);
+	free(b);
+}
+END_TEST
+
 /* --- presence and rooms -------------------------------------------------------------------- */
 
 START_TEST(test_presence)
@@ -1494,6 +1916,11 @@ store_suite(void)
 	tcase_add_test(tc, test_group_receipts_and_conversations);
 	tcase_add_test(tc, test_presence);
 	tcase_add_test(tc, test_rooms);
+	tcase_add_test(tc, test_history_pair);
+	tcase_add_test(tc, test_history_group);
+	tcase_add_test(tc, test_history_explain);
+	tcase_add_test(tc, test_prune);
+	tcase_add_test(tc, test_prune_while_sending);
 	suite_add_tcase(su, tc);
 
 	tc = tcase_create("faults");
