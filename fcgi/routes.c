@@ -68,6 +68,8 @@ static void h_group_create(struct rctx *);
 static void h_group_get(struct rctx *);
 static void h_group_add(struct rctx *);
 static void h_group_remove(struct rctx *);
+static void h_history_user(struct rctx *);
+static void h_history_group(struct rctx *);
 static void h_presence(struct rctx *);
 static void h_room_post(struct rctx *);
 static void h_room_get(struct rctx *);
@@ -82,8 +84,10 @@ static const struct route routes[] = {
 	{ { "receipts" }, "POST", 0, { { "POST", h_receipt } } },
 	{ { "typing" }, "POST", 0, { { "POST", h_typing } } },
 	{ { "conversations" }, "GET", 0, { { "GET", h_conversations } } },
+	{ { "conversations", "{s}", "messages" }, "GET", 0, { { "GET", h_history_user } } },
 	{ { "groups" }, "POST", 0, { { "POST", h_group_create } } },
 	{ { "groups", "{n}" }, "GET", 0, { { "GET", h_group_get } } },
+	{ { "groups", "{n}", "messages" }, "GET", 0, { { "GET", h_history_group } } },
 	{ { "groups", "{n}", "members" }, "POST", 0, { { "POST", h_group_add } } },
 	{ { "groups", "{n}", "members", "{s}" }, "DELETE", 0, { { "DELETE", h_group_remove } } },
 	{ { "presence" }, "GET", 0, { { "GET", h_presence } } },
@@ -490,6 +494,44 @@ h_group_remove(struct rctx *c)
 		return;
 	}
 	r_done(c, chat_group_remove(c->chat, c->id.user, c->num, c->name));
+}
+
+/* A history page of h (its with or group_id set): before and limit from the query. */
+static void
+history(struct rctx *c, struct proto_history *h)
+{
+	uint64_t v;
+	char *json = NULL;
+	int max = c->cfg->history_max, dflt = PROTO_HISTORY_LIMIT_DEFAULT;
+
+	if (query_u64(c, "before", 1, (uint64_t)INT64_MAX, 0, &h->before, NULL) < 0 ||
+	    query_u64(c, "limit", 1, (uint64_t)max, (uint64_t)(dflt < max ? dflt : max), &v,
+	    NULL) < 0)
+		return;
+	h->limit = (int)v;
+	r_result(c, chat_history_json(c->chat, c->id.user, h, 0, &json), json);
+}
+
+static void
+h_history_user(struct rctx *c)
+{
+	struct proto_history h = { 0 };
+
+	if (!protocol_valid_user(c->name)) {
+		http_resp_bad_field(c->resp, "user", "not a valid user id");
+		return;
+	}
+	h.with = (char *)c->name;	/* borrowed: never cleared */
+	history(c, &h);
+}
+
+static void
+h_history_group(struct rctx *c)
+{
+	struct proto_history h = { 0 };
+
+	h.group_id = c->num;
+	history(c, &h);
 }
 
 static void

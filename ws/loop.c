@@ -603,6 +603,17 @@ loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 	case PROTO_F_PING:
 		loop_send(ws, c, "{\"type\":\"pong\"}", 15);
 		break;
+	case PROTO_F_HISTORY:
+		if (r.history.limit > ws->cfg->history_max) {
+			char *range;
+
+			xasprintf(&range, "must be an integer from 1 to %d", ws->cfg->history_max);
+			loop_bad_frame(ws, c, "limit", range);
+			free(range);
+			break;
+		}
+		loop_job_frame(ws, c, &r, JOB_HISTORY);
+		break;
 	}
 	protocol_frame_clear(&r);
 }

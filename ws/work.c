@@ -109,12 +109,18 @@ work_ack(struct ws *ws, const struct job *j, const struct store_send_res *res, i
 	work_frame(ws, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq, res->duplicate), 0);
 }
 
-/* Read a page of the user's log after j->after and hand it to the loop. */
+/*
+ * Read a page of the user's log after j->after and hand it to the loop. When after lies before
+ * the oldest event kept (retention pruned what the client never got), the page starts with
+ * {"type":"reset","oldest_seq":N}: the loop sends it before the events, like any frame without
+ * a seq.
+ */
 static int
 work_page(struct wctx *w, const struct job *j, uint64_t after)
 {
 	struct store_page page;
 	struct done *d;
+	size_t k = 0;
 
 	memset(&page, 0, sizeof page);
 	if (store_events(w->chat.store, j->user, after, w->ws->page_limit, &page) != 0)
@@ -124,8 +130,14 @@ work_page(struct wctx *w, const struct job *j, uint64_t after)
 	d->seq = after;
 	d->last = page.next;
 	d->has_more = page.has_more;
-	d->events = page.events;
-	d->n = page.n;
+	if (page.oldest_seq != 0) {
+		d->events = xcalloc(page.n + 1, sizeof *d->events);
+		d->events[k++] = protocol_event_reset(page.oldest_seq);
+		memcpy(d->events + k, page.events, page.n * sizeof *page.events);
+		free(page.events);
+	} else
+		d->events = page.events;
+	d->n = page.n + k;
 	page.events = NULL;
 	page.n = 0;
 	store_page_clear(&page);
@@ -266,6 +278,10 @@ work_dispatch(void *ctx, const char *key, int kind, void *data)
 		break;
 	case JOB_ROOM_FETCH:
 		return work_room_fetch(w, j);
+	case JOB_HISTORY:
+		if ((rc = chat_history_json(&w->chat, j->user, &j->req.history, 1, &ev)) == 0)
+			work_frame(w->ws, j, ev, 0);
+		break;
 	default:
 		errno = EINVAL;
 		return -1;

@@ -64,7 +64,8 @@ enum job_kind {
 	JOB_TYPING,
 	JOB_ROOM_POST,
 	JOB_PRESENCE_DOWN,	/* presence -1 when a connection closes */
-	JOB_ROOM_FETCH		/* a room event by id (key "room:NAME") */
+	JOB_ROOM_FETCH,		/* a room event by id (key "room:NAME") */
+	JOB_HISTORY		/* a history page -> one history frame */
 };
 
 struct job {
