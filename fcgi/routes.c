@@ -502,14 +502,15 @@ history(struct rctx *c, struct proto_history *h)
 {
 	uint64_t v;
 	char *json = NULL;
-	int max = c->cfg->history_max, dflt = PROTO_HISTORY_LIMIT_DEFAULT;
+	int rc, max = c->cfg->history_max, dflt = PROTO_HISTORY_LIMIT_DEFAULT;
 
 	if (query_u64(c, "before", 1, (uint64_t)INT64_MAX, 0, &h->before, NULL) < 0 ||
 	    query_u64(c, "limit", 1, (uint64_t)max, (uint64_t)(dflt < max ? dflt : max), &v,
 	    NULL) < 0)
 		return;
 	h->limit = (int)v;
-	r_result(c, chat_history_json(c->chat, c->id.user, h, 0, &json), json);
+	rc = chat_history_json(c->chat, c->id.user, h, 0, &json);
+	r_result(c, rc, json);
 }
 
 static void

@@ -716,6 +716,154 @@ def t_room_history(base):
     check([e["comment"]["id"] for e in r.json()["events"]] == ids[-2:], "room history after=ID", r)
 
 
+def history(base, tok, path):
+    """GET a history page: (status, json or None)."""
+    r = req(base, "GET", path, tok)
+    return r, r.json()
+
+
+def t_history(base):
+    alice, bob, carol, dave = name("alice"), name("bob"), name("carol"), name("dave")
+    ta, tb, tc, td = token(alice), token(bob), token(carol), token(dave)
+    ids = []
+    for i in range(5):
+        r = send(base, ta if i < 3 else tb, bob if i < 3 else alice, "h%d" % i)
+        ids.append(r.json()["server_msg_id"])
+    send(base, ta, carol, "elsewhere")
+    ids.reverse()  # newest first
+    pages, before = [], None
+    while True:
+        path = "/conversations/%s/messages?limit=2" % bob + ("&before=%d" % before if before else "")
+        r, j = history(base, ta, path)
+        if not check(r.status == 200 and set(j) == {"messages", "next_before"}, "history page shape", r):
+            return
+        pages.append([m["id"] for m in j["messages"]])
+        before = j["next_before"]
+        if before is None:
+            break
+    check(pages == [ids[0:2], ids[2:4], ids[4:5]], "1:1 history pages of 2, newest first, next_before", pages)
+    r, j = history(base, tb, "/conversations/%s/messages" % alice)
+    check(r.status == 200 and [m["id"] for m in j["messages"]] == ids and j["next_before"] is None,
+          "the peer sees the same conversation (default limit, next_before null)", r)
+    # A history message is exactly the message of the new_message event.
+    ev = [e["message"] for e in req(base, "GET", "/messages?after=0", tb).json()["events"]]
+    check(j["messages"] == list(reversed(ev)), "history messages are the new_message objects", j)
+    r, j = history(base, ta, "/conversations/%s/messages?before=%d&limit=200" % (bob, ids[2]))
+    check([m["id"] for m in j["messages"]] == ids[3:], "before= starts below that id", r)
+    r, j = history(base, tc, "/conversations/%s/messages" % bob)
+    check(r.status == 200 and j == {"messages": [], "next_before": None}, "no conversation: empty page", r)
+    for q, field in (("limit=0", "limit"), ("limit=201", "limit"), ("limit=1.5", "limit"),
+                     ("before=0", "before"), ("before=abc", "before"), ("before=-1", "before")):
+        r = req(base, "GET", "/conversations/%s/messages?%s" % (bob, q), ta)
+        check(r.status == 400 and err_code(r) == "bad_request" and err_msg(r).startswith(field + ":"),
+              "history %s: 400 naming %s" % (q, field), r)
+    r = req(base, "GET", "/conversations/a%20b/messages", ta)
+    check(r.status == 400 and err_msg(r).startswith("user:"), "history with a bad user id: 400", r)
+    r = req(base, "POST", "/conversations/%s/messages" % bob, ta, body={})
+    check(r.status == 405 and r.headers.get("allow") == "GET", "POST on history: 405", r)
+    r = req(base, "GET", "/conversations/%s/messages" % bob)
+    check(r.status == 401, "history without a token: 401", r)
+
+    # Groups: a late member sees what came after it joined, a removed one what reached it.
+    gid = req(base, "POST", "/groups", ta, body={"name": "hist", "members": [bob]}).json()["group_id"]
+    g1 = send(base, ta, None, "g1", group=gid).json()["server_msg_id"]
+    req(base, "POST", "/groups/%d/members" % gid, ta, body={"user": carol})
+    g2 = send(base, tb, None, "g2", group=gid).json()["server_msg_id"]
+    check(req(base, "DELETE", "/groups/%d/members/%s" % (gid, bob), ta).status == 204, "bob removed")
+    g3 = send(base, tc, None, "g3", group=gid).json()["server_msg_id"]
+    seen = {}
+    for who, tok in (("alice", ta), ("carol", tc), ("bob", tb)):
+        r, j = history(base, tok, "/groups/%d/messages" % gid)
+        seen[who] = [m["id"] for m in j["messages"]] if r.status == 200 else r.status
+    check(seen == {"alice": [g3, g2, g1], "carol": [g3, g2], "bob": [g2, g1]},
+          "group history: member all, late member since joining, removed member until removal", seen)
+    r, j = history(base, ta, "/groups/%d/messages?limit=1" % gid)
+    check(r.status == 200 and [m["group_id"] for m in j["messages"]] == [gid] and j["messages"][0]["to"] is None
+          and j["next_before"] == g3, "group history page of 1", r)
+    r = req(base, "GET", "/groups/%d/messages" % gid, td)
+    check(r.status == 403 and err_code(r) == "forbidden", "group history for a non-member: 403", r)
+    r = req(base, "GET", "/groups/999999999/messages", ta)
+    check(r.status == 404 and err_code(r) == "not_found", "group history of no such group: 404", r)
+    r = req(base, "GET", "/groups/%d/messages?limit=201" % gid, ta)
+    check(r.status == 400 and err_msg(r).startswith("limit:"), "group history limit=201: 400", r)
+
+
+def prune_config(days_events, days_messages, batch=1000):
+    """A config like the stack's with a [retention] section, for parleyctl prune."""
+    path = os.path.join(os.environ.get("PARLEY_TEST_DIR", "/tmp"), "prune-%s.conf" % RUN_ID)
+    with open(os.environ["PARLEY_TEST_CONFIG"]) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text + "\n[retention]\nevents_days = %d\nmessages_days = %d\nbatch = %d\npause_ms = 0\n"
+                % (days_events, days_messages, batch))
+    return path
+
+
+def prune(cut_ms, conf):
+    """parleyctl prune as of one day after cut_ms (events_days = 1: everything before cut_ms goes)."""
+    import subprocess
+    ctl = os.path.join(os.environ.get("PARLEY_BUILDDIR", "."), "parleyctl")
+    out = subprocess.run([ctl, "--config", conf, "prune", "--now", str(cut_ms + 86400000)],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, out.stdout + out.stderr
+
+
+def moment():
+    """A time (ms) strictly between what was stored before and what is stored after."""
+    time.sleep(0.05)
+    t = int(time.time() * 1000)
+    time.sleep(0.05)
+    return t
+
+
+def t_retention(base):
+    alice, bob, carol = name("alice"), name("bob"), name("carol")
+    ta, tb, tc = token(alice), token(bob), token(carol)
+    dev = name("dev")
+    ids = [send(base, ta, bob, "old%d" % i).json()["server_msg_id"] for i in range(3)]
+    send(base, ta, carol, "only one")
+    cut = moment()
+    ids += [send(base, ta, bob, "new%d" % i).json()["server_msg_id"] for i in range(2)]
+    conf = prune_config(1, 0)
+    rc, out = prune(cut, conf)
+    check(rc == 0 and "pruned" in out, "parleyctl prune runs", out)
+    r = req(base, "GET", "/messages?after=0", tb)
+    j = r.json()
+    check(r.status == 200 and [e["seq"] for e in j["events"]] == [4, 5] and j["next"] == 5
+          and j.get("reset") is True and j.get("oldest_seq") == 4,
+          "GET /messages after=0 behind the pruned log: the kept events, reset, oldest_seq", r)
+    check(list(j) == ["events", "next", "reset", "oldest_seq"], "reset keys come last", r.body)
+    r = req(base, "GET", "/messages?after=3", tb)
+    check(r.status == 200 and "reset" not in r.json() and len(r.json()["events"]) == 2,
+          "after=oldest_seq-1 is not behind: no reset", r)
+    r = req(base, "GET", "/sync?device_id=%s&after=1&limit=1" % dev, tb)
+    j = r.json()
+    check(r.status == 200 and j == {"events": j["events"], "next": 4, "has_more": True, "reset": True,
+                                    "oldest_seq": 4} and j["events"][0]["seq"] == 4,
+          "/sync behind: reset and oldest_seq with has_more", r)
+    t0 = time.monotonic()
+    r = req(base, "GET", "/messages/long_poll?after=0&timeout=10", tb)
+    check(r.status == 200 and r.json().get("reset") is True and time.monotonic() - t0 < 5,
+          "a long poll behind answers at once with reset", r)
+    # carol's whole log was pruned: nothing to return, yet behind; next skips the hole.
+    t0 = time.monotonic()
+    r = req(base, "GET", "/sync?device_id=%s&after=0&timeout=10" % dev, tc)
+    check(r.status == 200 and r.json() == {"events": [], "next": 1, "has_more": False, "reset": True,
+                                           "oldest_seq": 2} and time.monotonic() - t0 < 5,
+          "a sync long poll on a log pruned whole answers at once: reset, next past the hole", r)
+    r = req(base, "GET", "/messages?after=1", tc)
+    check(r.status == 200 and r.json() == {"events": [], "next": 1}, "from next on: no reset", r)
+    # Messages are kept (messages_days 0): history reloads what the log lost.
+    r, j = history(base, tb, "/conversations/%s/messages" % alice)
+    check(r.status == 200 and [m["id"] for m in j["messages"]] == list(reversed(ids)),
+          "history still has the messages whose events were pruned", r)
+    # messages_days: a pruned message is gone from history too.
+    rc, out = prune(cut, prune_config(0, 1))
+    r, j = history(base, tb, "/conversations/%s/messages" % alice)
+    check(rc == 0 and r.status == 200 and [m["id"] for m in j["messages"]] == list(reversed(ids[3:])),
+          "pruned messages are gone from history", (out, r))
+
+
 def t_health_memcached(base):
     """memcached's state in /health is probed, not remembered (SIGSTOP: down; SIGCONT: ok)."""
     pid = 0
@@ -1419,6 +1567,8 @@ def main():
             t_conversations_shape(base)
             t_receipts_rules(base)
             t_room_history(base)
+            t_history(base)
+            t_retention(base)
             t_metrics(base)
             t_health_memcached(base)
             t_health_memcached_restart(base)

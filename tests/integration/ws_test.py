@@ -1170,6 +1170,179 @@ async def through_lighttpd(env):
 
 # --- MySQL down (a private stack: stopping the shared MariaDB would disturb other tests) -------
 
+# --- history and retention ----------------------------------------------------------------
+
+def is_type(t):
+    return lambda m: m.get("type") == t
+
+
+async def history_page(c, **req):
+    await c.send(dict({"type": "history"}, **req))
+    return await c.next(lambda m: m.get("type") in ("history", "error"))
+
+
+@test
+async def history_frames(env):
+    if env.http is None:
+        raise AssertionError("parley-fcgi / webserver not available: " + env.http_why)
+    alice, bob, carol, dave = uname("alice"), uname("bob"), uname("carol"), uname("dave")
+    a = await connect(env.a, alice)
+    b = await connect(env.b, bob)
+    ids, pushed = [], []
+    for i in range(5):
+        x, to = (a, bob) if i < 3 else (b, alice)
+        cmid, ack = await send(x, to, "h%d" % i)
+        ids.append(ack["server_msg_id"])
+        pushed.append((await (b if i < 3 else a).next(is_msg(cmid)))["message"])
+    ids.reverse()
+    pushed.reverse()
+    pages, before, first = [], None, None
+    while True:
+        h = await history_page(a, **dict({"with": bob, "limit": 2}, **({"before": before} if before else {})))
+        assert h["type"] == "history" and list(h) == ["type", "with", "messages", "next_before"], h
+        assert h["with"] == bob, h
+        first = first or h
+        pages.append([m["id"] for m in h["messages"]])
+        before = h["next_before"]
+        if before is None:
+            break
+    assert pages == [ids[0:2], ids[2:4], ids[4:5]], (pages, ids)
+    h = await history_page(b, **{"with": alice})
+    assert h["messages"] == pushed and h["next_before"] is None, (h, pushed)
+    for bad, field in (({"with": bob, "limit": 201}, "limit"), ({"with": bob, "limit": 0}, "limit"),
+                       ({}, "with"), ({"with": bob, "group_id": 3}, "with"), ({"with": bob, "before": 0}, "before")):
+        e = await history_page(a, **bad)
+        assert e["type"] == "error" and e["code"] == "bad_request" and e["message"].startswith(field + ":"), (bad, e)
+    # Groups, as over HTTP: a removed member sees what reached it, a stranger is refused.
+    run = asyncio.get_running_loop().run_in_executor
+    st, res = await run(None, http, env, "POST", "/groups", token(alice), {"name": "h", "members": [bob]})
+    gid = res["group_id"]
+    _, ack = await send(a, None, "g1", group_id=gid)
+    g1 = ack["server_msg_id"]
+    await run(None, http, env, "POST", "/groups/%d/members" % gid, token(alice), {"user": carol})
+    _, ack = await send(b, None, "g2", group_id=gid)
+    g2 = ack["server_msg_id"]
+    st, _ = await run(None, http, env, "DELETE", "/groups/%d/members/%s" % (gid, bob), token(alice))
+    assert st == 204
+    _, ack = await send(a, None, "g3", group_id=gid)
+    h = await history_page(b, group_id=gid)
+    assert list(h) == ["type", "group_id", "messages", "next_before"] and h["group_id"] == gid, h
+    assert [m["id"] for m in h["messages"]] == [g2, g1], (h, g1, g2)
+    c = await connect(env.a, carol)
+    h = await history_page(c, group_id=gid, limit=1)
+    assert [m["id"] for m in h["messages"]] == [ack["server_msg_id"]] and h["next_before"] == ack["server_msg_id"], h
+    h = await history_page(c, group_id=gid, before=h["next_before"])
+    assert [m["id"] for m in h["messages"]] == [g2] and h["next_before"] is None, h
+    d = await connect(env.a, dave)
+    e = await history_page(d, group_id=gid)
+    assert e["type"] == "error" and e["code"] == "forbidden", e
+    e = await history_page(d, group_id=999999999)
+    assert e["type"] == "error" and e["code"] == "not_found", e
+    await d.send({"type": "ping"})
+    assert (await d.next())["type"] == "pong"
+    for x in (a, b, c, d):
+        await x.close()
+
+
+def prune(cut_ms, events_days=1, messages_days=0, batch=1000):
+    """parleyctl prune as of one day after cut_ms: everything stored before cut_ms goes."""
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(BASE_CONF)
+    conf["retention"] = {"events_days": str(events_days), "messages_days": str(messages_days),
+                         "batch": str(batch), "pause_ms": "0"}
+    path = os.path.join(TOP, "prune.conf")
+    with open(path, "w") as f:
+        conf.write(f)
+    out = subprocess.run([os.path.join(BUILD, "parleyctl"), "--config", path, "prune", "--now",
+                          str(cut_ms + 86400000)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def moment():
+    """A time (ms) strictly between what was stored before and what is stored after."""
+    time.sleep(0.05)
+    t = int(time.time() * 1000)
+    time.sleep(0.05)
+    return t
+
+
+@test
+async def prune_then_sync_resets(env):
+    alice, bob, carol = uname("alice"), uname("bob"), uname("carol")
+    a = await connect(env.a, alice)
+    for i in range(3):
+        await send(a, bob, "old %d" % i)
+    await send(a, carol, "old for carol")
+    cut = moment()
+    new = [(await send(a, bob, "new %d" % i))[0] for i in range(2)]
+    await asyncio.get_running_loop().run_in_executor(None, prune, cut)
+    # sync after=0: the reset frame first, then the events kept, then live.
+    b = await connect(env.a, bob, dev="d1", sync=0)
+    got = [await b.next() for _ in range(3)]
+    assert got[0] == {"type": "reset", "oldest_seq": 4}, got
+    assert [(m["seq"], m["message"]["client_msg_id"]) for m in got[1:]] == [(4, new[0]), (5, new[1])], got
+    live, _ = await send(a, bob, "live")
+    m = await b.next(is_msg(live))
+    assert m["seq"] == 6, m
+    # A sync that is not behind gets no reset; neither does a new sync at the end.
+    await b.send({"type": "sync", "after": 3})
+    got = [await b.next(is_type("new_message")) for _ in range(3)]
+    assert [m["seq"] for m in got] == [4, 5, 6], got
+    await b.none(is_type("reset"), 0.3)
+    # A sync without after uses the device cursor (3 now): not behind either.
+    b2 = await connect(env.b, bob, dev="d1", sync=True)
+    assert b2.ready["last_seq"] == 3, b2.ready
+    m = await b2.next()
+    assert m["type"] == "new_message" and m["seq"] == 4, m
+    # carol's log was pruned whole: a reset, nothing else, then live from there.
+    c = await connect(env.b, carol, sync=0)
+    r = await c.next()
+    assert r == {"type": "reset", "oldest_seq": 2}, r
+    await c.none(is_type("new_message"), 0.3)
+    cmid, _ = await send(a, carol, "after the prune")
+    m = await c.next(is_msg(cmid))
+    assert m["seq"] == 2, m
+    for x in (a, b, b2, c):
+        await x.close()
+
+
+@test
+async def prune_while_sending(env):
+    alice, bob = uname("alice"), uname("bob")
+    a = await connect(env.a, alice)
+    for i in range(10):
+        await send(a, bob, "old %d" % i)
+    cut = moment()
+    stop = threading.Event()
+    runs = [0]
+
+    def pruner():
+        while not stop.is_set():
+            prune(cut, 1, 1, batch=2)
+            runs[0] += 1
+
+    th = threading.Thread(target=pruner, daemon=True)
+    th.start()
+    sent = []
+    for i in range(60):
+        cmid, ack = await send(a, bob, "new %d" % i)
+        assert ack["status"] == "success", ack
+        sent.append(cmid)
+    stop.set()
+    await asyncio.get_running_loop().run_in_executor(None, th.join, 30)
+    assert runs[0] >= 1, runs
+    await asyncio.get_running_loop().run_in_executor(None, prune, cut, 1, 1, 2)
+    b = await connect(env.a, bob, sync=0)
+    r = await b.next()
+    assert r == {"type": "reset", "oldest_seq": 11}, r
+    got = [await b.next(is_type("new_message")) for _ in sent]
+    assert [m["seq"] for m in got] == list(range(11, 71)), [m["seq"] for m in got]
+    assert [m["message"]["client_msg_id"] for m in got] == sent
+    await b.none(is_type("new_message"), 0.3)
+    await a.close()
+    await b.close()
+
+
 def services(*args):
     out = subprocess.run([os.path.join(SRC, "tests", "harness", "services")] + list(args),
                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
