@@ -59,7 +59,7 @@ static const unsigned store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ
 static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN2,
     Q_SEQ_IN1 };
 
-/* conv_group, conv_peer: the event's conversation for history (schema/003, index ev_history). */
+/* conv_group, conv_peer: the event's conversation for history (schema/004, index ev_history). */
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id, conv_group, conv_peer)" \
 			" VALUES "
 #define EV_ROW		"(?, ?, 1, ?, ?, ?)"
