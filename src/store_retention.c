@@ -32,8 +32,17 @@ STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
  * short transaction of at most a batch of rows.
  */
 static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION)] = {
-	STORE__SQL(Q_RET_USERS) = "SELECT user_id, first_seq FROM user_seq WHERE user_id > ?"
-	    " ORDER BY user_id LIMIT ?",
+	/*
+	 * A page of logs, each with what its probes would say: may the event at first_seq go
+	 * (step 1 has work), and its lowest seq (below first_seq: history rows for step 2). Logs
+	 * with nothing to do then cost nothing more than their row in this page.
+	 */
+	STORE__SQL(Q_RET_USERS) = "SELECT u.user_id, u.first_seq,"
+	    " (SELECT e.ts < ? OR (? AND e.kind = 1 AND (m.id IS NULL OR m.ts < ?)) FROM events e"
+	    " LEFT JOIN messages m ON m.id = e.message_id"
+	    " WHERE e.user_id = u.user_id AND e.seq = u.first_seq),"
+	    " (SELECT MIN(e.seq) FROM events e WHERE e.user_id = u.user_id)"
+	    " FROM user_seq u WHERE u.user_id > ? ORDER BY u.user_id LIMIT ?",
 	/*
 	 * (1) The events from first_seq on, each with "may go": appended before the events
 	 * cut-off, or (when messages are pruned) a new_message whose message is older than the
@@ -71,6 +80,7 @@ struct prune_ctx {
 	/* the page of users */
 	char			**users;
 	uint64_t		*firsts;
+	int			*work;		/* per user: 1 step 1, 2 step 2 has work */
 	size_t			 nusers;
 	const char		*after_user;
 	/* one step */
@@ -93,20 +103,31 @@ static int
 prune_users_fn(struct store *s, void *arg)
 {
 	struct prune_ctx *c = arg;
-	int rc;
+	uint64_t first;
+	int rc, w;
 
 	store__strv_free(c->users, c->nusers);
 	free(c->firsts);
+	free(c->work);
 	c->users = NULL;
 	c->firsts = NULL;
+	c->work = NULL;
 	c->nusers = 0;
-	if (EXEC(s, Q_RET_USERS, PS(c->after_user), PU((uint64_t)c->batch)) != 0)
+	if (EXEC(s, Q_RET_USERS, PI(c->ev_before), PI(c->msg_before != 0), PI(c->msg_before),
+	    PS(c->after_user), PU((uint64_t)c->batch)) != 0)
 		return -1;
 	while ((rc = store__fetch(s, Q_RET_USERS)) == 1) {
+		first = store__col_u(s, Q_RET_USERS, 1);
+		w = store__col_u(s, Q_RET_USERS, 2) == 1;
+		if (c->msg_before != 0 && !store__col_null(s, Q_RET_USERS, 3) &&
+		    store__col_u(s, Q_RET_USERS, 3) < first)
+			w |= 2;
 		c->users = xreallocarray(c->users, c->nusers + 1, sizeof *c->users);
 		c->firsts = xreallocarray(c->firsts, c->nusers + 1, sizeof *c->firsts);
+		c->work = xreallocarray(c->work, c->nusers + 1, sizeof *c->work);
 		c->users[c->nusers] = xstrdup(store__col_s(s, Q_RET_USERS, 0));
-		c->firsts[c->nusers++] = store__col_u(s, Q_RET_USERS, 1);
+		c->firsts[c->nusers] = first;
+		c->work[c->nusers++] = w;
 	}
 	store__done(s, Q_RET_USERS);
 	return rc < 0 ? -1 : 0;
@@ -222,17 +243,21 @@ prune_steps(struct store *s, struct prune_ctx *c, store__fn scan, store__fn cut,
 	}
 }
 
-/* Prune one user's log: (1) from first, then (2) below the new first_seq. */
+/*
+ * Prune one user's log: (1) from first, when its first event may go, then (2) below the new
+ * first_seq, when history rows were left there by earlier runs (step 1 itself deletes the rows
+ * of old messages in what it cuts) and messages are pruned.
+ */
 static int
-prune_log(struct store *s, struct prune_ctx *c, const char *user, uint64_t first)
+prune_log(struct store *s, struct prune_ctx *c, const char *user, uint64_t first, int work)
 {
 	c->user = user;
 	c->lo = first;
-	if (prune_steps(s, c, prune_scan_fn, prune_cut_txn, 1) != 0)
+	if ((work & 1) != 0 && prune_steps(s, c, prune_scan_fn, prune_cut_txn, 1) != 0)
 		return -1;
 	if (c->lo > first)
 		c->res->logs++;
-	if (c->msg_before == 0)
+	if ((work & 2) == 0)
 		return 0;
 	/* c->lo is the first_seq now. */
 	return prune_steps(s, c, prune_index_scan_fn, prune_index_cut_txn, 0);
@@ -322,7 +347,8 @@ store_prune(struct store *s, int64_t events_before_ms, int64_t messages_before_m
 			if (store__run(s, 0, prune_users_fn, &c) != 0)
 				goto out;
 			for (i = 0; i < c.nusers; i++) {
-				if (prune_log(s, &c, c.users[i], c.firsts[i]) != 0)
+				if (c.work[i] != 0 &&
+				    prune_log(s, &c, c.users[i], c.firsts[i], c.work[i]) != 0)
 					goto out;
 			}
 			if (c.nusers > 0) {
@@ -342,6 +368,7 @@ out:
 		    (unsigned long long)res->events, (unsigned long long)res->messages);
 	store__strv_free(c.users, c.nusers);
 	free(c.firsts);
+	free(c.work);
 	free(last);
 	return rc;
 }

@@ -612,6 +612,9 @@ loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 			free(range);
 			break;
 		}
+		if (r.history.limit == 0)	/* the default, within the configured maximum */
+			r.history.limit = ws->cfg->history_max < PROTO_HISTORY_LIMIT_DEFAULT ?
+			    ws->cfg->history_max : PROTO_HISTORY_LIMIT_DEFAULT;
 		loop_job_frame(ws, c, &r, JOB_HISTORY);
 		break;
 	}

@@ -1314,29 +1314,34 @@ async def prune_while_sending(env):
         await send(a, bob, "old %d" % i)
     cut = moment()
     stop = threading.Event()
-    runs = [0]
+    runs, errors = [0], []
 
     def pruner():
-        while not stop.is_set():
-            prune(cut, 1, 1, batch=2)
-            runs[0] += 1
+        try:
+            while not stop.is_set():
+                prune(cut, 1, 1, batch=2)
+                runs[0] += 1
+        except BaseException as e:  # noqa: B902 - reported below
+            errors.append(e)
 
     th = threading.Thread(target=pruner, daemon=True)
     th.start()
+    # Send until two whole prune runs overlapped the sends (a run visits every log of the
+    # shared database, so its length varies), at least 30 and at most 600 messages.
     sent = []
-    for i in range(60):
-        cmid, ack = await send(a, bob, "new %d" % i)
+    while len(sent) < 30 or (runs[0] < 2 and not errors and len(sent) < 600):
+        cmid, ack = await send(a, bob, "new %d" % len(sent))
         assert ack["status"] == "success", ack
         sent.append(cmid)
     stop.set()
-    await asyncio.get_running_loop().run_in_executor(None, th.join, 30)
-    assert runs[0] >= 1, runs
+    await asyncio.get_running_loop().run_in_executor(None, th.join, 60)
+    assert not errors and runs[0] >= 2, (errors, runs, len(sent))
     await asyncio.get_running_loop().run_in_executor(None, prune, cut, 1, 1, 2)
     b = await connect(env.a, bob, sync=0)
     r = await b.next()
     assert r == {"type": "reset", "oldest_seq": 11}, r
     got = [await b.next(is_type("new_message")) for _ in sent]
-    assert [m["seq"] for m in got] == list(range(11, 71)), [m["seq"] for m in got]
+    assert [m["seq"] for m in got] == list(range(11, 11 + len(sent))), [m["seq"] for m in got]
     assert [m["message"]["client_msg_id"] for m in got] == sent
     await b.none(is_type("new_message"), 0.3)
     await a.close()
