@@ -1235,7 +1235,7 @@ loop_filter(struct ws *ws, struct lws *wsi)
 		return loop_refuse(wsi, 404, "Not Found", "not_found", "WebSocket endpoint is /ws");
 	if (!loop_origin_ok(ws, wsi))
 		return loop_refuse(wsi, 403, "Forbidden", "forbidden", "origin not allowed");
-	if (ws->stopping || conns_count(ws->conns) >= (size_t)ws->cfg->ws_max_connections)
+	if (ws->stopping || conns_count(ws->conns) >= ws->max_conns)
 		return loop_refuse(wsi, 503, "Service Unavailable", "unavailable",
 		    "too many connections");
 	loop_client_addr(ws, wsi, addr, sizeof addr);

@@ -1,4 +1,5 @@
 /* main.c - parley-ws: start-up, the threads around the libwebsockets loop, and shutdown. */
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <errno.h>
@@ -28,6 +29,12 @@
 #define WS_RX_BUFFER	1024
 /* lws's header space for a request's headers beside its URI (ws.max_url). */
 #define WS_HEADER_SPACE	8192
+/*
+ * Descriptors kept free of client sockets: each worker's MySQL and memcached connections (and a
+ * reconnect's overlap), the bus (listener, one per peer), epoll, lws's own, handshakes in flight.
+ */
+#define WS_FD_RESERVE	64
+#define WS_FD_PER_WORKER 3
 
 /* --help: the text on stdout, exit 0; a usage error: on stderr, exit 2. */
 static void
@@ -189,6 +196,32 @@ ws_listen_check(const struct config *cfg)
 	freeaddrinfo(ai);
 }
 
+/*
+ * The connection cap: ws.max_connections, lowered when the open-file limit cannot hold that many
+ * sockets beside the reserve. Without it, clients take every descriptor, the workers cannot
+ * reach MySQL, and every client is refused (unavailable) instead of the excess.
+ */
+static size_t
+ws_conn_cap(const struct config *cfg)
+{
+	size_t cap = (size_t)cfg->ws_max_connections;
+	size_t reserve = WS_FD_RESERVE + WS_FD_PER_WORKER * (size_t)cfg->actor_workers;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+		return cap;
+	if (rl.rlim_cur < reserve + 16)
+		fatal("the open-file limit (%llu) is too low: parley-ws needs %zu descriptors besides "
+		    "its clients", (unsigned long long)rl.rlim_cur, reserve);
+	if (rl.rlim_cur - reserve < cap) {
+		cap = rl.rlim_cur - reserve;
+		log_warn("ws.max_connections %d lowered to %zu: the open-file limit is %llu (raise "
+		    "LimitNOFILE / ulimit -n)", cfg->ws_max_connections, cap,
+		    (unsigned long long)rl.rlim_cur);
+	}
+	return cap;
+}
+
 static struct lws_context *
 ws_context(struct ws *ws)
 {
@@ -317,7 +350,8 @@ main(int argc, char **argv)
 	ws_node_id(&ws);
 	ws_list(cfg.ws_origins, &ws.origins, &ws.norigins);
 	ws_list(cfg.ws_trusted_proxies, &ws.proxies, &ws.nproxies);
-	ws.conns = conns_new((size_t)cfg.ws_max_connections);
+	ws.max_conns = ws_conn_cap(&cfg);
+	ws.conns = conns_new(ws.max_conns);
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
 	ws.journal = cache_journal_new();

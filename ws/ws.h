@@ -93,6 +93,7 @@ struct ws {
 	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
 	int			 page_limit;	/* events per replay page */
 	unsigned		 send_shards;	/* send actors ("send:N"), one per 4 workers */
+	size_t			 max_conns;	/* ws.max_connections, lowered to fit RLIMIT_NOFILE */
 
 	/* Completion queue: any thread pushes, the loop drains. */
 	pthread_mutex_t		 qlock;
