@@ -13,7 +13,9 @@ MariaDB and memcached, then:
             from the highest seq it processed; some send read receipts. A few users share a group.
   faults    one every --fault-every seconds, in a shuffled round: kill -9 of parley-ws and of
             parley-fcgi (restarted), MariaDB kill -9 + restart and SIGSTOP for longer than the
-            client timeouts, memcached kill -9 + restart and SIGSTOP, a bus socket removed,
+            client timeouts, memcached kill -9 + restart and SIGSTOP, the replies to three
+            COMMITs lost (tests/harness/mysql-commit-drop between the daemons and MariaDB),
+            a bus socket removed,
             a WebSocket client that stops reading, clients that vanish without closing.
   checker   once the faults stop and every send is acknowledged: each acknowledged message is
             in MySQL with its server_msg_id and in every recipient device's stream (the sender's
@@ -50,7 +52,7 @@ PING_INTERVAL = 3	# parley-ws's ping_interval and idle_timeout in this run
 IDLE_TIMEOUT = 10
 
 FAULTS = ["ws_kill", "fcgi_kill", "mysql_kill", "mysql_freeze", "memcached_kill",
-          "memcached_freeze", "bus_unlink", "client_stall", "client_vanish"]
+          "memcached_freeze", "commit_drop", "bus_unlink", "client_stall", "client_vanish"]
 
 
 class Send:
@@ -131,7 +133,8 @@ class Run:
         self.args = args
         self.stack = L.Stack(ws_opts={"queue_frames": 64, "ping_interval": PING_INTERVAL,
                                                 "idle_timeout": IDLE_TIMEOUT},
-                             other={"mysql": {"connect_timeout": 2, "rw_timeout": 5}})
+                             other={"mysql": {"connect_timeout": 2, "rw_timeout": 5}},
+                             commit_drop="commit_drop" in args.faults)
         self.tag = "cx%x%03x" % (os.getpid() & 0xffff, random.randrange(4096))
         self.users = ["%s_u%d" % (self.tag, i) for i in range(args.users)]
         self.group = None
@@ -390,6 +393,12 @@ class Run:
             await self.blocking(st.mysql_kill9_restart, 1.0)
         elif kind == "mysql_freeze":
             await self.blocking(st.freeze, st.mysql_pid(), a.freeze)
+        elif kind == "commit_drop":
+            # Three COMMIT replies lost in a row, whichever daemon's writes they were.
+            for _ in range(3):
+                if not await self.blocking(st.drop_commit_reply):
+                    self.log("  no COMMIT went through the proxy in 10 s")
+                    break
         elif kind == "memcached_kill":
             await self.blocking(st.memcached_kill9_restart, 1.0)
         elif kind == "memcached_freeze":

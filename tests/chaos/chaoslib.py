@@ -177,7 +177,7 @@ class Proc:
 class Stack:
     """parley-fcgi behind lighttpd and parley-ws on one bus, on the harness's MariaDB/memcached."""
 
-    def __init__(self, ws_opts=None, fcgi_opts=None, other=None, ws_prefix=None):
+    def __init__(self, ws_opts=None, fcgi_opts=None, other=None, ws_prefix=None, commit_drop=False):
         env_required()
         self.svc = os.environ["PARLEY_TEST_DIR"]
         self.mysql_sock = os.environ["PARLEY_TEST_MYSQL_SOCKET"]
@@ -196,6 +196,16 @@ class Stack:
             if sec not in ("bus", "fcgi", "ws", "log"):
                 conf[sec] = dict(base[sec])
         conf["bus"] = {"dir": self.bus}
+        # The daemons may reach MariaDB through tests/harness/mysql-commit-drop, which loses the
+        # reply to one COMMIT each time its arm file is created.
+        self.proxy = None
+        self.arm = os.path.join(self.work, "commit-drop.arm")
+        if commit_drop:
+            self.proxy_sock = os.path.join(self.work, "mysql-proxy.sock")
+            conf["mysql"]["socket"] = self.proxy_sock
+            self.proxy = Proc("mysql-commit-drop", ["/usr/bin/python3", os.path.join(HARNESS, "mysql-commit-drop"),
+                                                    self.proxy_sock, self.mysql_sock, self.arm],
+                              lambda: os.path.exists(self.proxy_sock), os.path.join(self.work, "proxy.log"))
         conf["fcgi"] = {"listen": self.fcgi_sock, "socket_mode": "0660", "threads": "4"}
         conf["ws"] = {"listen": "127.0.0.1", "port": str(self.ws_port)}
         conf["log"] = {"level": "warn"}
@@ -241,6 +251,8 @@ class Stack:
             return False
 
     def start(self, fcgi=True, ws=True):
+        if self.proxy:
+            self.proxy.start()
         if fcgi:
             self.start_fcgi()
             out = subprocess.run([os.path.join(HARNESS, "webserver"), "start", "lighttpd", self.web_dir,
@@ -262,6 +274,8 @@ class Stack:
         self.fcgi.stop()
         if self.http:
             subprocess.run([os.path.join(HARNESS, "webserver"), "stop", self.web_dir], capture_output=True)
+        if self.proxy:
+            self.proxy.stop()
 
     def cleanup(self, keep=False):
         if keep:
@@ -328,6 +342,17 @@ class Stack:
                 return
             time.sleep(0.05)
         raise RuntimeError("memcached did not restart")
+
+    def drop_commit_reply(self, timeout=10.0):
+        """Arm the proxy: the next COMMIT's reply is lost. True once it was."""
+        open(self.arm, "w").close()
+        end = time.time() + timeout
+        while time.time() < end:
+            if not os.path.exists(self.arm):
+                return True
+            time.sleep(0.05)
+        os.unlink(self.arm)
+        return False
 
     def freeze(self, pid, secs):
         os.kill(pid, signal.SIGSTOP)
