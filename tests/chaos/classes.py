@@ -410,12 +410,12 @@ def fcgi_metric(st, tok, name):
 async def abortedpolls():
     total = int(os.environ.get("CHAOS_POLLS", "10000"))
     wave = min(1000, total)
-    st = L.Stack(fcgi_opts={"max_parked": 20000})
+    st = L.Stack(fcgi_opts={"max_parked": 20000})	# one poll per user: no per-user eviction
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, lambda: st.start(ws=False))
         print("== %d aborted long polls through lighttpd, %d at a time" % (total, wave), flush=True)
-        users = ["%s_p%d" % (TAG, i) for i in range(50)]
+        users = ["%s_p%d" % (TAG, i) for i in range(wave)]
         toks = [st.token(u) for u in users]
         probe_tok = st.token(TAG + "_probe")
         host, port = st.http.split("//")[1].split(":")

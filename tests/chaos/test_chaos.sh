@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test_chaos.sh - the fault-injection suite's short form (make check): the checker's self-test, a
-# workload under every fault once, and the classes of failure (herd, descriptor exhaustion,
-# half-open client). At most about three minutes. The long form is bench/chaos.
+# workload under every fault once, and the classes of failure (herd, half-open client,
+# descriptor exhaustion, aborted long polls). About three minutes. The long form is bench/chaos.
 #
 # Run under tests/harness/with-services (make check does). Kills and restarts MariaDB and
 # memcached on purpose: it leaves both running.
@@ -41,12 +41,12 @@ echo "== workload under faults (every kind at least once)"
 # bus_unlink is left out here: after a daemon's bus socket is removed, a process started later
 # never finds it, and that daemon's clients miss live events until some later hint of its own
 # makes it read MySQL again (an open defect; bench/chaos injects it).
-"$py" "$here/chaos.py" --duration "${CHAOS_SECS:-50}" --fault-every 4 \
+"$py" "$here/chaos.py" --duration "${CHAOS_SECS:-45}" --fault-every 4 \
 	--faults ws_kill,fcgi_kill,mysql_kill,mysql_freeze,memcached_kill,memcached_freeze,commit_drop,client_stall,client_vanish ||
 	failed=$((failed + 1))
 
 echo "== classes of failure"
-"$py" "$here/classes.py" herd halfopen fdlimit || failed=$((failed + 1))
+"$py" "$here/classes.py" herd halfopen fdlimit abortedpolls || failed=$((failed + 1))
 
 [ "$failed" -eq 0 ] && echo "chaos: all passed" || echo "chaos: $failed failed"
 [ "$failed" -eq 0 ]
