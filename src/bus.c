@@ -125,7 +125,12 @@ struct bus {
 	int		 rescan;	/* forced now: a connection broke */
 	int		 racy;		/* the last scan may have missed a socket: scan at the next look */
 
+	int		 relisten;	/* atomic: a scan did not find our socket file */
+
 	/* loop thread only */
+	ino_t		 self_ino;	/* our socket file, to tell it was removed or replaced */
+	int64_t		 self_check_ms;	/* monotonic time of the last look at it */
+	int		 relisten_failed;	/* said so once; quiet until it works again */
 	struct bus_conns conns;
 	struct bus_conns ready;		/* connections that may have a record, read round-robin */
 	int		 polled;	/* records read since the last epoll_wait */
@@ -336,7 +341,7 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 	size_t cap = 8;
 	pid_t pid;
 	DIR *d;
-	int fd;
+	int fd, self_seen = 0;
 
 	if ((d = opendir(b->dir)) == NULL) {
 		log_warn("bus: cannot read %s: %s", b->dir, strerror(errno));
@@ -346,6 +351,8 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 	ps->v = xreallocarray(NULL, cap, sizeof *ps->v);
 	ps->refs = 1;
 	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, b->name) == 0)
+			self_seen = 1;
 		if (!bus_parse_name(de->d_name, &pid) || strcmp(de->d_name, b->name) == 0)
 			continue;
 		if ((p = bus_peers_find(b->peers, de->d_name)) != NULL && bus_peer_alive(p)) {
@@ -373,6 +380,8 @@ bus_scan(struct bus *b, const struct timespec *mtime)
 		ps->v[ps->n++] = p;
 	}
 	closedir(d);
+	if (!self_seen)
+		__atomic_store_n(&b->relisten, 1, __ATOMIC_RELAXED);
 
 	bus_peers_unref(b, b->peers);
 	b->peers = ps;
@@ -746,10 +755,11 @@ bus_new(const char *dir, char **cause)
 		goto fail;
 	}
 	if (listen(b->lfd, SOMAXCONN) == -1 || chmod(sun.sun_path, 0600) == -1 ||
-	    epoll_ctl(b->ep, EPOLL_CTL_ADD, b->lfd, &ev) == -1) {
+	    stat(sun.sun_path, &st) == -1 || epoll_ctl(b->ep, EPOLL_CTL_ADD, b->lfd, &ev) == -1) {
 		xasprintf(cause, "bus socket %s: %s", sun.sun_path, strerror(errno));
 		goto fail;
 	}
+	b->self_ino = st.st_ino;
 	if ((fd = bus_connect(dir, b->name)) == -1) {
 		xasprintf(cause, "bus socket %s: connect: %s", sun.sun_path, strerror(errno));
 		goto fail;
@@ -783,13 +793,15 @@ bus_free(struct bus *b)
 {
 	struct sockaddr_un sun;
 	struct bus_conn *c;
+	struct stat st;
 
 	if (b == NULL)
 		return;
 	while ((c = TAILQ_FIRST(&b->conns)) != NULL)
 		bus_conn_close(b, c);
 	if (b->lfd != -1) {
-		if (bus_path(&sun, b->dir, b->name) == 0)
+		if (bus_path(&sun, b->dir, b->name) == 0 && stat(sun.sun_path, &st) == 0 &&
+		    st.st_ino == b->self_ino)
 			unlink(sun.sun_path);
 		close(b->lfd);
 	}
@@ -991,6 +1003,64 @@ bus_conn_eof(const struct bus_conn *c)
 	return n == -1 || (n == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0);
 }
 
+/*
+ * Our socket file was removed (an operator's rm, a cleanup script): a process that starts later
+ * looks for peers in the directory and would never find us, so its hints would never come.
+ * Listen again under the same name. Connections already made are kept; the old listener goes.
+ * Loop thread only: it is the one that accepts on lfd.
+ */
+static void
+bus_relisten(struct bus *b)
+{
+	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = BUS_EV_LISTEN };
+	struct sockaddr_un sun;
+	struct stat st;
+	int fd;
+
+	if (bus_path(&sun, b->dir, b->name) != 0)
+		return;
+	if (stat(sun.sun_path, &st) == 0)
+		return;	/* still there, or someone else's file now: never remove that */
+	if (errno != ENOENT)
+		return;
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof sun) == -1 ||
+	    listen(fd, SOMAXCONN) == -1 || chmod(sun.sun_path, 0600) == -1 ||
+	    stat(sun.sun_path, &st) == -1) {
+		if (!b->relisten_failed)
+			log_warn("bus: our socket %s was removed and cannot be made again: %s",
+			    sun.sun_path, strerror(errno));
+		b->relisten_failed = 1;
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	b->relisten_failed = 0;
+	(void)epoll_ctl(b->ep, EPOLL_CTL_DEL, b->lfd, NULL);
+	close(b->lfd);
+	b->lfd = fd;
+	b->self_ino = st.st_ino;
+	if (epoll_ctl(b->ep, EPOLL_CTL_ADD, fd, &ev) == -1)
+		log_warn("bus: epoll_ctl: %s", strerror(errno));
+	log_warn("bus: our socket %s had been removed; listening there again", sun.sun_path);
+	pthread_mutex_lock(&b->lock);
+	b->rescan = 1;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Look at our own socket file now and then (or when a scan missed it); make it again if gone. */
+static void
+bus_check_self(struct bus *b)
+{
+	int64_t now = parley_mono_ms();
+
+	if (!__atomic_exchange_n(&b->relisten, 0, __ATOMIC_RELAXED) &&
+	    now - b->self_check_ms < BUS_RESCAN_MS)
+		return;
+	b->self_check_ms = now;
+	bus_relisten(b);
+}
+
 int
 bus_recv(struct bus *b, struct bus_hint *h)
 {
@@ -999,6 +1069,7 @@ bus_recv(struct bus *b, struct bus_hint *h)
 	struct bus_conn *c;
 	ssize_t n;
 
+	bus_check_self(b);
 	for (;;) {
 		if (TAILQ_EMPTY(&b->ready) || b->polled >= BUS_POLL_EVERY) {
 			bus_poll(b);

@@ -285,6 +285,42 @@ START_TEST(test_self_and_other)
 }
 END_TEST
 
+/*
+ * Our socket file is removed while we run: we listen there again within about a second, so a
+ * process that starts afterwards finds us and its hints arrive (before, it never saw us).
+ */
+START_TEST(test_socket_removed)
+{
+	char *dir = bus_dir(), *name, *path, line[512];
+	struct bus *b = bus_open(dir);
+	struct bus_hint h;
+	struct probe pub;
+	struct stat st;
+
+	name = sock_of(dir, getpid());
+	ck_assert_ptr_nonnull(name);
+	xasprintf(&path, "%s/%s", dir, name);
+	ck_assert_int_eq(unlink(path), 0);
+	/* The owner's loop notices it (bus_recv looks at least once a second). */
+	ck_assert(!recv_wait(b, &h, 1500));
+	ck_assert_msg(stat(path, &st) == 0 && S_ISSOCK(st.st_mode), "socket not made again");
+	ck_assert_int_eq(st.st_mode & 0777, 0600);
+	probe_start(&pub, (char *[]){ dir, "publish", "3", "late", "9", "back", NULL });
+	ck_assert(probe_line(&pub, line, sizeof line, 5000));
+	ck_assert_str_eq(line, "sent=2 dropped=0 stale=0 peers=1");
+	ck_assert_int_eq(probe_wait(&pub), 0);
+	ck_assert(recv_wait(b, &h, 2000));
+	ck_assert_str_eq(h.key, "late");
+	ck_assert_str_eq(h.payload, "back");
+	/* bus_free removes the file it made again. */
+	bus_free(b);
+	ck_assert_int_eq(stat(path, &st), -1);
+	free(path);
+	free(name);
+	free(dir);
+}
+END_TEST
+
 /* A hint published by one process reaches two other processes. */
 START_TEST(test_one_to_two)
 {
@@ -1037,6 +1073,7 @@ bus_suite(void)
 	tcase_add_test(tc, test_dir_and_modes);
 	tcase_add_test(tc, test_self_and_other);
 	tcase_add_test(tc, test_one_to_two);
+	tcase_add_test(tc, test_socket_removed);
 	tcase_add_test(tc, test_stopped_and_killed_peer);
 	tcase_add_test(tc, test_stale_at_new);
 	tcase_add_test(tc, test_only_dead_removed);
