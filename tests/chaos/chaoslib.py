@@ -383,11 +383,19 @@ class Stack:
             self.ws.start()
 
 
-def ws_metric(port, name):
+def ws_metric(port, name, secret=None):
     """A gauge or counter of parley-ws's /metrics (None when it does not answer)."""
     import urllib.request
+    if secret is None:
+        import configparser as _cp
+        c = _cp.ConfigParser(interpolation=None)
+        c.read(os.environ["PARLEY_TEST_CONFIG"])
+        secret = c["auth"]["jwt_secret"]
+    # /metrics wants a valid token, as parley-fcgi's does.
+    req = urllib.request.Request("http://127.0.0.1:%d/metrics" % port,
+                                 headers={"Authorization": "Bearer " + make_token(secret, "metrics")})
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=3) as r:
+        with urllib.request.urlopen(req, timeout=3) as r:
             for line in r.read().decode().splitlines():
                 if line.startswith("parley_ws_" + name + " "):
                     return int(line.split()[1])

@@ -153,7 +153,7 @@ async def herd():
     n = int(os.environ.get("CHAOS_HERD", "2000"))
     k = min(200, n)
     workers = 4
-    st = L.Stack(ws_opts={"max_connections": n + 100}, other={"actor": {"workers": workers}})
+    st = L.Stack(ws_opts={"max_connections": n + 100, "max_per_ip": n + 100}, other={"actor": {"workers": workers}})
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, st.start)
@@ -216,7 +216,8 @@ async def herd():
         sampler.cancel()
         note("after the restart: peak %d WebSockets (cap %d), peak %d MySQL threads (before the kill %d)" %
              (peak_conns, n + 100, peak_threads, threads0))
-        check(peak_conns <= n + 100, "WebSockets stayed under ws.max_connections")
+        check(n <= peak_conns <= n + 100, "WebSockets stayed under ws.max_connections (and every client was seen)",
+              "peak %d" % peak_conns)
         # The restarted daemon opens at most its workers' connections; the killed one's are gone.
         check(peak_threads <= threads0 + workers + 2, "MySQL connections stayed under their cap",
               "peak %d, before %d" % (peak_threads, threads0))
