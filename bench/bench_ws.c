@@ -429,9 +429,10 @@ daemon_start(const char *dir, const char *base, int port, int conns, int workers
 			fputs(line, out);
 	}
 	fclose(in);
+	/* Every connection comes from one of 8 loopback addresses: ws.max_per_ip must not bite. */
 	fprintf(out, "\n[bus]\ndir = %s/bus\n[ws]\nlisten = 127.0.0.1\nport = %d\n"
-	    "max_connections = %d\n[actor]\nworkers = %d\n[log]\nlevel = warn\n", dir, port,
-	    conns + 100, workers);
+	    "max_connections = %d\nmax_per_ip = %d\n[actor]\nworkers = %d\n[log]\nlevel = warn\n",
+	    dir, port, conns + 100, conns + 100, workers);
 	fclose(out);
 	bdir = getenv("PARLEY_BUILDDIR");
 	xasprintf(&bin, "%s/parley-ws", bdir != NULL ? bdir : ".");
