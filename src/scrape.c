@@ -35,6 +35,8 @@ struct buf {
 static void
 buf_add(struct buf *b, const void *p, size_t n)
 {
+	if (n == 0)
+		return;	/* an empty FastCGI record has no content: memcpy from NULL is undefined */
 	if (b->len + n > b->cap) {
 		b->cap = (b->len + n) * 2 + 256;
 		b->p = xrealloc(b->p, b->cap);
