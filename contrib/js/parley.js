@@ -34,6 +34,17 @@ export function webStorage(store = globalThis.localStorage) {
 	};
 }
 
+// localStorage when the page may use it (reading it throws where the browser forbids storage).
+function defaultStorage() {
+	try {
+		if (globalThis.localStorage)
+			return webStorage(globalThis.localStorage);
+	} catch {
+		// fall through: cookies and site data blocked
+	}
+	return memoryStorage();
+}
+
 const OPEN = 1;
 // Errors of a send that a retry cannot fix: the promise is rejected. Others are retried.
 const FINAL_CODES = new Set(['bad_request', 'forbidden', 'not_found', 'payload_too_large',
@@ -85,7 +96,11 @@ function claims(token) {
 
 function randomId(prefix) {
 	const b = new Uint8Array(12);
-	globalThis.crypto.getRandomValues(b);
+	if (globalThis.crypto?.getRandomValues)
+		globalThis.crypto.getRandomValues(b);
+	else // Node 18 has no global crypto: ids need only be unique per sender, not secret
+		for (let i = 0; i < b.length; i++)
+			b[i] = Math.floor(Math.random() * 256);
 	return prefix + Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
 }
 
@@ -116,7 +131,7 @@ export class ParleyClient {
 		this.transports = o.transports.filter((t) => t === 'longpoll' || (t === 'websocket' && this._WS));
 		if (this.transports.length === 0)
 			throw new TypeError('no usable transport (no WebSocket constructor?)');
-		this.storage = o.storage ?? (globalThis.localStorage ? webStorage() : memoryStorage());
+		this.storage = o.storage ?? defaultStorage();
 
 		this.user = null;
 		this.deviceId = o.deviceId ?? null;
