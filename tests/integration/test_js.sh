@@ -25,4 +25,15 @@ if [ ! -f "$js/node_modules/ws/package.json" ]; then
 	exit 99
 fi
 cd "$js" || exit 99
-exec node --test --test-reporter=spec test/client.test.mjs
+echo "== WebSocket: the npm package ws"
+node --test --test-reporter=spec test/client.test.mjs
+rc=$?
+# The WHATWG WebSocket (the browsers' API: no terminate(), close codes 1000/3000-4999 only).
+if node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+	echo "== WebSocket: node's built-in (--experimental-websocket)"
+	PARLEY_JS_WEBSOCKET=builtin node --experimental-websocket --test --test-reporter=spec \
+		test/client.test.mjs || rc=1
+else
+	echo "== node $(node --version) has no built-in WebSocket: the ws pass above is the only one"
+fi
+exit $rc

@@ -29,12 +29,18 @@ const FAST = {
 	openTimeout: 3000, ackTimeout: 5000, pingInterval: 5000, gapTimeout: 500,
 };
 
+// PARLEY_JS_WEBSOCKET=builtin: the WHATWG WebSocket of node --experimental-websocket (the
+// browsers' API) instead of the npm package "ws" (the fault injector LossyWS always wraps "ws").
+const BUILTIN = process.env.PARLEY_JS_WEBSOCKET === 'builtin';
+if (BUILTIN && typeof globalThis.WebSocket !== 'function')
+	throw new Error('PARLEY_JS_WEBSOCKET=builtin needs node --experimental-websocket');
+
 function client(user, opts = {}) {
 	const dev = opts.dev ?? uname('d');
 	const c = new ParleyClient({
 		url: stack.http,
 		getToken: () => stack.token(user, { dev }),
-		WebSocket: WS,
+		WebSocket: BUILTIN ? globalThis.WebSocket : WS,
 		storage: memoryStorage(),
 		...FAST,
 		...opts,
