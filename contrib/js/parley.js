@@ -139,6 +139,7 @@ export class ParleyClient {
 		this.transport = null;     // 'websocket' | 'longpoll' | null while (re)connecting
 		this._handlers = new Map();
 		this._token = null;
+		this._tokenRefused = false;  // the server refused _token: getToken({force: true}) next
 		this._closed = false;
 		this._started = null;
 		this._mode = this.transports[0];
@@ -193,7 +194,19 @@ export class ParleyClient {
 		if (this._started)
 			return this._started;
 		this._started = (async () => {
-			await this._auth();
+			// The token names the user whose cursor to load: wait for one (a login service that
+			// is down for a moment is retried like a network).
+			for (let n = 0; ; n++) {
+				try {
+					await this._auth();
+					break;
+				} catch (e) {
+					if (this._closed)
+						throw new ParleyError('closed', 'client closed');
+					this._emit('error', e);
+					await sleep(backoff(this.opts, n));
+				}
+			}
 			await this._loadCursor();
 			const up = new Promise((resolve, reject) => {
 				this._upResolve = resolve;
@@ -294,12 +307,14 @@ export class ParleyClient {
 	// The current token, asking getToken() for one when there is none, it is about to expire, or
 	// the server refused it (force).
 	async _auth(force = false) {
+		force = force || this._tokenRefused;
 		const now = Date.now() / 1000;
 		if (!force && this._token && !(this._exp && this._exp - this.opts.tokenMargin < now))
 			return this._token;
 		const t = await this._getToken({ force });
 		if (typeof t !== 'string' || !t)
 			throw new ParleyError('unauthorized', 'getToken() gave no token');
+		this._tokenRefused = false;
 		const c = claims(t);
 		this._token = t;
 		this._exp = typeof c.exp === 'number' ? c.exp : 0;
@@ -537,7 +552,7 @@ export class ParleyClient {
 				ws.onerror = () => {};
 				ws.onclose = (e) => {
 					if (e?.code === 1008)
-						this._token = null;
+						this._tokenRefused = true;
 					fail(new ParleyError(e?.code === 1008 ? 'unauthorized' : 'network',
 						'WebSocket closed before ready (' + (e?.code ?? '?') + ')'));
 				};
@@ -549,7 +564,7 @@ export class ParleyClient {
 						return;
 					}
 					if (m.type === 'error' && m.code === 'unauthorized')
-						this._token = null;
+						this._tokenRefused = true;
 					if (m.type !== 'ready' || done)
 						return;
 					done = true;

@@ -402,13 +402,26 @@ test('groups and rooms on both transports', { timeout: T }, async () => {
 // A token the server refuses (its signature is wrong), as an expired one would be.
 const badToken = (user) => stack.token(user).replace(/\.[^.]*$/, '.AAAAAAAA');
 
-test('token refresh: a refused token makes the client ask getToken() again, on both transports', { timeout: T }, async () => {
+test('token refresh: a refused token makes the client ask getToken({force: true}), on both transports', { timeout: T }, async () => {
 	for (const transports of [['longpoll'], ['websocket']]) {
 		const A = uname('ta');
-		let calls = 0;
-		const a = client(A, { transports, getToken: () => (++calls === 1 ? badToken(A) : stack.token(A)) });
+		const asked = [];
+		// A login service that is down at first, then hands out a token the server refuses, and
+		// a good one only when told the last one was refused.
+		const a = client(A, {
+			transports,
+			getToken: ({ force }) => {
+				asked.push(force);
+				if (asked.length === 1)
+					throw new Error('login service down');
+				return force ? stack.token(A) : badToken(A);
+			},
+		});
+		const errors = [];
+		a.on('error', (e) => errors.push(e));
 		assert.equal(await a.connect(), transports[0]);
-		assert.ok(calls >= 2, 'getToken() was asked again');
+		assert.deepEqual(asked, [false, false, true]);
+		assert.equal(errors[0]?.message, 'login service down');
 		const r = await a.send({ to: A, content: 'with the new token' });
 		assert.ok(r.server_msg_id > 0);
 	}
