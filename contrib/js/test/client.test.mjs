@@ -399,6 +399,76 @@ test('groups and rooms on both transports', { timeout: T }, async () => {
 	assert.equal(b.seen.filter((e) => e.type === 'room_message').length, 2, 'b left the room');
 });
 
+test('history: a conversation and a group, newest first, paged with before', { timeout: T }, async () => {
+	const A = uname('ya'), B = uname('yb');
+	const a = client(A), b = client(B, { transports: ['longpoll'] });
+	await a.connect();
+	await b.connect();
+	const ids = [];
+	for (let i = 0; i < 5; i++)
+		ids.push((await (i % 2 ? b.send({ to: A, content: 'h' + i }) : a.send({ to: B, content: 'h' + i }))).server_msg_id);
+	for (const c of [a, b]) {
+		const peer = c === a ? B : A;
+		const got = [];
+		let before;
+		for (let pages = 0; pages < 5; pages++) {
+			const page = await c.history({ with: peer, before, limit: 2 });
+			assert.ok(page.messages.length <= 2);
+			got.push(...page.messages);
+			if (page.next_before == null)
+				break;
+			before = page.next_before;
+		}
+		assert.deepEqual(got.map((m) => m.id), [...ids].reverse(), 'every message once, newest first');
+		assert.deepEqual(got.map((m) => m.content), ['h4', 'h3', 'h2', 'h1', 'h0']);
+	}
+	const gid = await a.createGroup('history', [B]);
+	const g1 = await b.send({ groupId: gid, content: 'g1' });
+	const g2 = await a.send({ groupId: gid, content: 'g2' });
+	const page = await b.history({ groupId: gid });
+	assert.deepEqual(page.messages.map((m) => m.id), [g2.server_msg_id, g1.server_msg_id]);
+	assert.equal(page.next_before, null);
+	const stranger = client(uname('ys'));
+	await assert.rejects(stranger.history({ groupId: gid }), (e) => e.code === 'forbidden' && e.status === 403);
+});
+
+test('reset: events pruned while the client was away give one reset event, then history reloads', { timeout: T }, async () => {
+	for (const transports of [['longpoll'], ['websocket']]) {
+		const A = uname('ra'), B = uname('rb');
+		const storage = memoryStorage();
+		const dev = uname('dev');
+		const b = client(B);
+		await b.connect();
+		const a1 = client(A, { storage, dev, transports });
+		await a1.connect();
+		const r1 = await b.send({ to: A, content: 'before' });
+		await waitFor('a1 got it', () => byCmid(a1, r1.client_msg_id)[0]);
+		const left = a1.cursor;
+		a1.close();
+		const r2 = await b.send({ to: A, content: 'missed 1' });
+		const r3 = await b.send({ to: A, content: 'missed 2' });
+		stack.prune();
+
+		const a2 = client(A, { storage, dev, transports });
+		const resets = [];
+		a2.on('reset', (r) => resets.push(r));
+		assert.equal(await a2.connect(), transports[0]);
+		await waitFor('the reset', () => resets.length === 1);
+		assert.ok(resets[0].oldest_seq > left + 1, `oldest_seq ${resets[0].oldest_seq} is past ${left}`);
+		assert.ok(a2.cursor >= resets[0].oldest_seq - 1, 'the cursor moved past what is gone');
+		// What the reset tells the app to do: reload from history, which outlives the events.
+		const h = await a2.history({ with: B });
+		assert.deepEqual(h.messages.map((m) => m.id), [r3.server_msg_id, r2.server_msg_id, r1.server_msg_id]);
+		// And the stream goes on from there, without a second reset.
+		const r4 = await b.send({ to: A, content: 'after the reset' });
+		await waitFor('a2 got the next', () => byCmid(a2, r4.client_msg_id)[0]);
+		await sleep(300);
+		assert.equal(resets.length, 1);
+		assert.deepEqual(messages(a2).map((e) => e.message.id), [r4.server_msg_id], 'the pruned events are gone');
+		assertContiguous(a2, A);
+	}
+});
+
 // A token the server refuses (its signature is wrong), as an expired one would be.
 const badToken = (user) => stack.token(user).replace(/\.[^.]*$/, '.AAAAAAAA');
 

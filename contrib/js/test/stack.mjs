@@ -125,6 +125,18 @@ level = info
 		return execFileSync(join(BUILD, 'parleyctl'), args, { encoding: 'utf8' }).trim();
 	}
 
+	/**
+	 * parleyctl prune as an operator would run it, with retention.events_days = 1 and "now" two
+	 * days ahead: every event appended so far is pruned (messages are kept, so history stays).
+	 */
+	prune() {
+		const conf = join(this.dir, 'prune.conf');
+		writeFileSync(conf, readFileSync(this.conf, 'utf8') + '\n[retention]\nevents_days = 1\n');
+		return execFileSync(join(BUILD, 'parleyctl'),
+			['--config', conf, 'prune', '--now', String(Date.now() + 2 * 86400 * 1000)],
+			{ encoding: 'utf8' }).trim();
+	}
+
 	/** A plain HTTP call as USER (for checks that must not go through the client under test). */
 	async api(user, method, path, body) {
 		const res = await fetch(this.http + path, {
