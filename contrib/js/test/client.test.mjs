@@ -447,7 +447,7 @@ test('reset: events pruned while the client was away give one reset event, then 
 		a1.close();
 		const r2 = await b.send({ to: A, content: 'missed 1' });
 		const r3 = await b.send({ to: A, content: 'missed 2' });
-		stack.prune();
+		await stack.prune();
 
 		const a2 = client(A, { storage, dev, transports });
 		const resets = [];

@@ -1,12 +1,14 @@
 // stack.mjs - the real stack for the client's tests: parley-fcgi and parley-ws on a private bus,
 // lighttpd in front of both (tests/harness/webserver: /ws proxied to parley-ws), tokens from
 // parleyctl. MariaDB and memcached come from tests/harness/with-services (PARLEY_TEST_CONFIG).
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, writeFileSync, existsSync, chmodSync, createWriteStream, rmSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+const execFileP = promisify(execFile);
 const BUILD = process.env.PARLEY_BUILDDIR ?? '.';
 const SRC = process.env.PARLEY_SRCDIR ?? '.';
 const BASE = process.env.PARLEY_TEST_CONFIG;
@@ -129,12 +131,14 @@ level = info
 	 * parleyctl prune as an operator would run it, with retention.events_days = 1 and "now" two
 	 * days ahead: every event appended so far is pruned (messages are kept, so history stays).
 	 */
-	prune() {
+	async prune() {
 		const conf = join(this.dir, 'prune.conf');
-		writeFileSync(conf, readFileSync(this.conf, 'utf8') + '\n[retention]\nevents_days = 1\n');
-		return execFileSync(join(BUILD, 'parleyctl'),
-			['--config', conf, 'prune', '--now', String(Date.now() + 2 * 86400 * 1000)],
-			{ encoding: 'utf8' }).trim();
+		// No pause between batches: the database is a throwaway one shared by the serial tests.
+		writeFileSync(conf, readFileSync(this.conf, 'utf8') +
+			'\n[retention]\nevents_days = 1\nbatch = 10000\npause_ms = 0\n');
+		const { stdout } = await execFileP(join(BUILD, 'parleyctl'),
+			['--config', conf, 'prune', '--now', String(Date.now() + 2 * 86400 * 1000)]);
+		return stdout.trim();
 	}
 
 	/** A plain HTTP call as USER (for checks that must not go through the client under test). */
