@@ -133,7 +133,8 @@ work_page(struct wctx *w, const struct job *j, uint64_t after)
 	if (page.oldest_seq != 0) {
 		d->events = xcalloc(page.n + 1, sizeof *d->events);
 		d->events[k++] = protocol_event_reset(page.oldest_seq);
-		memcpy(d->events + k, page.events, page.n * sizeof *page.events);
+		if (page.n > 0)	/* a log pruned whole has no events: page.events is NULL */
+			memcpy(d->events + k, page.events, page.n * sizeof *page.events);
 		free(page.events);
 	} else
 		d->events = page.events;
