@@ -13,6 +13,7 @@ Usage: fcgi_test.py PHASE   where PHASE is one of
             polls freed, a newer poll replacing an older, fcgi.max_parked_per_user
   basic     send, duplicate, long-poll wake/timeout, 401, replacement, dropped polls (for the
             Apache and nginx variants)
+  down      parley-fcgi is not running: the web server answers the contract's JSON 503
   fdleak    many requests; the process's fd count must come back (Apache: FCGI_KEEP_CONN)
   park N    park N long polls (FCGI_MAX_PARKED = N: one more gets 503), SIGTERM FCGI_KILL_PID
   raw       /health spoken as FastCGI directly to FCGI_SOCKET (spawn-fcgi start)
@@ -1490,6 +1491,47 @@ def t_fdleak(base, pid):
     del fds1
 
 
+def json_error(r, status, code):
+    """r is the contract's error: status, application/json, {"error":{"code":CODE,"message":..}}."""
+    j = r.json()
+    return (r.status == status and r.headers.get("content-type", "").startswith("application/json") and
+            isinstance(j, dict) and list(j) == ["error"] and j["error"].get("code") == code and
+            isinstance(j["error"].get("message"), str))
+
+
+def phase_down(base, server):
+    """parley-fcgi is not running: the web server's own answer is the contract's JSON 503."""
+    what = " (%s, parley-fcgi down)" % server
+    tok = token(name("bob"))
+    for method, path, body in (("GET", "/messages?after=0", None), ("GET", "/messages/long_poll?after=0", None),
+                               ("POST", "/messages", {"to": "x", "content": "y", "client_msg_id": "z"}),
+                               ("GET", "/health", None)):
+        r = req(base, method, path, tok, body=body, timeout=10)
+        check(json_error(r, 503, "unavailable"), "%s %s: 503 with a JSON error body%s" % (method, path, what), r)
+    if server == "nginx":
+        check(r.headers.get("retry-after") == "1", "and Retry-After" + what, r.headers)
+
+
+def t_proxy_errors(base, server):
+    """Requests the web server refuses itself get the contract's JSON error, not HTML."""
+    what = " (%s)" % server
+    tok = token(name("bob"))
+    if server == "nginx":  # client_max_body_size 1m, above parley's own limit
+        r = req(base, "POST", "/messages", tok, raw=b"a" * 2000000, timeout=10)
+        check(json_error(r, 413, "payload_too_large"), "a 2 MB body: JSON 413" + what, r)
+    r = req(base, "GET", "/messages?x=" + "a" * 100000, tok, timeout=10)
+    check(json_error(r, 414, "bad_request"), "a 100 KB URI: JSON 414" + what, r)
+    r = req(base, "GET", "/messages", tok, headers={"X-Big": "a" * 100000}, timeout=10)
+    check(json_error(r, 400, "bad_request"), "100 KB of headers: JSON 400" + what, r)
+    # parley-fcgi's own errors pass as they are
+    r = req(base, "POST", "/messages", tok, raw=b"{" + b" " * 70000 + b"}", timeout=10)
+    check(json_error(r, 413, "payload_too_large") and r.body == protocol_413,
+          "parley-fcgi's own 413 passes unchanged" + what, r)
+
+
+protocol_413 = '{"error":{"code":"payload_too_large","message":"the body is over the size limit"}}'
+
+
 def phase_park(base, n):
     tb = token(name("ops"))
     after = 0
@@ -1597,6 +1639,9 @@ def main():
                 t_hangup_http(base, what)
                 t_dropped_polls(base, what)
             t_one_user_drops(base, int(os.environ.get("FCGI_USER_CAP", "16")), what)
+            t_proxy_errors(base, os.environ.get("FCGI_SERVER", ""))
+        elif phase == "down":
+            phase_down(base, os.environ.get("FCGI_SERVER", ""))
         elif phase == "fdleak":
             t_fdleak(base, pid)
         elif phase == "park":

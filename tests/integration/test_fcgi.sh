@@ -128,6 +128,15 @@ if start_web apache apa "$work/one.sock"; then
 	"$webserver" stop "$work/apa"
 fi
 
+echo "== parley-fcgi down: each web server's own answer is the contract's JSON error"
+for server in lighttpd nginx apache; do
+	if start_web "$server" "down-$server" "$work/nobody.sock"; then
+		phase_args=(down)
+		run_py "down-$server" PARLEY_HTTP="$web_url" FCGI_SERVER="$server"
+		"$webserver" stop "$work/down-$server"
+	fi
+done
+
 echo "== SIGTERM: parked polls answered empty, exit 0"
 phase_args=(park 20)
 run_py sigterm PARLEY_HTTP="$url2" FCGI_PID="$pid2" FCGI_KILL_PID="$pid2" FCGI_MAX_PARKED=20
