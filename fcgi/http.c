@@ -242,16 +242,18 @@ http_send(FCGX_Request *req, const struct http_resp *resp)
 	return rc;
 }
 
-/* Write all of buf to a blocking socket (EINTR retried). */
+/* Write all of buf (EINTR retried); flags MSG_DONTWAIT: -1 with EAGAIN when it does not fit. */
 static int
-http_write_all(int fd, const unsigned char *buf, size_t len)
+http_write_all(int fd, const unsigned char *buf, size_t len, int flags)
 {
 	ssize_t n;
 
 	while (len > 0) {
-		n = send(fd, buf, len, MSG_NOSIGNAL);
+		n = send(fd, buf, len, MSG_NOSIGNAL | flags);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && errno == EWOULDBLOCK)
+			errno = EAGAIN;
 		if (n <= 0)
 			return -1;
 		buf += n;
@@ -276,13 +278,13 @@ http_record_header(unsigned char *h, int type, int request_id, size_t clen, int 
 
 /* Frame data as FCGI_STDOUT records, then the empty record and FCGI_END_REQUEST, in one write. */
 int
-http_raw_answer(int fd, int request_id, const struct http_resp *resp)
+http_raw_answer(int fd, int request_id, const struct http_resp *resp, enum http_raw_mode mode)
 {
 	struct timeval tv = { HTTP_RAW_SEND_TIMEOUT_S, 0 };
 	unsigned char *out, *p;
 	size_t len, off, chunk, nrec;
 	char *data = http_format(resp, &len);
-	int pad, rc;
+	int pad, rc, err;
 
 	nrec = len / 65528 + 1;
 	out = xmalloc(len + (nrec + 2) * 16 + 8);
@@ -302,11 +304,14 @@ http_raw_answer(int fd, int request_id, const struct http_resp *resp)
 	memset(p + 8, 0, 8);	/* appStatus 0, FCGI_REQUEST_COMPLETE */
 	p += 16;
 
-	(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-	rc = http_write_all(fd, out, (size_t)(p - out));
+	if (mode == HTTP_RAW_WAIT)
+		(void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	rc = http_write_all(fd, out, (size_t)(p - out), mode == HTTP_RAW_NOWAIT ? MSG_DONTWAIT : 0);
+	err = errno;
 	free(out);
 	free(data);
 	close(fd);
+	errno = err;
 	return rc;
 }
 

@@ -59,9 +59,16 @@ int	http_send(FCGX_Request *, const struct http_resp *);
 /*
  * A detached request: only its connection and FastCGI request id remain (a parked long poll).
  * http_raw_answer writes the answer as FCGI_STDOUT records, the end of the stream and
- * FCGI_END_REQUEST, then closes fd. Blocking (bounded by a send timeout); workers only.
+ * FCGI_END_REQUEST, then closes fd. HTTP_RAW_WAIT: blocking, bounded by a send timeout (workers
+ * only). HTTP_RAW_NOWAIT: what the socket takes at once, else -1 with EAGAIN (the web server
+ * gets a cut stream and answers its client with an error; the client polls again): for the
+ * event-loop thread and shutdown, which must never wait for a web server that does not read.
  */
-int	http_raw_answer(int fd, int request_id, const struct http_resp *);
+enum http_raw_mode {
+	HTTP_RAW_WAIT,
+	HTTP_RAW_NOWAIT
+};
+int	http_raw_answer(int fd, int request_id, const struct http_resp *, enum http_raw_mode);
 
 /*
  * Query strings ("a=1&b=x%20y"). Looks key up; 1 and a decoded copy in *value (caller frees) when

@@ -133,6 +133,7 @@ struct park {
 	uint64_t		 serial;	/* next waiter's arrival number (lock) */
 	uint64_t		 replaced;	/* atomics: answered for a newer poll of the same device */
 	uint64_t		 evicted;	/* ... or for a newer poll past the per-user cap */
+	uint64_t		 unwritable;	/* atomic: answers cut, the socket took them not at once */
 	int			 sweep_due;	/* loop thread: a BUS_LOST came, not yet swept for */
 	int64_t			 last_sweep;
 
@@ -195,16 +196,30 @@ park_empty_json(const struct waiter *w)
 	return protocol_events_page(NULL, 0, w->after, w->kind == PARK_SYNC ? 0 : -1);
 }
 
-/* Answer a claimed waiter and close its connection; counts the request. */
+/*
+ * Answer a claimed waiter and close its connection; counts the request. mode: HTTP_RAW_WAIT on
+ * workers and request threads; HTTP_RAW_NOWAIT where nothing may wait for a web server that
+ * does not read (the loop thread, anything a hint or a timeout runs there, and shutdown).
+ */
 static void
-park_answer(struct park *p, struct waiter *w, struct http_resp *resp)
+park_answer_mode(struct park *p, struct waiter *w, struct http_resp *resp,
+    enum http_raw_mode mode)
 {
 	metrics_add(p->m, M_HTTP_REQUESTS, 1);
 	if (resp->status >= 400)
 		metrics_add(p->m, M_HTTP_ERRORS, 1);
-	if (http_raw_answer(w->fd, w->request_id, resp) < 0)
+	if (http_raw_answer(w->fd, w->request_id, resp, mode) < 0) {
+		if (errno == EAGAIN)
+			__atomic_add_fetch(&p->unwritable, 1, __ATOMIC_RELAXED);
 		log_debug("parked answer to %s not delivered: %s", waiter_name(w), strerror(errno));
+	}
 	w->fd = -1;
+}
+
+static void
+park_answer(struct park *p, struct waiter *w, struct http_resp *resp)
+{
+	park_answer_mode(p, w, resp, HTTP_RAW_WAIT);
 }
 
 static void
@@ -219,13 +234,25 @@ park_answer_json(struct park *p, struct waiter *w, const char *json)
 	park_answer(p, w, &resp);
 }
 
+/* The empty result (a timeout's answer); now: never wait for the socket (HTTP_RAW_NOWAIT). */
+static void
+park_answer_empty_mode(struct park *p, struct waiter *w, enum http_raw_mode mode)
+{
+	struct http_resp resp;
+	char *json = park_empty_json(w);
+
+	memset(&resp, 0, sizeof resp);
+	resp.status = 200;
+	resp.body = json;
+	resp.len = strlen(json);
+	park_answer_mode(p, w, &resp, mode);
+	free(json);
+}
+
 static void
 park_answer_empty(struct park *p, struct waiter *w)
 {
-	char *json = park_empty_json(w);
-
-	park_answer_json(p, w, json);
-	free(json);
+	park_answer_empty_mode(p, w, HTTP_RAW_WAIT);
 }
 
 static void
@@ -779,7 +806,8 @@ park_wake_push(struct park_wake *wake, struct waiter *w)
 /*
  * Hand a batch of claimed waiters to the workers. When the pool refuses (mailbox full, or
  * stopping), wakes are retried a little later, ephemeral events are lost (they are not durable)
- * with their waiters parked again, and timeouts are answered here (no MySQL needed).
+ * with their waiters parked again, and timeouts are answered here, without waiting for a web
+ * server that does not read (this may be the loop thread: it must never stall).
  */
 static void
 park_post(struct park *p, const char *key, struct park_wake *wake)
@@ -794,14 +822,14 @@ park_post(struct park *p, const char *key, struct park_wake *wake)
 		wake->w[i] = NULL;
 		if (wake->kind == PM_TIMEOUT) {
 			metrics_add(p->m, M_POLLS_TIMED_OUT, 1);
-			park_answer_empty(p, w);
+			park_answer_empty_mode(p, w, HTTP_RAW_NOWAIT);
 			waiter_unref(w);
 			continue;
 		}
 		w->recheck = wake->kind == PM_WAKE;
 		if (park_add(p, w, 0, w->recheck ? parley_mono_ms() + PARK_RECHECK_MS : w->deadline,
 		    NULL) < 0) {
-			park_answer_empty(p, w);
+			park_answer_empty_mode(p, w, HTTP_RAW_NOWAIT);
 			waiter_unref(w);
 		}
 	}
@@ -1140,7 +1168,7 @@ park_shutdown(struct park *p)
 	pthread_join(p->loop, NULL);
 	for (i = 0; i < n; i++) {
 		metrics_add(p->m, M_POLLS_TIMED_OUT, 1);
-		park_answer_empty(p, all[i]);
+		park_answer_empty_mode(p, all[i], HTTP_RAW_NOWAIT);
 		waiter_unref(all[i]);
 	}
 	free(all);
@@ -1216,6 +1244,9 @@ park_metrics(struct park *p, const char *prefix)
 	PM("polls_replaced_total", "counter",
 	    "parked polls answered empty for a newer poll of the same user and device",
 	    __atomic_load_n(&p->replaced, __ATOMIC_RELAXED));
+	PM("polls_unwritable_total", "counter",
+	    "answers of the loop or of shutdown cut: the web server's socket did not take them at once",
+	    __atomic_load_n(&p->unwritable, __ATOMIC_RELAXED));
 	PM("polls_evicted_total", "counter",
 	    "parked polls answered empty for a newer poll past fcgi.max_parked_per_user",
 	    __atomic_load_n(&p->evicted, __ATOMIC_RELAXED));
