@@ -234,7 +234,7 @@ park_answer_json(struct park *p, struct waiter *w, const char *json)
 	park_answer(p, w, &resp);
 }
 
-/* The empty result (a timeout's answer); now: never wait for the socket (HTTP_RAW_NOWAIT). */
+/* The empty result (what a timeout answers), written in mode (see park_answer_mode). */
 static void
 park_answer_empty_mode(struct park *p, struct waiter *w, enum http_raw_mode mode)
 {
