@@ -1073,6 +1073,21 @@ def t_hangup(base, pid, sock_path):
     check(wait_until(lambda: metric(base, tb, "polls_parked") <= parked0, 5), "and no longer parked")
     check(wait_until(lambda: proc_fds(pid) <= fds0, 5),
           "and their fds are closed (%d -> %d)" % (fds0, proc_fds(pid)))
+    # FCGI_ABORT_REQUEST (no shipped web server sends it, a FastCGI client may) frees it too
+    gone0 = metric(base, tb, "polls_gone_total")
+    s = fcgi_request(sock_path, "/messages/long_poll?after=0&timeout=50", token(name("bob")), rid=1)
+    check(wait_parked(base, tb, parked0 + 1), "a poll parked before FCGI_ABORT_REQUEST")
+    s.sendall(fcgi_record(2, 1))
+    check(wait_until(lambda: metric(base, tb, "polls_gone_total") >= gone0 + 1, 5) and
+          wait_until(lambda: metric(base, tb, "polls_parked") <= parked0, 5),
+          "FCGI_ABORT_REQUEST frees a parked poll at once")
+    s.settimeout(5)
+    try:
+        eof = s.recv(1) == b""
+    except OSError:
+        eof = True
+    check(eof, "and its connection is closed")
+    s.close()
 
 
 def t_hangup_http(base, what):
