@@ -361,6 +361,8 @@ static const struct ctl_figure ctl_figures[] = {
 	{ "bus", "peers", "bus_peers", CTL_FCGI | CTL_WS },
 	{ "bus", "hints in", "bus_hints_received_total", CTL_FCGI | CTL_WS },
 	{ "bus", "dropped", "bus_dropped_total", CTL_FCGI | CTL_WS },
+	{ "bus", "lost for us", "bus_lost_total", CTL_FCGI | CTL_WS },
+	{ "bus", "refused", "bus_refused_total", CTL_FCGI | CTL_WS },
 	{ "errors", "storage", "store_errors_total", CTL_FCGI | CTL_WS },
 };
 
