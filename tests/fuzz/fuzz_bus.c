@@ -18,7 +18,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct bus_hint h;
 
 	if (bus_decode(data, size, &h) == 0) {
-		check(h.topic >= BUS_USER_EVENT && h.topic <= BUS_SHUTDOWN);
+		check(h.topic >= BUS_USER_EVENT && h.topic <= BUS_LOST);
 		check(memchr(h.key, '\0', sizeof h.key) != NULL);
 		check(h.len <= BUS_PAYLOAD_MAX && h.payload[h.len] == '\0');
 		check(size <= BUS_DGRAM_MAX);
