@@ -63,6 +63,7 @@ static const struct config_key config_keys[] = {
 	S("memcached.servers",		CT_STR,		 memcached_servers,	"127.0.0.1:11211"),
 	I("memcached.timeout_ms",	CT_INT,		 memcached_timeout_ms,	1, 60000, 100),
 	I("memcached.ttl",		CT_INT,		 memcached_ttl,		1, 2592000, 300),
+	I("memcached.retry_ms",		CT_INT,		 memcached_retry_ms,	100, 3600000, 1000),
 
 	S("auth.jwt_secret",		CT_STR,		 jwt_secret,		NULL),
 	I("auth.jwt_leeway",		CT_INT,		 jwt_leeway,		0, 3600, 30),

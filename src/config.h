@@ -25,9 +25,10 @@ struct config {
 	int	 mysql_lock_wait_timeout;	/* seconds a statement waits for a row lock, default 5 */
 
 	/* [memcached] */
-	char	*memcached_servers;	/* "/path/to.sock" or "host:port[,host:port]"; "" disables; default "127.0.0.1:11211" */
+	char	*memcached_servers;	/* a pool: "server[,server...]", each "/path/to.sock" or "host:port"; "" disables; default "127.0.0.1:11211" */
 	int	 memcached_timeout_ms;	/* poll and connect timeout, default 100 */
 	int	 memcached_ttl;		/* seconds a summary lives, default 300 */
+	int	 memcached_retry_ms;	/* a failed server is left alone this long, default 1000 */
 
 	/* [auth] */
 	char	*jwt_secret;		/* HS256 secret, at least 32 bytes; required */

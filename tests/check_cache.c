@@ -599,21 +599,31 @@ START_TEST(test_disabled)
 }
 END_TEST
 
+/* Start a private memcached on 127.0.0.1:port; 0 when it runs. */
+static int
+tcp_memcached_on(int port, const char *pidfile)
+{
+	char *cmd;
+	int rc;
+
+	xasprintf(&cmd, "memcached $( [ $(id -u) = 0 ] && echo -u root ) -l 127.0.0.1 -p %d "
+	    "-U 0 -m 8 -P '%s' -d 2>/dev/null && sleep 0.3 && kill -0 $(cat '%s') 2>/dev/null",
+	    port, pidfile, pidfile);
+	rc = system(cmd);
+	free(cmd);
+	return rc == 0 ? 0 : -1;
+}
+
 /* Start a private memcached on a free TCP port of 127.0.0.1; returns the port. */
 static int
 tcp_memcached(const char *pidfile)
 {
-	char *cmd;
-	int port, i, rc;
+	int port, i;
 
+	/* Check forks each test from one parent: random() alone repeats its ports. */
 	for (i = 0; i < 20; i++) {
-		port = 20000 + (int)(random() % 30000);
-		xasprintf(&cmd, "memcached $( [ $(id -u) = 0 ] && echo -u root ) -l 127.0.0.1 -p %d "
-		    "-U 0 -m 8 -P '%s' -d 2>/dev/null && sleep 0.3 && kill -0 $(cat '%s') 2>/dev/null",
-		    port, pidfile, pidfile);
-		rc = system(cmd);
-		free(cmd);
-		if (rc == 0)
+		port = 20000 + (int)(((unsigned long)random() + (unsigned long)getpid() * 7919) % 30000);
+		if (tcp_memcached_on(port, pidfile) == 0)
 			return port;
 	}
 	ck_abort_msg("no free TCP port for memcached");
@@ -632,6 +642,8 @@ tcp_has_summary(int port, const char *user)
 	int found;
 
 	memcached_server_add(m, "127.0.0.1", (in_port_t)port);
+	memcached_behavior_set(m, MEMCACHED_BEHAVIOR_POLL_TIMEOUT, 200);
+	memcached_behavior_set(m, MEMCACHED_BEHAVIOR_CONNECT_TIMEOUT, 200);
 	snprintf(key, sizeof key, "parley:conv:v1:%s", user);
 	v = memcached_get(m, key, strlen(key), &len, &flags, &rc);
 	found = v != NULL;
@@ -640,21 +652,178 @@ tcp_has_summary(int port, const char *user)
 	return found;
 }
 
-/* Which of the servers 127.0.0.1:p1, 127.0.0.1:p2 (0 or 1) holds user's generation key. */
+/* Overwrite user's summary in the memcached at 127.0.0.1:port (value from the cache). */
+static void
+tcp_forge(int port, const char *user, const char *from, const char *to)
+{
+	memcached_st *m = memcached_create(NULL);
+	memcached_return_t rc;
+	char key[256], *v, *forged;
+	uint32_t flags;
+	size_t len;
+
+	memcached_server_add(m, "127.0.0.1", (in_port_t)port);
+	snprintf(key, sizeof key, "parley:conv:v1:%s", user);
+	v = memcached_get(m, key, strlen(key), &len, &flags, &rc);
+	ck_assert_ptr_nonnull(v);
+	ck_assert_msg(strstr(v, from) != NULL, "no \"%s\" in %s", from, v);
+	forged = replace(v, from, to);
+	ck_assert_int_eq(memcached_set(m, key, strlen(key), forged, strlen(forged), 60, 0),
+	    MEMCACHED_SUCCESS);
+	free(forged);
+	free(v);
+	memcached_free(m);
+}
+
+/*
+ * Which of the servers 127.0.0.1:p1, 127.0.0.1:p2 (0 or 1) holds user's keys: an independent
+ * ketama client (weighted, MD5) hashing the user, as the cache groups a user's keys by name.
+ */
 static uint32_t
 tcp_gen_server(int p1, int p2, const char *user)
 {
 	memcached_st *m = memcached_create(NULL);
-	char key[256];
 	uint32_t i;
 
+	memcached_behavior_set(m, MEMCACHED_BEHAVIOR_KETAMA_WEIGHTED, 1);
 	memcached_server_add(m, "127.0.0.1", (in_port_t)p1);
 	memcached_server_add(m, "127.0.0.1", (in_port_t)p2);
-	snprintf(key, sizeof key, "parley:convgen:v1:%s", user);
-	i = memcached_generate_hash(m, key, strlen(key));
+	i = memcached_generate_hash(m, user, strlen(user));
 	memcached_free(m);
 	return i;
 }
+
+/* A fresh test name whose keys live on server want (0: p1, 1: p2). Caller frees. */
+static char *
+name_on(int p1, int p2, const char *prefix, uint32_t want)
+{
+	char *n;
+
+	for (;;) {
+		n = testenv_name(prefix);
+		if (tcp_gen_server(p1, p2, n) == want)
+			return n;
+		free(n);
+	}
+}
+
+/*
+ * A pool of two memcacheds, one killed mid-test: its users are answered from MySQL (misses, never
+ * a summary from before the kill, and never refilled on the other server), the other server's
+ * users keep their cache; restarted (empty) it serves again, and a second kill after new sends
+ * still gives correct answers. With ejection (a failed server's users moved to the survivor) the
+ * summary written on the survivor during the first outage would be served in the second one.
+ */
+START_TEST(test_pool_server_killed)
+{
+	struct fx f;
+	char *a, *b, *c, *servers = NULL, *cause = NULL, pid1[4096], pid2[4096];
+	int p1, p2, i;
+
+	fx_open(&f);
+	snprintf(pid1, sizeof pid1, "%s/memcached-pool1-%ld.pid", testenv_dir(), (long)getpid());
+	snprintf(pid2, sizeof pid2, "%s/memcached-pool2-%ld.pid", testenv_dir(), (long)getpid());
+	p1 = tcp_memcached(pid1);
+	p2 = tcp_memcached(pid2);
+	xasprintf(&servers, "127.0.0.1:%d,127.0.0.1:%d", p1, p2);
+	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", servers, &cause), 0);
+	cache_free(f.c);
+	f.c = cache_new(&f.cfg, NULL);
+	a = testenv_name("pa");
+	b = name_on(p1, p2, "pb", 1);		/* on p2, the server killed below */
+	c = name_on(p1, p2, "pc", 0);		/* on p1, which keeps running */
+
+	send_msg(&f, a, b, "b1");
+	send_msg(&f, a, c, "c1");
+	expect_conv(&f, b, 20, 1, 0, a, "b1", 1);
+	expect_conv(&f, c, 20, 1, 0, a, "c1", 1);
+	ck_assert_int_eq(tcp_has_summary(p2, b), 1);
+	ck_assert_int_eq(tcp_has_summary(p1, b), 0);
+	ck_assert_int_eq(tcp_has_summary(p1, c), 1);
+
+	/* p2 dies. */
+	testenv_sh("kill -KILL $(cat '%s')", pid2);
+	usleep(100000);
+	send_msg(&f, a, b, "b2");		/* its bump is lost: journaled */
+	send_msg(&f, a, c, "second for c");
+	for (i = 0; i < 3; i++) {
+		expect_conv(&f, b, 20, 1, 0, a, "b2", 2);
+		expect_conv(&f, c, 20, 1, 0, a, "second for c", 2);
+	}
+	ck_assert_int_eq(tcp_has_summary(p1, b), 0);	/* b was not moved to p1 */
+	ck_assert_int_eq(cache_alive(f.c), 0);
+	ck_assert_int_eq(cache_check(f.c), 0);
+	/* c is still served from memcached (p1): a forged summary shows. */
+	tcp_forge(p1, c, "second for c", "forged on p1");
+	expect_conv(&f, c, 20, 1, 0, a, "forged on p1", 2);
+	send_msg(&f, a, c, "c3");
+	expect_conv(&f, c, 20, 1, 0, a, "c3", 3);
+
+	/* p2 comes back on its port, empty. */
+	ck_assert_int_eq(tcp_memcached_on(p2, pid2), 0);
+	wait_cache_back(&f);
+	expect_conv(&f, b, 20, 1, 0, a, "b2", 2);
+	ck_assert_int_eq(tcp_has_summary(p2, b), 1);	/* cached again where it belongs */
+	send_msg(&f, a, b, "b3");
+	expect_conv(&f, b, 20, 1, 0, a, "b3", 3);
+	expect_conv(&f, b, 20, 1, 0, a, "b3", 3);
+
+	/* And dies again: b's answers stay right (nothing older lives anywhere in the pool). */
+	testenv_sh("kill -KILL $(cat '%s')", pid2);
+	usleep(100000);
+	for (i = 0; i < 3; i++)
+		expect_conv(&f, b, 20, 1, 0, a, "b3", 3);
+	send_msg(&f, a, b, "b4");
+	expect_conv(&f, b, 20, 1, 0, a, "b4", 4);
+	ck_assert_int_eq(tcp_has_summary(p1, b), 0);
+
+	testenv_sh("kill $(cat '%s') 2>/dev/null; true", pid1);
+	free(servers);
+	fx_close(&f);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+/* The pool's ring is ketama: another ketama client given the same servers in another order agrees. */
+START_TEST(test_pool_ring_order)
+{
+	struct fx f;
+	char *servers = NULL, *cause = NULL, *a, *u, *json = NULL, pid1[4096], pid2[4096];
+	int p1, p2, i, on[2] = { 0, 0 };
+	uint32_t k;
+
+	fx_open(&f);
+	snprintf(pid1, sizeof pid1, "%s/memcached-ring1-%ld.pid", testenv_dir(), (long)getpid());
+	snprintf(pid2, sizeof pid2, "%s/memcached-ring2-%ld.pid", testenv_dir(), (long)getpid());
+	p1 = tcp_memcached(pid1);
+	p2 = tcp_memcached(pid2);
+	/* Listed p2 first: the ring must not depend on the order. */
+	xasprintf(&servers, "127.0.0.1:%d 127.0.0.1:%d", p2, p1);
+	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", servers, &cause), 0);
+	cache_free(f.c);
+	f.c = cache_new(&f.cfg, NULL);
+	a = testenv_name("ra");
+	for (i = 0; i < 20; i++) {
+		u = testenv_name("ru");
+		send_msg(&f, a, u, "ring");
+		ck_assert_int_eq(cache_conversations(f.c, f.st, u, 5, &json), 0);
+		free(json);
+		k = tcp_gen_server(p1, p2, u);
+		on[k]++;
+		ck_assert_int_eq(tcp_has_summary(k == 0 ? p1 : p2, u), 1);
+		ck_assert_int_eq(tcp_has_summary(k == 0 ? p2 : p1, u), 0);
+		free(u);
+	}
+	ck_assert_int_gt(on[0], 0);
+	ck_assert_int_gt(on[1], 0);
+	testenv_sh("kill $(cat '%s') $(cat '%s')", pid1, pid2);
+	free(servers);
+	fx_close(&f);
+	free(a);
+}
+END_TEST
 
 /* "host:port,host:port" servers over TCP: two private memcacheds. */
 START_TEST(test_tcp_servers)
@@ -733,6 +902,8 @@ cache_suite(void)
 	tcase_add_test(tc, test_late_refill_is_ignored);
 	tcase_add_test(tc, test_disabled);
 	tcase_add_test(tc, test_tcp_servers);
+	tcase_add_test(tc, test_pool_server_killed);
+	tcase_add_test(tc, test_pool_ring_order);
 	suite_add_tcase(s, tc);
 
 	/* One test per case: the unchecked teardown (in the parent) restores memcached even when
