@@ -36,7 +36,7 @@ usage(FILE *f)
 	    "commands:\n"
 	    "  migrate [--schema-dir DIR]       apply the schema/NNN_*.sql files not yet applied\n"
 	    "                                   (default DIR: %s, else ./schema)\n"
-	    "  prune [--now MS]                 delete events and messages older than [retention]\n"
+	    "  prune [--now MS] [--verbose]     delete events and messages older than [retention]\n"
 	    "                                   says, in short batches (safe while the daemons serve)\n"
 	    "  token USER [--ttl S] [--device ID]\n"
 	    "                                   print a signed access token for USER\n"
@@ -555,8 +555,10 @@ ctl_cutoff(int64_t now_ms, int days)
 }
 
 /*
- * parleyctl prune [--now MS]: apply retention.events_days and retention.messages_days. --now
- * takes another "now" (ms since the epoch): a test or a catch-up run can prune as of that time.
+ * parleyctl prune [--now MS] [--verbose]: apply retention.events_days and retention.messages_days.
+ * --now takes another "now" (ms since the epoch): a test or a catch-up run can prune as of that
+ * time. --verbose adds the batch transactions' count, the longest one and the longest time a
+ * user_seq row (what a send locks) was held.
  * Exit status 0 done (also when retention keeps everything), 1 failed (MySQL).
  */
 static int
@@ -564,10 +566,12 @@ cmd_prune(const char *config_arg, int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "now", required_argument, NULL, 'n' },
+		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
 	struct store_prune_res res = { 0 };
+	int verbose = 0;
 	struct config cfg;
 	struct store *s;
 	int64_t now = parley_now_ms();
@@ -575,7 +579,7 @@ cmd_prune(const char *config_arg, int argc, char **argv)
 	int ch, rc;
 
 	optind = 0;
-	while ((ch = getopt_long(argc, argv, "+n:h", opts, NULL)) != -1) {
+	while ((ch = getopt_long(argc, argv, "+n:vh", opts, NULL)) != -1) {
 		switch (ch) {
 		case 'n':
 			if (protocol_parse_u64(optarg, 1, (uint64_t)INT64_MAX, &v) != 0) {
@@ -583,6 +587,9 @@ cmd_prune(const char *config_arg, int argc, char **argv)
 				return 2;
 			}
 			now = (int64_t)v;
+			break;
+		case 'v':
+			verbose = 1;
 			break;
 		case 'h':
 		default:
@@ -605,6 +612,11 @@ cmd_prune(const char *config_arg, int argc, char **argv)
 		log_error("prune: %s", strerror(errno));
 	printf("pruned %llu events in %llu logs, %llu messages\n", (unsigned long long)res.events,
 	    (unsigned long long)res.logs, (unsigned long long)res.messages);
+	if (verbose)
+		printf("%llu transactions of at most %d rows; longest transaction %.1f ms;"
+		    " user_seq rows locked at most %.1f ms\n", (unsigned long long)res.txns,
+		    cfg.retention_batch, (double)res.txn_max_us / 1000,
+		    (double)res.lock_max_us / 1000);
 	store_free(s);
 	config_clear(&cfg);
 	return rc == 0 ? 0 : 1;

@@ -154,13 +154,16 @@ const char *store_history_sql(void);
  * rows stay below first_seq as the history's index while their message is kept) and delete the
  * messages sent before messages_before_ms (gone from history too, their events with them; events
  * never outlive their message, so the log is cut at the later of the two times); 0 leaves that
- * kind alone. Work is done in transactions of at most batch rows with pause_ms between them, so
- * it never holds locks for long and may run while the daemons serve.
+ * kind alone. Work is done in transactions of at most batch rows (of up to 64 logs each) with
+ * pause_ms after each, so it never holds locks for long and may run while the daemons serve.
  */
 struct store_prune_res {
 	uint64_t	events;		/* rows deleted */
 	uint64_t	messages;
 	uint64_t	logs;		/* user logs that lost events */
+	uint64_t	txns;		/* batch transactions committed */
+	int64_t		txn_max_us;	/* the longest of them, BEGIN to COMMIT's reply */
+	int64_t		lock_max_us;	/* the longest any user_seq row (a send's lock) was held */
 };
 int	store_prune(struct store *, int64_t events_before_ms, int64_t messages_before_ms, int batch,
 	    int pause_ms, struct store_prune_res *);

@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -19,6 +20,11 @@ enum {
 	Q_RET_INDEX_CUT,
 	Q_RET_MSG_SCAN,
 	Q_RET_DEL_MSGS,
+	/* Multi-row forms of Q_RET_FIRST. */
+	Q_RET_FIRST_M2,
+	Q_RET_FIRST_M4,
+	Q_RET_FIRST_M16,
+	Q_RET_FIRST_M64,
 	Q_RETENTION_END
 };
 STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
@@ -31,17 +37,28 @@ STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
  * rows go when their message goes. Every scan is a plain read (no locks); every deletion is a
  * short transaction of at most a batch of rows.
  */
+/*
+ * The first_seq of many logs in one statement (rows in user order: a send locks the seq rows
+ * of its users in that order too). The rows exist (the logs came from user_seq, whose rows are
+ * never deleted): the statement only ever updates.
+ */
+#define FIRST_HEAD	"INSERT INTO user_seq (user_id, last_seq, first_seq) VALUES "
+#define FIRST_ROW	"(?, 0, ?)"
+#define FIRST_TAIL	" ON DUPLICATE KEY UPDATE first_seq = GREATEST(first_seq, VALUES(first_seq))"
+
 static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION)] = {
 	/*
 	 * A page of logs, each with what its probes would say: may the event at first_seq go
 	 * (step 1 has work), and its lowest seq (below first_seq: history rows for step 2). Logs
-	 * with nothing to do then cost nothing more than their row in this page.
+	 * with nothing to do then cost nothing more than their row in this page. The lowest seq
+	 * is the log's first entry in the primary key: ORDER BY seq LIMIT 1 reads that one row
+	 * (MIN(seq) in this dependent subquery read the whole log, measured with Handler_read_next).
 	 */
 	STORE__SQL(Q_RET_USERS) = "SELECT u.user_id, u.first_seq,"
 	    " (SELECT e.ts < ? OR (? AND e.kind = 1 AND (m.id IS NULL OR m.ts < ?)) FROM events e"
 	    " LEFT JOIN messages m ON m.id = e.message_id"
 	    " WHERE e.user_id = u.user_id AND e.seq = u.first_seq),"
-	    " (SELECT MIN(e.seq) FROM events e WHERE e.user_id = u.user_id)"
+	    " (SELECT e.seq FROM events e WHERE e.user_id = u.user_id ORDER BY e.seq LIMIT 1)"
 	    " FROM user_seq u WHERE u.user_id > ? ORDER BY u.user_id LIMIT ?",
 	/*
 	 * (1) The events from first_seq on, each with "may go": appended before the events
@@ -55,20 +72,55 @@ static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RET
 	STORE__SQL(Q_RET_CUT) = "DELETE e FROM events e LEFT JOIN messages m ON m.id = e.message_id"
 	    " WHERE e.user_id = ? AND e.seq >= ? AND e.seq < ? AND (e.kind <> 1"
 	    " OR (? AND (m.id IS NULL OR m.ts < ?)))",
-	STORE__SQL(Q_RET_FIRST) = "UPDATE user_seq SET first_seq = GREATEST(first_seq, ?)"
-	    " WHERE user_id = ?",
+	STORE__SQL(Q_RET_FIRST) = FIRST_HEAD FIRST_ROW FIRST_TAIL,
 	/* (2) The history rows below first_seq, oldest first, with "its message goes". */
 	STORE__SQL(Q_RET_INDEX_SCAN) = "SELECT e.seq, m.id IS NULL OR m.ts < ? FROM events e"
-	    " LEFT JOIN messages m ON m.id = e.message_id WHERE e.user_id = ? AND e.seq < ?"
-	    " ORDER BY e.seq LIMIT ?",
+	    " LEFT JOIN messages m ON m.id = e.message_id WHERE e.user_id = ? AND e.seq >= ?"
+	    " AND e.seq < ? ORDER BY e.seq LIMIT ?",
 	STORE__SQL(Q_RET_INDEX_CUT) = "DELETE FROM events WHERE user_id = ? AND seq < ?",
 	STORE__SQL(Q_RET_MSG_SCAN) = "SELECT id, ts < ? FROM messages WHERE id > ? ORDER BY id"
 	    " LIMIT ?",
 	STORE__SQL(Q_RET_DEL_MSGS) = "DELETE FROM messages WHERE id > ? AND id <= ? AND ts < ?",
 };
 
+/* The forms of the first_seq update, by store__chunks[] rows (the last: the one-row form). */
+static const unsigned retention_first_rows[] = { Q_RET_FIRST_M64, Q_RET_FIRST_M16, Q_RET_FIRST_M4,
+    Q_RET_FIRST_M2, Q_RET_FIRST };
+
+/* The SQL of the multi-row form with index i in the set. */
+static char *
+retention_make(unsigned i)
+{
+	unsigned q = STORE__Q(STORE__SET_RETENTION) + i;
+	size_t k;
+
+	for (k = 0; k < STORE__NCHUNKS; k++) {
+		if (q == retention_first_rows[k])
+			return store__multi_sql(FIRST_HEAD, FIRST_ROW, store__chunks[k], FIRST_TAIL);
+	}
+	fatal("store: retention statement %u has no SQL", q);
+}
+
 const struct store__qset store__retention_qset = { retention_sql,
-    Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION), NULL };
+    Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION), retention_make };
+
+/* Logs per batch transaction at most (the largest multi-row form of the first_seq update). */
+#define PRUNE_GROUP	64
+/* Logs per page of the walk over user_seq. */
+#define PRUNE_PAGE	1000
+/* Rows the first scan of a log reads: most logs lose a few events per run. */
+#define PRUNE_PROBE	16
+
+/*
+ * A cut waiting for the batch transaction: step (1) deletes [lo, hi) of user's log and moves
+ * its first_seq to hi; step (2) (index) deletes its history rows below hi.
+ */
+struct prune_cut {
+	char		*user;
+	uint64_t	 lo;
+	uint64_t	 hi;
+	int		 index;
+};
 
 /* One prune run: its cut-offs and sizes, the user being pruned, and what was deleted. */
 struct prune_ctx {
@@ -83,13 +135,31 @@ struct prune_ctx {
 	int			*work;		/* per user: 1 step 1, 2 step 2 has work */
 	size_t			 nusers;
 	const char		*after_user;
-	/* one step */
+	/* one scan */
 	const char		*user;
 	uint64_t		 lo;		/* events: first seq; messages: ids above lo */
 	uint64_t		 hi;		/* events: first seq kept; messages: last id to go */
+	uint64_t		 bound;		/* step 2: rows below this only */
 	int			 lim;		/* rows to scan */
 	int			 more;		/* the scan found only old rows and was full */
+	int			 found;		/* rows of the old prefix the scan found */
+	/* the batch: cuts of up to PRUNE_GROUP logs, up to batch rows */
+	struct prune_cut	 cuts[PRUNE_GROUP];
+	size_t			 ncuts;
+	int			 rows;		/* rows the cuts delete at most */
+	uint64_t		 deleted;	/* by the current attempt of the transaction */
+	int64_t			 lock_t0;	/* when it started locking user_seq rows (us) */
 };
+
+/* Microseconds on the monotonic clock (transaction and lock times for --verbose). */
+static int64_t
+prune_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static void
 prune_pause(const struct prune_ctx *c)
@@ -114,7 +184,7 @@ prune_users_fn(struct store *s, void *arg)
 	c->work = NULL;
 	c->nusers = 0;
 	if (EXEC(s, Q_RET_USERS, PI(c->ev_before), PI(c->msg_before != 0), PI(c->msg_before),
-	    PS(c->after_user), PU((uint64_t)c->batch)) != 0)
+	    PS(c->after_user), PU(PRUNE_PAGE)) != 0)
 		return -1;
 	while ((rc = store__fetch(s, Q_RET_USERS)) == 1) {
 		first = store__col_u(s, Q_RET_USERS, 1);
@@ -135,7 +205,8 @@ prune_users_fn(struct store *s, void *arg)
 
 /*
  * (1) How far may c->user's log be cut? c->hi = the first seq from c->lo on that must stay: the
- * cut is always a prefix, so that "every event from first_seq on is there" holds.
+ * cut is always a prefix, so that "every event from first_seq on is there" holds. The scan is
+ * a plain read: the rows it finds are committed and never change, and a send only appends.
  */
 static int
 prune_scan_fn(struct store *s, void *arg)
@@ -158,28 +229,15 @@ prune_scan_fn(struct store *s, void *arg)
 			c->hi++;
 	}
 	store__done(s, Q_RET_SCAN);
+	c->found = (int)(c->hi - c->lo);
 	c->more = !stop && rows == c->lim;
 	return rc < 0 ? -1 : 0;
 }
 
 /*
- * (1) Cut c->user's log below c->hi and move its first_seq there, in one short transaction: a
- * reader sees both or neither. The seq row is locked last, so a send to this user waits only
- * for the commit (sends lock it first and never touch the old rows).
+ * (2) From c->lo, below c->bound: c->hi = the seq after the last history row whose message goes
+ * (a prefix), c->found such rows.
  */
-static int
-prune_cut_txn(struct store *s, void *arg)
-{
-	struct prune_ctx *c = arg;
-
-	if (EXEC(s, Q_RET_CUT, PS(c->user), PU(c->lo), PU(c->hi), PI(c->msg_before != 0),
-	    PI(c->msg_before)) != 0)
-		return -1;
-	c->res->events += store__affected(s, Q_RET_CUT);
-	return EXEC(s, Q_RET_FIRST, PU(c->hi), PS(c->user));
-}
-
-/* (2) c->hi = the seq after the last history row below c->lo whose message goes (a prefix). */
 static int
 prune_index_scan_fn(struct store *s, void *arg)
 {
@@ -188,79 +246,173 @@ prune_index_scan_fn(struct store *s, void *arg)
 
 	c->hi = 0;
 	c->more = 0;
-	if (EXEC(s, Q_RET_INDEX_SCAN, PI(c->msg_before), PS(c->user), PU(c->lo),
+	c->found = 0;
+	if (EXEC(s, Q_RET_INDEX_SCAN, PI(c->msg_before), PS(c->user), PU(c->lo), PU(c->bound),
 	    PU((uint64_t)c->lim)) != 0)
 		return -1;
 	while ((rc = store__fetch(s, Q_RET_INDEX_SCAN)) == 1) {
 		rows++;
 		if (stop)
 			continue;
-		if (store__col_u(s, Q_RET_INDEX_SCAN, 1) != 1)
+		if (store__col_u(s, Q_RET_INDEX_SCAN, 1) != 1) {
 			stop = 1;
-		else
+		} else {
 			c->hi = store__col_u(s, Q_RET_INDEX_SCAN, 0) + 1;
+			c->found++;
+		}
 	}
 	store__done(s, Q_RET_INDEX_SCAN);
 	c->more = !stop && rows == c->lim;
 	return rc < 0 ? -1 : 0;
 }
 
+/*
+ * The batch transaction: every cut's rows (one statement per log, each a range of the primary
+ * key), then the first_seq of every log of step 1 in one statement, last: a reader sees a log's
+ * cut and its first_seq together. The user_seq rows, the only rows a send also locks, are locked
+ * in user order (as a send locks them) from that statement to the commit only.
+ */
 static int
-prune_index_cut_txn(struct store *s, void *arg)
+prune_batch_txn(struct store *s, void *arg)
 {
 	struct prune_ctx *c = arg;
+	struct store_param p[2 * PRUNE_GROUP];
+	const struct prune_cut *k;
+	size_t i, n = 0;
 
-	if (EXEC(s, Q_RET_INDEX_CUT, PS(c->user), PU(c->hi)) != 0)
+	c->deleted = 0;
+	c->lock_t0 = 0;
+	for (i = 0; i < c->ncuts; i++) {
+		k = &c->cuts[i];
+		if (k->index ? EXEC(s, Q_RET_INDEX_CUT, PS(k->user), PU(k->hi)) :
+		    EXEC(s, Q_RET_CUT, PS(k->user), PU(k->lo), PU(k->hi), PI(c->msg_before != 0),
+		    PI(c->msg_before)))
+			return -1;
+		c->deleted += store__affected(s, k->index ? Q_RET_INDEX_CUT : Q_RET_CUT);
+		if (!k->index) {
+			p[2 * n] = PS(k->user);
+			p[2 * n++ + 1] = PU(k->hi);
+		}
+	}
+	c->lock_t0 = prune_us();
+	return n > 0 ? store__exec_rows(s, retention_first_rows, p, n, 2) : 0;
+}
+
+/* Run one batch transaction (fn) and note its times. */
+static int
+prune_txn(struct store *s, struct prune_ctx *c, store__fn fn)
+{
+	int64_t t0, t1;
+
+	t0 = prune_us();
+	c->lock_t0 = 0;
+	if (store__run(s, 1, fn, c) != 0)
 		return -1;
-	c->res->events += store__affected(s, Q_RET_INDEX_CUT);
+	t1 = prune_us();
+	c->res->txns++;
+	if (t1 - t0 > c->res->txn_max_us)
+		c->res->txn_max_us = t1 - t0;
+	if (c->lock_t0 != 0 && t1 - c->lock_t0 > c->res->lock_max_us)
+		c->res->lock_max_us = t1 - c->lock_t0;
 	return 0;
 }
 
+/* Run the batch transaction (if any cut waits), then pause. */
+static int
+prune_flush(struct store *s, struct prune_ctx *c)
+{
+	size_t i;
+
+	if (c->ncuts == 0)
+		return 0;
+	if (prune_txn(s, c, prune_batch_txn) != 0)
+		return -1;
+	c->res->events += c->deleted;
+	for (i = 0; i < c->ncuts; i++)
+		free(c->cuts[i].user);
+	c->ncuts = 0;
+	c->rows = 0;
+	prune_pause(c);
+	return 0;
+}
+
+/* Room in the batch for one more cut; flush it when full. */
+static int
+prune_room(struct store *s, struct prune_ctx *c)
+{
+	if (c->ncuts < PRUNE_GROUP && c->rows < c->batch)
+		return 0;
+	return prune_flush(s, c);
+}
+
+/* Add the cut the last scan found to the batch (extending this log's cut if it is the last). */
+static void
+prune_add(struct prune_ctx *c, int index)
+{
+	struct prune_cut *k = c->ncuts > 0 ? &c->cuts[c->ncuts - 1] : NULL;
+
+	c->rows += c->found;
+	if (k != NULL && k->index == index && strcmp(k->user, c->user) == 0) {
+		k->hi = c->hi;
+		return;
+	}
+	k = &c->cuts[c->ncuts++];
+	k->user = xstrdup(c->user);
+	k->lo = c->lo;
+	k->hi = c->hi;
+	k->index = index;
+}
+
 /*
- * Run scan, then cut while the scan found something to cut, in batches: a probe of one row
- * first (most logs have nothing to prune), then c->batch rows per scan and transaction.
+ * Scan one step of c->user's log in reads that fit the room left in the batch (the first one
+ * small: most logs lose a few rows), adding what may go to the batch, until the scan meets a
+ * row that stays or the log's end.
  */
 static int
-prune_steps(struct store *s, struct prune_ctx *c, store__fn scan, store__fn cut, int advance)
+prune_step(struct store *s, struct prune_ctx *c, store__fn scan, int index)
 {
-	c->lim = 1;
+	int grow = PRUNE_PROBE;
+
 	for (;;) {
+		if (prune_room(s, c) != 0)
+			return -1;
+		c->lim = c->batch - c->rows < grow ? c->batch - c->rows : grow;
 		if (store__run(s, 0, scan, c) != 0)
 			return -1;
-		if (c->lim == 1 && c->more) {
-			c->lim = c->batch;	/* the probe may go: read a batch, cut that */
-			continue;
-		}
-		if (c->hi > (advance ? c->lo : 0)) {
-			if (store__run(s, 1, cut, c) != 0)
-				return -1;
-			if (advance)
-				c->lo = c->hi;
+		if (c->found > 0) {
+			prune_add(c, index);
+			c->lo = c->hi;
 		}
 		if (!c->more)
 			return 0;
-		prune_pause(c);
+		if (grow < c->batch)
+			grow = grow > c->batch / 4 ? c->batch : grow * 4;
 	}
 }
 
 /*
- * Prune one user's log: (1) from first, when its first event may go, then (2) below the new
- * first_seq, when history rows were left there by earlier runs (step 1 itself deletes the rows
- * of old messages in what it cuts) and messages are pruned.
+ * Prune one user's log into the batch: (1) from first, when its first event may go, then (2)
+ * its history rows below first (left there by earlier runs: step 1 itself deletes the rows of
+ * old messages in what it cuts; the rows it leaves belong to messages that stay).
  */
 static int
 prune_log(struct store *s, struct prune_ctx *c, const char *user, uint64_t first, int work)
 {
 	c->user = user;
-	c->lo = first;
-	if ((work & 1) != 0 && prune_steps(s, c, prune_scan_fn, prune_cut_txn, 1) != 0)
-		return -1;
-	if (c->lo > first)
-		c->res->logs++;
-	if ((work & 2) == 0)
-		return 0;
-	/* c->lo is the first_seq now. */
-	return prune_steps(s, c, prune_index_scan_fn, prune_index_cut_txn, 0);
+	if ((work & 1) != 0) {
+		c->lo = first;
+		if (prune_step(s, c, prune_scan_fn, 0) != 0)
+			return -1;
+		if (c->lo > first)
+			c->res->logs++;
+	}
+	if ((work & 2) != 0) {
+		c->lo = 0;
+		c->bound = first;
+		if (prune_step(s, c, prune_index_scan_fn, 1) != 0)
+			return -1;
+	}
+	return 0;
 }
 
 /* Which messages may go: c->hi = the last id of the old prefix above c->lo. */
@@ -295,7 +447,7 @@ prune_msg_txn(struct store *s, void *arg)
 
 	if (EXEC(s, Q_RET_DEL_MSGS, PU(c->lo), PU(c->hi), PI(c->msg_before)) != 0)
 		return -1;
-	c->res->messages += store__affected(s, Q_RET_DEL_MSGS);
+	c->deleted = store__affected(s, Q_RET_DEL_MSGS);
 	return 0;
 }
 
@@ -312,8 +464,9 @@ prune_messages(struct store *s, struct prune_ctx *c)
 		if (store__run(s, 0, prune_msg_scan_fn, c) != 0)
 			return -1;
 		if (c->hi > c->lo) {
-			if (store__run(s, 1, prune_msg_txn, c) != 0)
+			if (prune_txn(s, c, prune_msg_txn) != 0)
 				return -1;
+			c->res->messages += c->deleted;
 			c->lo = c->hi;
 		}
 		if (!c->more)
@@ -356,7 +509,9 @@ store_prune(struct store *s, int64_t events_before_ms, int64_t messages_before_m
 				last = xstrdup(c.users[c.nusers - 1]);
 				c.after_user = last;
 			}
-		} while (c.nusers == (size_t)batch);
+		} while (c.nusers == PRUNE_PAGE);
+		if (prune_flush(s, &c) != 0)
+			goto out;
 	}
 	/* After the events: a kept event never names a message this deletes (same cut-off). */
 	if (c.msg_before != 0 && prune_messages(s, &c) != 0)
@@ -366,6 +521,8 @@ out:
 	if (rc != 0)
 		log_warn("prune: stopped after %llu events and %llu messages",
 		    (unsigned long long)res->events, (unsigned long long)res->messages);
+	for (i = 0; i < c.ncuts; i++)
+		free(c.cuts[i].user);
 	store__strv_free(c.users, c.nusers);
 	free(c.firsts);
 	free(c.work);
