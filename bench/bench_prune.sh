@@ -6,6 +6,7 @@
 #   bench/bench_prune.sh [BUILDDIR] [LOGS] [OLD] [KEEP] [BATCH] [PAUSE_MS]
 #
 # Runs on the stack of $PARLEY_TEST_MYSQL_SOCKET / $PARLEY_TEST_CONFIG (bench/run starts one).
+# PRUNE_FLAGS= (empty) for a parleyctl older than prune --verbose.
 set -euo pipefail
 bdir=${1:-build}; logs=${2:-5000}; old=${3:-10}; keep=${4:-2}; batch=${5:-1000}; pause=${6:-10}
 : "${PARLEY_TEST_MYSQL_SOCKET:?run under bench/run or tests/harness/with-services}"
@@ -25,7 +26,7 @@ INSERT INTO events (user_id, seq, kind, body, ts)
          IF(s.seq <= $old, $oldts, $now)
   FROM seq_1_to_${logs} u, seq_1_to_${total} s;"
 t0=$(date +%s%N)
-out=$("$bdir/parleyctl" --config "$conf" prune ${PRUNE_FLAGS-})
+out=$("$bdir/parleyctl" --config "$conf" prune ${PRUNE_FLAGS---verbose})
 t1=$(date +%s%N)
 ms=$(( (t1 - t0) / 1000000 ))
 left=$(my -N -e "SELECT COUNT(*) FROM events WHERE user_id LIKE 'bp-%'")

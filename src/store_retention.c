@@ -149,6 +149,7 @@ struct prune_ctx {
 	int			 rows;		/* rows the cuts delete at most */
 	uint64_t		 deleted;	/* by the current attempt of the transaction */
 	int64_t			 lock_t0;	/* when it started locking user_seq rows (us) */
+	int64_t			 lock_stmt_us;	/* how long that statement took */
 };
 
 /* Microseconds on the monotonic clock (transaction and lock times for --verbose). */
@@ -294,8 +295,13 @@ prune_batch_txn(struct store *s, void *arg)
 			p[2 * n++ + 1] = PU(k->hi);
 		}
 	}
+	if (n == 0)
+		return 0;
 	c->lock_t0 = prune_us();
-	return n > 0 ? store__exec_rows(s, retention_first_rows, p, n, 2) : 0;
+	if (store__exec_rows(s, retention_first_rows, p, n, 2) != 0)
+		return -1;
+	c->lock_stmt_us = prune_us() - c->lock_t0;
+	return 0;
 }
 
 /* Run one batch transaction (fn) and note its times. */
@@ -314,6 +320,8 @@ prune_txn(struct store *s, struct prune_ctx *c, store__fn fn)
 		c->res->txn_max_us = t1 - t0;
 	if (c->lock_t0 != 0 && t1 - c->lock_t0 > c->res->lock_max_us)
 		c->res->lock_max_us = t1 - c->lock_t0;
+	if (c->lock_t0 != 0 && c->lock_stmt_us > c->res->lock_stmt_max_us)
+		c->res->lock_stmt_max_us = c->lock_stmt_us;
 	return 0;
 }
 
