@@ -27,6 +27,7 @@
 #define ROUTE_CONV_DEFAULT	50	/* GET /conversations (docs/protocol.md) */
 #define ROUTE_POLL_DEFAULT_S	30
 #define ROUTE_PRESENCE_MAX	500
+#define ROUTE_DEMO		2	/* noauth: no token, and exists only with demo.tokens = yes */
 
 /* Everything a handler needs. */
 struct rctx {
@@ -52,7 +53,7 @@ struct method {
 struct route {
 	const char	*pattern[ROUTE_SEGS_MAX];	/* literal, "{n}" number, "{s}" any */
 	const char	*allow;
-	int		 noauth;
+	int		 noauth;	/* 1: no token; ROUTE_DEMO: neither, and only with demo.tokens */
 	struct method	 methods[3];
 };
 
@@ -75,6 +76,7 @@ static void h_room_post(struct rctx *);
 static void h_room_get(struct rctx *);
 static void h_health(struct rctx *);
 static void h_metrics(struct rctx *);
+static void h_demo_token(struct rctx *);
 
 static const struct route routes[] = {
 	{ { "messages" }, "GET, POST", 0, { { "GET", h_poll }, { "POST", h_send } } },
@@ -95,6 +97,7 @@ static const struct route routes[] = {
 	    { { "GET", h_room_get }, { "POST", h_room_post } } },
 	{ { "health" }, "GET", 1, { { "GET", h_health } } },
 	{ { "metrics" }, "GET", 0, { { "GET", h_metrics } } },
+	{ { "demo", "token" }, "POST", ROUTE_DEMO, { { "POST", h_demo_token } } },
 };
 
 /* --- answers ------------------------------------------------------------------------------ */
@@ -638,6 +641,47 @@ h_metrics(struct rctx *c)
 	c->resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
 }
 
+/*
+ * POST /demo/token {"user":"alice","device":"web-1"}: a token for anyone who asks, so that the
+ * demo web app can sign in without a login system. Only with demo.tokens = yes (scripts/demo);
+ * otherwise the route does not exist at all (404 not_found, as any unknown path).
+ */
+static void
+h_demo_token(struct rctx *c)
+{
+	struct json_object *obj, *v;
+	const char *user = NULL, *device = NULL;
+	char *tok, *json;
+
+	if ((obj = body_object(c)) == NULL)
+		return;
+	if (!json_object_object_get_ex(obj, "user", &v) || !json_object_is_type(v, json_type_string) ||
+	    !protocol_valid_user(user = json_object_get_string(v))) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, "user", "a user id of 1-64 characters [A-Za-z0-9_.@+-] is required");
+		return;
+	}
+	if (json_object_object_get_ex(obj, "device", &v) && v != NULL &&
+	    (!json_object_is_type(v, json_type_string) ||
+	    !protocol_valid_id(device = json_object_get_string(v)))) {
+		json_object_put(obj);
+		http_resp_bad_field(c->resp, "device", "not a valid device id");
+		return;
+	}
+	tok = auth_mint(c->cfg->jwt_secret, user, device, (int64_t)time(NULL), c->cfg->token_ttl);
+	if (tok == NULL) {
+		json_object_put(obj);
+		r_errno(c, EIO);
+		return;
+	}
+	xasprintf(&json, "{\"token\":\"%s\",\"user\":\"%s\",\"expires_in\":%d}", tok, user,
+	    c->cfg->token_ttl);
+	log_info("demo token issued for %s", user);
+	free(tok);
+	json_object_put(obj);
+	r_json(c, json);
+}
+
 /* --- routing ----------------------------------------------------------------------------- */
 
 /* Does the route match the segments? Fills c->num / c->name from its placeholders. */
@@ -700,7 +744,8 @@ routes_handle(struct fcgi_app *app, struct chat *chat, const struct http_req *re
 
 	if (http_path_split(req->path, segs, ROUTE_SEGS_MAX, &nsegs) == 0) {
 		for (i = 0; i < PARLEY_NITEMS(routes); i++) {
-			if (route_match(&routes[i], segs, nsegs, &c)) {
+			if ((routes[i].noauth != ROUTE_DEMO || c.cfg->demo_tokens) &&
+			    route_match(&routes[i], segs, nsegs, &c)) {
 				r = &routes[i];
 				break;
 			}

@@ -113,6 +113,8 @@ static const struct config_key config_keys[] = {
 	I("ws.max_url",			CT_SIZE,	 ws_max_url,		256, 32768, 4096),
 	S("ws.trusted_proxies",		CT_STR,		 ws_trusted_proxies,	"127.0.0.1, ::1"),
 
+	I("demo.tokens",		CT_BOOL,	 demo_tokens,		0, 1, 0),
+
 	I("log.level",			CT_LEVEL,	 log_level,		0, 0, LOG_LEVEL_INFO),
 	I("log.syslog",			CT_BOOL,	 log_syslog,		0, 1, 0),
 };
@@ -121,7 +123,7 @@ static const struct config_key config_keys[] = {
 #undef I
 
 static const char *config_sections[] = {
-	"mysql", "memcached", "auth", "bus", "limits", "retention", "actor", "fcgi", "ws", "log"
+	"mysql", "memcached", "auth", "bus", "limits", "retention", "actor", "fcgi", "ws", "demo", "log"
 };
 
 /* Is k one of the string types (the ones config_clear frees)? */

@@ -85,6 +85,9 @@ struct config {
 	size_t	 ws_max_url;		/* upgrade URL bytes (path + query), default 4096 */
 	char	*ws_trusted_proxies;	/* peers whose X-Forwarded-For names the client */
 
+	/* [demo] */
+	int	 demo_tokens;		/* boolean, default no: POST /demo/token (scripts/demo only) */
+
 	/* [log] */
 	int	 log_level;		/* enum log_level, default info */
 	int	 log_syslog;		/* boolean, default no */

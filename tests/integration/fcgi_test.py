@@ -280,6 +280,13 @@ def t_errors(base):
     check(r.status == 404 and err_code(r) == "not_found", "unknown route 404", r)
     r = req(base, "GET", "/messages/", ta)
     check(r.status == 404, "trailing slash 404", r)
+    # demo.tokens is off (the default): the demo token route does not exist, for any method, with
+    # or without a token (test_web.sh covers it switched on).
+    for tok in (None, ta):
+        for method in ("POST", "GET"):
+            r = req(base, method, "/demo/token", tok, body={"user": alice})
+            check(r.status == 404 and err_code(r) == "not_found" and "token" not in (r.json() or {}),
+                  "%s /demo/token 404 while demo.tokens is off (%s)" % (method, "token" if tok else "no token"), r)
     r = req(base, "GET", "/groups/abc", ta)
     check(r.status == 404, "non-numeric group id 404", r)
     for method, path, allow in (("PUT", "/messages", "GET, POST"), ("DELETE", "/sync", "GET"),
