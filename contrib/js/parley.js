@@ -694,6 +694,9 @@ export class ParleyClient {
 		for (const [room, r] of this._rooms)
 			this._roomPoll(room, r);
 		this._flush();
+		// The first poll, and the first after an error, answers at once: the transport is up (and
+		// connect() resolves) when the server answers, not when the first event or timeout comes.
+		let answered = false;
 		while (!this._closed && this._mode === 'longpoll') {
 			const ac = new AbortController();
 			this._pollAbort = ac;
@@ -704,12 +707,13 @@ export class ParleyClient {
 						device_id: this.deviceId,
 						after: first ? undefined : this.cursor,
 						limit: this.opts.pollLimit,
-						timeout: first ? 0 : this.opts.pollTimeout,
+						timeout: first || !answered ? 0 : this.opts.pollTimeout,
 					},
 					signal: ac.signal,
 				});
 				if (this._closed)
 					break;
+				answered = true;
 				if (this._mode === 'longpoll') {
 					attempt = 0;
 					this._setTransport('longpoll');
@@ -722,6 +726,7 @@ export class ParleyClient {
 			} catch (e) {
 				if (isAbort(e) || this._closed || this._mode !== 'longpoll')
 					break;
+				answered = false;
 				this._setTransport(null);
 				const wait = e.retryAfter ? e.retryAfter * 1000 : backoff(this.opts, attempt++);
 				await sleep(wait, ac.signal);

@@ -369,6 +369,29 @@ test('cursor: one stored cursor across transports and restarts of the client', {
 	assert.equal(a3.cursor, messages(a3)[0].seq);
 });
 
+test('long polling with a stored cursor and nothing new: connect() resolves when the server answers', { timeout: T }, async () => {
+	const A = uname('lp'), B = uname('lq');
+	const storage = memoryStorage();
+	const dev = uname('dev');
+	const a1 = client(A, { storage, dev, transports: ['longpoll'] });
+	const b = client(B);
+	await b.connect();
+	const r1 = await b.send({ to: A, content: 'one' });
+	await a1.connect();
+	await waitFor('a1 got one', () => byCmid(a1, r1.client_msg_id)[0]);
+	a1.close();
+	// Nothing is new for A: a first poll that parked for pollTimeout would hold connect() (and the
+	// transport event) for 20 s.
+	const a2 = client(A, { storage, dev, transports: ['longpoll'], pollTimeout: 20 });
+	const t0 = Date.now();
+	assert.equal(await a2.connect(), 'longpoll');
+	assert.ok(Date.now() - t0 < 5000, `connect() took ${Date.now() - t0} ms`);
+	// And then it long-polls: a message arrives without any new request from us.
+	const r2 = await b.send({ to: A, content: 'two' });
+	await waitFor('a2 got two', () => byCmid(a2, r2.client_msg_id)[0]);
+	assert.deepEqual(messages(a2).map((e) => e.message.id), [r2.server_msg_id]);
+});
+
 test('groups and rooms on both transports', { timeout: T }, async () => {
 	const A = uname('ga'), B = uname('gb');
 	const a = client(A), b = client(B, { transports: ['longpoll'] });
