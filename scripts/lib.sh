@@ -27,23 +27,32 @@ install_packages() {
 		--no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Node.js and the JavaScript client's test dependency (npm "ws", pinned by
-# contrib/js/package-lock.json) for tests/integration/test_js.sh. Debian's nodejs/npm when there is
-# no node at all (a node from elsewhere, e.g. NodeSource's package with its own npm, is kept).
+# Node.js and the JavaScript tests' dependencies: npm "ws" for the client's tests (pinned by
+# contrib/js/package-lock.json), npm "playwright-core" and Debian's chromium for the web app's
+# end-to-end test (contrib/web/package-lock.json, tests/integration/test_web.sh). Debian's
+# nodejs/npm when there is no node at all (a node from elsewhere, e.g. NodeSource's package with
+# its own npm, is kept).
+PARLEY_TEST_PACKAGES="chromium"
 install_node_modules() {
-	local js="$top/contrib/js" sudo=()
-	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-		[ "$(id -u)" = 0 ] || sudo=(sudo)
-		say "installing nodejs npm"
+	local dir p sudo=() missing=()
+	[ "$(id -u)" = 0 ] || sudo=(sudo)
+	command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+	for p in $PARLEY_TEST_PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		say "installing ${missing[*]}"
 		"${sudo[@]}" apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-			nodejs npm >/dev/null
+			"${missing[@]}" >/dev/null
 	fi
-	if [ ! -f "$js/node_modules/.package-lock.json" ] ||
-	   [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
-		say "installing contrib/js's test dependencies (npm ci)"
-		(cd "$js" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-	fi
+	for dir in "$top/contrib/js" "$top/contrib/web"; do
+		if [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+		   [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+			say "installing ${dir#"$top"/}'s test dependencies (npm ci)"
+			(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+		fi
+	done
 }
 
 # build DIR [configure args...]: an out-of-tree build in DIR, warnings are errors.

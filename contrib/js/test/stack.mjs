@@ -50,7 +50,11 @@ async function until(fn, ms, what) {
 }
 
 export class Stack {
-	async start() {
+	/**
+	 * Start it. opts.config: more configuration text (e.g. "[demo]\ntokens = yes\n"); opts.web:
+	 * lighttpd also serves the demo web app (contrib/web) at /web/.
+	 */
+	async start(opts = {}) {
 		if (!BASE)
 			throw new Error('PARLEY_TEST_CONFIG is not set: run under tests/harness/with-services');
 		// The web server's user may need to traverse the directory of the FastCGI socket.
@@ -78,13 +82,13 @@ listen = 127.0.0.1
 port = ${this.wsPort}
 [log]
 level = info
-`);
+` + (opts.config ?? ''));
 		this.fcgi = this._spawn('parley-fcgi', ['-c', this.conf]);
 		await until(() => existsSync(join(this.dir, 'fcgi.sock')), 10000, 'parley-fcgi socket');
 		await this.startWs();
 		const out = execFileSync(join(SRC, 'tests/harness/webserver'),
 			['start', 'lighttpd', join(this.dir, 'lighttpd'), '--fcgi', join(this.dir, 'fcgi.sock'),
-				'--ws', `127.0.0.1:${this.wsPort}`], { encoding: 'utf8' });
+				'--ws', `127.0.0.1:${this.wsPort}`, ...(opts.web ? ['--web'] : [])], { encoding: 'utf8' });
 		this.http = out.trim().split('\n').pop().replace(/^export PARLEY_HTTP=/, '');
 		this.wsUrl = this.http.replace(/^http/, 'ws') + '/ws';
 		return this;
