@@ -116,8 +116,9 @@ async function start() {
 	c.on('reset', () => S.client === c && onReset());
 	c.on('error', (e) => console.warn('parley:', e));
 	setBadge(null);
-	// Summaries first, so that events replayed from the cursor do not count as unread twice.
-	await loadConversations();
+	// Summaries first, so that events replayed from the cursor do not count as unread twice. If the
+	// server is not there yet, the transport event loads them once it is.
+	await loadConversations().catch((e) => console.warn('conversations:', e));
 	await c.connect();
 	for (const room of S.rooms.keys())
 		c.joinRoom(room).catch((e) => showError($('#app-error'), e));
@@ -339,6 +340,8 @@ function renderHead() {
 	if (S.active?.kind !== 'conv')
 		return;
 	const c = S.convs.get(S.active.key);
+	if (!c)
+		return;
 	$('#thread-title').textContent = c.title;
 	const dot = $('#thread-presence');
 	dot.className = 'dot' + (c.groupId != null ? ' group' : S.presence.get(c.with) ? ' online' : '');
@@ -506,6 +509,11 @@ function onGroup(ev) {
 	const key = 'g:' + ev.group_id;
 	if (ev.action === 'member_removed' && ev.user === S.me) {
 		S.convs.delete(key);
+		if (S.active?.key === key) {
+			S.active = null;
+			$('#thread').hidden = true;
+			$('#empty').hidden = false;
+		}
 	} else {
 		const c = convOf(key);
 		c.lastTs = Math.max(c.lastTs, Date.now());

@@ -122,8 +122,15 @@ test('demo tokens: POST /demo/token with demo.tokens = yes', async () => {
 test('two browsers, WebSocket and long poll, talk; parley-ws restarts under them', async (t) => {
 	const alice = uname('alice'), bob = uname('bob');
 	// History to page through: 25 messages from bob before anyone signs in.
-	for (let i = 1; i <= 25; i++)
-		await stack.api(bob, 'POST', '/messages', { to: alice, content: `old ${i}`, client_msg_id: `old-${i}` });
+	const tok = stack.token(bob);
+	for (let i = 1; i <= 25; i++) {
+		const r = await fetch(stack.http + '/messages', {
+			method: 'POST',
+			headers: { Authorization: 'Bearer ' + tok, 'Content-Type': 'application/json' },
+			body: JSON.stringify({ to: alice, content: `old ${i}`, client_msg_id: `old-${i}` }),
+		});
+		assert.equal(r.status, 200, await r.text());
+	}
 
 	const A = await signIn(alice);
 	const B = await signIn(bob, { longpoll: true });
