@@ -262,6 +262,7 @@ async function openConv(key) {
 	renderHead();
 	const t = threadOf(key);
 	renderThread(true);
+	refreshPresence();
 	if (!t.loaded) {
 		await loadOlder(key, true);
 		await loadReceipts(key);
