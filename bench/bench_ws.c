@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <signal.h>
+#include <dirent.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -70,6 +71,7 @@ struct bench {
 	size_t		 nwin;
 	const char	*host;
 	int		 port;
+	int		 mysqld_pid;	/* its CPU is measured too when known (0: not) */
 	char		 run[16];
 };
 
@@ -137,6 +139,82 @@ proc_cpu_ticks(int pid)
 	if (sscanf(p, "%lu %lu", &ut, &st) != 2)
 		return -1;
 	return (long long)(ut + st);
+}
+
+/* CPU ticks of pid's threads, summed by thread name (comm), into names/ticks (at most max). */
+#define BENCH_THREAD_KINDS 8
+struct thread_cpu {
+	int		 n;
+	char		 name[BENCH_THREAD_KINDS][16];
+	long long	 ticks[BENCH_THREAD_KINDS];
+	int		 count[BENCH_THREAD_KINDS];
+};
+
+static void
+proc_thread_cpu(int pid, struct thread_cpu *tc)
+{
+	char path[320], buf[1024], comm[16], *p;
+	unsigned long ut, st;
+	struct dirent *e;
+	DIR *d;
+	FILE *f;
+	int i, k;
+
+	memset(tc, 0, sizeof *tc);
+	snprintf(path, sizeof path, "/proc/%d/task", pid);
+	if ((d = opendir(path)) == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof path, "/proc/%d/task/%s/stat", pid, e->d_name);
+		if ((f = fopen(path, "r")) == NULL)
+			continue;
+		p = fgets(buf, sizeof buf, f);
+		fclose(f);
+		if (p == NULL || (p = strchr(buf, '(')) == NULL)
+			continue;
+		snprintf(comm, sizeof comm, "%.*s", (int)(strcspn(p + 1, ")")), p + 1);
+		if ((p = strrchr(buf, ')')) == NULL)
+			continue;
+		p += 2;
+		for (i = 0; i < 11 && p != NULL; i++)
+			if ((p = strchr(p, ' ')) != NULL)
+				p++;
+		if (p == NULL || sscanf(p, "%lu %lu", &ut, &st) != 2)
+			continue;
+		for (k = 0; k < tc->n && strcmp(tc->name[k], comm) != 0; k++)
+			;
+		if (k == tc->n) {
+			if (tc->n == BENCH_THREAD_KINDS)
+				continue;
+			snprintf(tc->name[tc->n++], sizeof tc->name[0], "%s", comm);
+		}
+		tc->ticks[k] += (long long)(ut + st);
+		tc->count[k]++;
+	}
+	closedir(d);
+}
+
+/* The CPU of each kind of thread between a and b, per 1,000 deliveries. */
+static void
+print_thread_cpu(const struct thread_cpu *a, const struct thread_cpu *b, uint64_t delivered,
+    const char *pfx)
+{
+	long long d;
+	int i, k;
+
+	printf("%sdaemon CPU by thread, ms per 1,000 delivered:", pfx);
+	for (i = 0; i < b->n; i++) {
+		d = b->ticks[i];
+		for (k = 0; k < a->n; k++) {
+			if (strcmp(a->name[k], b->name[i]) == 0)
+				d -= a->ticks[k];
+		}
+		printf("%s %s (%d) %.1f", i > 0 ? ";" : "", b->name[i], b->count[i],
+		    (double)d * 1000.0 / (double)sysconf(_SC_CLK_TCK) / ((double)delivered / 1000.0));
+	}
+	printf("\n");
 }
 
 /* One masked client frame (mask key 0: valid, and the payload needs no copy). */
@@ -541,7 +619,8 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
     const char *pfx)
 {
 	char msg[256], cmid[64];
-	long long cpu0, cpu1;
+	long long cpu0, cpu1, mcpu0 = -1, mcpu1 = -1;
+	struct thread_cpu tc0, tc1;
 	int64_t t0, next, end, seqno = 0;
 	double per_tick, owed = 0;
 	struct bconn *sc;
@@ -586,6 +665,9 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 	for (end = now_us() + 1000000; now_us() < end;)
 		poll_once(b, 10);
 	cpu0 = proc_cpu_ticks(s->pid);
+	proc_thread_cpu(s->pid, &tc0);
+	if (b->mysqld_pid > 0)
+		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
 	t0 = now_us();
 	end = t0 + (int64_t)secs * 1000000;
 	b->send_t0 = t0;
@@ -617,6 +699,9 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 	    (b->delivered < (uint64_t)seqno || b->acks + b->ack_errors < (uint64_t)seqno);)
 		poll_once(b, 10);
 	cpu1 = proc_cpu_ticks(s->pid);
+	proc_thread_cpu(s->pid, &tc1);
+	if (b->mysqld_pid > 0)
+		mcpu1 = proc_cpu_ticks(b->mysqld_pid);
 	qsort(b->lat, b->nlat, sizeof *b->lat, cmp64);
 	s->dead = b->dead;
 	s->sent = seqno;
@@ -647,6 +732,12 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 		printf("%sdaemon CPU: %.2f s for %" PRIu64 " deliveries: %.1f ms per 1,000 delivered "
 		    "messages\n", pfx, (double)(cpu1 - cpu0) / (double)sysconf(_SC_CLK_TCK),
 		    b->delivered, s->cpu_ms);
+		print_thread_cpu(&tc0, &tc1, b->delivered, pfx);
+		if (mcpu0 >= 0 && mcpu1 >= 0)
+			printf("%smysqld CPU (pid %d): %.2f s: %.1f ms per 1,000 delivered messages\n",
+			    pfx, b->mysqld_pid, (double)(mcpu1 - mcpu0) /
+			    (double)sysconf(_SC_CLK_TCK), (double)(mcpu1 - mcpu0) * 1000.0 /
+			    (double)sysconf(_SC_CLK_TCK) / ((double)b->delivered / 1000.0));
 	}
 	fflush(stdout);
 	for (i = 0; i < b->n; i++) {
@@ -791,7 +882,11 @@ main(int argc, char **argv)
 		fatal("%s", cause);
 	snprintf(b.run, sizeof b.run, "%x", (unsigned)(time(NULL) ^ getpid()) & 0xffffff);
 
+	/* The harness's mysqld (bench/run, scripts/lib.sh export it): its CPU per message too. */
+	if (getenv("PARLEY_TEST_MYSQL_PID") != NULL)
+		b.mysqld_pid = atoi(getenv("PARLEY_TEST_MYSQL_PID"));
 	bench_side(&b, &pw, cfg.jwt_secret, pairs, rate, secs, "");
+	b.mysqld_pid = 0;	/* the peer stores nothing */
 	if (own)
 		daemon_stop(pw.pid);	/* the peer runs alone on the machine */
 

@@ -548,6 +548,8 @@ actor_pool_new(const struct actor_config *cfg, const struct actor_ops *ops, void
 	for (i = 0; i < p->cfg.workers; i++) {
 		if ((errno = pthread_create(&p->threads[i], NULL, actor_worker, p)) != 0)
 			fatal("actor_pool_new: pthread_create: %s", strerror(errno));
+		/* Named for per-thread CPU (/proc/PID/task/TID/comm, perf, top -H). */
+		(void)pthread_setname_np(p->threads[i], "actor");
 		p->nthreads++;
 	}
 	return p;

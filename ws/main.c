@@ -377,6 +377,8 @@ main(int argc, char **argv)
 	if (pthread_create(&bus_thread, NULL, ws_bus_thread, &ws) != 0 ||
 	    pthread_create(&sig_thread, NULL, ws_signal_thread, &ws) != 0)
 		fatal("cannot start threads");
+	(void)pthread_setname_np(bus_thread, "ws-bus");
+	(void)pthread_setname_np(sig_thread, "ws-signal");
 	pthread_detach(sig_thread);
 	log_info("listening on %s:%d (path /ws, subprotocol parley.v1), node %s", cfg.ws_listen,
 	    cfg.ws_port, ws.node);
