@@ -279,12 +279,31 @@ store_text(const struct store *s, unsigned q)
 	return sql;
 }
 
+/*
+ * The result columns of x, once its statement says how many. An INSERT ... RETURNING says so only
+ * after its first execution (MariaDB answers its prepare with no columns): called then too.
+ */
+static void
+store_cols(struct store_stmt *x)
+{
+	unsigned i;
+
+	if (x->col != NULL || (x->ncol = mysql_stmt_field_count(x->st)) == 0)
+		return;
+	x->col = xcalloc(x->ncol, sizeof *x->col);
+	x->rb = xcalloc(x->ncol, sizeof *x->rb);
+	for (i = 0; i < x->ncol; i++) {
+		x->col[i].cap = STORE_COLBUF;
+		x->col[i].buf = xmalloc(STORE_COLBUF);
+		store_col_bind(x, i);
+	}
+}
+
 /* The prepared statement q of this connection, prepared now if it is not yet. */
 static MYSQL_STMT *
 store_stmt(struct store *s, unsigned q)
 {
 	struct store_stmt *x = &s->q[q];
-	unsigned i;
 
 	if (x->st != NULL)
 		return x->st;
@@ -296,15 +315,7 @@ store_stmt(struct store *s, unsigned q)
 		x->st = NULL;
 		return NULL;
 	}
-	if (x->col == NULL && (x->ncol = mysql_stmt_field_count(x->st)) > 0) {
-		x->col = xcalloc(x->ncol, sizeof *x->col);
-		x->rb = xcalloc(x->ncol, sizeof *x->rb);
-		for (i = 0; i < x->ncol; i++) {
-			x->col[i].cap = STORE_COLBUF;
-			x->col[i].buf = xmalloc(STORE_COLBUF);
-			store_col_bind(x, i);
-		}
-	}
+	store_cols(x);
 	return x->st;
 }
 
@@ -358,6 +369,7 @@ store__exec(struct store *s, unsigned q, const struct store_param *p, size_t n)
 		store__fail(s, mysql_stmt_errno(st), store_text(s, q));
 		return -1;
 	}
+	store_cols(x);
 	if (x->ncol > 0 && (mysql_stmt_store_result(st) != 0 ||
 	    mysql_stmt_bind_result(st, x->rb) != 0)) {
 		store__fail(s, mysql_stmt_errno(st), store_text(s, q));

@@ -27,17 +27,12 @@ enum {
 	Q_CONV_M4,
 	Q_CONV_M16,
 	Q_CONV_M64,
-	/* Multi-row seq reservation and its read-back (SQL built by send_sql, every size). */
+	/* Multi-row seq reservation, reading the new values back (SQL built by send_sql). */
 	Q_SEQ_M1,
 	Q_SEQ_M2,
 	Q_SEQ_M4,
 	Q_SEQ_M16,
 	Q_SEQ_M64,
-	Q_SEQ_IN1,
-	Q_SEQ_IN2,
-	Q_SEQ_IN4,
-	Q_SEQ_IN16,
-	Q_SEQ_IN64,
 	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
 	Q_MSG_M2,
 	Q_MSG_M4,
@@ -56,8 +51,6 @@ static const unsigned store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG
     Q_MSG_INSERT };
 static const unsigned store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
     Q_SEQ_M1 };
-static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SEQ_IN2,
-    Q_SEQ_IN1 };
 
 /* conv_group, conv_peer: the event's conversation for history (schema/004, index ev_history). */
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id, conv_group, conv_peer)" \
@@ -80,14 +73,15 @@ static const unsigned store_seq_in[] = { Q_SEQ_IN64, Q_SEQ_IN16, Q_SEQ_IN4, Q_SE
 #define MSG_WIDTH	8
 
 /*
- * Reserve seqs of many users with one statement per chunk; the new last_seq values are read back
- * by the IN query (the rows are locked by then, so they hold exactly what this transaction made).
+ * Reserve seqs of many users with one statement per chunk, which also answers the new last_seq
+ * of each row (MariaDB's INSERT ... RETURNING gives the values after ON DUPLICATE KEY UPDATE):
+ * one round trip, where an upsert and a SELECT of the locked rows took two.
  */
 #define SEQ_HEAD	"INSERT INTO user_seq (user_id, last_seq) VALUES "
 #define SEQ_ROW		"(?, ?)"
 #define SEQ_WIDTH	2
-#define SEQ_TAIL	" ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)"
-#define SEQ_IN_HEAD	"SELECT user_id, last_seq FROM user_seq WHERE user_id IN ("
+#define SEQ_TAIL	" ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)" \
+			" RETURNING user_id, last_seq"
 
 /* Entries left NULL are the multi-row forms, built by send_sql. */
 static const char *const send_sql_text[Q_SEND_END - STORE__Q(STORE__SET_SEND)] = {
@@ -117,8 +111,6 @@ send_sql(unsigned i)
 			return store__multi_sql(MSG_HEAD, MSG_ROW, store__chunks[k], "");
 		if (q == store_seq_rows[k])
 			return store__multi_sql(SEQ_HEAD, SEQ_ROW, store__chunks[k], SEQ_TAIL);
-		if (q == store_seq_in[k])
-			return store__multi_sql(SEQ_IN_HEAD, "?", store__chunks[k], ")");
 	}
 	fatal("store: send statement %u has no SQL", q);
 }
@@ -331,42 +323,41 @@ send_recipients(struct store *s, struct send_ctx *c, size_t i)
 
 /*
  * Reserve the seqs of every user of the batch (c->users, sorted, distinct) with multi-row
- * statements: two round trips per chunk instead of one per user. The rows are locked in sorted
- * order, as store__seq_alloc one by one would.
+ * statements that answer the new values: one round trip per chunk, whatever the number of users
+ * (a group send's members included). The rows are locked in sorted order, as store__seq_alloc
+ * one by one would.
  */
 static int
 send_reserve_many(struct store *s, struct send_ctx *c)
 {
 	struct store_param *p;
 	struct send_user key, *u;
-	size_t done, i, k = 0, got;
+	size_t done, k, got = 0;
 	uint64_t last;
+	unsigned q;
 	int rc = -1, f;
 
 	p = xreallocarray(NULL, c->nusers, SEQ_WIDTH * sizeof *p);
-	for (i = 0; i < c->nusers; i++) {
-		p[i * SEQ_WIDTH] = PS(c->users[i].user);
-		p[i * SEQ_WIDTH + 1] = PU(c->users[i].count);
+	for (done = 0; done < c->nusers; done++) {
+		p[done * SEQ_WIDTH] = PS(c->users[done].user);
+		p[done * SEQ_WIDTH + 1] = PU(c->users[done].count);
 	}
-	if (store__exec_rows(s, store_seq_rows, p, c->nusers, SEQ_WIDTH) != 0)
-		goto out;
-	for (i = 0; i < c->nusers; i++)
-		p[i] = PS(c->users[i].user);
-	for (done = got = 0; done < c->nusers; done += store__chunks[k]) {
+	for (done = 0; done < c->nusers; done += store__chunks[k]) {
 		for (k = 0; store__chunks[k] > c->nusers - done; k++)
 			;
-		if (store__exec(s, store_seq_in[k], p + done, store__chunks[k]) != 0)
+		q = store_seq_rows[k];
+		if (store__exec(s, q, p + done * SEQ_WIDTH, store__chunks[k] * SEQ_WIDTH) != 0)
 			goto out;
-		while ((f = store__fetch(s, store_seq_in[k])) == 1) {
-			key.user = store__col_s(s, store_seq_in[k], 0);
-			last = store__col_u(s, store_seq_in[k], 1);
+		while ((f = store__fetch(s, q)) == 1) {
+			key.user = store__col_s(s, q, 0);
+			last = store__col_u(s, q, 1);
 			if (key.user == NULL || (u = bsearch(&key, c->users, c->nusers, sizeof *u,
 			    send_user_cmp)) == NULL)
 				continue;
 			u->next = last - u->count + 1;
 			got++;
 		}
-		store__done(s, store_seq_in[k]);
+		store__done(s, q);
 		if (f < 0)
 			goto out;
 	}
@@ -410,14 +401,7 @@ send_reserve(struct store *s, struct send_ctx *c)
 	}
 	c->users = u;
 	c->nusers = j;
-	/* Up to two users (one message) the one-row form is as few round trips. */
-	if (c->nusers > 2)
-		return send_reserve_many(s, c);
-	for (i = 0; i < c->nusers; i++) {
-		if (store__seq_alloc(s, u[i].user, u[i].count, &u[i].next) != 0)
-			return -1;
-	}
-	return 0;
+	return c->nusers > 0 ? send_reserve_many(s, c) : 0;
 }
 
 /* A message INSERT failed: on a duplicate client_msg_id, re-run looking the ids up first. */
