@@ -876,8 +876,9 @@ bad:
 	return -1;
 }
 
-int
-bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
+/* Send one hint to every peer, and to our own socket when self. */
+static int
+bus_send_all(struct bus *b, int self, enum bus_topic topic, const char *key, uint64_t seq,
     const char *payload, size_t len)
 {
 	unsigned char buf[BUS_DGRAM_MAX];
@@ -897,7 +898,7 @@ bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
 		len = 0;
 	n = bus_encode(buf, topic, key, klen, seq, payload, len);
 
-	if (bus_peer_send(b, b->self, buf, n) != 1)
+	if (self && bus_peer_send(b, b->self, buf, n) != 1)
 		full = 1;
 	if (topic == BUS_SHUTDOWN)
 		goto out;
@@ -913,6 +914,24 @@ out:
 		return -1;
 	}
 	return 0;
+}
+
+int
+bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
+    const char *payload, size_t len)
+{
+	return bus_send_all(b, 1, topic, key, seq, payload, len);
+}
+
+int
+bus_publish_others(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
+    const char *payload, size_t len)
+{
+	if (topic == BUS_SHUTDOWN) {	/* only ever for ourselves */
+		errno = EINVAL;
+		return -1;
+	}
+	return bus_send_all(b, 0, topic, key, seq, payload, len);
 }
 
 static void

@@ -68,6 +68,13 @@ int		 bus_fd(const struct bus *);
 int		 bus_publish(struct bus *, enum bus_topic, const char *key, uint64_t seq,
 		     const char *payload, size_t len);
 /*
+ * bus_publish to the other processes only, for a caller that hands the hint to its own waiters
+ * itself (parley-ws: a worker's hints go straight to its loop, not through its own socket and
+ * bus reader). Same result; BUS_SHUTDOWN is refused (-1/EINVAL).
+ */
+int		 bus_publish_others(struct bus *, enum bus_topic, const char *key, uint64_t seq,
+		     const char *payload, size_t len);
+/*
  * Receive one hint (BUS_LOST included: re-read everything); only the thread owning the loop calls
  * it. 0 got one; -1/EAGAIN none left.
  */

@@ -25,6 +25,8 @@ chat_init(struct chat *ch, const struct config *cfg, struct bus *bus, struct cac
 	ch->store = store_new(cfg);
 	ch->cache = cache_new(cfg, journal);
 	ch->bus = bus;
+	ch->local = NULL;
+	ch->local_arg = NULL;
 }
 
 void
@@ -42,9 +44,17 @@ static void
 chat_publish(struct chat *ch, enum bus_topic topic, const char *key, uint64_t seq,
     const char *payload)
 {
+	size_t len = payload != NULL ? strlen(payload) : 0;
+
+	if (ch->local != NULL) {
+		if (ch->bus != NULL)
+			(void)bus_publish_others(ch->bus, topic, key, seq, payload, len);
+		ch->local(ch->local_arg, topic, key, seq, payload, len);
+		return;
+	}
 	if (ch->bus == NULL)
 		return;
-	(void)bus_publish(ch->bus, topic, key, seq, payload, payload != NULL ? strlen(payload) : 0);
+	(void)bus_publish(ch->bus, topic, key, seq, payload, len);
 }
 
 /*
@@ -105,7 +115,7 @@ chat_message_hint(struct chat *ch, const struct store_send_req *sr,
 	char *ev;
 	size_t i;
 
-	if (ch->bus == NULL)
+	if (ch->bus == NULL && ch->local == NULL)
 		return;
 	memset(&m, 0, sizeof m);
 	m.id = res->server_msg_id;
@@ -370,7 +380,7 @@ chat_presence_fanout(struct chat *ch, const char *user, const char *ev)
 	char *json = NULL;
 	size_t i, n;
 
-	if (ch->bus == NULL)
+	if (ch->bus == NULL && ch->local == NULL)
 		return;
 	if (cache_conversations(ch->cache, ch->store, user, CHAT_PRESENCE_PEERS, &json) != 0) {
 		log_warn("presence of %s: conversations unavailable: %s", user, strerror(errno));

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "bus.h"
 #include "protocol.h"
 #include "store.h"
 
@@ -28,6 +29,14 @@ struct chat {
 	struct store		*store;
 	struct cache		*cache;
 	struct bus		*bus;		/* may be NULL (tools, tests) */
+	/*
+	 * NULL, or where this process's own waiters get its hints: called on the publishing
+	 * thread, and the bus then carries the hint to the other processes only (bus_publish_others).
+	 * payload is NULL when none; it may be longer than the bus would carry inline.
+	 */
+	void			(*local)(void *arg, enum bus_topic, const char *key, uint64_t seq,
+				    const char *payload, size_t len);
+	void			*local_arg;
 };
 
 /*

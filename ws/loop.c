@@ -52,31 +52,57 @@ ws_done_free(struct done *d)
 	free(d);
 }
 
-void
-ws_done_push(struct ws *ws, struct done *d)
+/* Append d to the queue (qlock held); 0 when it was dropped (hint overflow: the loop resyncs). */
+static int
+done_append(struct ws *ws, struct done *d)
 {
-	int wake;
-
 	d->next = NULL;
-	pthread_mutex_lock(&ws->qlock);
 	if (d->kind == DONE_HINT) {
 		if (ws->qhints >= WS_HINTS_MAX) {
 			/* The loop is far behind: forget hints, it resyncs every live connection. */
 			ws->qoverflow = 1;
-			pthread_mutex_unlock(&ws->qlock);
 			ws_done_free(d);
-			return;
+			return 0;
 		}
 		ws->qhints++;
 	}
-	wake = ws->qhead == NULL;
 	if (ws->qtail != NULL)
 		ws->qtail->next = d;
 	else
 		ws->qhead = d;
 	ws->qtail = d;
+	return 1;
+}
+
+void
+ws_done_push(struct ws *ws, struct done *d)
+{
+	d->next = NULL;
+	ws_done_push_chain(ws, d, NULL);
+}
+
+void
+ws_done_push_chain(struct ws *ws, struct done *d, struct done *more)
+{
+	struct done *dn;
+	int wake;
+
+	if (d == NULL) {
+		d = more;
+		more = NULL;
+	}
+	pthread_mutex_lock(&ws->qlock);
+	wake = ws->qhead == NULL;
+	for (; d != NULL; d = dn) {
+		dn = d->next;
+		(void)done_append(ws, d);
+		if (dn == NULL) {
+			dn = more;
+			more = NULL;
+		}
+	}
 	/* Under the lock: main clears ctx (under it too) before destroying the context. */
-	if (wake && ws->ctx != NULL)
+	if (wake && ws->qhead != NULL && ws->ctx != NULL)
 		lws_cancel_service(ws->ctx);
 	pthread_mutex_unlock(&ws->qlock);
 }

@@ -14,11 +14,60 @@
 #include "ws.h"
 #include "xmalloc.h"
 
-/* A worker's context: the daemon and this thread's own MySQL and memcached connections. */
+/*
+ * A worker's context: the daemon and this thread's own MySQL and memcached connections, and what
+ * the job being run has for the loop: its frames (acks, errors) and the hints of its commits for
+ * this process's connections, handed over together at the end of the job (work_flush).
+ */
 struct wctx {
 	struct ws	*ws;
 	struct chat	 chat;
+	struct done	*frames, **ftail;
+	struct done	*hints, **htail;
 };
+
+/*
+ * chat's local hint sink: our own connections get the hint through the loop's queue, not through
+ * our bus socket and bus reader (the bus carries it to the other processes): the same hint, with
+ * no datagram, bus reader wake-up or copy on the way.
+ */
+static void
+work_local_hint(void *arg, enum bus_topic topic, const char *key, uint64_t seq,
+    const char *payload, size_t len)
+{
+	struct wctx *w = arg;
+	struct done *d;
+
+	d = ws_done_new(DONE_HINT, 0);
+	d->topic = topic;
+	d->seq = seq;
+	snprintf(d->key, sizeof d->key, "%s", key != NULL ? key : "");
+	/*
+	 * As the bus would: a payload too long to go inline is left out, and the loop reads the
+	 * event (a paced page for a user's log, so a burst of big messages cannot overflow a
+	 * client's queue; a fetch for a room comment).
+	 */
+	if (payload != NULL && len > 0 && len <= BUS_PAYLOAD_MAX) {
+		d->text = xmalloc(len + 1);
+		memcpy(d->text, payload, len);
+		d->text[len] = '\0';
+		d->len = len;
+	}
+	*w->htail = d;
+	w->htail = &d->next;
+}
+
+/* Hand the job's frames, then its hints, to the loop in one go. */
+static void
+work_flush(struct wctx *w)
+{
+	if (w->frames == NULL && w->hints == NULL)
+		return;
+	ws_done_push_chain(w->ws, w->frames, w->hints);
+	w->frames = w->hints = NULL;
+	w->ftail = &w->frames;
+	w->htail = &w->hints;
+}
 
 static void *
 work_init(void *arg)
@@ -28,6 +77,10 @@ work_init(void *arg)
 	w = xcalloc(1, sizeof *w);
 	w->ws = arg;
 	chat_init(&w->chat, w->ws->cfg, w->ws->bus, w->ws->journal);
+	w->chat.local = work_local_hint;
+	w->chat.local_arg = w;
+	w->ftail = &w->frames;
+	w->htail = &w->hints;
 	return w;
 }
 
@@ -36,6 +89,7 @@ work_free(void *ctx)
 {
 	struct wctx *w = ctx;
 
+	work_flush(w);
 	chat_clear(&w->chat);
 	free(w);
 }
@@ -76,9 +130,9 @@ work_errmsg(int err)
 	}
 }
 
-/* One frame for the connection the job came from. */
+/* One frame for the connection the job came from (handed over by work_flush). */
 static void
-work_frame(struct ws *ws, const struct job *j, char *text, uint16_t close_code)
+work_frame(struct wctx *w, const struct job *j, char *text, uint16_t close_code)
 {
 	struct done *d;
 
@@ -86,27 +140,28 @@ work_frame(struct ws *ws, const struct job *j, char *text, uint16_t close_code)
 	d->text = text;
 	d->len = strlen(text);
 	d->close_code = close_code;
-	ws_done_push(ws, d);
+	*w->ftail = d;
+	w->ftail = &d->next;
 }
 
 static void
-work_error(struct ws *ws, const struct job *j, int err)
+work_error(struct wctx *w, const struct job *j, int err)
 {
-	work_frame(ws, j, protocol_error_frame(protocol_errno_code(err), work_errmsg(err)), 0);
+	work_frame(w, j, protocol_error_frame(protocol_errno_code(err), work_errmsg(err)), 0);
 }
 
 static void
-work_ack(struct ws *ws, const struct job *j, const struct store_send_res *res, int err)
+work_ack(struct wctx *w, const struct job *j, const struct store_send_res *res, int err)
 {
 	const char *cmid = j->req.send.client_msg_id;
 
 	if (err != 0) {
-		work_frame(ws, j, protocol_ack_error(cmid, protocol_errno_code(err),
+		work_frame(w, j, protocol_ack_error(cmid, protocol_errno_code(err),
 		    work_errmsg(err)), 0);
 		return;
 	}
-	metrics_add(&ws->metrics, res->duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
-	work_frame(ws, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq, res->duplicate), 0);
+	metrics_add(&w->ws->metrics, res->duplicate ? M_MESSAGES_DUPLICATE : M_MESSAGES_SENT, 1);
+	work_frame(w, j, protocol_ack_ok(cmid, res->server_msg_id, res->seq, res->duplicate), 0);
 }
 
 /*
@@ -238,7 +293,7 @@ work_room_fetch(struct wctx *w, struct job *j)
 
 /* Run one job. Expected failures become frames here; only EAGAIN goes back for a retry. */
 static int
-work_dispatch(void *ctx, const char *key, int kind, void *data)
+work_run(void *ctx, const char *key, int kind, void *data)
 {
 	struct wctx *w = ctx;
 	struct job *j = data;
@@ -258,10 +313,10 @@ work_dispatch(void *ctx, const char *key, int kind, void *data)
 		if (chat_send(&w->chat, j->user, &j->req.send, &res) != 0) {
 			if (errno == EAGAIN)
 				return -1;
-			work_ack(w->ws, j, NULL, errno);
+			work_ack(w, j, NULL, errno);
 			return 0;
 		}
-		work_ack(w->ws, j, &res, 0);
+		work_ack(w, j, &res, 0);
 		store_send_res_clear(&res);
 		return 0;
 	case JOB_RECEIPT:
@@ -281,7 +336,7 @@ work_dispatch(void *ctx, const char *key, int kind, void *data)
 		return work_room_fetch(w, j);
 	case JOB_HISTORY:
 		if ((rc = chat_history_json(&w->chat, j->user, &j->req.history, 1, &ev)) == 0)
-			work_frame(w->ws, j, ev, 0);
+			work_frame(w, j, ev, 0);
 		break;
 	default:
 		errno = EINVAL;
@@ -292,8 +347,20 @@ work_dispatch(void *ctx, const char *key, int kind, void *data)
 	if (errno == EAGAIN)
 		return -1;
 	if (kind != JOB_PRESENCE_DOWN)
-		work_error(w->ws, j, errno);
+		work_error(w, j, errno);
 	return 0;
+}
+
+static int
+work_dispatch(void *ctx, const char *key, int kind, void *data)
+{
+	int rc, err;
+
+	rc = work_run(ctx, key, kind, data);
+	err = errno;
+	work_flush(ctx);
+	errno = err;
+	return rc;
 }
 
 static int
@@ -308,7 +375,7 @@ work_batchable(int kind)
  * fails gets its own error ack and does not fail the others.
  */
 static int
-work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n, int *err)
+work_run_batch(void *ctx, const char *key, int kind, void **data, size_t n, int *err)
 {
 	struct wctx *w = ctx;
 	struct store_send_req *reqs;
@@ -338,13 +405,25 @@ work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n,
 		j = data[i];
 		if (err[i] == EAGAIN)
 			continue;	/* escalated by the pool: failed() answers it */
-		work_ack(w->ws, j, &res[i], err[i]);
+		work_ack(w, j, &res[i], err[i]);
 		err[i] = 0;
 		store_send_res_clear(&res[i]);
 	}
 	free(res);
 	free(reqs);
 	return 0;
+}
+
+static int
+work_dispatch_batch(void *ctx, const char *key, int kind, void **data, size_t n, int *err)
+{
+	int rc, e;
+
+	rc = work_run_batch(ctx, key, kind, data, n, err);
+	e = errno;
+	work_flush(ctx);
+	errno = e;
+	return rc;
 }
 
 /* Out of retries (MySQL down for longer than the backoff) or a bug: tell the client. */
@@ -370,15 +449,16 @@ work_failed(void *ctx, const char *key, int kind, void *data, int err)
 		ws_done_push(w->ws, d);
 		break;
 	case JOB_SEND:
-		work_ack(w->ws, j, NULL, err);
+		work_ack(w, j, NULL, err);
 		break;
 	case JOB_PRESENCE_DOWN:
 	case JOB_ROOM_FETCH:
 		break;
 	default:
-		work_error(w->ws, j, err);
+		work_error(w, j, err);
 		break;
 	}
+	work_flush(w);
 }
 
 const struct actor_ops ws_actor_ops = {

@@ -92,7 +92,7 @@ struct ws {
 	struct metrics		 metrics;
 	char			 node[PARLEY_ID_MAX + 1];	/* presence node id */
 	int			 page_limit;	/* events per replay page */
-	unsigned		 send_shards;	/* send actors ("send:N"), one per 4 workers */
+	unsigned		 send_shards;	/* send actors ("send:N"), one per 8 workers */
 	size_t			 max_conns;	/* ws.max_connections, lowered to fit RLIMIT_NOFILE */
 
 	/* Completion queue: any thread pushes, the loop drains. */
@@ -143,6 +143,11 @@ struct held {
 
 /* Any thread: hand d to the loop (takes ownership) and wake it. */
 void	ws_done_push(struct ws *, struct done *);
+/*
+ * Any thread: hand two chains (linked by next, NULL-terminated; either may be NULL) to the loop
+ * in this order, under one lock and with at most one wake-up.
+ */
+void	ws_done_push_chain(struct ws *, struct done *, struct done *);
 struct done *ws_done_new(enum done_kind, uint64_t conn);
 void	ws_done_free(struct done *);
 
