@@ -340,10 +340,12 @@ main(int argc, char **argv)
 	pthread_mutex_init(&ws.qlock, NULL);
 	ws.page_limit = cfg.page_max < 200 ? cfg.page_max : 200;
 	/*
-	 * One send shard per four workers: fewer shards make bigger group commits (fewer MySQL
+	 * One send shard per eight workers: fewer shards make bigger group commits (fewer MySQL
 	 * round trips and wake-ups per message); the other workers stay free for auth and replays.
+	 * With 8 workers on 2 cores at 2,000 msgs/s one shard instead of two cut both parley-ws's
+	 * and MySQL's CPU per message by about a third (docs/benchmarks.md).
 	 */
-	ws.send_shards = cfg.actor_workers > 0 ? ((unsigned)cfg.actor_workers + 3) / 4 : 1;
+	ws.send_shards = cfg.actor_workers > 0 ? ((unsigned)cfg.actor_workers + 7) / 8 : 1;
 	ws.held = xcalloc(ws.send_shards, sizeof *ws.held);
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
