@@ -393,6 +393,8 @@ conn_unregister(struct conns *cs, struct conn *c)
 	c->rxlen = 0;
 }
 
+static void conn_queue_append(struct conn *, struct frame *);
+
 void
 conn_queue_force(struct conn *c, const char *text, size_t len)
 {
@@ -401,7 +403,15 @@ conn_queue_force(struct conn *c, const char *text, size_t len)
 	f = xmalloc(sizeof *f + LWS_PRE + len);
 	f->next = NULL;
 	f->len = len;
+	f->sh = NULL;
 	memcpy(f->buf + LWS_PRE, text, len);
+	conn_queue_append(c, f);
+}
+
+/* Append f to c's queue and count it. */
+static void
+conn_queue_append(struct conn *c, struct frame *f)
+{
 	if (c->qtail != NULL)
 		c->qtail->next = f;
 	else {
@@ -409,7 +419,7 @@ conn_queue_force(struct conn *c, const char *text, size_t len)
 		c->progress_ms = parley_mono_ms();
 	}
 	c->qtail = f;
-	c->qbytes += (uint32_t)len;
+	c->qbytes += (uint32_t)f->len;
 	c->qframes++;
 }
 
@@ -420,6 +430,7 @@ conn_queue_first(struct conn *c, const char *text, size_t len)
 
 	f = xmalloc(sizeof *f + LWS_PRE + len);
 	f->len = len;
+	f->sh = NULL;
 	memcpy(f->buf + LWS_PRE, text, len);
 	f->next = c->qhead;
 	if (c->qhead == NULL) {
@@ -457,13 +468,65 @@ conn_dequeue(struct conn *c)
 	return f;
 }
 
+int
+conn_queue_shared(struct conn *c, struct frame_shared *sh, size_t max_bytes, size_t max_frames)
+{
+	struct frame *f;
+
+	if ((size_t)c->qbytes + sh->len > max_bytes || (size_t)c->qframes + 1 > max_frames) {
+		errno = ENOBUFS;
+		return -1;
+	}
+	f = xmalloc(sizeof *f);
+	f->next = NULL;
+	f->len = sh->len;
+	f->sh = sh;
+	sh->refs++;
+	conn_queue_append(c, f);
+	return 0;
+}
+
+unsigned char *
+conn_frame_data(struct frame *f)
+{
+	return (f->sh != NULL ? f->sh->buf : f->buf) + LWS_PRE;
+}
+
+void
+conn_frame_free(struct frame *f)
+{
+	if (f == NULL)
+		return;
+	frame_shared_unref(f->sh);
+	free(f);
+}
+
+struct frame_shared *
+frame_shared_new(const char *text, size_t len)
+{
+	struct frame_shared *sh;
+
+	sh = xmalloc(sizeof *sh + LWS_PRE + len);
+	sh->refs = 1;
+	sh->len = len;
+	memcpy(sh->buf + LWS_PRE, text, len);
+	return sh;
+}
+
+void
+frame_shared_unref(struct frame_shared *sh)
+{
+	if (sh != NULL && --sh->refs == 0)
+		free(sh);
+}
+
 void
 conn_queue_drop(struct conn *c)
 {
 	struct frame *f;
 
 	while ((f = conn_dequeue(c)) != NULL)
-		free(f);
+		conn_frame_free(f);
 }
 
 void

@@ -25,11 +25,23 @@ enum conn_state {
 	CONN_CLOSING		/* close queued: takes nothing more */
 };
 
-/* One outbound text frame, with lws's LWS_PRE headroom in front of the payload. */
-struct frame {
-	struct frame	*next;
+/*
+ * A payload queued to many connections (a room comment to every listener): encoded and copied
+ * once, counted, freed with its last frame. lws writes the frame header into the LWS_PRE bytes in
+ * front of it; one loop thread and one header for one payload make that safe to share.
+ */
+struct frame_shared {
+	unsigned	 refs;
 	size_t		 len;
 	unsigned char	 buf[];		/* LWS_PRE + len bytes */
+};
+
+/* One outbound text frame, with lws's LWS_PRE headroom in front of the payload. */
+struct frame {
+	struct frame		*next;
+	size_t			 len;
+	struct frame_shared	*sh;	/* NULL: the payload is in buf */
+	unsigned char		 buf[];	/* LWS_PRE + len bytes, none when sh */
 };
 
 /* A replay page fetched from MySQL, handed to the queue as it drains. */
@@ -162,7 +174,16 @@ int		 conn_queue(struct conn *, const char *text, size_t len, size_t max_bytes,
 void		 conn_queue_force(struct conn *, const char *text, size_t len);
 /* Queue in front of everything (ready: answers to frames taken while authenticating wait). */
 void		 conn_queue_first(struct conn *, const char *text, size_t len);
+/* Queue a shared payload (one reference more) within the limits, as conn_queue. */
+int		 conn_queue_shared(struct conn *, struct frame_shared *, size_t max_bytes,
+		     size_t max_frames);
 struct frame	*conn_dequeue(struct conn *);
+/* The payload of f (LWS_PRE bytes of headroom in front), and freeing a dequeued frame. */
+unsigned char	*conn_frame_data(struct frame *);
+void		 conn_frame_free(struct frame *);
+/* A shared payload with one reference (the caller's): copies text. */
+struct frame_shared *frame_shared_new(const char *text, size_t len);
+void		 frame_shared_unref(struct frame_shared *);
 void		 conn_queue_drop(struct conn *);
 void		 conn_backlog_free(struct conn *);
 

@@ -22,6 +22,7 @@
 #define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
 #define WS_HELD_RETRY_US (5 * 1000)	/* a full send shard is tried again after this */
 #define WS_STALL_MS	5000	/* pending frames and none taken for this long: too slow */
+#define WS_WRITE_BURST	16	/* most frames written in one writable callback */
 
 static void loop_pump(struct ws *, struct conn *);
 
@@ -886,19 +887,36 @@ loop_user_event(struct ws *ws, struct conn *c, const struct done *d)
 	loop_fetch(ws, c);
 }
 
+/*
+ * A room comment to every listener of this process: its text (encoded once, by the poster) is
+ * copied once into a shared payload that every listener's queue points to. A listener whose queue
+ * is full is cut off (loop_slow) and the others go on: a slow one never holds the room back.
+ */
 static void
 loop_room_event(struct ws *ws, const char *room, const char *text, size_t len)
 {
 	struct conn_room *r;
 	struct room_join *j, *jn;
+	struct frame_shared *sh = NULL;
+	struct conn *c;
 
 	if ((r = conns_room(ws->conns, room)) == NULL)
 		return;
 	for (j = r->head; j != NULL; j = jn) {
-		jn = j->rnext;	/* loop_send never unlinks, but stay safe */
-		if (j->conn->state == CONN_READY)
-			loop_send(ws, j->conn, text, len);
+		jn = j->rnext;	/* loop_slow never unlinks, but stay safe */
+		c = j->conn;
+		if (c->state != CONN_READY)
+			continue;
+		if (sh == NULL)
+			sh = frame_shared_new(text, len);
+		if (conn_queue_shared(c, sh, ws->cfg->ws_queue_bytes,
+		    (size_t)ws->cfg->ws_queue_frames) != 0) {
+			loop_slow(ws, c);
+			continue;
+		}
+		loop_writable(c);
 	}
+	frame_shared_unref(sh);
 }
 
 static void
@@ -1322,7 +1340,7 @@ loop_writeable(struct ws *ws, struct conn *c)
 	/* A ping with a payload: lws passes an empty pong on to no callback, and we need to see it. */
 	unsigned char ping[LWS_PRE + 1] = { [LWS_PRE] = 'p' };
 	struct frame *f;
-	int n;
+	int n, burst;
 
 	c->writable_asked = 0;
 	if (c->state == CONN_CLOSING && c->close_reason == NULL)	/* loop_drop */
@@ -1337,7 +1355,7 @@ loop_writeable(struct ws *ws, struct conn *c)
 	}
 	if (c->state == CONN_AUTHING)
 		return 0;	/* "ready" goes first: loop_ready asks again */
-	if ((f = conn_dequeue(c)) == NULL) {
+	if (c->qhead == NULL) {
 		if (c->state == CONN_CLOSING) {
 			lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
 			    (unsigned char *)(uintptr_t)c->close_reason, strlen(c->close_reason));
@@ -1345,16 +1363,26 @@ loop_writeable(struct ws *ws, struct conn *c)
 		}
 		return 0;
 	}
-	n = lws_write(c->wsi, f->buf + LWS_PRE, f->len, LWS_WRITE_TEXT);
-	free(f);
-	if (n < 0)
-		return -1;
-	c->progress_ms = parley_mono_ms();
-	metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
-	if (c->rx_qpaused)
-		loop_rx_answers_taken(ws, c);
-	if (c->backlog != NULL)
-		loop_pump(ws, c);
+	/*
+	 * Up to WS_WRITE_BURST frames while the socket takes them whole: lws_send_pipe_choked()
+	 * between two lws_write()s is what lws asks for (it refuses a back-to-back write without
+	 * it), and it costs one poll() where another writable round costs two epoll_ctl()s and a
+	 * wake-up (an ack and the sender's own copy of its message usually leave together).
+	 */
+	for (burst = 0; burst < WS_WRITE_BURST && (f = conn_dequeue(c)) != NULL; burst++) {
+		n = lws_write(c->wsi, conn_frame_data(f), f->len, LWS_WRITE_TEXT);
+		conn_frame_free(f);
+		if (n < 0)
+			return -1;
+		c->progress_ms = parley_mono_ms();
+		metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
+		if (c->rx_qpaused)
+			loop_rx_answers_taken(ws, c);
+		if (c->backlog != NULL)
+			loop_pump(ws, c);
+		if (c->qhead == NULL || lws_send_pipe_choked(c->wsi))
+			break;
+	}
 	if (c->qhead != NULL || c->state == CONN_CLOSING)
 		loop_writable(c);
 	return 0;

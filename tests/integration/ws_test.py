@@ -933,6 +933,67 @@ async def slow_reader_cut_off(env):
         await c.close()
 
 
+@test
+async def room_slow_listener_cut_off(env):
+    # One room frame shared by every listener: a listener that stops reading is cut off by its
+    # own queue's limit (env.slow: 64 frames) and the room goes on; the fast listeners all get the
+    # same comments, each one whole, and a comment after the cut-off reaches them at once.
+    room = uname("room")
+    posters = [await connect(env.slow, uname("poster"), sync=0) for _ in range(40)]
+    fast = [await connect(env.slow, uname("fast"), sync=0) for _ in range(3)]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", env.slow.port))
+    s = await connect(env.slow, uname("slow"), sock=sock, max_queue=1, read_limit=4096)
+    for c in fast + [s]:
+        await c.send({"type": "join_room", "room": room})
+        await c.send({"type": "ping"})
+        await c.next(lambda m: m.get("type") == "pong")
+    s.ws.transport.pause_reading()
+    before = env.slow.metric("ws_slow_closed_total")
+    text = "z" * 490
+    posted = 0
+    t_end = time.monotonic() + 30
+    while time.monotonic() < t_end and env.slow.metric("ws_slow_closed_total") == before:
+        # About 9 comments per poster per second, under the limit of 10 (a comment the server
+        # takes late may still be refused: those are simply not delivered).
+        for p in posters:
+            await p.send({"type": "room_message", "room": room, "text": "%s %d" % (text, posted)})
+            posted += 1
+        await asyncio.sleep(0.11)
+    assert env.slow.metric("ws_slow_closed_total") == before + 1, "slow listener not cut off after %d comments" % posted
+    seen = []
+    for f in fast:
+        got = {}
+        while True:
+            try:
+                m = await f.next(lambda m: m.get("type") == "room_message", 1.0)
+            except AssertionError:
+                break
+            assert m["comment"]["text"].startswith(text + " "), "a comment was cut"
+            assert m["comment"]["id"] not in got, "a comment came twice"
+            got[m["comment"]["id"]] = m["comment"]["text"]
+        seen.append(got)
+    assert len(seen[0]) > posted // 2, "%d of %d comments delivered" % (len(seen[0]), posted)
+    assert all(g == seen[0] for g in seen), "the fast listeners got different comments"
+    # The room goes on at once for the others.
+    late = await connect(env.slow, uname("late"), sync=0)
+    t0 = time.monotonic()
+    await late.send({"type": "room_message", "room": room, "text": "after the cut"})
+    for f in fast:
+        m = await f.next(lambda m: m.get("type") == "room_message", 3)
+        assert m["comment"]["text"] == "after the cut", m
+    assert time.monotonic() - t0 < 1.0
+    s.ws.transport.resume_reading()
+    try:
+        while True:
+            await asyncio.wait_for(s.ws.recv(), 5)
+    except websockets.ConnectionClosed:
+        pass
+    for c in posters + fast + [late]:
+        await c.close()
+
+
 # --- across processes and transports ---------------------------------------------------------
 
 @test
