@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -23,6 +24,7 @@
 #include "config.h"
 #include "log.h"
 #include "parley.h"
+#include "store.h"
 #include "xmalloc.h"
 
 /*
@@ -73,6 +75,18 @@ struct bench {
 	int		 port;
 	int		 mysqld_pid;	/* its CPU is measured too when known (0: not) */
 	char		 run[16];
+	/* --room: listeners spread over two daemons (ports[i % 2]), comments tracked by number. */
+	int		 room_mode;
+	int		 ports[2];
+	int		 nlisten;
+	uint64_t	 pongs, room_frames;
+	int64_t		*room_sent;	/* send time of comment k (us), 0 when not sent */
+	int64_t		*room_last;	/* latest arrival of comment k at a listener */
+	int		*room_got;	/* listeners that got comment k */
+	size_t		 room_max;
+	/* --group: the same arrays by message number, and each message's ack time. */
+	int		 group_mode;
+	int64_t		*group_ack;
 };
 
 /* One server under test (parley-ws or the peer) and its figures. */
@@ -199,12 +213,12 @@ proc_thread_cpu(int pid, struct thread_cpu *tc)
 /* The CPU of each kind of thread between a and b, per 1,000 deliveries. */
 static void
 print_thread_cpu(const struct thread_cpu *a, const struct thread_cpu *b, uint64_t delivered,
-    const char *pfx)
+    const char *pfx, const char *unit)
 {
 	long long d;
 	int i, k;
 
-	printf("%sdaemon CPU by thread, ms per 1,000 delivered:", pfx);
+	printf("%sdaemon CPU by thread, ms per %s:", pfx, unit);
 	for (i = 0; i < b->n; i++) {
 		d = b->ticks[i];
 		for (k = 0; k < a->n; k++) {
@@ -244,6 +258,62 @@ ws_send(struct bconn *c, int opcode, const char *p, size_t len)
 	return w == (ssize_t)(h + len) ? 0 : -1;
 }
 
+/* --room: a pong (join confirmed) or a comment "t=SENT_US k=N" reaching a listener. */
+static void
+on_room_text(struct bench *b, const char *p)
+{
+	const char *t;
+	char *e;
+	long long k;
+	int64_t now;
+
+	if (strncmp(p, "{\"type\":\"pong\"", 14) == 0) {
+		b->pongs++;
+		return;
+	}
+	if (strncmp(p, "{\"type\":\"room_message\"", 22) != 0 ||
+	    (t = strstr(p, "\"text\":\"t=")) == NULL || (t = strstr(t, " k=")) == NULL)
+		return;
+	k = strtoll(t + 3, &e, 10);
+	if (k < 0 || (size_t)k >= b->room_max)
+		return;
+	now = now_us();
+	b->room_frames++;
+	b->room_got[k]++;
+	if (now > b->room_last[k])
+		b->room_last[k] = now;
+}
+
+/* --group: the sender's acks (client_msg_id "gK") and members' frames of message K. */
+static void
+on_group_text(struct bench *b, struct bconn *c, const char *p)
+{
+	const char *t;
+	long long k;
+	int64_t now = now_us();
+
+	if (strncmp(p, "{\"type\":\"ack\"", 13) == 0) {
+		if ((t = strstr(p, "\"client_msg_id\":\"g")) == NULL)
+			return;
+		k = strtoll(t + 18, NULL, 10);
+		if (k >= 0 && (size_t)k < b->room_max && strstr(p, "\"status\":\"success\"") != NULL)
+			b->group_ack[k] = now;
+		else if (b->ack_errors++ == 0)
+			snprintf(b->first_error, sizeof b->first_error, "%.150s", p);
+		return;
+	}
+	if (c->role == 1 || strncmp(p, "{\"type\":\"new_message\"", 21) != 0 ||
+	    (t = strstr(p, "\"content\":\"t=")) == NULL || (t = strstr(t, " k=")) == NULL)
+		return;
+	k = strtoll(t + 3, NULL, 10);
+	if (k < 0 || (size_t)k >= b->room_max)
+		return;
+	b->room_frames++;
+	b->room_got[k]++;
+	if (now > b->room_last[k])
+		b->room_last[k] = now;
+}
+
 static void
 on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
 {
@@ -255,11 +325,19 @@ on_text(struct bench *b, struct bconn *c, const char *p, size_t len)
 		b->ready++;
 		return;
 	}
+	if (b->group_mode) {
+		on_group_text(b, c, p);
+		return;
+	}
 	if (strncmp(p, "{\"type\":\"ack\"", 13) == 0) {
 		if (strstr(p, "\"status\":\"success\"") != NULL)
 			b->acks++;
 		else if (b->ack_errors++ == 0)
 			snprintf(b->first_error, sizeof b->first_error, "%.*s", (int)len, p);
+		return;
+	}
+	if (b->room_mode) {
+		on_room_text(b, p);
 		return;
 	}
 	if (c->role != 2 || strncmp(p, "{\"type\":\"new_message\"", 21) != 0)
@@ -411,7 +489,8 @@ conn_open(struct bench *b, int i, const char *secret)
 		return -1;
 	memset(&dst, 0, sizeof dst);
 	dst.sin_family = AF_INET;
-	dst.sin_port = htons((uint16_t)b->port);
+	dst.sin_port = htons((uint16_t)(b->room_mode && i < b->nlisten ? b->ports[i % 2] :
+	    b->port));
 	inet_pton(AF_INET, b->host, &dst.sin_addr);
 	if (connect(c->fd, (struct sockaddr *)&dst, sizeof dst) == -1)
 		return -1;
@@ -483,7 +562,8 @@ spawn(const char *bin, char *const argv[], const char *logpath)
  * (keys may not be set twice), plus ours, in dir. Returns the pid; *cfgpath is the written file.
  */
 static pid_t
-daemon_start(const char *dir, const char *base, int port, int conns, int workers, char **cfgpath)
+daemon_start(const char *dir, const char *base, int port, int conns, int workers, char **cfgpath,
+    const char *busdir)
 {
 	char line[1024], *bin, *bdir, *logpath;
 	const char *skip[] = { "[bus]", "[ws]", "[actor]", "[log]" };
@@ -508,9 +588,13 @@ daemon_start(const char *dir, const char *base, int port, int conns, int workers
 	}
 	fclose(in);
 	/* Every connection comes from one of 8 loopback addresses: ws.max_per_ip must not bite. */
-	fprintf(out, "\n[bus]\ndir = %s/bus\n[ws]\nlisten = 127.0.0.1\nport = %d\n"
+	if (busdir != NULL)
+		fprintf(out, "\n[bus]\ndir = %s\n", busdir);
+	else
+		fprintf(out, "\n[bus]\ndir = %s/bus\n", dir);
+	fprintf(out, "[ws]\nlisten = 127.0.0.1\nport = %d\n"
 	    "max_connections = %d\nmax_per_ip = %d\n[actor]\nworkers = %d\n[log]\nlevel = warn\n",
-	    dir, port, conns + 100, conns + 100, workers);
+	    port, conns + 100, conns + 100, workers);
 	fclose(out);
 	bdir = getenv("PARLEY_BUILDDIR");
 	xasprintf(&bin, "%s/parley-ws", bdir != NULL ? bdir : ".");
@@ -732,7 +816,7 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 		printf("%sdaemon CPU: %.2f s for %" PRIu64 " deliveries: %.1f ms per 1,000 delivered "
 		    "messages\n", pfx, (double)(cpu1 - cpu0) / (double)sysconf(_SC_CLK_TCK),
 		    b->delivered, s->cpu_ms);
-		print_thread_cpu(&tc0, &tc1, b->delivered, pfx);
+		print_thread_cpu(&tc0, &tc1, b->delivered, pfx, "1,000 delivered");
 		if (mcpu0 >= 0 && mcpu1 >= 0)
 			printf("%smysqld CPU (pid %d): %.2f s: %.1f ms per 1,000 delivered messages\n",
 			    pfx, b->mysqld_pid, (double)(mcpu1 - mcpu0) /
@@ -810,14 +894,334 @@ print_ratios(const struct side *pw, const struct side *peer, int conns)
 		    "as an error\n", who(side_msgs_ok(pw), side_msgs_ok(peer)));
 }
 
+/*
+ * --room: b->nlisten listeners on one room, spread over two parley-ws processes (one bus), and
+ * posters (10 comments/s each, the default limits.room_rate_per_sec) on the first process
+ * posting rate comments/s in total for secs seconds. Each comment's latency is from its post to
+ * its arrival at the last listener; printed: p50/p99/max of that over the comments every
+ * listener got, the deliveries, and both daemons' CPU per 1,000 comments.
+ */
+static void
+bench_room(struct bench *b, const int *pids, const char *secret, int posters, int rate, int secs)
+{
+	char msg[256], room[64];
+	long long cpu0[2], cpu1[2], mcpu0 = -1, mcpu1 = -1;
+	int64_t t0, next, end, k = 0, *lat;
+	size_t nlat = 0, complete = 0, i;
+	double per_tick, owed = 0;
+	struct thread_cpu tc0[2], tc1[2];
+	int n, d, total = b->nlisten + posters;
+
+	b->c = xcalloc((size_t)total, sizeof *b->c);
+	b->ep = epoll_create1(0);
+	b->room_max = (size_t)rate * (size_t)secs + 16;
+	b->room_sent = xcalloc(b->room_max, sizeof *b->room_sent);
+	b->room_last = xcalloc(b->room_max, sizeof *b->room_last);
+	b->room_got = xcalloc(b->room_max, sizeof *b->room_got);
+	snprintf(room, sizeof room, "bench_room_%s", b->run);
+	t0 = now_us();
+	for (i = 0; i < (size_t)total; i++) {
+		if (conn_open(b, (int)i, secret) != 0)
+			fatal("connection %zu: %s", i, strerror(errno));
+		if (i % 200 == 199)
+			while (b->ready + b->dead < (int)i - 1000)
+				poll_once(b, 10);
+	}
+	while (b->ready + b->dead < total && now_us() - t0 < 120 * 1000000LL)
+		poll_once(b, 50);
+	printf("room: connections: %d ready, %d failed, in %.1f s (%d listeners over 2 processes, "
+	    "%d posters)\n", b->ready, b->dead, (double)(now_us() - t0) / 1e6, b->nlisten, posters);
+	/* Join, then a ping: its pong says the join before it was taken. */
+	n = snprintf(msg, sizeof msg, "{\"type\":\"join_room\",\"room\":\"%s\"}", room);
+	for (i = 0; i < (size_t)b->nlisten; i++) {
+		ws_send(&b->c[i], 0x1, msg, (size_t)n);
+		ws_send(&b->c[i], 0x1, "{\"type\":\"ping\"}", 15);
+	}
+	for (end = now_us() + 30000000; now_us() < end && b->pongs < (uint64_t)b->nlisten;)
+		poll_once(b, 10);
+	printf("room: %" PRIu64 " of %d listeners joined\n", b->pongs, b->nlisten);
+	for (end = now_us() + 1000000; now_us() < end;)
+		poll_once(b, 10);
+	for (d = 0; d < 2; d++) {
+		cpu0[d] = proc_cpu_ticks(pids[d]);
+		proc_thread_cpu(pids[d], &tc0[d]);
+	}
+	if (b->mysqld_pid > 0)
+		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
+	t0 = now_us();
+	end = t0 + (int64_t)secs * 1000000;
+	per_tick = rate / 1000.0;
+	next = t0;
+	while (now_us() < end) {
+		poll_once(b, 0);
+		if (now_us() < next) {
+			poll_once(b, 1);
+			continue;
+		}
+		next += 1000;
+		owed += per_tick;
+		while (owed >= 1 && (size_t)k < b->room_max) {
+			owed -= 1;
+			b->room_sent[k] = now_us();
+			n = snprintf(msg, sizeof msg, "{\"type\":\"room_message\",\"room\":\"%s\","
+			    "\"text\":\"t=%" PRId64 " k=%" PRId64 "\"}", room, b->room_sent[k], k);
+			ws_send(&b->c[b->nlisten + (int)(k % posters)], 0x1, msg, (size_t)n);
+			k++;
+		}
+	}
+	for (end = now_us() + 5000000; now_us() < end &&
+	    b->room_frames < (uint64_t)k * (uint64_t)b->nlisten;)
+		poll_once(b, 10);
+	for (d = 0; d < 2; d++) {
+		cpu1[d] = proc_cpu_ticks(pids[d]);
+		proc_thread_cpu(pids[d], &tc1[d]);
+	}
+	if (b->mysqld_pid > 0)
+		mcpu1 = proc_cpu_ticks(b->mysqld_pid);
+	lat = xcalloc((size_t)k + 1, sizeof *lat);
+	for (i = 0; i < (size_t)k; i++) {
+		if (b->room_got[i] >= b->nlisten) {
+			complete++;
+			lat[nlat++] = b->room_last[i] - b->room_sent[i];
+		}
+	}
+	qsort(lat, nlat, sizeof *lat, cmp64);
+	printf("room: %" PRId64 " comments posted in %d s (%d/s target), %" PRIu64 " frames received "
+	    "of %" PRId64 ", %zu comments reached every listener\n", k, secs, rate, b->room_frames,
+	    k * b->nlisten, complete);
+	if (nlat > 0)
+		printf("room: latency post -> last listener's frame: p50 %.2f ms, p90 %.2f ms, "
+		    "p99 %.2f ms, max %.2f ms\n", lat[nlat / 2] / 1000.0, lat[nlat * 9 / 10] / 1000.0,
+		    lat[nlat * 99 / 100] / 1000.0, lat[nlat - 1] / 1000.0);
+	for (d = 0; d < 2 && k > 0; d++) {
+		printf("room: daemon %d CPU: %.2f s: %.1f ms per 1,000 comments; ", d + 1,
+		    (double)(cpu1[d] - cpu0[d]) / (double)sysconf(_SC_CLK_TCK),
+		    (double)(cpu1[d] - cpu0[d]) * 1000.0 / (double)sysconf(_SC_CLK_TCK) /
+		    ((double)k / 1000.0));
+		print_thread_cpu(&tc0[d], &tc1[d], (uint64_t)k, "", "1,000 comments");
+	}
+	if (mcpu0 >= 0 && k > 0)
+		printf("room: mysqld CPU: %.1f ms per 1,000 comments\n", (double)(mcpu1 - mcpu0) *
+		    1000.0 / (double)sysconf(_SC_CLK_TCK) / ((double)k / 1000.0));
+	free(lat);
+	for (i = 0; i < (size_t)total; i++) {
+		if (b->c[i].fd >= 0)
+			close(b->c[i].fd);
+		free(b->c[i].rx);
+	}
+	free(b->c);
+	b->c = NULL;
+	close(b->ep);
+}
+
+/* p50 / p99 / max of n latencies (us, sorted in place) as "p50 X ms, p99 Y ms, max Z ms". */
+static void
+print_lat(const char *what, int64_t *v, size_t n)
+{
+	if (n == 0) {
+		printf("%s: none\n", what);
+		return;
+	}
+	qsort(v, n, sizeof *v, cmp64);
+	printf("%s: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms (%zu)\n", what,
+	    v[n / 2] / 1000.0, v[n * 9 / 10] / 1000.0, v[n * 99 / 100] / 1000.0, v[n - 1] / 1000.0,
+	    n);
+}
+
+/*
+ * --group MEMBERS --online M: a group of MEMBERS users (created in MySQL directly, as the
+ * store does for POST /groups), M of them connected (the first one sends), rate group messages
+ * per second for secs seconds. Printed: send -> ack and ack -> the last online member's frame,
+ * and parley-ws's and mysqld's CPU per group message.
+ */
+static void
+bench_group(struct bench *b, int pid, const struct config *cfg, int members, int rate, int secs)
+{
+	char msg[256], name[PARLEY_ID_MAX + 1], **mv;
+	long long cpu0, cpu1, mcpu0 = -1, mcpu1 = -1;
+	int64_t t0, next, end, k = 0, *acklat, *fanlat;
+	size_t nack = 0, nfan = 0, i;
+	struct store_targets t;
+	struct thread_cpu tc0, tc1;
+	struct store *st;
+	double per_tick, owed = 0;
+	uint64_t g = 0;
+	int n;
+
+	/* The group: created before any member connects (each one's "ready" is after it). */
+	mv = xcalloc((size_t)members, sizeof *mv);
+	for (i = 0; i < (size_t)members; i++) {
+		snprintf(name, sizeof name, "bench_%s_%zu", b->run, i);
+		mv[i] = xstrdup(name);
+	}
+	memset(&t, 0, sizeof t);
+	st = store_new(cfg);
+	t0 = now_us();
+	if (store_group_create(st, mv[0], "bench group", mv, (size_t)members, &g, &t) != 0)
+		fatal("group of %d: %s", members, strerror(errno));
+	printf("group: %d members created in %.2f s (group %" PRIu64 ")\n", members,
+	    (double)(now_us() - t0) / 1e6, g);
+	store_targets_clear(&t);
+	store_free(st);
+	for (i = 0; i < (size_t)members; i++)
+		free(mv[i]);
+	free(mv);
+
+	b->c = xcalloc((size_t)b->n, sizeof *b->c);
+	b->ep = epoll_create1(0);
+	b->room_max = (size_t)rate * (size_t)secs + 16;
+	b->room_sent = xcalloc(b->room_max, sizeof *b->room_sent);
+	b->room_last = xcalloc(b->room_max, sizeof *b->room_last);
+	b->room_got = xcalloc(b->room_max, sizeof *b->room_got);
+	b->group_ack = xcalloc(b->room_max, sizeof *b->group_ack);
+	t0 = now_us();
+	for (i = 0; i < (size_t)b->n; i++) {
+		if (conn_open(b, (int)i, cfg->jwt_secret) != 0)
+			fatal("connection %zu: %s", i, strerror(errno));
+		if (i % 200 == 199)
+			while (b->ready + b->dead < (int)i - 1000)
+				poll_once(b, 10);
+	}
+	while (b->ready + b->dead < b->n && now_us() - t0 < 120 * 1000000LL)
+		poll_once(b, 50);
+	b->c[0].role = 1;
+	printf("group: %d of %d members online (WebSocket), %d failed, in %.1f s\n", b->ready, b->n,
+	    b->dead, (double)(now_us() - t0) / 1e6);
+	for (end = now_us() + 1000000; now_us() < end;)
+		poll_once(b, 10);
+	cpu0 = proc_cpu_ticks(pid);
+	proc_thread_cpu(pid, &tc0);
+	if (b->mysqld_pid > 0)
+		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
+	t0 = now_us();
+	end = t0 + (int64_t)secs * 1000000;
+	per_tick = rate / 1000.0;
+	next = t0;
+	while (now_us() < end) {
+		poll_once(b, 0);
+		if (now_us() < next) {
+			poll_once(b, 1);
+			continue;
+		}
+		next += 1000;
+		owed += per_tick;
+		while (owed >= 1 && (size_t)k < b->room_max) {
+			owed -= 1;
+			b->room_sent[k] = now_us();
+			n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":"
+			    "\"g%" PRId64 "\",\"group_id\":%" PRIu64 ",\"content\":\"t=%" PRId64
+			    " k=%" PRId64 "\"}", k, g, b->room_sent[k], k);
+			ws_send(&b->c[0], 0x1, msg, (size_t)n);
+			k++;
+		}
+	}
+	for (end = now_us() + 10000000; now_us() < end &&
+	    b->room_frames < (uint64_t)k * (uint64_t)(b->ready - 1);)
+		poll_once(b, 10);
+	cpu1 = proc_cpu_ticks(pid);
+	proc_thread_cpu(pid, &tc1);
+	if (b->mysqld_pid > 0)
+		mcpu1 = proc_cpu_ticks(b->mysqld_pid);
+	acklat = xcalloc((size_t)k + 1, sizeof *acklat);
+	fanlat = xcalloc((size_t)k + 1, sizeof *fanlat);
+	for (i = 0; i < (size_t)k; i++) {
+		if (b->group_ack[i] == 0)
+			continue;
+		acklat[nack++] = b->group_ack[i] - b->room_sent[i];
+		if (b->room_got[i] >= b->ready - 1)
+			fanlat[nfan++] = b->room_last[i] - b->group_ack[i];
+	}
+	printf("group: %" PRId64 " messages sent in %d s (%d/s), %zu acked, %" PRIu64 " ack errors, "
+	    "%" PRIu64 " member frames of %" PRId64 "\n", k, secs, rate, nack, b->ack_errors,
+	    b->room_frames, k * (b->ready - 1));
+	if (b->ack_errors > 0)
+		printf("group: first error ack: %s\n", b->first_error);
+	print_lat("group: send -> ack", acklat, nack);
+	print_lat("group: ack -> last online member's frame", fanlat, nfan);
+	if (k > 0) {
+		printf("group: daemon CPU %.1f ms per group message; ", (double)(cpu1 - cpu0) * 1000.0 /
+		    (double)sysconf(_SC_CLK_TCK) / (double)k);
+		print_thread_cpu(&tc0, &tc1, (uint64_t)k * 1000, "", "group message");
+		if (mcpu0 >= 0)
+			printf("group: mysqld CPU %.1f ms per group message\n", (double)(mcpu1 - mcpu0) *
+			    1000.0 / (double)sysconf(_SC_CLK_TCK) / (double)k);
+	}
+	free(acklat);
+	free(fanlat);
+	for (i = 0; i < (size_t)b->n; i++) {
+		if (b->c[i].fd >= 0)
+			close(b->c[i].fd);
+		free(b->c[i].rx);
+	}
+	free(b->c);
+	b->c = NULL;
+	close(b->ep);
+	free(b->room_sent);
+	free(b->room_last);
+	free(b->room_got);
+	free(b->group_ack);
+}
+
 static void
 usage(void)
 {
 	fprintf(stderr, "usage: bench_ws [--config FILE --port PORT --pid PID] [--conns N] "
 	    "[--pairs P] [--rate MSGS_PER_S] [--secs S] [--workers N] [--no-peer]\n"
+	    "       bench_ws --room LISTENERS [--rate COMMENTS_PER_S] [--secs S] [--workers N]\n"
+	    "       bench_ws --group MEMBERS --conns ONLINE [--rate MSGS_PER_S] [--secs S]\n"
 	    "  without --port: starts parley-ws from $PARLEY_CONFIG and $PARLEY_BUILDDIR\n"
 	    "  then the same phases against peer_ws (next to bench_ws) unless --no-peer\n");
 	exit(2);
+}
+
+/* --room: two parley-ws processes on one bus, then bench_room; defaults 100 comments/s, 10 s. */
+static int
+room_main(struct bench *b, const char *dir, int rate, int secs, int workers)
+{
+	struct config cfg;
+	char sub[2][64], busdir[64], *cfgs[2] = { NULL, NULL }, *cause = NULL, *rm;
+	const char *base;
+	int pids[2], d, posters;
+
+	if ((base = getenv("PARLEY_CONFIG")) == NULL || b->nlisten < 1)
+		usage();
+	if (rate == 2000)
+		rate = 100;	/* the 1:1 default does not fit a room (10 comments/s per poster) */
+	posters = (rate + 9) / 10 * 2;	/* each at half the per-user limit */
+	snprintf(busdir, sizeof busdir, "%s/bus", dir);
+	for (d = 0; d < 2; d++) {
+		snprintf(sub[d], sizeof sub[d], "%s/ws%d", dir, d + 1);
+		if (mkdir(sub[d], 0700) != 0)
+			fatal("%s: %s", sub[d], strerror(errno));
+		b->ports[d] = free_port();
+		pids[d] = (int)daemon_start(sub[d], base, b->ports[d], b->nlisten + posters, workers,
+		    &cfgs[d], busdir);
+	}
+	for (d = 0; d < 2; d++) {
+		daemon_wait("parley-ws", pids[d], b->ports[d]);
+		printf("parley-ws %d: pid %d on port %d, %d actor workers\n", d + 1, pids[d],
+		    b->ports[d], workers);
+	}
+	b->port = b->ports[0];
+	if (config_load(&cfg, cfgs[0], &cause) != 0)
+		fatal("%s", cause);
+	snprintf(b->run, sizeof b->run, "%x", (unsigned)(time(NULL) ^ getpid()) & 0xffffff);
+	if (getenv("PARLEY_TEST_MYSQL_PID") != NULL)
+		b->mysqld_pid = atoi(getenv("PARLEY_TEST_MYSQL_PID"));
+	bench_room(b, pids, cfg.jwt_secret, posters, rate, secs);
+	for (d = 0; d < 2; d++) {
+		daemon_stop(pids[d]);
+		free(cfgs[d]);
+	}
+	config_clear(&cfg);
+	free(b->room_sent);
+	free(b->room_last);
+	free(b->room_got);
+	xasprintf(&rm, "rm -rf '%s'", dir);
+	if (system(rm) != 0)
+		log_warn("could not remove %s", dir);
+	free(rm);
+	return 0;
 }
 
 int
@@ -828,14 +1232,16 @@ main(int argc, char **argv)
 		{ "pid", required_argument, NULL, 'P' }, { "conns", required_argument, NULL, 'n' },
 		{ "pairs", required_argument, NULL, 'a' }, { "rate", required_argument, NULL, 'r' },
 		{ "secs", required_argument, NULL, 's' }, { "workers", required_argument, NULL, 'w' },
-		{ "no-peer", no_argument, NULL, 'N' }, { NULL, 0, NULL, 0 }
+		{ "no-peer", no_argument, NULL, 'N' }, { "room", required_argument, NULL, 'R' },
+		{ "group", required_argument, NULL, 'G' },
+		{ NULL, 0, NULL, 0 }
 	};
 	struct config cfg;
 	struct bench b;
 	struct side pw, peer;
 	const char *cfgpath = NULL;
 	char dir[] = "/tmp/bench-ws.XXXXXX", *cause = NULL, *owncfg = NULL, *rm;
-	int pairs = 100, rate = 2000, secs = 10, workers = 8, opt, own = 0, nopeer = 0;
+	int pairs = 100, rate = 2000, secs = 10, workers = 8, opt, own = 0, nopeer = 0, gmembers = 0;
 	struct rlimit rl;
 
 	memset(&b, 0, sizeof b);
@@ -854,6 +1260,8 @@ main(int argc, char **argv)
 		case 's': secs = atoi(optarg); break;
 		case 'w': workers = atoi(optarg); break;
 		case 'N': nopeer = 1; break;
+		case 'R': b.room_mode = 1; b.nlisten = atoi(optarg); break;
+		case 'G': b.group_mode = 1; gmembers = atoi(optarg); break;
 		default: usage();
 		}
 	}
@@ -866,11 +1274,13 @@ main(int argc, char **argv)
 	/* Our daemons' configuration and logs (and parley-ws's bus) live here; removed at the end. */
 	if (mkdtemp(dir) == NULL)
 		fatal("%s: %s", dir, strerror(errno));
+	if (b.room_mode)
+		return room_main(&b, dir, rate, secs, workers);
 	if (pw.port == 0) {
 		if ((cfgpath = getenv("PARLEY_CONFIG")) == NULL)
 			usage();
 		pw.port = free_port();
-		pw.pid = (int)daemon_start(dir, cfgpath, pw.port, b.n, workers, &owncfg);
+		pw.pid = (int)daemon_start(dir, cfgpath, pw.port, b.n, workers, &owncfg, NULL);
 		cfgpath = owncfg;
 		daemon_wait("parley-ws", pw.pid, pw.port);
 		own = 1;
@@ -885,7 +1295,14 @@ main(int argc, char **argv)
 	/* The harness's mysqld (bench/run, scripts/lib.sh export it): its CPU per message too. */
 	if (getenv("PARLEY_TEST_MYSQL_PID") != NULL)
 		b.mysqld_pid = atoi(getenv("PARLEY_TEST_MYSQL_PID"));
-	bench_side(&b, &pw, cfg.jwt_secret, pairs, rate, secs, "");
+	if (b.group_mode) {
+		if (gmembers < b.n || b.n < 2)
+			usage();
+		b.port = pw.port;
+		bench_group(&b, pw.pid, &cfg, gmembers, rate == 2000 ? 10 : rate, secs);
+		nopeer = 1;
+	} else
+		bench_side(&b, &pw, cfg.jwt_secret, pairs, rate, secs, "");
 	b.mysqld_pid = 0;	/* the peer stores nothing */
 	if (own)
 		daemon_stop(pw.pid);	/* the peer runs alone on the machine */
