@@ -25,6 +25,7 @@ enum {
 	Q_RET_FIRST_M4,
 	Q_RET_FIRST_M16,
 	Q_RET_FIRST_M64,
+	Q_RET_FIRST_M512,
 	Q_RETENTION_END
 };
 STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
@@ -84,8 +85,10 @@ static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RET
 };
 
 /* The forms of the first_seq update, by store__chunks[] rows (the last: the one-row form). */
-static const unsigned retention_first_rows[] = { Q_RET_FIRST_M64, Q_RET_FIRST_M16, Q_RET_FIRST_M4,
-    Q_RET_FIRST_M2, Q_RET_FIRST };
+static const unsigned retention_first_rows[] = { Q_RET_FIRST_M512, Q_RET_FIRST_M64,
+    Q_RET_FIRST_M16, Q_RET_FIRST_M4, Q_RET_FIRST_M2, Q_RET_FIRST };
+_Static_assert(PARLEY_NITEMS(retention_first_rows) == STORE__NCHUNKS,
+    "one form per store__chunks[] size");
 
 /* The SQL of the multi-row form with index i in the set. */
 static char *

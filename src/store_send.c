@@ -23,34 +23,42 @@ enum {
 	Q_EV_M4,
 	Q_EV_M16,
 	Q_EV_M64,
+	Q_EV_M512,
 	Q_CONV_M2,
 	Q_CONV_M4,
 	Q_CONV_M16,
 	Q_CONV_M64,
+	Q_CONV_M512,
 	/* Multi-row seq reservation, reading the new values back (SQL built by send_sql). */
 	Q_SEQ_M1,
 	Q_SEQ_M2,
 	Q_SEQ_M4,
 	Q_SEQ_M16,
 	Q_SEQ_M64,
+	Q_SEQ_M512,
 	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
 	Q_MSG_M2,
 	Q_MSG_M4,
 	Q_MSG_M16,
 	Q_MSG_M64,
+	Q_MSG_M512,
 	Q_SEND_END
 };
 STORE__QSET_CHECK(Q_SEND_END, STORE__SET_SEND);
 
 /* The multi-row forms, by store__chunks[] rows (the last: the one-row form). */
-static const unsigned store_ev_rows[] = { Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
+static const unsigned store_ev_rows[] = { Q_EV_M512, Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
     Q_EV_INSERT_MSG };
-static const unsigned store_conv_rows[] = { Q_CONV_M64, Q_CONV_M16, Q_CONV_M4, Q_CONV_M2,
-    Q_CONV_UPSERT };
-static const unsigned store_msg_rows[] = { Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
+static const unsigned store_conv_rows[] = { Q_CONV_M512, Q_CONV_M64, Q_CONV_M16, Q_CONV_M4,
+    Q_CONV_M2, Q_CONV_UPSERT };
+static const unsigned store_msg_rows[] = { Q_MSG_M512, Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
     Q_MSG_INSERT };
-static const unsigned store_seq_rows[] = { Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
+static const unsigned store_seq_rows[] = { Q_SEQ_M512, Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
     Q_SEQ_M1 };
+_Static_assert(PARLEY_NITEMS(store_ev_rows) == STORE__NCHUNKS &&
+    PARLEY_NITEMS(store_conv_rows) == STORE__NCHUNKS &&
+    PARLEY_NITEMS(store_msg_rows) == STORE__NCHUNKS &&
+    PARLEY_NITEMS(store_seq_rows) == STORE__NCHUNKS, "one form per store__chunks[] size");
 
 /* conv_group, conv_peer: the event's conversation for history (schema/004, index ev_history). */
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id, conv_group, conv_peer)" \

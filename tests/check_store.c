@@ -438,6 +438,60 @@ last_event(struct store *s, const char *user)
 	return o;
 }
 
+/*
+ * A group send to 600 members: their seqs are reserved, and their events and conversation rows
+ * written, with the multi-row forms (512 + 64 + 16 + 4 + 4 rows): every member gets exactly one
+ * event with the next seq of its own log, members whose logs were at different seqs included.
+ */
+START_TEST(test_big_group_send)
+{
+	enum { N = 600 };
+	char *members[N], prefix[16];
+	struct store *s = store_new(&cfg);
+	struct store_send_res r, r0;
+	struct store_targets t;
+	struct json_object *o;
+	uint64_t g, last;
+	size_t i;
+
+	for (i = 0; i < N; i++) {
+		snprintf(prefix, sizeof prefix, "m%zu", i);
+		members[i] = testenv_name(prefix);
+	}
+	/* Every 7th member has one more event in its log before the group exists. */
+	for (i = 7; i < N; i += 7) {
+		snprintf(prefix, sizeof prefix, "pre%zu", i);
+		send1(s, members[0], members[i], 0, "before", prefix, &r0);
+		store_send_res_clear(&r0);
+	}
+	memset(&t, 0, sizeof t);
+	ck_assert_int_eq(store_group_create(s, members[0], "big", members, N, &g, &t), 0);
+	ck_assert_uint_eq(t.n, N);
+	store_targets_clear(&t);
+	send1(s, members[1], NULL, g, "to all", "big-1", &r);
+	ck_assert_uint_eq(r.targets.n, N);
+	for (i = 0; i < r.targets.n; i++) {
+		ck_assert_int_eq(store_last_seq(s, r.targets.v[i].user, &last), 0);
+		ck_assert_uint_eq(r.targets.v[i].seq, last);
+		o = last_event(s, r.targets.v[i].user);
+		ck_assert_str_eq(testenv_json_str(o, "type"), "new_message");
+		ck_assert_int_eq(testenv_json_int(o, "seq"), (int64_t)last);
+		json_object_put(o);
+	}
+	for (i = 0; i < N; i++) {
+		ck_assert_int_eq(store_last_seq(s, members[i], &last), 0);
+		/* member 0 sent N / 7 messages first; 7k got one; group_update; the message */
+		if (i == 0)
+			ck_assert_uint_eq(last, (N - 1) / 7 + 2);
+		else
+			ck_assert_uint_eq(last, i % 7 == 0 ? 3 : 2);
+		free(members[i]);
+	}
+	store_send_res_clear(&r);
+	store_free(s);
+}
+END_TEST
+
 START_TEST(test_groups)
 {
 	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
@@ -1912,6 +1966,7 @@ store_suite(void)
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_groups);
+	tcase_add_test(tc, test_big_group_send);
 	tcase_add_test(tc, test_receipts);
 	tcase_add_test(tc, test_group_receipts_and_conversations);
 	tcase_add_test(tc, test_presence);
