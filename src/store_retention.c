@@ -108,7 +108,7 @@ const struct store__qset store__retention_qset = { retention_sql,
     Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION), retention_make };
 
 /* Logs per batch transaction at most (the largest multi-row form of the first_seq update). */
-#define PRUNE_GROUP	64
+#define PRUNE_GROUP	64	/* = store__chunks[0]: one first_seq statement per batch */
 /* Logs per page of the walk over user_seq. */
 #define PRUNE_PAGE	1000
 /* Rows the first scan of a log reads: most logs lose a few events per run. */
@@ -282,7 +282,7 @@ prune_batch_txn(struct store *s, void *arg)
 	struct prune_ctx *c = arg;
 	struct store_param p[2 * PRUNE_GROUP];
 	const struct prune_cut *k;
-	size_t i, n = 0;
+	size_t i, f, n = 0;
 
 	c->deleted = 0;
 	c->lock_t0 = 0;
@@ -300,8 +300,19 @@ prune_batch_txn(struct store *s, void *arg)
 	}
 	if (n == 0)
 		return 0;
+	/*
+	 * One statement, not one per chunk: each round trip would add to the time the rows
+	 * locked so far are held. The smallest form that takes n rows, the last row repeated to
+	 * fill it (the same update again changes nothing).
+	 */
+	for (f = STORE__NCHUNKS - 1; store__chunks[f] < n; f--)
+		;
+	for (i = n; i < store__chunks[f]; i++) {
+		p[2 * i] = p[2 * n - 2];
+		p[2 * i + 1] = p[2 * n - 1];
+	}
 	c->lock_t0 = prune_us();
-	if (store__exec_rows(s, retention_first_rows, p, n, 2) != 0)
+	if (store__exec(s, retention_first_rows[f], p, 2 * store__chunks[f]) != 0)
 		return -1;
 	c->lock_stmt_us = prune_us() - c->lock_t0;
 	return 0;
