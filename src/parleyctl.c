@@ -614,10 +614,11 @@ cmd_prune(const char *config_arg, int argc, char **argv)
 	    (unsigned long long)res.logs, (unsigned long long)res.messages);
 	if (verbose)
 		printf("%llu transactions of at most %d rows; longest transaction %.1f ms;"
-		    " user_seq rows locked at most %.1f ms (%.1f ms before COMMIT)\n",
+		    " user_seq rows locked at most %.1f ms (%.1f ms before COMMIT);"
+		    " %llu logs put off (a send held the row)\n",
 		    (unsigned long long)res.txns, cfg.retention_batch,
 		    (double)res.txn_max_us / 1000, (double)res.lock_max_us / 1000,
-		    (double)res.lock_stmt_max_us / 1000);
+		    (double)res.lock_stmt_max_us / 1000, (unsigned long long)res.busy);
 	store_free(s);
 	config_clear(&cfg);
 	return rc == 0 ? 0 : 1;

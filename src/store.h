@@ -165,6 +165,7 @@ struct store_prune_res {
 	int64_t		txn_max_us;	/* the longest of them, BEGIN to COMMIT's reply */
 	int64_t		lock_max_us;	/* the longest any user_seq row (a send's lock) was held */
 	int64_t		lock_stmt_max_us; /* of which before COMMIT (the rest: the commit's flush) */
+	uint64_t	busy;		/* logs put off to another transaction: a send held the row */
 };
 int	store_prune(struct store *, int64_t events_before_ms, int64_t messages_before_ms, int batch,
 	    int pause_ms, struct store_prune_res *);

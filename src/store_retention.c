@@ -26,6 +26,13 @@ enum {
 	Q_RET_FIRST_M16,
 	Q_RET_FIRST_M64,
 	Q_RET_FIRST_M512,
+	/* Lock the seq rows of a batch that are free now, never waiting (multi-row forms). */
+	Q_RET_LOCK,
+	Q_RET_LOCK_M2,
+	Q_RET_LOCK_M4,
+	Q_RET_LOCK_M16,
+	Q_RET_LOCK_M64,
+	Q_RET_LOCK_M512,
 	Q_RETENTION_END
 };
 STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
@@ -46,6 +53,13 @@ STORE__QSET_CHECK(Q_RETENTION_END, STORE__SET_RETENTION);
 #define FIRST_HEAD	"INSERT INTO user_seq (user_id, last_seq, first_seq) VALUES "
 #define FIRST_ROW	"(?, 0, ?)"
 #define FIRST_TAIL	" ON DUPLICATE KEY UPDATE first_seq = GREATEST(first_seq, VALUES(first_seq))"
+/*
+ * Before it: lock those rows that nobody holds now (a send in progress holds its users' rows);
+ * the ones skipped are tried again in another transaction, so that prune never waits for a
+ * send while holding the rows of other logs (a send to those would wait as long).
+ */
+#define LOCK_HEAD	"SELECT user_id FROM user_seq WHERE user_id IN ("
+#define LOCK_TAIL	") ORDER BY user_id FOR UPDATE SKIP LOCKED"
 
 static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION)] = {
 	/*
@@ -87,7 +101,11 @@ static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RET
 /* The forms of the first_seq update, by store__chunks[] rows (the last: the one-row form). */
 static const unsigned retention_first_rows[] = { Q_RET_FIRST_M512, Q_RET_FIRST_M64,
     Q_RET_FIRST_M16, Q_RET_FIRST_M4, Q_RET_FIRST_M2, Q_RET_FIRST };
+static const unsigned retention_lock_rows[] = { Q_RET_LOCK_M512, Q_RET_LOCK_M64, Q_RET_LOCK_M16,
+    Q_RET_LOCK_M4, Q_RET_LOCK_M2, Q_RET_LOCK };
 _Static_assert(PARLEY_NITEMS(retention_first_rows) == STORE__NCHUNKS,
+    "one form per store__chunks[] size");
+_Static_assert(PARLEY_NITEMS(retention_lock_rows) == STORE__NCHUNKS,
     "one form per store__chunks[] size");
 
 /* The SQL of the multi-row form with index i in the set. */
@@ -100,6 +118,8 @@ retention_make(unsigned i)
 	for (k = 0; k < STORE__NCHUNKS; k++) {
 		if (q == retention_first_rows[k])
 			return store__multi_sql(FIRST_HEAD, FIRST_ROW, store__chunks[k], FIRST_TAIL);
+		if (q == retention_lock_rows[k])
+			return store__multi_sql(LOCK_HEAD, "?", store__chunks[k], LOCK_TAIL);
 	}
 	fatal("store: retention statement %u has no SQL", q);
 }
@@ -108,11 +128,13 @@ const struct store__qset store__retention_qset = { retention_sql,
     Q_RETENTION_END - STORE__Q(STORE__SET_RETENTION), retention_make };
 
 /* Logs per batch transaction at most (the largest multi-row form of the first_seq update). */
-#define PRUNE_GROUP	64	/* = store__chunks[0]: one first_seq statement per batch */
+#define PRUNE_GROUP	64	/* <= store__chunks[0]: one first_seq statement per batch */
 /* Logs per page of the walk over user_seq. */
 #define PRUNE_PAGE	1000
 /* Rows the first scan of a log reads: most logs lose a few events per run. */
 #define PRUNE_PROBE	16
+/* Rounds of a batch whose seq rows are all held by sends before prune waits for them. */
+#define PRUNE_BUSY_TRIES	50
 
 /*
  * A cut waiting for the batch transaction: step (1) deletes [lo, hi) of user's log and moves
@@ -123,6 +145,7 @@ struct prune_cut {
 	uint64_t	 lo;
 	uint64_t	 hi;
 	int		 index;
+	int		 busy;		/* its seq row was held by another transaction */
 };
 
 /* One prune run: its cut-offs and sizes, the user being pruned, and what was deleted. */
@@ -153,6 +176,8 @@ struct prune_ctx {
 	uint64_t		 deleted;	/* by the current attempt of the transaction */
 	int64_t			 lock_t0;	/* when it started locking user_seq rows (us) */
 	int64_t			 lock_stmt_us;	/* how long that statement took */
+	size_t			 busy;		/* cuts of the last attempt whose seq row was held */
+	int			 wait;		/* the last resort: wait for held seq rows */
 };
 
 /* Microseconds on the monotonic clock (transaction and lock times for --verbose). */
@@ -271,6 +296,39 @@ prune_index_scan_fn(struct store *s, void *arg)
 }
 
 /*
+ * Lock the seq rows of the batch's step-1 cuts that are free (p: user, seq pairs, n of them,
+ * padded to form f), never waiting; mark the cuts whose row another transaction holds.
+ */
+static int
+prune_lock_free(struct store *s, struct prune_ctx *c, const struct store_param *p, size_t n,
+    size_t f)
+{
+	struct store_param u[PRUNE_GROUP];
+	const char *got;
+	size_t i, locked = 0;
+	int rc;
+
+	for (i = 0; i < store__chunks[f]; i++)
+		u[i] = p[2 * i];
+	if (store__exec(s, retention_lock_rows[f], u, store__chunks[f]) != 0)
+		return -1;
+	for (i = 0; i < c->ncuts; i++)
+		c->cuts[i].busy = !c->cuts[i].index;
+	while ((rc = store__fetch(s, retention_lock_rows[f])) == 1) {
+		got = store__col_s(s, retention_lock_rows[f], 0);
+		for (i = 0; i < c->ncuts; i++) {
+			if (c->cuts[i].busy && strcmp(c->cuts[i].user, got) == 0) {
+				c->cuts[i].busy = 0;
+				locked++;
+			}
+		}
+	}
+	store__done(s, retention_lock_rows[f]);
+	c->busy = n - locked;
+	return rc < 0 ? -1 : 0;
+}
+
+/*
  * The batch transaction: every cut's rows (one statement per log, each a range of the primary
  * key), then the first_seq of every log of step 1 in one statement, last: a reader sees a log's
  * cut and its first_seq together. The user_seq rows, the only rows a send also locks, are locked
@@ -286,6 +344,7 @@ prune_batch_txn(struct store *s, void *arg)
 
 	c->deleted = 0;
 	c->lock_t0 = 0;
+	c->busy = 0;
 	for (i = 0; i < c->ncuts; i++) {
 		k = &c->cuts[i];
 		if (k->index ? EXEC(s, Q_RET_INDEX_CUT, PS(k->user), PU(k->hi)) :
@@ -312,6 +371,10 @@ prune_batch_txn(struct store *s, void *arg)
 		p[2 * i + 1] = p[2 * n - 1];
 	}
 	c->lock_t0 = prune_us();
+	if (!c->wait && prune_lock_free(s, c, p, n, f) != 0)
+		return -1;
+	if (c->busy > 0)
+		return 1;	/* roll back: the caller splits the batch */
 	if (store__exec(s, retention_first_rows[f], p, 2 * store__chunks[f]) != 0)
 		return -1;
 	c->lock_stmt_us = prune_us() - c->lock_t0;
@@ -339,19 +402,55 @@ prune_txn(struct store *s, struct prune_ctx *c, store__fn fn)
 	return 0;
 }
 
-/* Run the batch transaction (if any cut waits), then pause. */
+/*
+ * Run the batch transaction (if any cut waits), then pause. When a cut's seq row is held by a
+ * send, the transaction rolls back and runs again without those cuts; they follow in another
+ * one, a moment later. After PRUNE_BUSY_TRIES such rounds the rest waits for the row as any
+ * transaction does (the few logs left are all it holds then).
+ */
 static int
 prune_flush(struct store *s, struct prune_ctx *c)
 {
-	size_t i;
+	struct prune_cut t;
+	size_t i, j, total = c->ncuts, nfree;
+	int tries = 0;
 
-	if (c->ncuts == 0)
-		return 0;
-	if (prune_txn(s, c, prune_batch_txn) != 0)
-		return -1;
-	c->res->events += c->deleted;
-	for (i = 0; i < c->ncuts; i++)
-		free(c->cuts[i].user);
+	while (total > 0) {
+		c->ncuts = total;
+		c->wait = tries >= PRUNE_BUSY_TRIES;
+		for (;;) {
+			if (prune_txn(s, c, prune_batch_txn) != 0) {
+				c->ncuts = total;
+				return -1;
+			}
+			if (c->busy == 0)
+				break;
+			c->res->busy += c->busy;
+			/* The free cuts first (in user order), the busy ones after them. */
+			for (i = 0, nfree = 0; i < c->ncuts; i++) {
+				if (!c->cuts[i].busy) {
+					t = c->cuts[i];
+					for (j = i; j > nfree; j--)
+						c->cuts[j] = c->cuts[j - 1];
+					c->cuts[nfree++] = t;
+				}
+			}
+			if (nfree == 0)
+				break;
+			c->ncuts = nfree;
+		}
+		if (c->busy == 0) {
+			/* cuts[0, ncuts) are in: drop them, the busy ones move up. */
+			c->res->events += c->deleted;
+			for (i = 0; i < c->ncuts; i++)
+				free(c->cuts[i].user);
+			memmove(c->cuts, c->cuts + c->ncuts, (total - c->ncuts) * sizeof *c->cuts);
+			total -= c->ncuts;
+		} else {
+			tries++;
+			usleep(1000);	/* every cut left is busy: let the sends finish */
+		}
+	}
 	c->ncuts = 0;
 	c->rows = 0;
 	prune_pause(c);

@@ -19,11 +19,13 @@ Checked:
     on a shared 2-core box: prune --verbose reports the longest time it held user_seq rows (the
     only rows it writes that a send locks) before its COMMIT; that must stay under 50 ms (then
     only the COMMIT's own flush, which every send's commit waits for too, is added). InnoDB's
-    counters (Innodb_row_lock_waits and _time, SHOW GLOBAL STATUS before and after: the
-    senders' waits) must average under 50 ms; the senders' own worst latency is printed and
-    checked only against a generous 2 s. With prune holding user_seq rows across its deletes
-    (the first_seq update moved first in the batch transaction) and retention.batch 100000,
-    both checks fail.
+    counters (Innodb_row_lock_waits, _time and _time_max, SHOW GLOBAL STATUS before and after:
+    the senders' waits) must show no wait of 50 ms (_time_max is since the server started: it
+    tells only when it grew) and an average under it; the senders' own worst latency is
+    printed and checked only against a generous 2 s. Under a sanitizer the margin is 150 ms.
+    With prune holding user_seq rows across its deletes in one transaction (the first_seq
+    update moved first, 4096 logs per transaction, retention.batch 100000) both checks fail:
+    prune held them 244 ms, senders waited up to 196 ms (740 ms in 4 waits).
 Prints "N passed, N failed" last; exit status 1 when anything failed.
 """
 import asyncio
@@ -56,7 +58,9 @@ FILL_OLD = 10					# old events per filler log
 OLD = 600					# old events in each pair's logs
 PAIRS = 3					# per transport
 BATCH = int(os.environ.get("PRUNE_BATCH", "200"))
-LOCK_MS = 50
+# The limit of the issue. Under ASan or TSan (scripts/test --sanitize / --tsan) every process is
+# several times slower and the box is loaded: the same checks with three times the margin.
+LOCK_MS = 150 if os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") else 50
 
 _c = configparser.ConfigParser(interpolation=None)
 _c.read(BASE_CONF)
@@ -377,9 +381,9 @@ def main():
           " median %.1f ms, max %.1f ms" % (waits, wait_ms, max_before, max_after, len(lat),
                                              1000 * lat[len(lat) // 2] if lat else 0,
                                              1000 * lat[-1] if lat else 0), flush=True)
-    check(wait_ms < LOCK_MS * max(waits, 1),
-          "InnoDB: the row lock waits during the run took under %d ms on average" % LOCK_MS,
-          (waits, wait_ms, max_before, max_after))
+    check(wait_ms < LOCK_MS * max(waits, 1) and (max_after == max_before or max_after < LOCK_MS),
+          "InnoDB: no row lock wait during the run took %d ms (the longest before the run: %d ms)"
+          % (LOCK_MS, max_before), (waits, wait_ms, max_before, max_after))
     check(lat and lat[-1] < 2.0, "no send took 2 s or more (secondary, a loaded box)", lat[-3:])
 
     # The filler logs are empty now: drop their rows so later runs do not walk them.
