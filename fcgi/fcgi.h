@@ -9,6 +9,7 @@
 
 struct bus;
 struct cache_journal;
+struct redis;
 struct park;
 
 /*
@@ -19,6 +20,7 @@ struct fcgi_app {
 	struct config	 cfg;
 	struct metrics	 metrics;
 	struct bus	*bus;
+	struct redis	*redis;		/* the bridge to the other hosts; NULL without redis.url */
 	struct cache_journal *journal;	/* every thread's cache shares it */
 	struct park	*park;
 	int		 listen_fd;

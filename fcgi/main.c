@@ -29,6 +29,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "park.h"
+#include "redis.h"
 #include "routes.h"
 #include "store.h"
 #include "xmalloc.h"
@@ -416,6 +417,11 @@ main(int argc, char **argv)
 		fatal("eventfd: %s", strerror(errno));
 	if ((app.bus = bus_new(app.cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
+	if (app.cfg.redis_url != NULL) {
+		if ((app.redis = redis_new(&app.cfg, app.cfg.bus_dir, &cause)) == NULL)
+			fatal("redis: %s", cause);
+		bus_set_bridge(app.bus, &redis_bus_ops, app.redis);
+	}
 	app.journal = cache_journal_new();
 	app.park = park_new(&app.cfg, &app.metrics, app.bus, app.journal);
 
@@ -425,8 +431,9 @@ main(int argc, char **argv)
 		if ((rc = pthread_create(&threads[i].tid, NULL, request_thread, &threads[i])) != 0)
 			fatal("pthread_create: %s", strerror(rc));
 	}
-	log_info("ready: %d request threads, %d workers, bus %s", app.cfg.fcgi_threads,
-	    app.cfg.actor_workers, app.cfg.bus_dir);
+	log_info("ready: %d request threads, %d workers, bus %s%s%s", app.cfg.fcgi_threads,
+	    app.cfg.actor_workers, app.cfg.bus_dir, app.redis != NULL ? ", redis " : "",
+	    app.redis != NULL ? app.cfg.redis_url : "");
 
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
@@ -446,6 +453,8 @@ main(int argc, char **argv)
 	park_free(app.park);
 	unlink_ours(created, &bound);
 	close(app.listen_fd);
+	bus_set_bridge(app.bus, NULL, NULL);
+	redis_free(app.redis);
 	bus_free(app.bus);
 	cache_journal_free(app.journal);
 	free(created);

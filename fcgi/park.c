@@ -22,6 +22,7 @@
 #include "metrics.h"
 #include "park.h"
 #include "protocol.h"
+#include "redis.h"
 #include "xmalloc.h"
 
 /* A wake that could not be handed to a worker (mailbox full) is tried again this much later. */
@@ -141,6 +142,8 @@ struct park {
 	int			 evfd;
 	pthread_t		 loop;
 	struct bus_hint		 hint;		/* loop thread only */
+	struct bus_backend	 backends[2];	/* the local bus, the Redis bridge (if any) */
+	size_t			 nbackends;
 };
 
 /* --- waiters ----------------------------------------------------------------------------- */
@@ -311,6 +314,16 @@ park_rehash(struct park *p)
 	p->nbuckets = n;
 }
 
+/* A wait list came or went: the bus's bridge subscribes to what it needs (lock held). */
+static void
+park_listen(struct park *p, const struct park_key *pk, int delta)
+{
+	if (pk->key[0] == 'u')
+		bus_listen(p->bus, BUS_USER_EVENT, pk->key + 2, delta);
+	else if (pk->key[0] == 'r')
+		bus_listen(p->bus, BUS_ROOM, pk->key + 2, delta);
+}
+
 static struct park_key *
 park_key_get(struct park *p, const char *key)
 {
@@ -324,6 +337,7 @@ park_key_get(struct park *p, const char *key)
 	pk = xcalloc(1, sizeof *pk);
 	pk->hash = h;
 	snprintf(pk->key, sizeof pk->key, "%s", key);
+	park_listen(p, pk, 1);
 	pk->hnext = p->buckets[h & (p->nbuckets - 1)];
 	p->buckets[h & (p->nbuckets - 1)] = pk;
 	p->nkeys++;
@@ -350,6 +364,7 @@ park_key_drop(struct park *p, struct park_key *pk)
 		pp = &(*pp)->hnext;
 	*pp = pk->hnext;
 	p->nkeys--;
+	park_listen(p, pk, -1);
 	free(pk);
 }
 
@@ -879,13 +894,13 @@ park_notify(struct park *p, const char *user, uint64_t seq)
 	park_wake_key(p, "u", user, seq, PM_WAKE, NULL);
 }
 
-/* Loop thread: drain the bus and wake the waiters each hint names (never reads MySQL). */
+/* Loop thread: drain one bus backend and wake the waiters each hint names (never reads MySQL). */
 static void
-park_hints(struct park *p)
+park_hints(struct park *p, const struct bus_backend *be)
 {
 	struct bus_hint *h = &p->hint;
 
-	while (bus_recv(p->bus, h) == 0) {
+	while (be->ops->recv(be->arg, h) == 0) {
 		metrics_add(p->m, M_BUS_HINTS_IN, 1);
 		switch (h->topic) {
 		case BUS_USER_EVENT:
@@ -1043,7 +1058,8 @@ park_loop(void *arg)
 	struct epoll_event evs[PARK_EPOLL_EVENTS];
 	int64_t now;
 	uint64_t v;
-	int n, i, timeout, busfd = bus_fd(p->bus);
+	int n, i, timeout;
+	size_t b;
 
 	for (;;) {
 		pthread_mutex_lock(&p->lock);
@@ -1077,11 +1093,17 @@ park_loop(void *arg)
 		if (n < 0 && errno != EINTR)
 			fatal("park: epoll_wait: %s", strerror(errno));
 		for (i = 0; i < n; i++) {
-			if (evs[i].data.fd == p->evfd)
+			if (evs[i].data.fd == p->evfd) {
 				(void)read(p->evfd, &v, sizeof v);
-			else if (evs[i].data.fd == busfd)
-				park_hints(p);
-			else
+				continue;
+			}
+			for (b = 0; b < p->nbackends; b++) {
+				if (evs[i].data.fd == p->backends[b].ops->fd(p->backends[b].arg)) {
+					park_hints(p, &p->backends[b]);
+					break;
+				}
+			}
+			if (b == p->nbackends)
 				park_hangup(p, evs[i].data.fd);
 		}
 		park_expire(p);
@@ -1105,6 +1127,7 @@ park_new(const struct config *cfg, struct metrics *m, struct bus *bus,
 	struct epoll_event ev;
 	struct rlimit rl;
 	struct park *p = xcalloc(1, sizeof *p);
+	size_t i;
 	int rc;
 
 	p->cfg = cfg;
@@ -1129,9 +1152,12 @@ park_new(const struct config *cfg, struct metrics *m, struct bus *bus,
 	ev.data.fd = p->evfd;
 	if (epoll_ctl(p->ep, EPOLL_CTL_ADD, p->evfd, &ev) < 0)
 		fatal("epoll_ctl: %s", strerror(errno));
-	ev.data.fd = bus_fd(bus);
-	if (epoll_ctl(p->ep, EPOLL_CTL_ADD, bus_fd(bus), &ev) < 0)
-		fatal("epoll_ctl bus: %s", strerror(errno));
+	p->nbackends = bus_backends(bus, p->backends);
+	for (i = 0; i < p->nbackends; i++) {
+		ev.data.fd = p->backends[i].ops->fd(p->backends[i].arg);
+		if (epoll_ctl(p->ep, EPOLL_CTL_ADD, ev.data.fd, &ev) < 0)
+			fatal("epoll_ctl %s bus: %s", p->backends[i].ops->name, strerror(errno));
+	}
 
 	memset(&ac, 0, sizeof ac);
 	ac.workers = cfg->actor_workers;
@@ -1216,7 +1242,7 @@ park_metrics(struct park *p, const char *prefix)
 {
 	struct actor_stats as;
 	struct bus_stats bs;
-	char *buf;
+	char *buf, *rm;
 	size_t len, i;
 	uint64_t cum = 0;
 	FILE *f;
@@ -1265,6 +1291,9 @@ park_metrics(struct park *p, const char *prefix)
 	fprintf(f, "%s_wake_seconds_sum %.6f\n%s_wake_seconds_count %llu\n", prefix,
 	    (double)__atomic_load_n(&p->wake_sum_us, __ATOMIC_RELAXED) / 1e6, prefix,
 	    (unsigned long long)cum);
+	rm = redis_metrics(redis_of_bus(p->bus), prefix);
+	fputs(rm, f);
+	free(rm);
 	fclose(f);
 	return buf;
 }

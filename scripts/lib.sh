@@ -6,7 +6,8 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Debian 12 packages: to build, to test, and to run the local stack.
 PARLEY_PACKAGES="build-essential autoconf automake libtool pkg-config
 	libjson-c-dev libmemcached-dev libmariadb-dev libssl-dev libwebsockets-dev libfcgi-dev check
-	mariadb-server mariadb-client memcached lighttpd apache2 nginx-light spawn-fcgi
+	libhiredis-dev libev-dev
+	mariadb-server mariadb-client memcached redis-server lighttpd apache2 nginx-light spawn-fcgi
 	python3 python3-websockets curl wrk man-db logrotate
 	clang libclang-rt-14-dev"
 

@@ -41,9 +41,6 @@
 #define BUS_WIRE_VERSION	1
 #define BUS_HDR			14
 
-static size_t	bus_encode(unsigned char *, enum bus_topic, const char *, size_t, uint64_t,
-		    const char *, size_t);
-
 /* Send buffer asked for per connection; the kernel caps it at net.core.wmem_max. */
 #define BUS_SNDBUF		(1024 * 1024)
 /*
@@ -137,6 +134,8 @@ struct bus {
 
 	uint64_t	 sent, dropped, stale, received, malformed, queued;	/* atomics */
 	uint64_t	 refused, lost;						/* atomics */
+
+	struct bus_backend bridge;	/* set before the threads start; ops NULL: none */
 };
 
 static void
@@ -823,7 +822,7 @@ bus_fd(const struct bus *b)
 }
 
 /* Encode a hint into buf (BUS_DGRAM_MAX bytes); returns its length. */
-static size_t
+size_t
 bus_encode(unsigned char *buf, enum bus_topic topic, const char *key, size_t klen, uint64_t seq,
     const char *payload, size_t len)
 {
@@ -916,10 +915,20 @@ out:
 	return 0;
 }
 
+/* The other hosts: the bridge queues and never blocks; its losses are its own to count. */
+static void
+bus_to_bridge(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
+    const char *payload, size_t len)
+{
+	if (b->bridge.ops != NULL && topic != BUS_SHUTDOWN && topic != BUS_LOST)
+		(void)b->bridge.ops->publish(b->bridge.arg, topic, key, seq, payload, len);
+}
+
 int
 bus_publish(struct bus *b, enum bus_topic topic, const char *key, uint64_t seq,
     const char *payload, size_t len)
 {
+	bus_to_bridge(b, topic, key, seq, payload, len);
 	return bus_send_all(b, 1, topic, key, seq, payload, len);
 }
 
@@ -931,6 +940,7 @@ bus_publish_others(struct bus *b, enum bus_topic topic, const char *key, uint64_
 		errno = EINVAL;
 		return -1;
 	}
+	bus_to_bridge(b, topic, key, seq, payload, len);
 	return bus_send_all(b, 0, topic, key, seq, payload, len);
 }
 
@@ -1142,3 +1152,56 @@ bus_stats(struct bus *b, struct bus_stats *st)
 	st->peers = b->peers != NULL ? b->peers->n : 0;
 	pthread_mutex_unlock(&b->lock);
 }
+
+void
+bus_set_bridge(struct bus *b, const struct bus_ops *ops, void *arg)
+{
+	b->bridge.ops = ops;
+	b->bridge.arg = ops != NULL ? arg : NULL;
+}
+
+size_t
+bus_backends(struct bus *b, struct bus_backend *v)
+{
+	v[0].ops = &bus_local_ops;
+	v[0].arg = b;
+	if (b->bridge.ops == NULL)
+		return 1;
+	v[1] = b->bridge;
+	return 2;
+}
+
+void
+bus_listen(struct bus *b, enum bus_topic topic, const char *key, int delta)
+{
+	if (b != NULL && b->bridge.ops != NULL && b->bridge.ops->listen != NULL)
+		b->bridge.ops->listen(b->bridge.arg, topic, key, delta);
+}
+
+/* The local bus as a backend: publish reaches the processes of this host alone (not the bridge). */
+static int
+bus_local_publish(void *arg, enum bus_topic topic, const char *key, uint64_t seq,
+    const char *payload, size_t len)
+{
+	return bus_send_all(arg, 1, topic, key, seq, payload, len);
+}
+
+static int
+bus_local_fd(const void *arg)
+{
+	return bus_fd(arg);
+}
+
+static int
+bus_local_recv(void *arg, struct bus_hint *h)
+{
+	return bus_recv(arg, h);
+}
+
+const struct bus_ops bus_local_ops = {
+	.name = "local",
+	.publish = bus_local_publish,
+	.fd = bus_local_fd,
+	.recv = bus_local_recv,
+	.listen = NULL,
+};

@@ -90,6 +90,48 @@ int		 bus_recv(struct bus *, struct bus_hint *);
  */
 int		 bus_decode(const unsigned char *buf, size_t n, struct bus_hint *h);
 
+/*
+ * Encode one record of the wire format (the one bus_decode reads) into buf (BUS_DGRAM_MAX bytes);
+ * klen <= PARLEY_ID_MAX, len <= BUS_PAYLOAD_MAX. Returns its length. Pure; any thread.
+ */
+size_t		 bus_encode(unsigned char *buf, enum bus_topic, const char *key, size_t klen,
+		     uint64_t seq, const char *payload, size_t len);
+
+/*
+ * The bus as an interface (a table of operations, as OpenSMTPD's backends): the local bus here
+ * (bus_local_ops, the fast path between the processes of one host) and the Redis bridge between
+ * hosts (redis.h, redis_bus_ops). A daemon publishes through the local bus, which hands every
+ * hint (BUS_SHUTDOWN excepted) to the bridge set with bus_set_bridge; it receives from each
+ * backend (fd, recv) and tells them its listeners (bus_listen: the local bus hears everything,
+ * the bridge subscribes to what the listeners need).
+ */
+struct bus_ops {
+	const char	*name;
+	int		(*publish)(void *, enum bus_topic, const char *key, uint64_t seq,
+			    const char *payload, size_t len);
+	int		(*fd)(const void *);
+	int		(*recv)(void *, struct bus_hint *);
+	/* A local listener of key came (+1) or went (-1); NULL: the backend hears everything. */
+	void		(*listen)(void *, enum bus_topic, const char *key, int delta);
+};
+
+struct bus_backend {
+	const struct bus_ops	*ops;
+	void			*arg;
+};
+
+extern const struct bus_ops bus_local_ops;
+
+/*
+ * Hand every hint published on b from now on also to the bridge (ops NULL: none). Call before any
+ * other thread uses b; the bridge must outlive every later bus_publish.
+ */
+void		 bus_set_bridge(struct bus *, const struct bus_ops *, void *arg);
+/* The local bus and the bridge (if any) as backends: fills v (2 entries), returns how many. */
+size_t		 bus_backends(struct bus *, struct bus_backend *v);
+/* A local listener of key (a user for BUS_USER_*, a room for BUS_ROOM) came or went: to the bridge. Any thread. */
+void		 bus_listen(struct bus *, enum bus_topic, const char *key, int delta);
+
 struct bus_stats {
 	uint64_t	sent;		/* hints handed to a peer's socket (own included) */
 	uint64_t	dropped;	/* a peer's backlog was full */

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "parley.h"
 #include "protocol.h"
+#include "redis.h"
 #include "store.h"
 #include "xmalloc.h"
 
@@ -587,9 +588,11 @@ chat_health_json(struct chat *ch, char **json)
 	int mysql = store_ping(ch->store) == 0;
 	int mc = cache_check(ch->cache);
 
-	xasprintf(json, "{\"status\":\"%s\",\"mysql\":\"%s\",\"memcached\":\"%s\",\"bus\":\"%s\"}",
+	/* Redis down is no failure: delivery falls back to MySQL rechecks ("off": not configured). */
+	xasprintf(json, "{\"status\":\"%s\",\"mysql\":\"%s\",\"memcached\":\"%s\",\"bus\":\"%s\","
+	    "\"redis\":\"%s\"}",
 	    mysql ? "ok" : "unavailable", mysql ? "ok" : "down", mc ? "ok" : "down",
-	    ch->bus != NULL ? "ok" : "down");
+	    ch->bus != NULL ? "ok" : "down", redis_state(redis_of_bus(ch->bus)));
 	if (!mysql) {
 		errno = EAGAIN;
 		return -1;

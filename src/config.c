@@ -71,6 +71,17 @@ static const struct config_key config_keys[] = {
 
 	S("bus.dir",			CT_STR_NONEMPTY, bus_dir,		"/run/parley/bus"),
 
+	S("redis.url",			CT_STR_OPT,	 redis_url,		NULL),
+	S("redis.user",			CT_STR_OPT,	 redis_user,		NULL),
+	S("redis.password",		CT_STR_OPT,	 redis_password,	NULL),
+	S("redis.prefix",		CT_STR_NONEMPTY, redis_prefix,		"parley"),
+	I("redis.slots",		CT_INT,		 redis_slots,		1, 65536, 1024),
+	I("redis.fallback_interval",	CT_INT,		 redis_fallback_interval, 1, 3600, 1),
+	I("redis.timeout_ms",		CT_INT,		 redis_timeout_ms,	10, 60000, 1000),
+	I("redis.linger_ms",		CT_INT,		 redis_linger_ms,	0, 3600000, 5000),
+	I("redis.queue",		CT_INT,		 redis_queue,		16, 10000000, 65536),
+	I("redis.inline_content",	CT_BOOL,	 redis_inline_content,	0, 1, 0),
+
 	I("limits.body_max",		CT_SIZE,	 body_max,		1024, 67108864, 65536),
 	I("limits.content_max_chars",	CT_INT,		 content_max_chars,	1, 65536, 4000),
 	I("limits.room_text_max_chars",	CT_INT,		 room_text_max_chars,	1, 65536, 500),
@@ -123,7 +134,8 @@ static const struct config_key config_keys[] = {
 #undef I
 
 static const char *config_sections[] = {
-	"mysql", "memcached", "auth", "bus", "limits", "retention", "actor", "fcgi", "ws", "demo", "log"
+	"mysql", "memcached", "auth", "bus", "redis", "limits", "retention", "actor", "fcgi", "ws", "demo",
+	"log"
 };
 
 /* Is k one of the string types (the ones config_clear frees)? */

@@ -38,6 +38,18 @@ struct config {
 	/* [bus] */
 	char	*bus_dir;		/* directory of the bus sockets, default "/run/parley/bus" */
 
+	/* [redis]: the bridge between hosts (redis.h); unset url: one host, no Redis */
+	char	*redis_url;		/* "redis://host[:port]" or "unix:/path"; NULL: no bridge */
+	char	*redis_user;		/* ACL user (AUTH user password); NULL: AUTH password alone */
+	char	*redis_password;	/* NULL: no AUTH */
+	char	*redis_prefix;		/* channel name prefix, default "parley" */
+	int	 redis_slots;		/* user-hash slots (one channel each), default 1024 */
+	int	 redis_fallback_interval; /* seconds between MySQL rechecks while Redis is down, default 1 */
+	int	 redis_timeout_ms;	/* connect and PING answer timeout, default 1000 */
+	int	 redis_linger_ms;	/* a channel stays subscribed this long after its last listener, default 5000 */
+	int	 redis_queue;		/* hints waiting to be published, default 65536 */
+	int	 redis_inline_content;	/* a new message's event travels inline (content on Redis), default no */
+
 	/* [limits] */
 	size_t	 body_max;		/* HTTP body bytes, default 65536 */
 	int	 content_max_chars;	/* message content characters after trimming, default 4000 */

@@ -114,6 +114,25 @@ testenv_mysql_restart(void)
 }
 
 void
+testenv_redis_stop(void)
+{
+	const char *src = getenv("PARLEY_SRCDIR");
+
+	testenv_sh("'%s/tests/harness/services' stop-redis '%s' >/dev/null", src != NULL ? src : ".",
+	    testenv_dir());
+}
+
+void
+testenv_redis_start(void)
+{
+	const char *src = getenv("PARLEY_SRCDIR");
+
+	/* setsid: Check kills a forked test's process group at its end, the new server included. */
+	testenv_sh("setsid '%s/tests/harness/services' start-redis '%s' >/dev/null",
+	    src != NULL ? src : ".", testenv_dir());
+}
+
+void
 testenv_proxy_start(struct testenv_proxy *p, struct config *cfg)
 {
 	const char *src = getenv("PARLEY_SRCDIR");

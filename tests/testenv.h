@@ -22,6 +22,9 @@ const char *testenv_dir(void);
 void	testenv_memcached_signal(int sig);
 void	testenv_memcached_restart(void);
 void	testenv_mysql_restart(void);
+/* The stack's redis-server killed (SIGKILL) or started again (same socket and password). */
+void	testenv_redis_stop(void);
+void	testenv_redis_start(void);
 /*
  * The lost-COMMIT-reply fault: tests/harness/mysql-commit-drop between a store and the stack's
  * MariaDB. start points cfg->mysql_socket at a new proxy; arm makes it drop the reply to the next

@@ -5,6 +5,7 @@
 
 #include <libwebsockets.h>
 
+#include "bus.h"
 #include "conn.h"
 #include "xmalloc.h"
 
@@ -29,6 +30,7 @@ struct conns {
 	struct conn_table	 users;		/* of struct conn_user */
 	struct conn_table	 rooms;		/* of struct conn_room */
 	struct conn_table	 addrs;		/* of struct conn_addr */
+	struct bus		*bus;		/* told of users and rooms that come and go; may be NULL */
 };
 
 /* FNV-1a: short keys, good enough spread, no allocation. */
@@ -149,6 +151,12 @@ conns_new(size_t max)
 }
 
 void
+conns_set_bus(struct conns *cs, struct bus *bus)
+{
+	cs->bus = bus;
+}
+
+void
 conns_free(struct conns *cs)
 {
 	if (cs == NULL)
@@ -222,6 +230,7 @@ conn_set_user(struct conns *cs, struct conn *c, const char *user)
 		u = xcalloc(1, sizeof *u);
 		strncpy(u->key.name, user, PARLEY_ID_MAX);
 		conn_table_add(&cs->users, &u->key);
+		bus_listen(cs->bus, BUS_USER_EVENT, u->key.name, 1);
 	}
 	c->user = u;
 	c->uprev = NULL;
@@ -301,6 +310,7 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 		r = xcalloc(1, sizeof *r);
 		strncpy(r->key.name, room, PARLEY_ID_MAX);
 		conn_table_add(&cs->rooms, &r->key);
+		bus_listen(cs->bus, BUS_ROOM, r->key.name, 1);
 	}
 	j = xcalloc(1, sizeof *j);
 	j->room = r;
@@ -328,8 +338,10 @@ conn_join_free(struct conns *cs, struct room_join *j)
 		r->head = j->rnext;
 	if (j->rnext != NULL)
 		j->rnext->rprev = j->rprev;
-	if (--r->n == 0)
+	if (--r->n == 0) {
+		bus_listen(cs->bus, BUS_ROOM, r->key.name, -1);
 		conn_table_drop(&cs->rooms, &r->key);
+	}
 	free(j);
 }
 
@@ -368,8 +380,10 @@ conn_unregister(struct conns *cs, struct conn *c)
 			u->head = c->unext;
 		if (c->unext != NULL)
 			c->unext->uprev = c->uprev;
-		if (--u->n == 0)
+		if (--u->n == 0) {
+			bus_listen(cs->bus, BUS_USER_EVENT, u->key.name, -1);
 			conn_table_drop(&cs->users, &u->key);
+		}
 		c->user = NULL;
 	}
 	if (c->addr != NULL) {

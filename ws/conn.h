@@ -131,6 +131,12 @@ struct conns;
 
 struct conns	*conns_new(size_t max);
 void		 conns_free(struct conns *);
+/*
+ * Tell bus (bus_listen) of every user that gets a first connection or loses its last, and of
+ * every room that gets a first member or loses its last: the Redis bridge subscribes to those.
+ */
+struct bus;
+void		 conns_set_bus(struct conns *, struct bus *);
 size_t		 conns_count(const struct conns *);
 
 /* Give c an id; -1 when every slot is taken. */

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "conn.h"
 #include "log.h"
+#include "redis.h"
 #include "ws.h"
 #include "xmalloc.h"
 
@@ -1448,7 +1449,7 @@ loop_metrics_extra(struct ws *ws)
 	struct conns_stats cs;
 	struct conn *c;
 	size_t i = 0, unauth = 0;
-	char *extra;
+	char *extra, *rm, *all;
 
 	actor_pool_stats(ws->pool, &st);
 	bus_stats(ws->bus, &bs);
@@ -1488,7 +1489,11 @@ loop_metrics_extra(struct ws *ws)
 	    (unsigned long long)bs.lost, unauth, cs.addrs, ws->cfg->ws_max_per_ip, cs.addr_max,
 	    ws->cfg->ws_max_per_user, cs.user_max, ws->refused_ip, ws->refused_user,
 	    ws->refused_preauth, ws->refused_url, ws->protocol_closed);
-	return extra;
+	rm = redis_metrics(ws->redis, "parley_ws");
+	xasprintf(&all, "%s%s", extra, rm);
+	free(extra);
+	free(rm);
+	return all;
 }
 
 /* GET /metrics on the daemon's own port (not proxied): Prometheus text, for a valid token. */
@@ -1501,6 +1506,15 @@ loop_http(struct ws *ws, struct lws *wsi, const char *uri)
 	if (loop_url_length(wsi, strlen(uri)) > ws->cfg->ws_max_url) {
 		ws->refused_url++;
 		return loop_http_error(wsi, 414, "bad_request", "url: longer than ws.max_url bytes");
+	}
+	if (strcmp(uri, "/health") == 0) {
+		/* The loop never waits for MySQL: this says what the daemon itself knows. */
+		xasprintf(&text, "{\"status\":\"%s\",\"connections\":%zu,\"redis\":\"%s\"}",
+		    ws->stopping ? "stopping" : "ok", conns_count(ws->conns), redis_state(ws->redis));
+		rc = loop_http_answer(wsi, ws->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE :
+		    HTTP_STATUS_OK, "application/json", text);
+		free(text);
+		return rc;
 	}
 	if (strcmp(uri, "/metrics") != 0)
 		return loop_http_error(wsi, HTTP_STATUS_NOT_FOUND, "not_found", "no such route");

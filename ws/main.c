@@ -21,6 +21,7 @@
 #include "config.h"
 #include "conn.h"
 #include "log.h"
+#include "redis.h"
 #include "store.h"
 #include "ws.h"
 #include "xmalloc.h"
@@ -107,40 +108,50 @@ ws_mysql_start(struct ws *ws)
 	chat_clear(&ch);
 }
 
-/* The bus reader: only bus_recv, never MySQL; every hint goes to the loop's queue. */
+/*
+ * The bus reader: only the backends' recv (the local bus and the Redis bridge), never MySQL;
+ * every hint goes to the loop's queue.
+ */
 static void *
 ws_bus_thread(void *arg)
 {
 	struct ws *ws = arg;
+	struct bus_backend be[2];
 	struct bus_hint *h;
-	struct pollfd pfd;
+	struct pollfd pfd[2];
 	struct done *d;
+	size_t i, n;
 
 	h = xmalloc(sizeof *h);
-	pfd.fd = bus_fd(ws->bus);
-	pfd.events = POLLIN;
+	n = bus_backends(ws->bus, be);
+	for (i = 0; i < n; i++) {
+		pfd[i].fd = be[i].ops->fd(be[i].arg);
+		pfd[i].events = POLLIN;
+	}
 	/* The timeout only bounds how long a shutdown waits if its BUS_SHUTDOWN wake-up is lost. */
 	while (!__atomic_load_n(&ws->bus_stop, __ATOMIC_ACQUIRE)) {
-		if (poll(&pfd, 1, 500) == -1 && errno != EINTR) {
+		if (poll(pfd, n, 500) == -1 && errno != EINTR) {
 			log_error("bus poll: %s", strerror(errno));
 			break;
 		}
-		while (bus_recv(ws->bus, h) == 0) {
-			if (h->topic == BUS_SHUTDOWN) {
-				if (__atomic_load_n(&ws->bus_stop, __ATOMIC_ACQUIRE))
-					goto out;
-				continue;
+		for (i = 0; i < n; i++) {
+			while (be[i].ops->recv(be[i].arg, h) == 0) {
+				if (h->topic == BUS_SHUTDOWN) {
+					if (__atomic_load_n(&ws->bus_stop, __ATOMIC_ACQUIRE))
+						goto out;
+					continue;
+				}
+				d = ws_done_new(DONE_HINT, 0);
+				d->topic = h->topic;
+				d->seq = h->seq;
+				memcpy(d->key, h->key, sizeof d->key);
+				if (h->len > 0) {
+					d->text = xmalloc(h->len + 1);
+					memcpy(d->text, h->payload, h->len + 1);
+					d->len = h->len;
+				}
+				ws_done_push(ws, d);
 			}
-			d = ws_done_new(DONE_HINT, 0);
-			d->topic = h->topic;
-			d->seq = h->seq;
-			memcpy(d->key, h->key, sizeof d->key);
-			if (h->len > 0) {
-				d->text = xmalloc(h->len + 1);
-				memcpy(d->text, h->payload, h->len + 1);
-				d->len = h->len;
-			}
-			ws_done_push(ws, d);
 		}
 	}
 out:
@@ -356,6 +367,12 @@ main(int argc, char **argv)
 	ws.conns = conns_new(ws.max_conns);
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
+	if (cfg.redis_url != NULL) {
+		if ((ws.redis = redis_new(&cfg, cfg.bus_dir, &cause)) == NULL)
+			fatal("redis: %s", cause);
+		bus_set_bridge(ws.bus, &redis_bus_ops, ws.redis);
+	}
+	conns_set_bus(ws.conns, ws.bus);
 	ws.journal = cache_journal_new();
 	ws_listen_check(&cfg);
 	ws_mysql_start(&ws);
@@ -420,6 +437,8 @@ main(int argc, char **argv)
 		dn = d->next;
 		ws_done_free(d);
 	}
+	bus_set_bridge(ws.bus, NULL, NULL);
+	redis_free(ws.redis);
 	bus_free(ws.bus);
 	cache_journal_free(ws.journal);
 	conns_free(ws.conns);

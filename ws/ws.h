@@ -17,6 +17,7 @@ struct actor_pool;
 struct cache_journal;
 struct ev_loop;
 struct config;
+struct redis;
 struct conns;
 
 /*
@@ -87,6 +88,7 @@ struct ws {
 	struct ev_loop		*loop;		/* libev, epoll: lws runs in it (foreign loop) */
 	void			*foreign_loops[1];
 	struct bus		*bus;
+	struct redis		*redis;		/* the bridge to the other hosts; NULL without redis.url */
 	struct cache_journal	*journal;	/* every worker's cache shares it */
 	struct actor_pool	*pool;
 	struct metrics		 metrics;
