@@ -1,0 +1,408 @@
+#!/usr/bin/python3
+"""redis_test.py - two "hosts" on one machine joined by the Redis bridge.
+
+Run by tests/integration/test_redis.sh under tests/harness/with-services (PARLEY_TEST_CONFIG,
+PARLEY_TEST_DIR, PARLEY_TEST_REDIS_SOCKET, PARLEY_TEST_REDIS_PASSWORD, PARLEY_SRCDIR,
+PARLEY_BUILDDIR). Each host is a parley-ws, a parley-fcgi and a lighttpd in front of it, with a
+bus directory of its own (so the local bus cannot carry anything between the hosts); both share
+MySQL, memcached and the stack's Redis. Checks: delivery from one host to the other over
+WebSocket and long polling (both ways), a room with listeners on both hosts, typing and presence
+seen across, and, while redis-server is stopped, delivery within the fallback interval; then
+reconnection by itself. Prints one line per check and "N passed, N failed" last.
+(The multi-host test with network namespaces is tests/integration/test_netns.sh.)
+"""
+import asyncio
+import base64
+import configparser
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import websockets
+
+BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
+SRC = os.environ.get("PARLEY_SRCDIR", ".")
+BASE_CONF = os.environ["PARLEY_TEST_CONFIG"]
+STACK = os.environ["PARLEY_TEST_DIR"]
+TOP = tempfile.mkdtemp(prefix="redis-test.", dir="/tmp")
+os.chmod(TOP, 0o711)
+RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
+FALLBACK = 1	# redis.fallback_interval of both hosts, seconds
+_conf = configparser.ConfigParser(interpolation=None)
+_conf.read(BASE_CONF)
+SECRET = _conf["auth"]["jwt_secret"].encode()
+PASSED, FAILED = [0], [0]
+_n = [0]
+
+
+def check(cond, what, detail=""):
+    if cond:
+        PASSED[0] += 1
+        print("ok   %s" % what, flush=True)
+    else:
+        FAILED[0] += 1
+        print("FAIL %s %s" % (what, detail), flush=True)
+    return cond
+
+
+def uname(prefix):
+    _n[0] += 1
+    return "%s_%s_%d" % (prefix, RUN, _n[0])
+
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def token(sub, dev=None):
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = {"sub": sub, "exp": int(time.time()) + 3600, "iat": int(time.time())}
+    if dev:
+        claims["dev"] = dev
+    body = b64(json.dumps(claims).encode())
+    mac = hmac.new(SECRET, (header + "." + body).encode(), hashlib.sha256).digest()
+    return header + "." + body + "." + b64(mac)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_until(fn, timeout=10.0, step=0.05):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(step)
+    return fn()
+
+
+def services(cmd):
+    subprocess.run(["setsid", os.path.join(SRC, "tests/harness/services"), cmd, STACK], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+class Host:
+    """One app host: parley-ws, parley-fcgi behind lighttpd, a bus directory of its own."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dir = os.path.join(TOP, name)
+        os.makedirs(self.dir)
+        self.ws_port = free_port()
+        self.fcgi_sock = os.path.join(self.dir, "fcgi.sock")
+        conf = configparser.ConfigParser(interpolation=None)
+        conf.read(BASE_CONF)
+        conf["bus"] = {"dir": os.path.join(self.dir, "bus")}
+        conf["ws"] = {"listen": "127.0.0.1", "port": str(self.ws_port)}
+        conf["fcgi"] = {"listen": self.fcgi_sock, "socket_mode": "0660", "threads": "4"}
+        conf["redis"] = {"url": "unix:" + os.environ["PARLEY_TEST_REDIS_SOCKET"],
+                         "password": os.environ["PARLEY_TEST_REDIS_PASSWORD"],
+                         "prefix": "t" + RUN, "fallback_interval": str(FALLBACK),
+                         "timeout_ms": "500"}
+        conf["log"] = {"level": "info"}
+        self.conf = os.path.join(self.dir, "parley.conf")
+        with open(self.conf, "w") as f:
+            conf.write(f)
+        self.procs = []
+        for prog in ("parley-ws", "parley-fcgi"):
+            log = open(os.path.join(self.dir, prog + ".log"), "ab")
+            self.procs.append(subprocess.Popen([os.path.join(BUILD, prog), "--config", self.conf],
+                                               stdout=log, stderr=subprocess.STDOUT))
+        if not wait_until(lambda: os.path.exists(self.fcgi_sock) and self.ws_listening(), 15):
+            raise RuntimeError("%s did not start; see %s" % (name, self.dir))
+        out = subprocess.run([os.path.join(SRC, "tests/harness/webserver"), "start", "lighttpd",
+                              os.path.join(self.dir, "web"), "--fcgi", self.fcgi_sock],
+                             check=True, capture_output=True, text=True).stdout
+        self.http = out.strip().split("=", 1)[1]
+        self.ws_url = "ws://127.0.0.1:%d/ws" % self.ws_port
+
+    def ws_listening(self):
+        try:
+            socket.create_connection(("127.0.0.1", self.ws_port), 0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self):
+        subprocess.run([os.path.join(SRC, "tests/harness/webserver"), "stop",
+                        os.path.join(self.dir, "web")], capture_output=True)
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(15))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
+        return codes
+
+    def req(self, method, path, tok=None, body=None, timeout=30):
+        u = urllib.parse.urlsplit(self.http)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        h = {}
+        if tok:
+            h["Authorization"] = "Bearer " + tok
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            h["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        status, text = r.status, r.read().decode()
+        conn.close()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def ws_get(self, path, tok=None):
+        rq = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ws_port, path),
+                                    headers={"Authorization": "Bearer " + tok} if tok else {})
+        with urllib.request.urlopen(rq, timeout=3) as r:
+            return r.read().decode()
+
+    def metrics(self):
+        """parley_ws_redis_* and parley_fcgi_redis_* figures of this host."""
+        out = {}
+        text = self.ws_get("/metrics", token("ops"))
+        _, ftext = self.req("GET", "/metrics", token("ops"))
+        for line in (text + "\n" + str(ftext)).splitlines():
+            m = re.match(r"^parley_(ws|fcgi)_(redis_\w+|polls_parked) (\d+)$", line)
+            if m:
+                out[m.group(1) + "_" + m.group(2)] = int(m.group(3))
+        return out
+
+    def redis_state(self):
+        ws = json.loads(self.ws_get("/health")).get("redis")
+        _, j = self.req("GET", "/health")
+        return ws, j.get("redis") if isinstance(j, dict) else None
+
+
+class Client:
+    def __init__(self, ws):
+        self.ws = ws
+        self.inbox = []
+
+    async def send(self, obj):
+        await self.ws.send(json.dumps(obj))
+
+    async def next(self, pred, timeout=5.0):
+        for i, m in enumerate(self.inbox):
+            if pred(m):
+                return self.inbox.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                raw = await asyncio.wait_for(self.ws.recv(), left)
+            except asyncio.TimeoutError:
+                return None
+            m = json.loads(raw)
+            if pred(m):
+                return m
+            self.inbox.append(m)
+
+
+async def connect(host, user):
+    ws = await websockets.connect(host.ws_url + "?access_token=" + token(user, "d1"),
+                                  subprotocols=["parley.v1"])
+    ready = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert ready["type"] == "ready", ready
+    return Client(ws)
+
+
+def is_msg(cmid):
+    return lambda m: m.get("type") == "new_message" and m["message"]["client_msg_id"] == cmid
+
+
+class Poller(threading.Thread):
+    def __init__(self, host, path, tok):
+        super().__init__(daemon=True)
+        self.host, self.path, self.tok = host, path, tok
+        self.resp, self.t_done = None, None
+
+    def run(self):
+        try:
+            self.resp = self.host.req("GET", self.path, self.tok, timeout=40)
+        except Exception as e:  # noqa: BLE001 - reported by the check
+            self.resp = (0, repr(e))
+        self.t_done = time.monotonic()
+
+
+def last_seq(host, tok):
+    after = 0
+    while True:
+        _, j = host.req("GET", "/messages?after=%d&limit=500" % after, tok)
+        if not j["events"]:
+            return j["next"]
+        after = j["next"]
+
+
+def park(host, user, path):
+    """Start a long poll on host and wait until it is parked there."""
+    before = host.metrics().get("fcgi_polls_parked", 0)
+    p = Poller(host, path, token(user))
+    p.start()
+    wait_until(lambda: host.metrics().get("fcgi_polls_parked", 0) > before, 10)
+    return p
+
+
+def poll_cross(a, b, what, limit):
+    """A user long-polling on b is woken by a message sent through a; seconds from ack to answer."""
+    alice, bob = uname("pa"), uname("pb")
+    after = last_seq(b, token(bob))
+    p = park(b, bob, "/messages/long_poll?after=%d&timeout=30" % after)
+    time.sleep(0.2)
+    cmid = uname("c")
+    st, j = a.req("POST", "/messages", token(alice), {"to": bob, "content": "hi", "client_msg_id": cmid})
+    t_ack = time.monotonic()
+    p.join(35)
+    ok = p.resp is not None and p.resp[0] == 200 and isinstance(p.resp[1], dict) and \
+        any(e.get("message", {}).get("client_msg_id") == cmid for e in p.resp[1].get("events", []))
+    lat = (p.t_done - t_ack) if ok else None
+    check(st == 200 and ok and lat < limit,
+          "long poll on %s woken by a send through %s%s" % (b.name, a.name, what),
+          (st, j, p.resp, lat))
+    return lat
+
+
+async def ws_cross(a, b, what, limit):
+    """A WebSocket on b gets the message a WebSocket on a sends; seconds from ack to delivery."""
+    alice, bob = uname("wa"), uname("wb")
+    cb = await connect(b, bob)
+    ca = await connect(a, alice)
+    await asyncio.sleep(0.2)
+    cmid = uname("c")
+    await ca.send({"type": "send_message", "to": bob, "content": "over there", "client_msg_id": cmid})
+    ack = await ca.next(lambda m: m.get("type") == "ack" and m.get("client_msg_id") == cmid, 5)
+    t_ack = time.monotonic()
+    m = await cb.next(is_msg(cmid), limit + 2)
+    lat = time.monotonic() - t_ack if m else None
+    check(ack is not None and m is not None and lat < limit,
+          "WebSocket on %s gets a message sent on %s%s" % (b.name, a.name, what), (ack, m, lat))
+    await ca.ws.close()
+    await cb.ws.close()
+    return lat
+
+
+async def room_and_ephemeral(a, b):
+    room = uname("room")
+    alice, bob, carol = uname("ra"), uname("rb"), uname("rc")
+    ca, cb = await connect(a, alice), await connect(b, bob)
+    for c in (ca, cb):
+        await c.send({"type": "join_room", "room": room})
+    await asyncio.sleep(0.3)
+    # A room long poll on host b too.
+    _, j = b.req("GET", "/rooms/%s/messages" % room, token(carol))
+    p = park(b, carol, "/rooms/%s/messages?after=%d&timeout=30" % (room, j["next"]))
+    await ca.send({"type": "room_message", "room": room, "text": "hello both hosts"})
+    is_room = lambda m: m.get("type") == "room_message" and m["comment"]["text"] == "hello both hosts"
+    check(await ca.next(is_room, 5) is not None, "room comment reaches its own host's listener")
+    check(await cb.next(is_room, 5) is not None, "room comment reaches the other host's listener")
+    p.join(10)
+    check(p.resp is not None and p.resp[0] == 200 and
+          any(e["comment"]["text"] == "hello both hosts" for e in p.resp[1].get("events", [])),
+          "room long poll on the other host woken", p.resp)
+    # Typing: an ephemeral event, from b to a.
+    await cb.send({"type": "typing", "to": alice})
+    t = await ca.next(lambda m: m.get("type") == "typing" and m.get("from") == bob, 5)
+    check(t is not None, "typing from host b reaches host a", t)
+    # Presence is MySQL's: bob (on b) is online seen from a.
+    _, j = a.req("GET", "/presence?users=%s,%s" % (bob, carol), token(alice))
+    pr = {x["user"]: x["online"] for x in j.get("presence", [])} if isinstance(j, dict) else {}
+    check(pr.get(bob) is True and pr.get(carol) is False, "presence of a user on host b seen from host a", j)
+    # The room rate limit is one limit across hosts (MySQL's room_rate): 10 a second in all.
+    codes = []
+    for i in range(12):
+        h = a if i % 2 == 0 else b
+        st, _ = h.req("POST", "/rooms/%s/messages" % room, token(alice), {"text": "r%d" % i})
+        codes.append(st)
+    check(codes.count(429) >= 1 and codes.count(200) <= 10,
+          "room rate limit counts posts through both hosts together", codes)
+    await ca.ws.close()
+    await cb.ws.close()
+
+
+async def main():
+    a = b = None
+    try:
+        a, b = Host("hostA"), Host("hostB")
+        check(wait_until(lambda: a.redis_state() == ("ok", "ok") and b.redis_state() == ("ok", "ok"), 10),
+              "/health of both daemons on both hosts: redis ok", (a.redis_state(), b.redis_state()))
+        m0 = [a.metrics(), b.metrics()]
+        lats = []
+        for x, y in ((a, b), (b, a)):
+            lats.append(await ws_cross(x, y, "", 1.0))
+            lats.append(poll_cross(x, y, "", 1.0))
+        await room_and_ephemeral(a, b)
+        m1 = [a.metrics(), b.metrics()]
+        pub = sum(m1[i].get(k, 0) - m0[i].get(k, 0) for i in range(2)
+                  for k in ("ws_redis_published_total", "fcgi_redis_published_total"))
+        rcv = sum(m1[i].get(k, 0) - m0[i].get(k, 0) for i in range(2)
+                  for k in ("ws_redis_received_total", "fcgi_redis_received_total"))
+        own = sum(m1[i].get(k, 0) - m0[i].get(k, 0) for i in range(2)
+                  for k in ("ws_redis_own_total", "fcgi_redis_own_total"))
+        check(rcv > 0 and pub > 0, "metrics count Redis traffic (published %d, received %d, own echoes %d)"
+              % (pub, rcv, own), (m0, m1))
+
+        # Redis gone: delivery within the fallback interval (plus a read), then back by itself.
+        services("stop-redis")
+        check(wait_until(lambda: a.redis_state() == ("down", "down") and b.redis_state() == ("down", "down"), 5),
+              "/health says redis down on both hosts", (a.redis_state(), b.redis_state()))
+        limit = FALLBACK + 1.0
+        for x, y in ((a, b), (b, a)):
+            lat = await ws_cross(x, y, " while Redis is down", limit)
+            print("     (%.0f ms)" % (lat * 1000 if lat else -1))
+            lat = poll_cross(x, y, " while Redis is down", limit)
+            print("     (%.0f ms)" % (lat * 1000 if lat else -1))
+        services("start-redis")
+        check(wait_until(lambda: a.redis_state() == ("ok", "ok") and b.redis_state() == ("ok", "ok"), 10),
+              "both hosts reconnect to Redis by themselves", (a.redis_state(), b.redis_state()))
+        ma = a.metrics()
+        check(ma.get("ws_redis_reconnects_total", 0) >= 1 and ma.get("ws_redis_rechecks_total", 0) >= 1,
+              "reconnects and rechecks counted", ma)
+        time.sleep(0.5)	# the resubscriptions' own rechecks
+        await ws_cross(a, b, " after Redis came back", 1.0)
+        poll_cross(b, a, " after Redis came back", 1.0)
+        print("     cross-host latency (ms), Redis up: %s" % ", ".join("%.1f" % (x * 1000) for x in lats if x))
+    finally:
+        services("start-redis")
+        for h in (a, b):
+            if h is not None:
+                codes = h.stop()
+                check(codes == [0, 0], "%s's daemons stop cleanly" % h.name, codes)
+        if FAILED[0]:
+            for h in ("hostA", "hostB"):
+                for f in ("parley-ws.log", "parley-fcgi.log"):
+                    p = os.path.join(TOP, h, f)
+                    if os.path.exists(p):
+                        print("--- %s/%s" % (h, f))
+                        print("".join(open(p, errors="replace").readlines()[-15:]))
+        subprocess.run(["rm", "-rf", TOP])
+    print("%d passed, %d failed" % (PASSED[0], FAILED[0]))
+    return 1 if FAILED[0] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
