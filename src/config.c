@@ -75,7 +75,7 @@ static const struct config_key config_keys[] = {
 	S("redis.user",			CT_STR_OPT,	 redis_user,		NULL),
 	S("redis.password",		CT_STR_OPT,	 redis_password,	NULL),
 	S("redis.prefix",		CT_STR_NONEMPTY, redis_prefix,		"parley"),
-	I("redis.slots",		CT_INT,		 redis_slots,		1, 65536, 1024),
+	I("redis.slots",		CT_INT,		 redis_slots,		1, 1048576, 1024),
 	I("redis.fallback_interval",	CT_INT,		 redis_fallback_interval, 1, 3600, 1),
 	I("redis.timeout_ms",		CT_INT,		 redis_timeout_ms,	10, 60000, 1000),
 	I("redis.linger_ms",		CT_INT,		 redis_linger_ms,	0, 3600000, 5000),

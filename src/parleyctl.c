@@ -363,6 +363,13 @@ static const struct ctl_figure ctl_figures[] = {
 	{ "bus", "dropped", "bus_dropped_total", CTL_FCGI | CTL_WS },
 	{ "bus", "lost for us", "bus_lost_total", CTL_FCGI | CTL_WS },
 	{ "bus", "refused", "bus_refused_total", CTL_FCGI | CTL_WS },
+	/* Only with [redis] url set (the daemons have no redis_* figures otherwise). */
+	{ "redis", "connected", "redis_connected", CTL_FCGI | CTL_WS },
+	{ "redis", "published", "redis_published_total", CTL_FCGI | CTL_WS },
+	{ "redis", "received", "redis_received_total", CTL_FCGI | CTL_WS },
+	{ "redis", "dropped", "redis_dropped_total", CTL_FCGI | CTL_WS },
+	{ "redis", "reconnects", "redis_reconnects_total", CTL_FCGI | CTL_WS },
+	{ "redis", "rechecks", "redis_rechecks_total", CTL_FCGI | CTL_WS },
 	{ "errors", "storage", "store_errors_total", CTL_FCGI | CTL_WS },
 };
 

@@ -113,6 +113,7 @@ struct redis {
 	struct redis_queue	 in;		/* for the owner */
 	int			 in_lost;	/* a received hint was dropped: BUS_LOST owed */
 	int			 stop;
+	int			 dirty;		/* listeners changed: reconcile the subscriptions */
 
 	/* Loop thread only. */
 	redisAsyncContext	*pub, *sub;
@@ -129,6 +130,7 @@ struct redis {
 	int			 recheck_owed;	/* a subscription completed */
 	int			 owe_lost;	/* hints were not published: PUBLISH a BUS_LOST to all */
 	int			 reset_due;
+	int64_t			 recon_ms;	/* a lingering channel's time is up then */
 	int			 was_up;	/* for logging state changes once */
 	int			 warned;	/* said it is unreachable; quiet until it is back */
 
@@ -426,6 +428,7 @@ redis_listen(struct redis *r, enum bus_topic topic, const char *key, int delta)
 		ch = &r->slots[redis_slot(key, r->nslots)];
 	}
 	if (ch != NULL) {
+		r->dirty = 1;
 		if (delta > 0) {
 			wake = ch->n == 0;
 			ch->n += (uint32_t)delta;
@@ -479,6 +482,7 @@ redis_chans_reset(struct redis *r)
 
 	r->all.state = RC_NONE;
 	pthread_mutex_lock(&r->lock);
+	r->dirty = 1;
 	for (i = 0; i < r->nslots; i++)
 		r->slots[i].state = RC_NONE;
 	for (i = 0; i < REDIS_ROOM_BUCKETS; i++) {
@@ -662,6 +666,7 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
+	r->dirty = 1;
 	ch = redis_chan_find(r, e[1]->str, e[1]->len);
 	if (ch != NULL && strcmp(kind, "subscribe") == 0 && ch->state == RC_SUBSCRIBING) {
 		ch->state = RC_SUBSCRIBED;
@@ -730,7 +735,7 @@ redis_connect(struct redis *r, int64_t now)
 
 /* --- the loop thread: subscriptions and publishes ---------------------------------------- */
 
-/* Bring one channel's subscription in line with its listeners. */
+/* Bring one channel's subscription in line with its listeners; notes when to look again. */
 static void
 redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_t now)
 {
@@ -743,6 +748,8 @@ redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_
 		if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %s", name) == REDIS_OK)
 			ch->state = RC_UNSUBSCRIBING;
 	}
+	if (ch->n == 0 && want && ch->zero_ms + r->linger_ms < r->recon_ms)
+		r->recon_ms = ch->zero_ms + r->linger_ms;
 }
 
 /* Subscribe what local listeners need, unsubscribe what nobody needed for redis.linger_ms. */
@@ -757,6 +764,13 @@ redis_reconcile(struct redis *r, int64_t now)
 	redis_channel(r, BUS_LOST, "", name, sizeof name);
 	redis_chan_sync(r, &r->all, name, now);
 	pthread_mutex_lock(&r->lock);
+	/* A walk of every slot only when something changed or a linger ends (slots may be many). */
+	if (!r->dirty && now < r->recon_ms) {
+		pthread_mutex_unlock(&r->lock);
+		return;
+	}
+	r->dirty = 0;
+	r->recon_ms = INT64_MAX;
 	for (i = 0; i < r->nslots; i++) {
 		if (r->slots[i].n == 0 && r->slots[i].state == RC_NONE)
 			continue;
