@@ -580,19 +580,21 @@ chat_room_comment_json(struct chat *ch, const char *room, uint64_t id, char **ev
 
 /*
  * GET /health. memcached "down" also when it is disabled by configuration (summaries then always
- * come from MySQL); bus "down" when this context has none (tools).
+ * come from MySQL); bus "down" when this context has none (tools). "redis" ("ok" or "down") only
+ * when the bus has a Redis bridge.
  */
 int
 chat_health_json(struct chat *ch, char **json)
 {
+	struct redis *r = redis_of_bus(ch->bus);
 	int mysql = store_ping(ch->store) == 0;
 	int mc = cache_check(ch->cache);
 
-	/* Redis down is no failure: delivery falls back to MySQL rechecks ("off": not configured). */
-	xasprintf(json, "{\"status\":\"%s\",\"mysql\":\"%s\",\"memcached\":\"%s\",\"bus\":\"%s\","
-	    "\"redis\":\"%s\"}",
+	/* Redis down is no failure: delivery falls back to MySQL rechecks. No Redis, no field. */
+	xasprintf(json, "{\"status\":\"%s\",\"mysql\":\"%s\",\"memcached\":\"%s\",\"bus\":\"%s\"%s%s%s}",
 	    mysql ? "ok" : "unavailable", mysql ? "ok" : "down", mc ? "ok" : "down",
-	    ch->bus != NULL ? "ok" : "down", redis_state(redis_of_bus(ch->bus)));
+	    ch->bus != NULL ? "ok" : "down", r != NULL ? ",\"redis\":\"" : "",
+	    r != NULL ? redis_state(r) : "", r != NULL ? "\"" : "");
 	if (!mysql) {
 		errno = EAGAIN;
 		return -1;

@@ -73,7 +73,7 @@ void		 redis_stats(struct redis *, struct redis_stats *);
 
 /* The bridge that bus_set_bridge gave b, or NULL. */
 struct redis	*redis_of_bus(struct bus *b);
-/* "off" (r NULL: not configured), "ok" (connected) or "down". */
+/* "ok" (connected) or "down"; "off" when r is NULL (not configured). */
 const char	*redis_state(struct redis *r);
 /* Prometheus text of the figures above, names "<prefix>_redis_*" ("" when r is NULL); caller frees. */
 char		*redis_metrics(struct redis *r, const char *prefix);

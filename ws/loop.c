@@ -1509,8 +1509,10 @@ loop_http(struct ws *ws, struct lws *wsi, const char *uri)
 	}
 	if (strcmp(uri, "/health") == 0) {
 		/* The loop never waits for MySQL: this says what the daemon itself knows. */
-		xasprintf(&text, "{\"status\":\"%s\",\"connections\":%zu,\"redis\":\"%s\"}",
-		    ws->stopping ? "stopping" : "ok", conns_count(ws->conns), redis_state(ws->redis));
+		xasprintf(&text, "{\"status\":\"%s\",\"connections\":%zu%s%s%s}",
+		    ws->stopping ? "stopping" : "ok", conns_count(ws->conns),
+		    ws->redis != NULL ? ",\"redis\":\"" : "",
+		    ws->redis != NULL ? redis_state(ws->redis) : "", ws->redis != NULL ? "\"" : "");
 		rc = loop_http_answer(wsi, ws->stopping ? HTTP_STATUS_SERVICE_UNAVAILABLE :
 		    HTTP_STATUS_OK, "application/json", text);
 		free(text);
