@@ -118,6 +118,7 @@ struct redis {
 	/* Loop thread only. */
 	redisAsyncContext	*pub, *sub;
 	int			 pub_ready, sub_ready;	/* hello answered */
+	int			 sub_live;	/* ... and "PREFIX:all" subscribed: hints arrive */
 	struct redis_chan	 all;		/* "<prefix>:all": every host's recheck requests */
 	int64_t			 conn_ms;	/* when the current attempt started; 0: none */
 	int64_t			 next_try_ms;
@@ -131,6 +132,8 @@ struct redis {
 	int			 owe_lost;	/* hints were not published: PUBLISH a BUS_LOST to all */
 	int			 reset_due;
 	int64_t			 recon_ms;	/* a lingering channel's time is up then */
+	size_t			 sub_pending;	/* (UN)SUBSCRIBEs sent, not yet confirmed */
+	int64_t			 sub_progress_ms; /* last confirmation (or the first pending) */
 	int			 was_up;	/* for logging state changes once */
 	int			 warned;	/* said it is unreachable; quiet until it is back */
 
@@ -452,7 +455,7 @@ redis_listen(struct redis *r, enum bus_topic topic, const char *key, int delta)
 static void
 redis_set_connected(struct redis *r)
 {
-	int up = r->pub_ready && r->sub_ready;
+	int up = r->pub_ready && r->sub_live;
 
 	__atomic_store_n(&r->connected, up, __ATOMIC_RELAXED);
 	if (up)
@@ -512,9 +515,10 @@ redis_teardown(struct redis *r, int64_t now)
 		    r->host != NULL ? r->host : r->path, r->was_up ? "lost" : "unreachable",
 		    r->fallback_ms);
 	r->warned = 1;
-	r->pub_ready = r->sub_ready = 0;
+	r->pub_ready = r->sub_ready = r->sub_live = 0;
 	redis_set_connected(r);
 	r->inflight = 0;
+	r->sub_pending = 0;
 	r->ping_out = 0;
 	r->conn_ms = 0;
 	r->reset_due = 0;
@@ -582,8 +586,6 @@ redis_on_hello(redisAsyncContext *ac, void *reply, void *which)
 	} else {
 		r->sub_ready = 1;
 	}
-	if (r->pub_ready && r->sub_ready)
-		r->backoff_ms = REDIS_BACKOFF_MIN_MS;
 	redis_set_connected(r);
 	redis_soon(r);
 }
@@ -611,6 +613,7 @@ redis_on_publish(redisAsyncContext *ac, void *reply, void *arg)
 		r->inflight--;
 	if (rep->type == REDIS_REPLY_ERROR) {
 		redis_count(&r->dropped, 1);
+		r->owe_lost = 1;
 		log_debug("redis: PUBLISH: %s", rep->str);
 	} else {
 		redis_count(&r->published, 1);
@@ -668,9 +671,20 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 	pthread_mutex_lock(&r->lock);
 	r->dirty = 1;
 	ch = redis_chan_find(r, e[1]->str, e[1]->len);
+	if (r->sub_pending > 0 &&
+	    (strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0)) {
+		r->sub_pending--;
+		r->sub_progress_ms = parley_mono_ms();
+	}
 	if (ch != NULL && strcmp(kind, "subscribe") == 0 && ch->state == RC_SUBSCRIBING) {
 		ch->state = RC_SUBSCRIBED;
 		redis_count(&r->channels, 1);
+		if (ch == &r->all) {
+			/* Subscriptions work: the connection is up (not only authenticated). */
+			r->sub_live = 1;
+			r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+			redis_set_connected(r);
+		}
 		/* What was published before this took effect: the owner re-reads. */
 		r->recheck_owed = 1;
 	} else if (ch != NULL && strcmp(kind, "unsubscribe") == 0 &&
@@ -741,15 +755,19 @@ redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_
 {
 	int want = ch->n > 0 || now - ch->zero_ms < r->linger_ms;
 
+	if (ch->n == 0 && want && ch->zero_ms + r->linger_ms < r->recon_ms)
+		r->recon_ms = ch->zero_ms + r->linger_ms;
 	if (want && ch->state == RC_NONE) {
 		if (redisAsyncCommand(r->sub, redis_on_sub, NULL, "SUBSCRIBE %s", name) == REDIS_OK)
 			ch->state = RC_SUBSCRIBING;
 	} else if (!want && ch->state == RC_SUBSCRIBED) {
 		if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %s", name) == REDIS_OK)
 			ch->state = RC_UNSUBSCRIBING;
+	} else {
+		return;
 	}
-	if (ch->n == 0 && want && ch->zero_ms + r->linger_ms < r->recon_ms)
-		r->recon_ms = ch->zero_ms + r->linger_ms;
+	if (r->sub_pending++ == 0)
+		r->sub_progress_ms = now;
 }
 
 /* Subscribe what local listeners need, unsubscribe what nobody needed for redis.linger_ms. */
@@ -887,7 +905,7 @@ redis_step(struct redis *r)
 		redis_connect(r, now);
 	else if ((r->pub == NULL) != (r->sub == NULL))
 		redis_teardown(r, now);		/* one of the two went: start over */
-	if (r->conn_ms != 0 && !(r->pub_ready && r->sub_ready) &&
+	if (r->conn_ms != 0 && !(r->pub_ready && r->sub_live) &&
 	    now - r->conn_ms > r->timeout_ms) {
 		log_debug("redis: no answer within %" PRId64 " ms", r->timeout_ms);
 		redis_teardown(r, now);
@@ -902,13 +920,18 @@ redis_step(struct redis *r)
 			r->ping_ms = now;
 		}
 	}
+	/* Subscriptions not confirmed (refused by an ACL, a stalled connection): start over. */
+	if (r->sub_pending > 0 && now - r->sub_progress_ms > r->timeout_ms) {
+		log_warn("redis: subscriptions not confirmed within %" PRId64 " ms", r->timeout_ms);
+		redis_teardown(r, now);
+	}
 	if (r->sub_ready)
 		redis_reconcile(r, now);
 	else
 		redis_rooms_prune(r, now);
 	redis_flush(r);
 
-	if (!r->sub_ready && now - r->recheck_ms >= r->fallback_ms) {
+	if (!r->sub_live && now - r->recheck_ms >= r->fallback_ms) {
 		r->recheck_ms = now;
 		redis_recheck(r);
 	} else if (r->recheck_owed) {

@@ -370,6 +370,44 @@ START_TEST(t_acl_user)
 }
 END_TEST
 
+START_TEST(t_acl_denied)
+{
+	/* An ACL user that may not subscribe: never up for long, the owner rechecks MySQL. */
+	struct config cfg;
+	struct redis *a;
+	struct bus_hint h;
+	redisContext *c = admin();
+	redisReply *rep;
+	char *da = host_dir(), *prefix = testenv_name("p"), *user = testenv_name("acl"), *pw;
+	char *cause = NULL;
+	int lost = 0;
+
+	rep = redisCommand(c, "ACL SETUSER %s on >pw-%s resetchannels +publish +subscribe "
+	    "+unsubscribe +ping +auth", user, user);
+	ck_assert_msg(rep != NULL && rep->type == REDIS_REPLY_STATUS, "ACL SETUSER");
+	freeReplyObject(rep);
+	xasprintf(&pw, "pw-%s", user);
+	rcfg(&cfg, prefix, pw);
+	ck_assert_int_eq(config_set(&cfg, "redis.user", user, &cause), 0);
+	a = bridge(&cfg, da);
+	redis_listen(a, BUS_USER_EVENT, "x", 1);
+	ck_assert_int_eq(wait_hint(a, BUS_LOST, NULL, 1500, &h, &lost), 0);
+	while (redis_recv(a, &h) == 0)
+		;
+	ck_assert_int_eq(wait_hint(a, BUS_LOST, NULL, 1500, &h, &lost), 0);
+	ck_assert_int_eq(wait_hint(a, BUS_LOST, NULL, 1500, &h, &lost), 0);
+	redis_free(a);
+	rep = redisCommand(c, "ACL DELUSER %s", user);
+	freeReplyObject(rep);
+	redisFree(c);
+	config_clear(&cfg);
+	free(pw);
+	free(user);
+	free(prefix);
+	free(da);
+}
+END_TEST
+
 START_TEST(t_auth_failure)
 {
 	/* A wrong password: never connected, counted, and the owner rechecks MySQL meanwhile. */
@@ -559,6 +597,7 @@ redis_suite(void)
 	tcase_add_test(tc, t_inline_content);
 	tcase_add_test(tc, t_subscription_follows_listeners);
 	tcase_add_test(tc, t_acl_user);
+	tcase_add_test(tc, t_acl_denied);
 	tcase_add_test(tc, t_auth_failure);
 	tcase_add_test(tc, t_slow_redis);
 	tcase_add_test(tc, t_outage);
