@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include <ev.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 #include <hiredis/adapters/libev.h>
@@ -25,11 +28,22 @@
 #include "xmalloc.h"
 
 /*
- * A message on Redis: 8 bytes naming the publishing host (its origin), then one record of the
- * local bus's wire format (bus_encode; decoded with bus_decode, which the fuzzer covers).
+ * A message on Redis:
+ *   0   8 bytes naming the publishing host (its origin)
+ *   8   the time it was published, ms since the epoch, 8 bytes little-endian
+ *   16  one record of the local bus's wire format (bus_encode; bus_decode, which the fuzzer covers)
+ *   end 32 bytes: HMAC-SHA256 of everything before, with the bridge's key
+ * The key is HMAC-SHA256(auth.jwt_secret, "parley redis bridge 1"): every host has the secret,
+ * a client that can only talk to Redis has not, so it cannot forge an event that a receiver
+ * would push inline (typing, presence, inline content), nor replay one later than REDIS_MAX_AGE_MS.
  */
 #define REDIS_ORIGIN		8
-#define REDIS_MSG_MAX		(REDIS_ORIGIN + BUS_DGRAM_MAX)
+#define REDIS_TS		8
+#define REDIS_MAC		32
+#define REDIS_HDR		(REDIS_ORIGIN + REDIS_TS)
+#define REDIS_MSG_MAX		(REDIS_HDR + BUS_DGRAM_MAX + REDIS_MAC)
+/* A message older (or newer: clocks) than this is refused; hosts' clocks must agree within it. */
+#define REDIS_MAX_AGE_MS	60000
 /* The bridge's clock: reconnects, PINGs, fallback rechecks and unsubscribes run on it. */
 #define REDIS_TICK_MS		100
 #define REDIS_BACKOFF_MIN_MS	100
@@ -97,6 +111,7 @@ struct redis {
 	size_t			 queue_max;
 	int			 inline_content;
 	unsigned char		 origin[REDIS_ORIGIN];
+	unsigned char		 key[REDIS_MAC];	/* the messages' HMAC key */
 	int			 evfd;		/* redis_fd */
 
 	pthread_t		 thread;
@@ -139,7 +154,7 @@ struct redis {
 
 	/* Statistics (atomics). */
 	uint64_t		 published, received, own, dropped, reconnects, rechecks;
-	uint64_t		 auth_failures, malformed, channels;
+	uint64_t		 auth_failures, malformed, forged, channels;
 	int			 connected;
 };
 
@@ -620,22 +635,48 @@ redis_on_publish(redisAsyncContext *ac, void *reply, void *arg)
 	}
 }
 
-/* A message from a channel: one record of another host. */
+/* The MAC of the first len bytes of a message. */
+static void
+redis_mac(const struct redis *r, const unsigned char *msg, size_t len, unsigned char *out)
+{
+	unsigned int n = REDIS_MAC;
+
+	if (HMAC(EVP_sha256(), r->key, REDIS_MAC, msg, len, out, &n) == NULL)
+		fatal("redis: HMAC failed");
+}
+
+/* A message from a channel: one record of another host, checked. */
 static void
 redis_message(struct redis *r, const char *data, size_t len)
 {
+	const unsigned char *m = (const unsigned char *)data;
+	unsigned char mac[REDIS_MAC];
 	struct bus_hint *h;
+	int64_t ts, now;
+	uint64_t v;
+	int i;
 
-	if (len < REDIS_ORIGIN) {
+	if (len < REDIS_HDR + REDIS_MAC) {
 		redis_count(&r->malformed, 1);
 		return;
 	}
-	if (memcmp(data, r->origin, REDIS_ORIGIN) == 0) {
+	if (memcmp(m, r->origin, REDIS_ORIGIN) == 0) {
 		redis_count(&r->own, 1);	/* our host's local bus carried it */
 		return;
 	}
+	len -= REDIS_MAC;
+	redis_mac(r, m, len, mac);
+	for (i = REDIS_TS, v = 0; i-- > 0;)
+		v = v << 8 | m[REDIS_ORIGIN + i];
+	ts = (int64_t)v;
+	now = parley_now_ms();
+	if (CRYPTO_memcmp(mac, m + len, REDIS_MAC) != 0 ||
+	    ts < now - REDIS_MAX_AGE_MS || ts > now + REDIS_MAX_AGE_MS) {
+		redis_count(&r->forged, 1);
+		return;
+	}
 	h = xmalloc(sizeof *h);
-	if (bus_decode((const unsigned char *)data + REDIS_ORIGIN, len - REDIS_ORIGIN, h) != 0 ||
+	if (bus_decode(m + REDIS_HDR, len - REDIS_HDR, h) != 0 ||
 	    h->topic == BUS_SHUTDOWN) {
 		redis_count(&r->malformed, 1);
 	} else {
@@ -840,11 +881,17 @@ redis_publish_one(struct redis *r, enum bus_topic topic, const char *key, uint64
 	char name[REDIS_CHAN_MAX];
 	size_t n;
 
+	int64_t ts = parley_now_ms();
+	int i;
+
 	redis_channel(r, topic, key, name, sizeof name);
 	memcpy(msg, r->origin, REDIS_ORIGIN);
-	n = bus_encode(msg + REDIS_ORIGIN, topic, key, strlen(key), seq, payload, len);
+	for (i = 0; i < REDIS_TS; i++)
+		msg[REDIS_ORIGIN + i] = (unsigned char)((uint64_t)ts >> (8 * i));
+	n = REDIS_HDR + bus_encode(msg + REDIS_HDR, topic, key, strlen(key), seq, payload, len);
+	redis_mac(r, msg, n, msg + n);
 	if (redisAsyncCommand(r->pub, redis_on_publish, NULL, "PUBLISH %s %b", name, msg,
-	    REDIS_ORIGIN + n) != REDIS_OK)
+	    n + REDIS_MAC) != REDIS_OK)
 		return -1;
 	r->inflight++;
 	return 0;
@@ -987,9 +1034,15 @@ redis_new(const struct config *cfg, const char *origin_dir, char **cause)
 	struct redis *r = xcalloc(1, sizeof *r);
 	int rc;
 
-	if (cfg->redis_url == NULL || redis_parse_url(r, cfg->redis_url, cause) != 0) {
+	static const char label[] = "parley redis bridge 1";
+	unsigned int klen = REDIS_MAC;
+
+	if (cfg->redis_url == NULL || cfg->jwt_secret == NULL ||
+	    redis_parse_url(r, cfg->redis_url, cause) != 0) {
 		if (cfg->redis_url == NULL)
 			xasprintf(cause, "redis.url is not set");
+		else if (cfg->jwt_secret == NULL)
+			xasprintf(cause, "auth.jwt_secret is needed: it keys the bridge's messages");
 		free(r->host);
 		free(r->path);
 		free(r);
@@ -1005,6 +1058,9 @@ redis_new(const struct config *cfg, const char *origin_dir, char **cause)
 	r->queue_max = cfg->redis_queue > 0 ? (size_t)cfg->redis_queue : 65536;
 	r->inline_content = cfg->redis_inline_content;
 	r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+	if (HMAC(EVP_sha256(), cfg->jwt_secret, (int)strlen(cfg->jwt_secret),
+	    (const unsigned char *)label, sizeof label - 1, r->key, &klen) == NULL)
+		fatal("redis: HMAC failed");
 	redis_origin(r, origin_dir);
 	r->slots = xcalloc(r->nslots, sizeof *r->slots);
 	pthread_mutex_init(&r->lock, NULL);
@@ -1055,6 +1111,7 @@ redis_free(struct redis *r)
 	free(r->user);
 	if (r->password != NULL)
 		explicit_bzero(r->password, strlen(r->password));
+	OPENSSL_cleanse(r->key, sizeof r->key);
 	free(r->password);
 	free(r->prefix);
 	free(r);
@@ -1147,6 +1204,7 @@ redis_stats(struct redis *r, struct redis_stats *st)
 	st->rechecks = __atomic_load_n(&r->rechecks, __ATOMIC_RELAXED);
 	st->auth_failures = __atomic_load_n(&r->auth_failures, __ATOMIC_RELAXED);
 	st->malformed = __atomic_load_n(&r->malformed, __ATOMIC_RELAXED);
+	st->forged = __atomic_load_n(&r->forged, __ATOMIC_RELAXED);
 	st->channels = (size_t)__atomic_load_n(&r->channels, __ATOMIC_RELAXED);
 }
 
@@ -1231,6 +1289,8 @@ redis_metrics(struct redis *r, const char *prefix)
 	    st.rechecks);
 	RM("auth_failures_total", "counter", "AUTH refused", st.auth_failures);
 	RM("malformed_total", "counter", "messages from Redis that did not decode", st.malformed);
+	RM("forged_total", "counter",
+	    "messages from Redis refused: not signed with this deployment's key, or too old", st.forged);
 	RM("channels", "gauge", "channels subscribed", st.channels);
 #undef RM
 	fclose(f);

@@ -20,6 +20,8 @@ struct config;
  * - Subscribing: a process subscribes to a slot's channel while it has a local listener in
  *   that slot (WebSocket connection or parked long poll), to a room's while a local listener
  *   is in the room (redis_listen), and lets go redis.linger_ms after the last one left.
+ * - Every message is signed (HMAC-SHA256, a key derived from auth.jwt_secret) and stamped: a
+ *   client that can only reach Redis cannot forge or replay an event (redis.c, the format).
  * - Hints a host published itself come back from Redis too: each process drops those whose
  *   origin is its own host (the bus directory's identity), which the local bus already carried.
  * - Redis is not the truth. While the subscription connection is not up (or not yet), the
@@ -36,7 +38,7 @@ struct config;
 struct redis;
 
 /*
- * Start the bridge for cfg->redis_url (must be set). origin_dir: the bus directory, whose identity
+ * Start the bridge for cfg->redis_url (must be set; so must cfg->jwt_secret). origin_dir: the bus directory, whose identity
  * (with the machine id) names this host. NULL and *cause (caller frees) when the URL does not
  * parse. An unreachable Redis is not an error: the bridge keeps trying.
  */
@@ -67,6 +69,7 @@ struct redis_stats {
 	uint64_t	rechecks;	/* BUS_LOST handed to the owner (fallback, new subscriptions) */
 	uint64_t	auth_failures;
 	uint64_t	malformed;	/* messages that did not decode */
+	uint64_t	forged;		/* messages with a wrong MAC (not our deployment's) or too old */
 	size_t		channels;	/* subscribed now */
 };
 void		 redis_stats(struct redis *, struct redis_stats *);

@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "bus.h"
 #include "config.h"
@@ -248,6 +250,84 @@ START_TEST(t_cross_host)
 	free(prefix);
 	free(da);
 	free(db);
+}
+END_TEST
+
+/*
+ * A message as another host would publish it (the format in redis.c): origin, time, record,
+ * HMAC-SHA256 keyed with HMAC(secret, "parley redis bridge 1"). Returns its length.
+ */
+static size_t
+forge(unsigned char *msg, const char *secret, int64_t ts, const char *user, const char *payload)
+{
+	unsigned char key[32];
+	unsigned int n = 32;
+	size_t len;
+	int i;
+
+	memset(msg, 0xab, 8);
+	for (i = 0; i < 8; i++)
+		msg[8 + i] = (unsigned char)((uint64_t)ts >> (8 * i));
+	len = 16 + bus_encode(msg + 16, BUS_USER_EPHEMERAL, user, strlen(user), 0, payload,
+	    strlen(payload));
+	ck_assert_ptr_nonnull(HMAC(EVP_sha256(), secret, (int)strlen(secret),
+	    (const unsigned char *)"parley redis bridge 1", 21, key, &n));
+	ck_assert_ptr_nonnull(HMAC(EVP_sha256(), key, 32, msg, len, msg + len, &n));
+	return len + 32;
+}
+
+START_TEST(t_forged)
+{
+	/*
+	 * Whoever can PUBLISH on Redis but lacks auth.jwt_secret cannot make a host push an event:
+	 * a wrong key or a message older than a minute is refused and counted; the right key is
+	 * taken (the test knows the stack's secret).
+	 */
+	struct config cfg;
+	struct redis *a;
+	struct redis_stats st;
+	struct bus_hint h;
+	redisContext *c = admin();
+	redisReply *rep;
+	unsigned char msg[BUS_DGRAM_MAX + 64];
+	char *da = host_dir(), *u = testenv_name("rf"), *prefix = testenv_name("p"), *chan;
+	size_t n;
+	int i;
+
+	rcfg(&cfg, prefix, NULL);
+	xasprintf(&chan, "%s:u:%u", prefix, redis_slot(u, (unsigned)cfg.redis_slots));
+	a = bridge(&cfg, da);
+	redis_listen(a, BUS_USER_EVENT, u, 1);
+	wait_channels(a, 2, 3000);
+	n = forge(msg, "another-secret-0123456789abcdef0123", parley_now_ms(), u,
+	    "{\"type\":\"typing\",\"from\":\"mallory\"}");
+	freeReplyObject(redisCommand(c, "PUBLISH %s %b", chan, msg, n));
+	n = forge(msg, cfg.jwt_secret, parley_now_ms() - 120000, u,
+	    "{\"type\":\"typing\",\"from\":\"replayed\"}");
+	freeReplyObject(redisCommand(c, "PUBLISH %s %b", chan, msg, n));
+	msg[20] ^= 1;	/* a record changed after signing */
+	freeReplyObject(redisCommand(c, "PUBLISH %s %b", chan, msg, n));
+	n = forge(msg, cfg.jwt_secret, parley_now_ms(), u, "{\"type\":\"typing\",\"from\":\"bob\"}");
+	rep = redisCommand(c, "PUBLISH %s %b", chan, msg, n);
+	ck_assert_msg(rep != NULL && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1, "PUBLISH");
+	freeReplyObject(rep);
+	ck_assert_int_eq(wait_hint(a, BUS_USER_EPHEMERAL, u, 2000, &h, NULL), 0);
+	ck_assert_str_eq(h.payload, "{\"type\":\"typing\",\"from\":\"bob\"}");
+	for (i = 0; i < 100; i++) {
+		redis_stats(a, &st);
+		if (st.forged == 3)
+			break;
+		usleep(10 * 1000);
+	}
+	ck_assert_uint_eq(st.forged, 3);
+	ck_assert_uint_eq(st.received, 1);
+	redis_free(a);
+	redisFree(c);
+	config_clear(&cfg);
+	free(chan);
+	free(u);
+	free(prefix);
+	free(da);
 }
 END_TEST
 
@@ -594,6 +674,7 @@ redis_suite(void)
 	tcase_add_test(tc, t_slot);
 	tcase_add_test(tc, t_bad_url);
 	tcase_add_test(tc, t_cross_host);
+	tcase_add_test(tc, t_forged);
 	tcase_add_test(tc, t_inline_content);
 	tcase_add_test(tc, t_subscription_follows_listeners);
 	tcase_add_test(tc, t_acl_user);
