@@ -9,7 +9,7 @@ MySQL, memcached and the stack's Redis. Checks: delivery from one host to the ot
 WebSocket and long polling (both ways), a room with listeners on both hosts, typing and presence
 seen across, and, while redis-server is stopped, delivery within the fallback interval; then
 reconnection by itself. Prints one line per check and "N passed, N failed" last.
-(The multi-host test with network namespaces is tests/integration/test_netns.sh.)
+(Real hosts, in network namespaces, are the multi-host test's; this one needs no root.)
 """
 import asyncio
 import base64
