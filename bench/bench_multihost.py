@@ -44,6 +44,23 @@ def redis_info(cl):
             "out": int(info.get("total_net_output_bytes", 0))}
 
 
+def parley_redis(cl):
+    """Redis messages the four Parley processes got: hints of other hosts, and own echoes."""
+    tok = mh.token("metrics")
+    got = {"received": 0, "own": 0}
+    for h in ("a", "b"):
+        texts = [netns.run("curl", "-s", "-m", "3", "-H", "Authorization: Bearer " + tok,
+                           "http://%s/metrics" % netns.HOST_IP[h], check=False).stdout,
+                 netns.run(*cl.nsx(h, "curl", "-s", "-m", "3", "-H", "Authorization: Bearer " + tok,
+                                   "http://127.0.0.1:8081/metrics"), check=False).stdout]
+        for text in texts:
+            for line in text.splitlines():
+                for k in got:
+                    if line.startswith("parley_") and ("_redis_%s_total " % k) in line:
+                        got[k] += int(line.split()[1])
+    return got
+
+
 def pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(len(xs) * p))] if xs else float("nan")
@@ -55,6 +72,7 @@ async def one_case(cl, name, send_host, recv_host, n, rate):
     tx = await mh.WsClient(send_host, u1).open(sync=None)
     await asyncio.sleep(0.5)
     before = redis_info(cl) if cl.redis_enabled else None
+    pbefore = parley_redis(cl)
     sent = {}
     for i in range(n):
         t = time.monotonic()
@@ -66,6 +84,7 @@ async def one_case(cl, name, send_host, recv_host, n, rate):
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.3)
     after = redis_info(cl) if cl.redis_enabled else None
+    pafter = parley_redis(cl)
     lat = [(t - sent[mid]) * 1000 for seq, mid, t in rx.stream.events if mid in sent]
     await tx.close()
     await rx.close()
@@ -75,6 +94,10 @@ async def one_case(cl, name, send_host, recv_host, n, rate):
         d = {k: after[k] - before[k] for k in before}
         line += "\n            redis per delivered message: PUBLISH %.2f, commands %.2f, bytes in %.0f, out %.0f" % (
             d["publish"] / len(lat), d["commands"] / len(lat), d["in"] / len(lat), d["out"] / len(lat))
+        line += "\n            messages Redis sent to Parley processes per delivered message: %.2f " \
+            "(%.2f hints of the other host, %.2f own echoes dropped)" % (
+                (pafter["received"] - pbefore["received"] + pafter["own"] - pbefore["own"]) / len(lat),
+                (pafter["received"] - pbefore["received"]) / len(lat), (pafter["own"] - pbefore["own"]) / len(lat))
     print(line, flush=True)
 
 
