@@ -251,7 +251,7 @@ async def rooms(a, b, room, label):
     """A comment from each host reaches the listeners on both hosts."""
     for c in (a, b):
         await c.send({"type": "join_room", "room": room})
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)            # each host subscribes to the room's channel
     ok = True
     for sender, word in ((a, "from a " + label), (b, "from b " + label)):
         await sender.send({"type": "room_message", "room": room, "text": word})
@@ -494,7 +494,7 @@ def main():
         check(False, "the scenario ran to its end")
     finally:
         if FAILED:
-            for name in ("a/a-ws.log", "b/b-ws.log", "a-ws.log", "b-ws.log", "a-fcgi.log", "b-fcgi.log"):
+            for name in ("a-ws.log", "b-ws.log", "a-fcgi.log", "b-fcgi.log", "redis.log"):
                 text = cl.log(name)
                 if text:
                     print("--- %s (last lines)\n%s" % (name, "\n".join(text.splitlines()[-15:])))
