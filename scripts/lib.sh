@@ -8,7 +8,7 @@ PARLEY_PACKAGES="build-essential autoconf automake libtool pkg-config
 	libjson-c-dev libmemcached-dev libmariadb-dev libssl-dev libwebsockets-dev libfcgi-dev check
 	libhiredis-dev libev-dev
 	mariadb-server mariadb-client memcached redis-server lighttpd apache2 nginx-light spawn-fcgi
-	python3 python3-websockets curl wrk man-db logrotate
+	python3 python3-websockets curl wrk man-db logrotate iproute2
 	clang libclang-rt-14-dev"
 
 say() { printf '==> %s\n' "$*"; }
