@@ -786,6 +786,62 @@ START_TEST(test_pool_server_killed)
 }
 END_TEST
 
+/*
+ * A server added to the pool: about half the users move to it and miss once (refilled there from
+ * MySQL, right), the others keep their summaries on the old server (a forged one shows: a hit).
+ */
+START_TEST(test_pool_server_added)
+{
+	struct fx f;
+	char *one = NULL, *two = NULL, *cause = NULL, *a, *u[12], pid1[4096], pid2[4096];
+	int p1, p2, i, moved = 0, stayed = 0;
+
+	fx_open(&f);
+	snprintf(pid1, sizeof pid1, "%s/memcached-add1-%ld.pid", testenv_dir(), (long)getpid());
+	snprintf(pid2, sizeof pid2, "%s/memcached-add2-%ld.pid", testenv_dir(), (long)getpid());
+	p1 = tcp_memcached(pid1);
+	p2 = tcp_memcached(pid2);
+	xasprintf(&one, "127.0.0.1:%d", p1);
+	xasprintf(&two, "127.0.0.1:%d,127.0.0.1:%d", p1, p2);
+	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", one, &cause), 0);
+	cache_free(f.c);
+	f.c = cache_new(&f.cfg, NULL);
+	a = testenv_name("aa");
+	for (i = 0; i < 12; i++) {
+		u[i] = testenv_name("au");
+		send_msg(&f, a, u[i], "before the new server");
+		expect_conv(&f, u[i], 20, 1, 0, a, "before the new server", 1);
+		ck_assert_int_eq(tcp_has_summary(p1, u[i]), 1);
+	}
+	/* Every process restarts with the longer list. */
+	ck_assert_int_eq(config_set(&f.cfg, "memcached.servers", two, &cause), 0);
+	cache_free(f.c);
+	f.c = cache_new(&f.cfg, NULL);
+	for (i = 0; i < 12; i++) {
+		if (tcp_gen_server(p1, p2, u[i]) == 1) {
+			moved++;
+			expect_conv(&f, u[i], 20, 1, 0, a, "before the new server", 1);
+			ck_assert_int_eq(tcp_has_summary(p2, u[i]), 1);	/* refilled there */
+			send_msg(&f, a, u[i], "after");
+			expect_conv(&f, u[i], 20, 1, 0, a, "after", 2);
+		} else {
+			stayed++;
+			tcp_forge(p1, u[i], "before the new server", "still on the old server");
+			expect_conv(&f, u[i], 20, 1, 0, a, "still on the old server", 1);
+		}
+	}
+	ck_assert_int_gt(moved, 0);
+	ck_assert_int_gt(stayed, 0);
+	testenv_sh("kill $(cat '%s') $(cat '%s')", pid1, pid2);
+	for (i = 0; i < 12; i++)
+		free(u[i]);
+	free(one);
+	free(two);
+	fx_close(&f);
+	free(a);
+}
+END_TEST
+
 /* The pool's ring is ketama: another ketama client given the same servers in another order agrees. */
 START_TEST(test_pool_ring_order)
 {
@@ -904,6 +960,7 @@ cache_suite(void)
 	tcase_add_test(tc, test_tcp_servers);
 	tcase_add_test(tc, test_pool_server_killed);
 	tcase_add_test(tc, test_pool_ring_order);
+	tcase_add_test(tc, test_pool_server_added);
 	suite_add_tcase(s, tc);
 
 	/* One test per case: the unchecked teardown (in the parent) restores memcached even when
