@@ -464,8 +464,19 @@ const ejabberd = {
 		return jid;
 	},
 	join(c, jid) {
-		return new Promise((resolve) => {
-			c.onPresence = (s) => { if (s.includes("110")) { c.onPresence = null; resolve(); } };
+		return new Promise((resolve, reject) => {
+			const t = setTimeout(() => reject(new Error("MUC join " + c.user + ": no self-presence in 10 s")), 10000);
+			c.onPresence = (s) => {
+				if (s.includes("110")) {
+					c.onPresence = null;
+					clearTimeout(t);
+					resolve();
+				} else if (s.includes('type="error"') || s.includes("type='error'")) {
+					c.onPresence = null;
+					clearTimeout(t);
+					reject(new Error("MUC join " + c.user + ": " + s.slice(0, 300)));
+				}
+			};
 			c.ws.send(`<presence to="${jid}/${c.user}"><x xmlns="http://jabber.org/protocol/muc"><history maxstanzas="0"/></x></presence>`);
 		});
 	},
@@ -562,7 +573,7 @@ const PAR = num("par", 64);
 async function scIdle() {
 	const n = num("n", 1000);
 	const users = Array.from({ length: n }, (_, i) => `i${run}_${i}`);
-	await sleep(500);
+	await sleep(num("settle", 2000));	// the server's start-up settles first
 	const rss0 = rssKiB(pids);
 	const m = meter();
 	const { conns, failed, firstErr } = await openMany(users, PAR, (u) => S.connect(u));
@@ -584,7 +595,7 @@ async function scPark() {
 	const users = Array.from({ length: n }, (_, i) => `p${run}_${i}`);
 	const got = new Map();	// user -> resolve of the pending wake
 	const lat = [];
-	await sleep(500);
+	await sleep(num("settle", 2000));	// the server's start-up settles first
 	const rss0 = rssKiB(pids);
 	const m = meter();
 	const { conns: polls, failed, firstErr } = await openMany(users, PAR, (u) =>
@@ -687,8 +698,12 @@ async function scFanout() {
 	if (failed)
 		console.log(`${system} fanout: ${failed} listeners failed: ${firstErr}`);
 	const tj = now();
-	await openMany(conns, 16, (c) => S.join(c, room));
+	const joined = await openMany(conns, 16, (c) => Promise.resolve(S.join(c, room)).then(() => c));
 	const joinS = (now() - tj) / 1000;
+	if (joined.failed) {
+		console.log(`${system} fanout: ${joined.failed} listeners could not join: ${joined.firstErr}`);
+		conns.splice(0, conns.length, ...joined.conns);
+	}
 	let pending = 0, last = 0, resolveSend = null;
 	for (const c of conns)
 		c.onMsg = () => {

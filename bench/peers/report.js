@@ -72,7 +72,7 @@ p();
 p(`Settings: Parley: parley-ws (8 actor workers), parley-fcgi (4 threads) behind lighttpd ${meta.lighttpd}, ` +
 	`MariaDB ${meta.mariadb} with \`innodb_flush_log_at_trx_commit=1\`; Socket.IO ${meta.socketio}: one Node ` +
 	`${meta.node} process, \`perMessageDeflate\` off, WebSocket and HTTP long-polling transports, 1:1 by ` +
-	`user room; Nchan ${meta.nchan} in nginx ${meta.nginx}, one worker, channels in 256 MiB of shared memory; ` +
+	`user room; Nchan ${NAME.nchan.replace(/ \(.*/, "").replace("Nchan ", "")} in nginx ${meta.nginx}, one worker, channels in 256 MiB of shared memory; ` +
 	`ejabberd ${meta.ejabberd}: XMPP over WebSocket and BOSH, SQL auth, roster, offline storage and ` +
 	`\`mod_mam\` (every message archived) in the same MariaDB over loopback TCP (10 connections), MUC rooms ` +
 	`persistent with MAM, no traffic shaper. Sizes (--${meta.mode}): ${meta.idle_n.toLocaleString("en-US")} idle ` +
@@ -147,11 +147,12 @@ for (const s of present) {
 	const ran = Object.keys(rateData[s]).map(Number);
 	const higher = rates.filter((r) => !ran.includes(r));
 	if (higher.length)
-		p(`| ${NAME[s]} | ${higher.join(", ")} | not run: saturated at a lower rate | | | | | | | |`);
+		p(`| ${NAME[s]} | ${higher.map((r) => r.toLocaleString("en-US")).join(", ")} | not run: saturated at a lower rate | | | | | | | |`);
 }
 p();
 p("100 sender/receiver pairs; a rate is saturated when p99 passes 100 ms or a message is lost or " +
-	"refused; run 1 goes up the rates until one saturates, runs 2 and 3 repeat what run 1 ran. " +
+	"refused; each run goes up the rates until one saturates, so a rate may have fewer than 3 runs " +
+	"(the table says how many saturated of how many ran). " +
 	"Latency: send call to the recipient's frame. Nchan has no 1:1 addressing: each pair shares a " +
 	"channel (`nchan_pubsub websocket`) and the sender publishes on its WebSocket. " +
 	"Server CPU: % of one core over the timed phase (Parley: parley-ws only; mysqld is not counted).");
@@ -174,7 +175,7 @@ for (const s of present) {
 }
 p();
 p("One send at a time (50 ms apart); the time from the send call until the last listener has " +
-	"the message; p50/p99 over the sends of the 3 runs' medians.");
+	"the message; p50/p99 over each run's sends, then the median of the 3 runs.");
 p();
 
 // 5. short polls
@@ -258,11 +259,14 @@ set ylabel "ms (log scale)"
 set logscale y
 set logscale x
 set xtics (500, 2000, 5000)
+set xrange [350:7000]
 set grid
 set key outside right
 plot ${plots}
 set output '${docs}/peers-memory.png'
 unset logscale
+set autoscale x
+set xtics auto
 set title "Memory per connection (${meta.mode}, ${meta.date.slice(0, 10)}; median of 3 runs)"
 set ylabel "KiB"
 set xlabel ""
