@@ -630,6 +630,19 @@ tcp_memcached(const char *pidfile)
 	return 0;
 }
 
+/*
+ * After the tests of a case, in the parent: stop the private TCP memcacheds a test left running
+ * because it failed half-way (their pid files are in the test directory; only a live memcached
+ * is signalled, never a pid reused by another program).
+ */
+static void
+tcp_cleanup(void)
+{
+	testenv_sh("for f in '%s'/memcached-*-*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\"); "
+	    "if [ \"$(cat /proc/$p/comm 2>/dev/null)\" = memcached ]; then kill -CONT $p; kill $p; fi; "
+	    "rm -f \"$f\"; done; true", testenv_dir());
+}
+
 /* Is user's summary stored in the memcached at 127.0.0.1:port? */
 static int
 tcp_has_summary(int port, const char *user)
@@ -961,6 +974,7 @@ cache_suite(void)
 	tcase_add_test(tc, test_pool_server_killed);
 	tcase_add_test(tc, test_pool_ring_order);
 	tcase_add_test(tc, test_pool_server_added);
+	tcase_add_unchecked_fixture(tc, NULL, tcp_cleanup);
 	suite_add_tcase(s, tc);
 
 	/* One test per case: the unchecked teardown (in the parent) restores memcached even when
