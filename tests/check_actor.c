@@ -561,30 +561,42 @@ START_TEST(test_idle_reclaim)
 	struct tctx t;
 	struct actor_pool *p;
 	struct actor_stats st;
-	int i;
+	int64_t deadline;
+	int i, n = 0;
 
+	/*
+	 * Idle after 400 ms; key 0 gets a message every 20 ms, so only a 20-fold stall of this
+	 * thread could make it look idle: the test waits for conditions, not for fixed times, and
+	 * holds on a loaded machine.
+	 */
 	tctx_init(&t);
-	p = pool(&t, 2, 64, 3, 10, 150, 1);
+	p = pool(&t, 2, 64, 3, 10, 400, 1);
 	for (i = 0; i < 10; i++)
 		ck_assert_int_eq(post(&t, i, 0, K_PLAIN, ACTOR_BACKPRESSURE, 0), 0);
 	ck_assert_int_eq(tctx_wait(&t, &t.handled, NULL, 10, 3000), 10);
 	actor_pool_stats(p, &st);
 	ck_assert_uint_eq(st.actors, 10);
 	ck_assert_uint_eq(st.reclaimed, 0);
-	/* Keep key 0 busy for 500 ms while the others go idle. */
-	for (i = 1; i <= 10; i++) {
-		usleep(50000);
-		ck_assert_int_eq(post(&t, 0, i, K_PLAIN, ACTOR_BACKPRESSURE, 0), 0);
-	}
-	actor_pool_stats(p, &st);
+	/* Keep key 0 busy while the others go idle and are reclaimed. */
+	deadline = parley_mono_ms() + 10000;
+	do {
+		usleep(20000);
+		ck_assert_int_eq(post(&t, 0, ++n, K_PLAIN, ACTOR_BACKPRESSURE, 0), 0);
+		actor_pool_stats(p, &st);
+	} while (st.reclaimed < 9 && parley_mono_ms() < deadline);
 	ck_assert_uint_eq(st.reclaimed, 9);
 	ck_assert_uint_eq(st.actors, 1);
-	usleep(400000);
-	actor_pool_stats(p, &st);
+	/* Then key 0 goes idle too. */
+	deadline = parley_mono_ms() + 10000;
+	do {
+		usleep(20000);
+		actor_pool_stats(p, &st);
+	} while (st.reclaimed < 10 && parley_mono_ms() < deadline);
 	ck_assert_uint_eq(st.reclaimed, 10);
 	ck_assert_uint_eq(st.actors, 0);
+	/* A reclaimed key comes back as a new actor. */
 	ck_assert_int_eq(post(&t, 3, 1, K_PLAIN, ACTOR_BACKPRESSURE, 0), 0);
-	ck_assert_int_eq(tctx_wait(&t, &t.handled, NULL, 21, 3000), 21);
+	ck_assert_int_eq(tctx_wait(&t, &t.handled, NULL, 11 + n, 3000), 11 + n);
 	actor_pool_free(p);
 	ck_assert_int_eq(t.violations, 0);
 }
