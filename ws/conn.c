@@ -293,6 +293,21 @@ conns_room(struct conns *cs, const char *room)
 }
 
 int
+conns_room_at(struct conns *cs, size_t *i, struct conn_room **r, struct conn_room **next)
+{
+	struct conn_key *k = *next != NULL ? &(*next)->key : NULL;
+
+	while (k == NULL) {
+		if (*i > cs->rooms.mask)
+			return -1;
+		k = cs->rooms.b[(*i)++];
+	}
+	*r = (struct conn_room *)k;
+	*next = (struct conn_room *)k->next;
+	return 0;
+}
+
+int
 conn_join(struct conns *cs, struct conn *c, const char *room)
 {
 	struct conn_room *r;

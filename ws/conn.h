@@ -117,6 +117,13 @@ struct conn_room {
 	struct conn_key		 key;		/* first: the rooms table's entry */
 	struct room_join	*head;
 	size_t			 n;
+	/*
+	 * The highest comment id pushed to the listeners (or the room's newest when it was first
+	 * joined, once the baseline read is back: based). Lost hints are caught up from MySQL after
+	 * it; ids at or below it are never pushed again.
+	 */
+	uint64_t		 last_id;
+	int			 based;
 };
 
 struct room_join {
@@ -144,6 +151,8 @@ int		 conn_register(struct conns *, struct conn *);
 /* Forget c: its id stops resolving, it leaves its user and rooms, its buffers are freed. */
 void		 conn_unregister(struct conns *, struct conn *);
 struct conn	*conn_find(struct conns *, uint64_t id);
+/* Iterate over every room with listeners: *k from NULL and i from 0 while it returns 0. */
+int		 conns_room_at(struct conns *, size_t *i, struct conn_room **r, struct conn_room **next);
 /* Iterate over every registered connection: i from 0 while conn_at() returns 0. */
 int		 conn_at(struct conns *, size_t *i, struct conn **);
 

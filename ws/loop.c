@@ -578,12 +578,15 @@ loop_job_frame(struct ws *ws, struct conn *c, struct proto_frame_req *r, int kin
 	ws_job_free(kind, j);
 }
 
+static void loop_room_job(struct ws *, const char *room, int has_after, uint64_t after, int kind);
+
 static void
 loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 {
 	struct proto_frame_req r;
 	const char *field = "json", *why = "invalid";
 	char *cmid = NULL, *ack;
+	struct conn_room *rm;
 
 	if (protocol_decode_frame(buf, len, ws->cfg->content_max_chars, ws->cfg->room_text_max_chars,
 	    &r, &field, &why, &cmid) != 0) {
@@ -622,8 +625,13 @@ loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 		loop_job_frame(ws, c, &r, JOB_ROOM_POST);
 		break;
 	case PROTO_F_JOIN_ROOM:
-		if (conn_join(ws->conns, c, r.room) != 0)
+		if (conn_join(ws->conns, c, r.room) != 0) {
 			loop_error(ws, c, "bad_request", "room: too many rooms joined");
+			break;
+		}
+		rm = conns_room(ws->conns, r.room);
+		if (rm != NULL && rm->n == 1 && !rm->based)
+			loop_room_job(ws, r.room, 0, 0, JOB_ROOM_CATCHUP);
 		break;
 	case PROTO_F_LEAVE_ROOM:
 		conn_leave(ws->conns, c, r.room);
@@ -894,7 +902,7 @@ loop_user_event(struct ws *ws, struct conn *c, const struct done *d)
  * is full is cut off (loop_slow) and the others go on: a slow one never holds the room back.
  */
 static void
-loop_room_event(struct ws *ws, const char *room, const char *text, size_t len)
+loop_room_event(struct ws *ws, const char *room, uint64_t id, const char *text, size_t len)
 {
 	struct conn_room *r;
 	struct room_join *j, *jn;
@@ -903,6 +911,18 @@ loop_room_event(struct ws *ws, const char *room, const char *text, size_t len)
 
 	if ((r = conns_room(ws->conns, room)) == NULL)
 		return;
+	/*
+	 * Never twice: a comment caught up from MySQL (loop_resync_all) may arrive live too, or
+	 * the reverse. Residual risk: two posts committing out of id order, the higher one pushed
+	 * first, drop the lower one here (ids are the room's order; such a pair is rare and
+	 * /rooms/{room}/messages still has it).
+	 */
+	if (id != 0 && id <= r->last_id)
+		return;
+	if (id > r->last_id) {
+		r->last_id = id;
+		r->based = 1;
+	}
 	for (j = r->head; j != NULL; j = jn) {
 		jn = j->rnext;	/* loop_slow never unlinks, but stay safe */
 		c = j->conn;
@@ -925,7 +945,6 @@ loop_hint(struct ws *ws, struct done *d)
 {
 	struct conn_user *u;
 	struct conn *c;
-	struct job *j;
 
 	metrics_add(&ws->metrics, M_BUS_HINTS_IN, 1);
 	switch (d->topic) {
@@ -947,14 +966,10 @@ loop_hint(struct ws *ws, struct done *d)
 		if (conns_room(ws->conns, d->key) == NULL)
 			return;
 		if (d->text != NULL) {
-			loop_room_event(ws, d->key, d->text, d->len);
+			loop_room_event(ws, d->key, d->seq, d->text, d->len);
 			return;
 		}
-		j = xcalloc(1, sizeof *j);
-		snprintf(j->user, sizeof j->user, "room:%.59s", d->key);
-		j->req.room = xstrdup(d->key);
-		j->after = d->seq;
-		(void)loop_post(ws, j, JOB_ROOM_FETCH);
+		loop_room_job(ws, d->key, 1, d->seq, JOB_ROOM_FETCH);
 		break;
 	default:
 		break;
@@ -976,11 +991,46 @@ loop_frame_done(struct ws *ws, struct conn *c, struct done *d)
  * re-reads its log; one already reading may have read before the lost commit, so it reads
  * once more when done (the tick).
  */
+/* A worker job about a room (key "room:NAME"): a fetch by id, a catch-up or the baseline. */
+static void
+loop_room_job(struct ws *ws, const char *room, int has_after, uint64_t after, int kind)
+{
+	struct job *j;
+
+	j = xcalloc(1, sizeof *j);
+	snprintf(j->user, sizeof j->user, "room:%.59s", room);
+	j->req.room = xstrdup(room);
+	j->has_after = has_after;
+	j->after = after;
+	(void)loop_post(ws, j, kind);
+}
+
+/* The room's newest id when it was first joined here: catch-ups start after it. */
+static void
+loop_room_based(struct ws *ws, const char *room, uint64_t id)
+{
+	struct conn_room *r;
+
+	if ((r = conns_room(ws->conns, room)) == NULL)
+		return;
+	if (id > r->last_id)
+		r->last_id = id;
+	r->based = 1;
+}
+
 static void
 loop_resync_all(struct ws *ws)
 {
 	struct conn *c;
+	struct conn_room *r, *rn = NULL;
 	size_t i = 0;
+
+	/* Room listeners: the comments after the last one pushed, from MySQL (one page a room). */
+	while (conns_room_at(ws->conns, &i, &r, &rn) == 0) {
+		if (r->n > 0 && r->based)
+			loop_room_job(ws, r->key.name, 1, r->last_id, JOB_ROOM_CATCHUP);
+	}
+	i = 0;
 
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (c->state != CONN_READY)
@@ -1019,8 +1069,10 @@ loop_drain(struct ws *ws)
 		} else if (d->kind == DONE_HINT) {
 			hints++;
 			loop_hint(ws, d);
+		} else if (d->kind == DONE_ROOM && d->text == NULL) {
+			loop_room_based(ws, d->key, d->seq);
 		} else if (d->kind == DONE_ROOM) {
-			loop_room_event(ws, d->key, d->text, d->len);
+			loop_room_event(ws, d->key, d->seq, d->text, d->len);
 		} else if ((c = conn_find(ws->conns, d->conn)) == NULL) {
 			/* Closed while authenticating: the +1 it counted still needs its -1. */
 			if (d->kind == DONE_READY && d->presence)

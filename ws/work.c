@@ -291,6 +291,44 @@ work_room_fetch(struct wctx *w, struct job *j)
 	return 0;
 }
 
+/*
+ * Lost hints: the room's comments after the newest this process pushed, one page (room_history,
+ * the most a room keeps), oldest first, each its own DONE_ROOM the loop drops when already pushed.
+ * Without has_after (a room first joined here): only the room's newest id, the catch-ups' floor.
+ */
+static int
+work_room_catchup(struct wctx *w, struct job *j)
+{
+	struct store_page page;
+	struct done *d;
+	const char *p;
+	size_t i;
+
+	if (store_room_history(w->chat.store, j->req.room, j->has_after ? j->after : 0,
+	    w->ws->cfg->room_history, &page) != 0)
+		return errno == EAGAIN ? -1 : 0;
+	if (!j->has_after) {
+		d = ws_done_new(DONE_ROOM, 0);
+		strncpy(d->key, j->req.room, PARLEY_ID_MAX);
+		d->seq = page.next;
+		ws_done_push(w->ws, d);
+	} else {
+		for (i = 0; i < page.n; i++) {
+			/* Our own canonical text: {"type":"room_message","room":..,"comment":{"id":N,.. */
+			if ((p = strstr(page.events[i], "\"comment\":{\"id\":")) == NULL)
+				continue;
+			d = ws_done_new(DONE_ROOM, 0);
+			strncpy(d->key, j->req.room, PARLEY_ID_MAX);
+			d->seq = strtoull(p + 16, NULL, 10);
+			d->text = xstrdup(page.events[i]);
+			d->len = strlen(d->text);
+			ws_done_push(w->ws, d);
+		}
+	}
+	store_page_clear(&page);
+	return 0;
+}
+
 /* Run one job. Expected failures become frames here; only EAGAIN goes back for a retry. */
 static int
 work_run(void *ctx, const char *key, int kind, void *data)
@@ -334,6 +372,8 @@ work_run(void *ctx, const char *key, int kind, void *data)
 		break;
 	case JOB_ROOM_FETCH:
 		return work_room_fetch(w, j);
+	case JOB_ROOM_CATCHUP:
+		return work_room_catchup(w, j);
 	case JOB_HISTORY:
 		if ((rc = chat_history_json(&w->chat, j->user, &j->req.history, 1, &ev)) == 0)
 			work_frame(w, j, ev, 0);
@@ -453,6 +493,7 @@ work_failed(void *ctx, const char *key, int kind, void *data, int err)
 		break;
 	case JOB_PRESENCE_DOWN:
 	case JOB_ROOM_FETCH:
+	case JOB_ROOM_CATCHUP:
 		break;
 	default:
 		work_error(w, j, err);

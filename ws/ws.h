@@ -33,7 +33,8 @@ enum done_kind {
 	DONE_FRAME,	/* one frame for a connection (ack, error), then close if close_code */
 	DONE_PAGE,	/* events read from MySQL for a sync or a catch-up */
 	DONE_HINT,	/* a bus hint */
-	DONE_ROOM	/* a room event fetched because its hint carried no payload */
+	DONE_ROOM	/* a room event (seq: its id) fetched because its hint carried no payload
+			   or hints were lost; no text: the room's newest id when first joined */
 };
 
 struct done {
@@ -66,7 +67,9 @@ enum job_kind {
 	JOB_ROOM_POST,
 	JOB_PRESENCE_DOWN,	/* presence -1 when a connection closes */
 	JOB_ROOM_FETCH,		/* a room event by id (key "room:NAME") */
-	JOB_HISTORY		/* a history page -> one history frame */
+	JOB_HISTORY,		/* a history page -> one history frame */
+	JOB_ROOM_CATCHUP	/* room comments after an id, one DONE_ROOM each; without has_after,
+				   the room's newest id only (DONE_ROOM, no text) */
 };
 
 struct job {

@@ -371,6 +371,21 @@ async def main():
         check(wait_until(lambda: a.redis_state() == ("down", "down") and b.redis_state() == ("down", "down"), 5),
               "/health says redis down on both hosts", (a.redis_state(), b.redis_state()))
         limit = FALLBACK + 1.0
+        # A room comment posted over HTTP on a, with Redis down: b's WebSocket room listener
+        # catches up from MySQL within the fallback interval, exactly once.
+        room = uname("droom")
+        rx, ry = uname("rx"), uname("ry")
+        cy = await connect(b, ry)
+        await cy.send({"type": "join_room", "room": room})
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        st, _ = a.req("POST", "/rooms/%s/messages" % room, token(rx), {"text": "while down"})
+        is_down = lambda m: m.get("type") == "room_message" and m["comment"]["text"] == "while down"
+        got = await cy.next(is_down, limit + 1.0)
+        dt = time.monotonic() - t0
+        check(st == 200 and got is not None and dt <= limit,
+              "room comment from host a reaches host b's WebSocket room listener while Redis is down "
+              "(%.0f ms)" % (dt * 1000), (st, got))
         for x, y in ((a, b), (b, a)):
             lat = await ws_cross(x, y, " while Redis is down", limit)
             print("     (%.0f ms)" % (lat * 1000 if lat else -1))
@@ -384,6 +399,21 @@ async def main():
               "reconnects and rechecks counted", ma)
         time.sleep(0.5)	# the resubscriptions' own rechecks
         await ws_cross(a, b, " after Redis came back", 1.0)
+        st, _ = a.req("POST", "/rooms/%s/messages" % room, token(rx), {"text": "after up"})
+        is_up = lambda m: m.get("type") == "room_message" and m["comment"]["text"] == "after up"
+        got = await cy.next(is_up, 5)
+        await asyncio.sleep(FALLBACK + 0.5)
+        dup = [m for m in cy.inbox if is_down(m) or is_up(m)]
+        try:
+            while True:
+                m = json.loads(await asyncio.wait_for(cy.ws.recv(), 0.2))
+                if is_down(m) or is_up(m):
+                    dup.append(m)
+        except asyncio.TimeoutError:
+            pass
+        check(st == 200 and got is not None and not dup,
+              "room comments reach host b's listener exactly once across Redis down and up", (got, dup))
+        await cy.ws.close()
         poll_cross(b, a, " after Redis came back", 1.0)
         print("     cross-host latency (ms), Redis up: %s" % ", ".join("%.1f" % (x * 1000) for x in lats if x))
     finally:
