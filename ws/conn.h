@@ -151,7 +151,7 @@ int		 conn_register(struct conns *, struct conn *);
 /* Forget c: its id stops resolving, it leaves its user and rooms, its buffers are freed. */
 void		 conn_unregister(struct conns *, struct conn *);
 struct conn	*conn_find(struct conns *, uint64_t id);
-/* Iterate over every room with listeners: *k from NULL and i from 0 while it returns 0. */
+/* Iterate over every room with listeners: *next from NULL and i from 0 while it returns 0. */
 int		 conns_room_at(struct conns *, size_t *i, struct conn_room **r, struct conn_room **next);
 /* Iterate over every registered connection: i from 0 while conn_at() returns 0. */
 int		 conn_at(struct conns *, size_t *i, struct conn **);
