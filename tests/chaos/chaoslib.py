@@ -7,10 +7,7 @@ its own. The daemons are children of this process so that they can be killed and
 Stdlib and python3-websockets only.
 """
 import asyncio
-import base64
 import configparser
-import hashlib
-import hmac
 import json
 import os
 import random
@@ -19,13 +16,15 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
 
-BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
-SRC = os.environ.get("PARLEY_SRCDIR", ".")
-HARNESS = os.path.join(SRC, "tests", "harness")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import parleylib as L  # noqa: E402
+
+BUILD, SRC, HARNESS = L.BUILD, L.SRC, L.HARNESS
 
 
 def env_required():
@@ -36,27 +35,11 @@ def env_required():
 
 # --- tokens -------------------------------------------------------------------------------
 
-def b64u(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
 def make_token(secret, sub, dev=None, ttl=7200):
-    now = int(time.time())
-    claims = {"sub": sub, "iat": now, "exp": now + ttl}
-    if dev:
-        claims["dev"] = dev
-    h = b64u(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    p = b64u(json.dumps(claims).encode())
-    sig = hmac.new(secret.encode(), (h + "." + p).encode(), hashlib.sha256).digest()
-    return h + "." + p + "." + b64u(sig)
+    return L.token(secret, sub, dev, ttl)
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+free_port = L.free_port
 
 
 # --- /proc probes -------------------------------------------------------------------------
@@ -412,45 +395,11 @@ class HTTPError(Exception):
 
 async def http(base, method, path, tok=None, body=None, timeout=10.0):
     """(status, decoded JSON or None, headers). Raises OSError/asyncio.TimeoutError on transport failure."""
-    u = urllib.parse.urlsplit(base)
-
-    async def run():
-        reader, writer = await asyncio.open_connection(u.hostname, u.port)
-        try:
-            data = json.dumps(body).encode() if body is not None else b""
-            head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, u.hostname)
-            if tok is not None:
-                head += "Authorization: Bearer %s\r\n" % tok
-            if body is not None:
-                head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
-            writer.write(head.encode() + b"\r\n" + data)
-            await writer.drain()
-            raw = await reader.read(-1)
-        finally:
-            writer.close()
-        return raw
-
-    raw = await asyncio.wait_for(run(), timeout)
-    head, sep, rest = raw.partition(b"\r\n\r\n")
-    if not sep:
+    raw = await asyncio.wait_for(L.request_raw(base, method, path, tok, body), timeout)
+    if b"\r\n\r\n" not in raw:
         raise HTTPError("incomplete answer")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    hd = {}
-    for x in lines[1:]:
-        if ": " in x:
-            k, v = x.split(": ", 1)
-            hd[k.lower()] = v
-    if hd.get("transfer-encoding", "").lower() == "chunked":
-        out, pos = b"", 0
-        while True:
-            end = rest.index(b"\r\n", pos)
-            n = int(rest[pos:end].split(b";")[0], 16)
-            if n == 0:
-                break
-            out += rest[end + 2:end + 2 + n]
-            pos = end + 2 + n + 2
-        rest = out
+    status, headers, rest = L.parse_response(raw)
+    hd = {k.lower(): v for k, v in headers}
     try:
         j = json.loads(rest) if rest else None
     except ValueError:

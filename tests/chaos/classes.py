@@ -34,21 +34,11 @@ import websockets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chaoslib as L  # noqa: E402
+import parleylib  # noqa: E402  (chaoslib put tests/integration on the path)
 
-PASSED = 0
-FAILED = 0
 TAG = "cc%x%03x" % (os.getpid() & 0xffff, random.randrange(4096))
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
+T = parleylib.Tally()
+check = T.check
 
 
 def note(msg):
@@ -507,8 +497,8 @@ def main():
         except Exception as e:  # noqa: BLE001 - a class that could not run fails
             check(False, "%s ran" % name, repr(e))
         note("%s took %.0f s" % (name, time.monotonic() - t0))
-    print("%d passed, %d failed" % (PASSED, FAILED), flush=True)
-    return 1 if FAILED else 0
+    print(T.summary(), flush=True)
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

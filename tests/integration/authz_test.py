@@ -20,16 +20,10 @@ What it checks (docs/reliability.md, "Authorisation matrix"):
 Prints one line per check and "N passed, N failed" last.
 """
 import asyncio
-import base64
-import configparser
 import hashlib
-import hmac
-import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,51 +32,28 @@ import urllib.parse
 
 import websockets
 
-BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
-SRC = os.environ.get("PARLEY_SRCDIR", ".")
+import parleylib as L
+from parleylib import uname
+
+BUILD = L.BUILD
 BASE_CONF = os.environ["PARLEY_TEST_CONFIG"]
 TOP = tempfile.mkdtemp(prefix="authz-test.", dir=os.environ.get("PARLEY_TEST_DIR") or None)
-_conf = configparser.ConfigParser(interpolation=None)
-_conf.read(BASE_CONF)
-SECRET = _conf["auth"]["jwt_secret"].encode()
-RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
-_n = [0]
-PASSED = 0
-FAILED = 0
-
-
-def uname(prefix):
-    """A user/room id unique across test runs sharing the database."""
-    _n[0] += 1
-    return "%s_%s_%d" % (prefix, RUN, _n[0])
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
+SECRET = L.config_secret(BASE_CONF)
+T = L.Tally()
+check = T.check
 
 
 # --- tokens -------------------------------------------------------------------------------
 
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+b64 = L.b64u
 
 
 def sign(header, claims, secret=SECRET, digest=hashlib.sha256):
-    h = b64(json.dumps(header).encode())
-    p = b64(json.dumps(claims).encode())
-    return h + "." + p + "." + b64(hmac.new(secret, (h + "." + p).encode(), digest).digest())
+    return L.jwt(claims, secret, header, digest)
 
 
 def good(sub, exp_in=3600):
-    now = int(time.time())
-    return sign({"alg": "HS256", "typ": "JWT"}, {"sub": sub, "iat": now, "exp": now + exp_in})
+    return L.token(SECRET, sub, exp_in=exp_in)
 
 
 def bad_tokens(victim, attacker):
@@ -111,23 +82,6 @@ def bad_tokens(victim, attacker):
 
 # --- processes ------------------------------------------------------------------------------
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def write_conf(path, **sections):
-    conf = configparser.ConfigParser(interpolation=None)
-    conf.read(BASE_CONF)
-    for name, kv in sections.items():
-        conf[name] = kv
-    with open(path, "w") as f:
-        conf.write(f)
-
-
 class Stack:
     """parley-ws, and parley-fcgi behind lighttpd, on one bus."""
 
@@ -135,96 +89,45 @@ class Stack:
         self.procs = []
         self.web = None
         bus = os.path.join(TOP, "bus")
-        self.ws_port = free_port()
+        self.ws_port = L.free_port()
         conf = os.path.join(TOP, "ws.conf")
-        write_conf(conf, bus={"dir": bus}, ws={"listen": "127.0.0.1", "port": str(self.ws_port)})
+        L.write_conf(conf, BASE_CONF, bus={"dir": bus}, ws={"listen": "127.0.0.1", "port": self.ws_port})
         self.ws_log = open(os.path.join(TOP, "parley-ws.log"), "ab")
         self.ws = subprocess.Popen([os.path.join(BUILD, "parley-ws"), "--config", conf],
                                    stdout=self.ws_log, stderr=subprocess.STDOUT)
         self.procs.append(self.ws)
         sock = os.path.join(TOP, "fcgi.sock")
         conf = os.path.join(TOP, "fcgi.conf")
-        write_conf(conf, bus={"dir": bus}, fcgi={"listen": sock})
+        L.write_conf(conf, BASE_CONF, bus={"dir": bus}, fcgi={"listen": sock})
         self.fcgi_log = open(os.path.join(TOP, "parley-fcgi.log"), "ab")
         self.fcgi = subprocess.Popen([os.path.join(BUILD, "parley-fcgi"), "-c", conf],
                                      stdout=self.fcgi_log, stderr=subprocess.STDOUT)
         self.procs.append(self.fcgi)
         deadline = time.time() + 10
-        while not os.path.exists(sock) or not self._listening():
+        while not os.path.exists(sock) or not L.can_connect("127.0.0.1", self.ws_port):
             if time.time() > deadline or any(p.poll() is not None for p in self.procs):
                 raise RuntimeError("daemons did not start; logs in %s" % TOP)
             time.sleep(0.05)
-        web = os.path.join(SRC, "tests", "harness", "webserver")
-        out = subprocess.run([web, "start", "lighttpd", os.path.join(TOP, "web"), "--fcgi", sock],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError("lighttpd: " + out.stderr[-300:])
+        self.http = L.start_web(os.path.join(TOP, "web"), sock)
         self.web = os.path.join(TOP, "web")
-        self.http = None
-        for line in out.stdout.splitlines():
-            if "PARLEY_HTTP=" in line:
-                self.http = line.split("PARLEY_HTTP=", 1)[1].strip().strip("'\"")
-        if self.http is None:
-            raise RuntimeError("webserver printed no PARLEY_HTTP")
         self.ws_url = "ws://127.0.0.1:%d/ws" % self.ws_port
-
-    def _listening(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.ws_port), 0.2).close()
-            return True
-        except OSError:
-            return False
 
     def stop(self):
         if self.web:
-            subprocess.run([os.path.join(SRC, "tests", "harness", "webserver"), "stop", self.web],
-                           capture_output=True)
-        codes = []
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-            codes.append(p.returncode)
-        return codes
+            L.stop_web(self.web)
+        return L.stop_procs(self.procs)
 
 
 # --- HTTP -------------------------------------------------------------------------------------
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = {k.lower(): v for k, v in headers}
-        self.body = body
-
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-    def __repr__(self):
-        return "<%d %r>" % (self.status, self.body[:200])
+Resp = L.Resp
 
 
 def req(method, path, tok=None, body=None, timeout=30):
-    u = urllib.parse.urlsplit(ST.http)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    h = {}
-    if tok is not None:
-        h["Authorization"] = "Bearer " + tok
-    data = None
-    if body is not None:
-        data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        h["Content-Type"] = "application/json"
-    conn.request(method, path, body=data, headers=h)
-    r = conn.getresponse()
-    out = Resp(r.status, r.getheaders(), r.read().decode("utf-8", "replace"))
-    conn.close()
-    return out
+    """A request to the stack's web server; a str or bytes body goes as it is, anything else as JSON."""
+    if isinstance(body, (bytes, str)):
+        return L.request(ST.http, method, path, tok, raw=body, timeout=timeout)
+    return L.request(ST.http, method, path, tok, body, timeout=timeout)
 
 
 def is_error(r, status, code):
@@ -617,8 +520,8 @@ def main():
     finally:
         if ST is not None:
             ST.stop()
-        print("%d passed, %d failed" % (PASSED, FAILED))
-        rc = 0 if FAILED == 0 else 1
+        print(T.summary())
+        rc = 0 if T.failed == 0 else 1
         if rc == 0 and not os.environ.get("PARLEY_KEEP"):
             shutil.rmtree(TOP, ignore_errors=True)
         else:

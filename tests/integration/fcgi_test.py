@@ -22,10 +22,7 @@ Usage: fcgi_test.py PHASE   where PHASE is one of
 Prints "N passed, N failed" last; exit status 1 when anything failed.
 """
 import asyncio
-import base64
 import hashlib
-import hmac
-import http.client
 import json
 import os
 import re
@@ -38,145 +35,45 @@ import threading
 import time
 import urllib.parse
 
-PASSED = 0
-FAILED = 0
-RUN_ID = "%d%04x" % (os.getpid(), int.from_bytes(os.urandom(2), "big"))
-NAME_COUNTER = [0]
+import parleylib as L
 
-
-def name(prefix):
-    """A user/room/device name unique across runs."""
-    NAME_COUNTER[0] += 1
-    return "%s_%s_%d" % (prefix, RUN_ID, NAME_COUNTER[0])
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
+T = L.Tally()
+check = T.check
+name = L.uname
+RUN_ID = L.RUN
 
 
 # --- tokens -------------------------------------------------------------------------------
 
-def config_secret(path):
-    section = ""
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("["):
-                section = line.strip("[]").strip()
-            elif "=" in line and section == "auth":
-                k, v = line.split("=", 1)
-                if k.strip() == "jwt_secret":
-                    return v.strip()
-    raise SystemExit("no jwt_secret in " + path)
-
-
 SECRET = None
-
-
-def b64u(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
 def token(user, exp_in=3600, alg="HS256", dev=None, secret=None, sign=True):
     header = {"alg": alg, "typ": "JWT"}
-    now = int(time.time())
-    claims = {"sub": user, "iat": now, "exp": now + exp_in}
-    if dev is not None:
-        claims["dev"] = dev
-    h = b64u(json.dumps(header).encode())
-    p = b64u(json.dumps(claims).encode())
+    claims = L.claims(user, dev, exp_in)
     if not sign:
-        return h + "." + p + "."
-    key = (secret or SECRET).encode()
-    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384}[alg if alg in ("HS256", "HS384") else "HS256"]
-    sig = hmac.new(key, (h + "." + p).encode(), digest).digest()
-    return h + "." + p + "." + b64u(sig)
+        return L.jwt(claims, "", header).rsplit(".", 1)[0] + "."
+    return L.jwt(claims, secret or SECRET, header, hashlib.sha384 if alg == "HS384" else hashlib.sha256)
 
 
 def token_claims(claims, header=None):
     """An HS256 token with exactly these claims (and header), signed with the test secret."""
-    h = b64u(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
-    p = b64u(json.dumps(claims).encode())
-    sig = hmac.new(SECRET.encode(), (h + "." + p).encode(), hashlib.sha256).digest()
-    return h + "." + p + "." + b64u(sig)
+    return L.jwt(claims, SECRET, header)
 
 
 # --- HTTP ---------------------------------------------------------------------------------
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = {k.lower(): v for k, v in headers}
-        self.body = body
-
-    def json(self):
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            return None
-
-    def __repr__(self):
-        return "<%d %r>" % (self.status, self.body[:300])
+Resp = L.Resp
 
 
 def req(base, method, path, tok=None, body=None, raw=None, headers=None, timeout=75):
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    h = dict(headers or {})
-    if tok is not None:
-        h["Authorization"] = "Bearer " + tok
-    data = None
-    if raw is not None:
-        data = raw if isinstance(raw, bytes) else raw.encode()
-    elif body is not None:
-        data = json.dumps(body).encode()
-    if data is not None:
-        h["Content-Type"] = "application/json"
-    conn.request(method, path, body=data, headers=h)
-    r = conn.getresponse()
-    out = Resp(r.status, r.getheaders(), r.read().decode("utf-8", "replace"))
-    conn.close()
-    return out
+    return L.request(base, method, path, tok, body, raw, headers, timeout)
 
 
 async def areq(base, method, path, tok=None, body=None, timeout=75):
     """A minimal HTTP/1.1 client on asyncio streams (thousands at once)."""
-    u = urllib.parse.urlsplit(base)
-    reader, writer = await asyncio.open_connection(u.hostname, u.port)
-    data = json.dumps(body).encode() if body is not None else b""
-    head = "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n" % (method, path, u.hostname)
-    if tok is not None:
-        head += "Authorization: Bearer %s\r\n" % tok
-    if body is not None:
-        head += "Content-Type: application/json\r\nContent-Length: %d\r\n" % len(data)
-    writer.write(head.encode() + b"\r\n" + data)
-    await writer.drain()
-    try:
-        raw = await asyncio.wait_for(reader.read(-1), timeout)
-    finally:
-        writer.close()
-    head, _, rest = raw.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = [tuple(x.split(": ", 1)) for x in lines[1:] if ": " in x]
-    hd = {k.lower(): v for k, v in headers}
-    if hd.get("transfer-encoding", "").lower() == "chunked":
-        body_b, pos = b"", 0
-        while True:
-            end = rest.index(b"\r\n", pos)
-            n = int(rest[pos:end].split(b";")[0], 16)
-            if n == 0:
-                break
-            body_b += rest[end + 2:end + 2 + n]
-            pos = end + 2 + n + 2
-        rest = body_b
+    raw = await asyncio.wait_for(L.request_raw(base, method, path, tok, body), timeout)
+    status, headers, rest = L.parse_response(raw)
     return Resp(status, headers, rest.decode("utf-8", "replace"))
 
 
@@ -198,14 +95,7 @@ def proc_fds(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
 
-def wait_until(fn, timeout=10.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
+wait_until = L.wait_until
 
 
 def err_code(r):
@@ -1616,7 +1506,7 @@ def phase_recovered(base):
 
 def main():
     global SECRET
-    SECRET = config_secret(os.environ["PARLEY_TEST_CONFIG"])
+    SECRET = L.config_secret(os.environ["PARLEY_TEST_CONFIG"])
     base = os.environ["PARLEY_HTTP"]
     base2 = os.environ.get("PARLEY_HTTP2")
     pid = int(os.environ.get("FCGI_PID", "0"))
@@ -1692,8 +1582,8 @@ def main():
         import traceback
         traceback.print_exc()
         check(False, "phase %s crashed: %r" % (phase, e))
-    print("%d passed, %d failed" % (PASSED, FAILED), flush=True)
-    sys.exit(1 if FAILED else 0)
+    print(T.summary(), flush=True)
+    sys.exit(1 if T.failed else 0)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,6 @@ Prints one line per check and "N passed, N failed" last; exit status 1 when anyt
 namespaces cannot be made (never a silent skip).
 """
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import sys
@@ -31,6 +28,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import netns  # noqa: E402
+import parleylib as L  # noqa: E402
+from parleylib import uname  # noqa: E402
 
 import websockets  # noqa: E402
 
@@ -39,40 +38,12 @@ SRC = os.environ.get("PARLEY_SRCDIR", ".")
 FALLBACK = 1            # redis.fallback_interval, seconds
 MARGIN = 1.0            # seconds allowed beyond it (detection, MySQL query, scheduling)
 RATE = 0.1              # seconds between two sends of each sender
-RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
-PASSED = 0
-FAILED = 0
-_n = [0]
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
-
-
-def uname(prefix):
-    _n[0] += 1
-    return "%s_%s_%d" % (prefix, RUN, _n[0])
-
-
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+T = L.Tally()
+check = T.check
 
 
 def token(sub, dev=None):
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = {"sub": sub, "exp": int(time.time()) + 3600, "iat": int(time.time())}
-    if dev:
-        claims["dev"] = dev
-    body = b64(json.dumps(claims).encode())
-    mac = hmac.new(netns.SECRET.encode(), (header + "." + body).encode(), hashlib.sha256).digest()
-    return header + "." + body + "." + b64(mac)
+    return L.token(netns.SECRET, sub, dev)
 
 
 def http(host, method, path, user, body=None, timeout=15, dev=None):
@@ -493,14 +464,14 @@ def main():
         traceback.print_exc()
         check(False, "the scenario ran to its end")
     finally:
-        if FAILED:
+        if T.failed:
             for name in ("a-ws.log", "b-ws.log", "a-fcgi.log", "b-fcgi.log", "redis.log"):
                 text = cl.log(name)
                 if text:
                     print("--- %s (last lines)\n%s" % (name, "\n".join(text.splitlines()[-15:])))
         cl.close()
-    print("%d passed, %d failed (%.1f s)" % (PASSED, FAILED, time.monotonic() - t0))
-    return 1 if FAILED else 0
+    print("%s (%.1f s)" % (T.summary(), time.monotonic() - t0))
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
+
+import parleylib as L
+from parleylib import wait_until
 
 CLONE_NEWNET = 0x40000000
 NET = "10.77.0"
@@ -55,22 +56,8 @@ def run(*args, check=True, timeout=60, **kw):
     return r
 
 
-def wait_until(fn, timeout=10.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
-
-
 def can_connect(host, port):
-    try:
-        socket.create_connection((host, port), 0.3).close()
-        return True
-    except OSError:
-        return False
+    return L.can_connect(host, port, 0.3)
 
 
 def check_netns():

@@ -29,11 +29,6 @@ Checked:
 Prints "N passed, N failed" last; exit status 1 when anything failed.
 """
 import asyncio
-import base64
-import configparser
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import re
@@ -41,18 +36,17 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 
 import websockets
 
-PASSED = 0
-FAILED = 0
-BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
+import parleylib as L
+
+BUILD = L.BUILD
 HTTP = os.environ["PARLEY_HTTP"]
 WS = os.environ["PARLEY_WS"]
 SOCK = os.environ["PARLEY_TEST_MYSQL_SOCKET"]
 BASE_CONF = os.environ["PRUNE_CONF_BASE"]
-RUN = "%x%04x" % (os.getpid(), int.from_bytes(os.urandom(2), "big"))
+RUN = L.RUN
 FILLER = int(os.environ.get("PRUNE_FILLER", "1500"))	# filler logs
 FILL_OLD = 10					# old events per filler log
 OLD = 600					# old events in each pair's logs
@@ -62,48 +56,19 @@ BATCH = int(os.environ.get("PRUNE_BATCH", "200"))
 # several times slower and the box is loaded: the same checks with three times the margin.
 LOCK_MS = 150 if os.environ.get("ASAN_OPTIONS") or os.environ.get("TSAN_OPTIONS") else 50
 
-_c = configparser.ConfigParser(interpolation=None)
-_c.read(BASE_CONF)
-SECRET = _c["auth"]["jwt_secret"].encode()
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, str(detail)[:2000]), flush=True)
-    return cond
-
-
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+SECRET = L.config_secret(BASE_CONF)
+T = L.Tally(detail_max=2000)
+check = T.check
 
 
 def token(sub):
-    h = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    c = b64(json.dumps({"sub": sub, "exp": int(time.time()) + 3600, "iat": int(time.time())}).encode())
-    return h + "." + c + "." + b64(hmac.new(SECRET, (h + "." + c).encode(), hashlib.sha256).digest())
+    return L.token(SECRET, sub)
 
 
 def req(method, path, tok, body=None, timeout=30):
-    u = urllib.parse.urlsplit(HTTP)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    h = {"Authorization": "Bearer " + tok}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        h["Content-Type"] = "application/json"
-    conn.request(method, path, body=data, headers=h)
-    r = conn.getresponse()
-    status, text = r.status, r.read().decode()
-    conn.close()
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
+    """(status, the answer's JSON or, when it is not JSON, its text)."""
+    r = L.request(HTTP, method, path, tok, body, timeout=timeout)
+    return r.status, r.json_or_text()
 
 
 def sql(q, root=False):
@@ -388,8 +353,8 @@ def main():
 
     # The filler logs are empty now: drop their rows so later runs do not walk them.
     sql("DELETE FROM user_seq WHERE user_id LIKE 'pr%s\\_%%' AND last_seq < first_seq" % RUN)
-    print("%d passed, %d failed" % (PASSED, FAILED), flush=True)
-    sys.exit(1 if FAILED else 0)
+    print(T.summary(), flush=True)
+    sys.exit(1 if T.failed else 0)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,9 @@ reconnection by itself. Prints one line per check and "N passed, N failed" last.
 (Real hosts, in network namespaces, are the multi-host test's; this one needs no root.)
 """
 import asyncio
-import base64
-import configparser
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,66 +24,24 @@ import urllib.request
 
 import websockets
 
-BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
-SRC = os.environ.get("PARLEY_SRCDIR", ".")
+import parleylib as L
+from parleylib import free_port, uname, wait_until
+
+BUILD = L.BUILD
+SRC = L.SRC
 BASE_CONF = os.environ["PARLEY_TEST_CONFIG"]
 STACK = os.environ["PARLEY_TEST_DIR"]
 TOP = tempfile.mkdtemp(prefix="redis-test.", dir="/tmp")
 os.chmod(TOP, 0o711)
-RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
+RUN = L.RUN
 FALLBACK = 1	# redis.fallback_interval of both hosts, seconds
-_conf = configparser.ConfigParser(interpolation=None)
-_conf.read(BASE_CONF)
-SECRET = _conf["auth"]["jwt_secret"].encode()
-PASSED, FAILED = [0], [0]
-_n = [0]
-
-
-def check(cond, what, detail=""):
-    if cond:
-        PASSED[0] += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED[0] += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
-
-
-def uname(prefix):
-    _n[0] += 1
-    return "%s_%s_%d" % (prefix, RUN, _n[0])
-
-
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+SECRET = L.config_secret(BASE_CONF)
+T = L.Tally()
+check = T.check
 
 
 def token(sub, dev=None):
-    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-    claims = {"sub": sub, "exp": int(time.time()) + 3600, "iat": int(time.time())}
-    if dev:
-        claims["dev"] = dev
-    body = b64(json.dumps(claims).encode())
-    mac = hmac.new(SECRET, (header + "." + body).encode(), hashlib.sha256).digest()
-    return header + "." + body + "." + b64(mac)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def wait_until(fn, timeout=10.0, step=0.05):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
+    return L.token(SECRET, sub, dev)
 
 
 def services(cmd):
@@ -107,19 +58,15 @@ class Host:
         os.makedirs(self.dir)
         self.ws_port = free_port()
         self.fcgi_sock = os.path.join(self.dir, "fcgi.sock")
-        conf = configparser.ConfigParser(interpolation=None)
-        conf.read(BASE_CONF)
-        conf["bus"] = {"dir": os.path.join(self.dir, "bus")}
-        conf["ws"] = {"listen": "127.0.0.1", "port": str(self.ws_port)}
-        conf["fcgi"] = {"listen": self.fcgi_sock, "socket_mode": "0660", "threads": "4"}
-        conf["redis"] = {"url": "unix:" + os.environ["PARLEY_TEST_REDIS_SOCKET"],
-                         "password": os.environ["PARLEY_TEST_REDIS_PASSWORD"],
-                         "prefix": "t" + RUN, "fallback_interval": str(FALLBACK),
-                         "timeout_ms": "500"}
-        conf["log"] = {"level": "info"}
         self.conf = os.path.join(self.dir, "parley.conf")
-        with open(self.conf, "w") as f:
-            conf.write(f)
+        L.write_conf(self.conf, BASE_CONF,
+                     bus={"dir": os.path.join(self.dir, "bus")},
+                     ws={"listen": "127.0.0.1", "port": self.ws_port},
+                     fcgi={"listen": self.fcgi_sock, "socket_mode": "0660", "threads": 4},
+                     redis={"url": "unix:" + os.environ["PARLEY_TEST_REDIS_SOCKET"],
+                            "password": os.environ["PARLEY_TEST_REDIS_PASSWORD"],
+                            "prefix": "t" + RUN, "fallback_interval": FALLBACK, "timeout_ms": 500},
+                     log={"level": "info"})
         self.procs = []
         for prog in ("parley-ws", "parley-fcgi"):
             log = open(os.path.join(self.dir, prog + ".log"), "ab")
@@ -127,52 +74,20 @@ class Host:
                                                stdout=log, stderr=subprocess.STDOUT))
         if not wait_until(lambda: os.path.exists(self.fcgi_sock) and self.ws_listening(), 15):
             raise RuntimeError("%s did not start; see %s" % (name, self.dir))
-        out = subprocess.run([os.path.join(SRC, "tests/harness/webserver"), "start", "lighttpd",
-                              os.path.join(self.dir, "web"), "--fcgi", self.fcgi_sock],
-                             check=True, capture_output=True, text=True).stdout
-        self.http = out.strip().split("=", 1)[1]
+        self.http = L.start_web(os.path.join(self.dir, "web"), self.fcgi_sock)
         self.ws_url = "ws://127.0.0.1:%d/ws" % self.ws_port
 
     def ws_listening(self):
-        try:
-            socket.create_connection(("127.0.0.1", self.ws_port), 0.2).close()
-            return True
-        except OSError:
-            return False
+        return L.can_connect("127.0.0.1", self.ws_port)
 
     def stop(self):
-        subprocess.run([os.path.join(SRC, "tests/harness/webserver"), "stop",
-                        os.path.join(self.dir, "web")], capture_output=True)
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        codes = []
-        for p in self.procs:
-            try:
-                codes.append(p.wait(15))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                codes.append(p.wait())
-        return codes
+        L.stop_web(os.path.join(self.dir, "web"))
+        return L.stop_procs(self.procs, timeout=15)
 
     def req(self, method, path, tok=None, body=None, timeout=30):
-        u = urllib.parse.urlsplit(self.http)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-        h = {}
-        if tok:
-            h["Authorization"] = "Bearer " + tok
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            h["Content-Type"] = "application/json"
-        conn.request(method, path, body=data, headers=h)
-        r = conn.getresponse()
-        status, text = r.status, r.read().decode()
-        conn.close()
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
+        """(status, the answer's JSON or, when it is not JSON, its text)."""
+        r = L.request(self.http, method, path, tok or None, body, timeout=timeout)
+        return r.status, r.json_or_text()
 
     def ws_get(self, path, tok=None):
         rq = urllib.request.Request("http://127.0.0.1:%d%s" % (self.ws_port, path),
@@ -197,31 +112,7 @@ class Host:
         return ws, j.get("redis") if isinstance(j, dict) else None
 
 
-class Client:
-    def __init__(self, ws):
-        self.ws = ws
-        self.inbox = []
-
-    async def send(self, obj):
-        await self.ws.send(json.dumps(obj))
-
-    async def next(self, pred, timeout=5.0):
-        for i, m in enumerate(self.inbox):
-            if pred(m):
-                return self.inbox.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                raw = await asyncio.wait_for(self.ws.recv(), left)
-            except asyncio.TimeoutError:
-                return None
-            m = json.loads(raw)
-            if pred(m):
-                return m
-            self.inbox.append(m)
+Client = L.Inbox
 
 
 async def connect(host, user):
@@ -422,7 +313,7 @@ async def main():
             if h is not None:
                 codes = h.stop()
                 check(codes == [0, 0], "%s's daemons stop cleanly" % h.name, codes)
-        if FAILED[0]:
+        if T.failed:
             for h in ("hostA", "hostB"):
                 for f in ("parley-ws.log", "parley-fcgi.log"):
                     p = os.path.join(TOP, h, f)
@@ -430,8 +321,8 @@ async def main():
                         print("--- %s/%s" % (h, f))
                         print("".join(open(p, errors="replace").readlines()[-15:]))
         subprocess.run(["rm", "-rf", TOP])
-    print("%d passed, %d failed" % (PASSED[0], FAILED[0]))
-    return 1 if FAILED[0] else 0
+    print(T.summary())
+    return 1 if T.failed else 0
 
 
 if __name__ == "__main__":

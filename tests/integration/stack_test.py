@@ -12,7 +12,6 @@ import ctypes
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,30 +19,14 @@ import threading
 import time
 import urllib.request
 
-PASSED = 0
-FAILED = 0
+import parleylib as L
+from parleylib import free_port
+
+T = L.Tally()
+check = T.check
 PR_SET_CHILD_SUBREAPER = 36
 DAEMONS = (("run/parley-fcgi.pid", "parley-fcgi"), ("run/parley-ws.pid", "parley-ws"),
            ("web/server.pid", "lighttpd"))
-
-
-def check(cond, what, detail=""):
-    global PASSED, FAILED
-    if cond:
-        PASSED += 1
-        print("ok   %s" % what, flush=True)
-    else:
-        FAILED += 1
-        print("FAIL %s %s" % (what, detail), flush=True)
-    return cond
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def state(pid):
@@ -117,14 +100,8 @@ def read_pid(var, rel):
         return 0
 
 
-def wait_until(fn, timeout=10.0, step=0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
+def wait_until(fn, timeout=10.0):
+    return L.wait_until(fn, timeout, 0.1)
 
 
 def health(port):
@@ -226,5 +203,5 @@ if __name__ == "__main__":
         import traceback
         traceback.print_exc()
         check(False, "stack_test crashed: %r" % e)
-    print("%d passed, %d failed" % (PASSED, FAILED), flush=True)
-    sys.exit(1 if FAILED else 0)
+    print(T.summary(), flush=True)
+    sys.exit(1 if T.failed else 0)

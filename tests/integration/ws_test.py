@@ -9,8 +9,6 @@ python3-websockets (asyncio). Prints one line per test and "N passed, N failed" 
 import asyncio
 import base64
 import configparser
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -28,46 +26,20 @@ import urllib.request
 
 import websockets
 
-BUILD = os.environ.get("PARLEY_BUILDDIR", ".")
-SRC = os.environ.get("PARLEY_SRCDIR", ".")
+import parleylib as L
+from parleylib import free_port, uname
+
+BUILD = L.BUILD
+SRC = L.SRC
 BASE_CONF = os.environ["PARLEY_TEST_CONFIG"]
 TOP = tempfile.mkdtemp(prefix="ws-test.", dir=os.environ.get("PARLEY_TEST_DIR") or None)
-
-_conf = configparser.ConfigParser(interpolation=None)
-_conf.read(BASE_CONF)
-SECRET = _conf["auth"]["jwt_secret"].encode()
-RUN = "%x%x" % (os.getpid(), int(time.time()) % 65536)
-_n = [0]
-
-
-def uname(prefix):
-    """A user id unique across test runs sharing the database."""
-    _n[0] += 1
-    return "%s_%s_%d" % (prefix, RUN, _n[0])
-
-
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+SECRET = L.config_secret(BASE_CONF)
 
 
 def token(sub, dev=None, exp_in=3600, alg="HS256", secret=None):
-    header = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode())
-    claims = {"sub": sub, "exp": int(time.time()) + exp_in, "iat": int(time.time())}
-    if dev:
-        claims["dev"] = dev
-    body = b64(json.dumps(claims).encode())
-    if alg == "none":
-        return header + "." + body + "."
-    mac = hmac.new(secret or SECRET, (header + "." + body).encode(), hashlib.sha256).digest()
-    return header + "." + body + "." + b64(mac)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A token for sub; alg goes in the header (the MAC is HS256's), "none" leaves it unsigned."""
+    t = L.jwt(L.claims(sub, dev, exp_in), secret or SECRET, {"alg": alg, "typ": "JWT"})
+    return t.rsplit(".", 1)[0] + "." if alg == "none" else t
 
 
 class Daemon:
@@ -96,11 +68,9 @@ class Daemon:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("%s exited with %s; see %s" % (name, self.proc.returncode, self.dir))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            if L.can_connect("127.0.0.1", self.port):
                 break
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         else:
             raise RuntimeError("%s did not listen" % name)
         self.url = "ws://127.0.0.1:%d/ws" % self.port
@@ -126,34 +96,14 @@ class Daemon:
         return None
 
 
-class Client:
-    """A WebSocket with an inbox: frames read while waiting for another one are kept."""
-
-    def __init__(self, ws, ready=None):
-        self.ws = ws
-        self.ready = ready
-        self.inbox = []
-
-    async def send(self, obj):
-        await self.ws.send(obj if isinstance(obj, (str, bytes)) else json.dumps(obj))
+class Client(L.Inbox):
+    """L.Inbox whose next() raises AssertionError (a failed test) when no frame came."""
 
     async def next(self, pred=lambda m: True, timeout=5.0):
-        for i, m in enumerate(self.inbox):
-            if pred(m):
-                return self.inbox.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("timed out waiting for a frame; inbox: %s" % self.inbox[-5:])
-            try:
-                raw = await asyncio.wait_for(self.ws.recv(), left)
-            except asyncio.TimeoutError:
-                raise AssertionError("timed out waiting for a frame; inbox: %s" % self.inbox[-5:])
-            m = json.loads(raw)
-            if pred(m):
-                return m
-            self.inbox.append(m)
+        m = await super().next(pred, timeout)
+        if m is None:
+            raise AssertionError("timed out waiting for a frame; inbox: %s" % self.inbox[-5:])
+        return m
 
     async def none(self, pred, secs):
         try:
@@ -161,9 +111,6 @@ class Client:
         except AssertionError:
             return
         raise AssertionError("unexpected frame: %s" % m)
-
-    async def close(self):
-        await self.ws.close()
 
 
 async def connect(daemon, user, dev=None, how="url", sync=None, **kw):
@@ -1888,32 +1835,21 @@ def start_http(env):
         return
     d = os.path.join(TOP, "fcgi")
     os.makedirs(d, exist_ok=True)
-    conf = configparser.ConfigParser(interpolation=None)
-    conf.read(BASE_CONF)
-    conf["bus"] = {"dir": env.a.bus}
     sock = os.path.join(d, "fcgi.sock")
-    conf["fcgi"] = {"listen": sock}
     path = os.path.join(d, "parley.conf")
-    with open(path, "w") as f:
-        conf.write(f)
+    L.write_conf(path, BASE_CONF, bus={"dir": env.a.bus}, fcgi={"listen": sock})
     log = open(os.path.join(d, "parley-fcgi.log"), "ab")
     env.fcgi = subprocess.Popen([fcgi_bin, "-c", path], stdout=log, stderr=subprocess.STDOUT)
     for _ in range(100):
         if os.path.exists(sock):
             break
         time.sleep(0.05)
-    out = subprocess.run([web, "start", "lighttpd", os.path.join(d, "web"), "--fcgi", sock,
-                          "--ws", "127.0.0.1:%d" % env.a.port],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        env.http_why = "webserver start failed: " + out.stderr[-300:]
+    try:
+        env.http = L.start_web(os.path.join(d, "web"), sock, extra=("--ws", "127.0.0.1:%d" % env.a.port))
+    except RuntimeError as e:
+        env.http_why = "webserver start failed: %s" % e
         return
     env.web = os.path.join(d, "web")
-    for line in out.stdout.splitlines():
-        if "PARLEY_HTTP=" in line:
-            env.http = line.split("PARLEY_HTTP=", 1)[1].strip().strip("'\"")
-    if env.http is None:
-        env.http_why = "webserver printed no PARLEY_HTTP"
 
 
 async def run_all(env, only):
@@ -1963,8 +1899,7 @@ def main():
         for d in daemons:
             d.stop(signal.SIGKILL)
         if getattr(env, "web", None):
-            subprocess.run([os.path.join(SRC, "tests", "harness", "webserver"), "stop", env.web],
-                           capture_output=True)
+            L.stop_web(env.web)
         if getattr(env, "fcgi", None) is not None:
             env.fcgi.terminate()
             env.fcgi.wait(10)
