@@ -1,4 +1,5 @@
-# scripts/lib.sh - what scripts/demo, scripts/test and scripts/stack share: packages and the build.
+# scripts/lib.sh - what scripts/demo, scripts/test and scripts/stack share: packages and the build;
+# and the start every tests/integration wrapper makes (test_env, need_websockets).
 # Sourced, not run.
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,5 +68,41 @@ build() {
 	make -C "$dir" -j"$(nproc)" >"$dir/make.log" 2>&1 || { tail -40 "$dir/make.log"; return 1; }
 	if grep -E 'warning:' "$dir/make.log" >/dev/null; then
 		grep -E 'warning:' "$dir/make.log"; say "compiler warnings (treated as errors)"; return 1
+	fi
+}
+
+# test_env NAME BINARY...: the start of an integration test's wrapper (tests/integration/test_*.sh).
+# Exports PARLEY_BUILDDIR (default: the current directory) and PARLEY_SRCDIR (default: this
+# checkout); exits 99, a hard error to make check, unless run under tests/harness/with-services
+# with every BINARY built in PARLEY_BUILDDIR.
+test_env() {
+	local name=$1 b
+	shift
+	: "${PARLEY_BUILDDIR:=$(pwd)}"
+	: "${PARLEY_SRCDIR:=$top}"
+	export PARLEY_BUILDDIR PARLEY_SRCDIR
+	if [ -z "${PARLEY_TEST_CONFIG:-}" ]; then
+		echo "$name: run it under tests/harness/with-services" >&2
+		exit 99
+	fi
+	for b in "$@"; do
+		[ -x "$PARLEY_BUILDDIR/$b" ] || { echo "$name: $PARLEY_BUILDDIR/$b is not built" >&2; exit 99; }
+	done
+}
+
+# need_websockets NAME: exit 99 unless Debian's python3-websockets is installed.
+need_websockets() {
+	/usr/bin/python3 -c 'import websockets' 2>/dev/null && return 0
+	echo "$1: python3-websockets is missing (apt-get install python3-websockets)" >&2
+	exit 99
+}
+
+# need_node_modules NAME DIR PACKAGE (after test_env): exit 99 unless node is installed and so
+# are DIR's npm test dependencies, PACKAGE among them (scripts/test installs both).
+need_node_modules() {
+	command -v node >/dev/null || { echo "$1: node is missing (scripts/test installs it)" >&2; exit 99; }
+	if [ ! -f "$PARLEY_SRCDIR/$2/node_modules/$3/package.json" ]; then
+		echo "$1: $2/node_modules is missing: cd $2 && npm ci (scripts/test does)" >&2
+		exit 99
 	fi
 }

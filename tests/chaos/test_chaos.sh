@@ -7,19 +7,10 @@
 # memcached on purpose: it leaves both running.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-: "${PARLEY_BUILDDIR:=$(pwd)}"
-: "${PARLEY_SRCDIR:=$(cd "$here/../.." && pwd)}"
-export PARLEY_BUILDDIR PARLEY_SRCDIR
+. "$here/../../scripts/lib.sh"
+test_env test_chaos.sh parley-ws parley-fcgi
+need_websockets test_chaos.sh
 py=/usr/bin/python3
-if [ -z "${PARLEY_TEST_CONFIG:-}" ]; then
-	echo "test_chaos.sh: run it under tests/harness/with-services" >&2
-	exit 99
-fi
-for b in parley-ws parley-fcgi; do
-	[ -x "$PARLEY_BUILDDIR/$b" ] || { echo "test_chaos.sh: $PARLEY_BUILDDIR/$b is not built" >&2; exit 99; }
-done
-"$py" -c 'import websockets' 2>/dev/null ||
-	{ echo "test_chaos.sh: python3-websockets is missing (apt-get install python3-websockets)" >&2; exit 99; }
 
 failed=0
 out=$(mktemp /tmp/chaos-selftest.XXXXXX)

@@ -5,25 +5,10 @@
 # run by Node's test runner, whose summary this prints.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
-: "${PARLEY_BUILDDIR:=$(pwd)}"
-: "${PARLEY_SRCDIR:=$(cd "$here/../.." && pwd)}"
-export PARLEY_BUILDDIR PARLEY_SRCDIR
-if [ -z "${PARLEY_TEST_CONFIG:-}" ]; then
-	echo "test_js.sh: run it under tests/harness/with-services" >&2
-	exit 99
-fi
-for b in parley-fcgi parley-ws parleyctl; do
-	[ -x "$PARLEY_BUILDDIR/$b" ] || { echo "test_js.sh: $PARLEY_BUILDDIR/$b is not built" >&2; exit 99; }
-done
-if ! command -v node >/dev/null; then
-	echo "test_js.sh: node is missing (scripts/test installs it)" >&2
-	exit 99
-fi
+. "$here/../../scripts/lib.sh"
+test_env test_js.sh parley-fcgi parley-ws parleyctl
+need_node_modules test_js.sh contrib/js ws
 js="$PARLEY_SRCDIR/contrib/js"
-if [ ! -f "$js/node_modules/ws/package.json" ]; then
-	echo "test_js.sh: contrib/js/node_modules is missing: cd contrib/js && npm ci (scripts/test does)" >&2
-	exit 99
-fi
 cd "$js" || exit 99
 echo "== WebSocket: the npm package ws"
 node --test --test-reporter=spec test/client.test.mjs
