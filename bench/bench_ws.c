@@ -695,6 +695,98 @@ print_worst_windows(const struct bench *b, const char *pfx)
 }
 
 /*
+ * Open connections 0..n-1 (b->c and b->ep made) and wait up to 120 s for each to be ready or
+ * dead; the seconds that took.
+ */
+static double
+conns_open(struct bench *b, int n, const char *secret)
+{
+	int64_t t0 = now_us();
+	int i;
+
+	b->c = xcalloc((size_t)n, sizeof *b->c);
+	b->ep = epoll_create1(0);
+	for (i = 0; i < n; i++) {
+		if (conn_open(b, i, secret) != 0)
+			fatal("connection %d: %s", i, strerror(errno));
+		if (i % 200 == 199)
+			while (b->ready + b->dead < i - 1000)
+				poll_once(b, 10);
+	}
+	while (b->ready + b->dead < n && now_us() - t0 < 120 * 1000000LL)
+		poll_once(b, 50);
+	return (double)(now_us() - t0) / 1e6;
+}
+
+/* Close connections 0..n-1 and free what conns_open made. */
+static void
+conns_close(struct bench *b, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (b->c[i].fd >= 0)
+			close(b->c[i].fd);
+		free(b->c[i].rx);
+	}
+	free(b->c);
+	b->c = NULL;
+	close(b->ep);
+}
+
+/*
+ * Sends k = 0, 1, ... at rate per second for secs seconds (at most max of them), polling all the
+ * while: send(b, k, arg) sends number k. The count sent.
+ */
+static int64_t
+paced_sends(struct bench *b, int rate, int secs, int64_t max,
+    void (*send)(struct bench *, int64_t k, const void *arg), const void *arg)
+{
+	int64_t next = now_us(), end = next + (int64_t)secs * 1000000, k = 0;
+	double per_tick = rate / 1000.0, owed = 0;
+
+	while (now_us() < end) {
+		poll_once(b, 0);
+		if (now_us() < next) {
+			poll_once(b, 1);
+			continue;
+		}
+		next += 1000;
+		owed += per_tick;
+		while (owed >= 1 && k < max) {
+			owed -= 1;
+			send(b, k++, arg);
+		}
+	}
+	return k;
+}
+
+/* The per-message arrays of the room and group phases, for rate * secs messages. */
+static void
+room_alloc(struct bench *b, int rate, int secs)
+{
+	b->room_max = (size_t)rate * (size_t)secs + 16;
+	b->room_sent = xcalloc(b->room_max, sizeof *b->room_sent);
+	b->room_last = xcalloc(b->room_max, sizeof *b->room_last);
+	b->room_got = xcalloc(b->room_max, sizeof *b->room_got);
+}
+
+/* Phase 2 of bench_side: message k from sender k % pairs to its receiver. */
+static void
+side_send(struct bench *b, int64_t k, const void *arg)
+{
+	int pairs = *(const int *)arg;
+	struct bconn *sc = &b->c[k % pairs];
+	char msg[256];
+	int n;
+
+	n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":\"m%" PRId64 "\","
+	    "\"to\":\"%s\",\"content\":\"t=%" PRId64 "\"}", k, b->c[pairs + k % pairs].user, now_us());
+	if (sc->fd >= 0)
+		ws_send(sc, 0x1, msg, (size_t)n);
+}
+
+/*
  * Both phases against the server of side s (its pid and port): phase 1 with b->n connections,
  * phase 2 with pairs at rate for secs. Lines are printed with pfx in front; figures go to s.
  */
@@ -702,36 +794,22 @@ static void
 bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int rate, int secs,
     const char *pfx)
 {
-	char msg[256], cmid[64];
 	long long cpu0, cpu1, mcpu0 = -1, mcpu1 = -1;
 	struct thread_cpu tc0, tc1;
-	int64_t t0, next, end, seqno = 0;
-	double per_tick, owed = 0;
-	struct bconn *sc;
-	int i, n;
+	int64_t end, seqno;
+	double secs_open;
+	int i;
 
 	b->port = s->port;
 	b->ready = b->dead = 0;
 	b->acks = b->ack_errors = b->delivered = 0;
 	b->first_error[0] = '\0';
 	b->nlat = 0;
-	b->c = xcalloc((size_t)b->n, sizeof *b->c);
-	b->ep = epoll_create1(0);
 
 	/* Phase 1: idle authenticated connections. */
 	s->rss0 = proc_rss_kb(s->pid);
-	t0 = now_us();
-	for (i = 0; i < b->n; i++) {
-		if (conn_open(b, i, secret) != 0)
-			fatal("connection %d: %s", i, strerror(errno));
-		if (i % 200 == 199)
-			while (b->ready + b->dead < i - 1000)
-				poll_once(b, 10);
-	}
-	while (b->ready + b->dead < b->n && now_us() - t0 < 120 * 1000000LL)
-		poll_once(b, 50);
-	printf("%sconnections: %d ready, %d failed, in %.1f s\n", pfx, b->ready, b->dead,
-	    (double)(now_us() - t0) / 1e6);
+	secs_open = conns_open(b, b->n, secret);
+	printf("%sconnections: %d ready, %d failed, in %.1f s\n", pfx, b->ready, b->dead, secs_open);
 	for (end = now_us() + 3000000; now_us() < end;)
 		poll_once(b, 100);
 	s->rss1 = proc_rss_kb(s->pid);
@@ -752,33 +830,10 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 	proc_thread_cpu(s->pid, &tc0);
 	if (b->mysqld_pid > 0)
 		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
-	t0 = now_us();
-	end = t0 + (int64_t)secs * 1000000;
-	b->send_t0 = t0;
+	b->send_t0 = now_us();
 	b->nwin = (size_t)secs * (1000000 / BENCH_WINDOW_US) + 1;
 	b->winmax = xcalloc(b->nwin, sizeof *b->winmax);
-	per_tick = rate / 1000.0;
-	next = t0;
-	while (now_us() < end) {
-		poll_once(b, 0);
-		if (now_us() < next) {
-			poll_once(b, 1);
-			continue;
-		}
-		next += 1000;
-		owed += per_tick;
-		while (owed >= 1) {
-			sc = &b->c[seqno % pairs];
-			owed -= 1;
-			snprintf(cmid, sizeof cmid, "m%" PRId64, seqno);
-			n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":\"%s\","
-			    "\"to\":\"%s\",\"content\":\"t=%" PRId64 "\"}", cmid,
-			    b->c[pairs + seqno % pairs].user, now_us());
-			if (sc->fd >= 0)
-				ws_send(sc, 0x1, msg, (size_t)n);
-			seqno++;
-		}
-	}
+	seqno = paced_sends(b, rate, secs, INT64_MAX, side_send, &pairs);
 	for (end = now_us() + 10000000; now_us() < end &&
 	    (b->delivered < (uint64_t)seqno || b->acks + b->ack_errors < (uint64_t)seqno);)
 		poll_once(b, 10);
@@ -824,14 +879,7 @@ bench_side(struct bench *b, struct side *s, const char *secret, int pairs, int r
 			    (double)sysconf(_SC_CLK_TCK) / ((double)b->delivered / 1000.0));
 	}
 	fflush(stdout);
-	for (i = 0; i < b->n; i++) {
-		if (b->c[i].fd >= 0)
-			close(b->c[i].fd);
-		free(b->c[i].rx);
-	}
-	free(b->c);
-	b->c = NULL;
-	close(b->ep);
+	conns_close(b, b->n);
 }
 
 /* Every connection of phase 1 came up. */
@@ -894,6 +942,25 @@ print_ratios(const struct side *pw, const struct side *peer, int conns)
 		    "as an error\n", who(side_msgs_ok(pw), side_msgs_ok(peer)));
 }
 
+/* What bench_room's posters send: comment k in room, from poster k % posters. */
+struct room_post {
+	char	room[64];
+	int	posters;
+};
+
+static void
+room_send(struct bench *b, int64_t k, const void *arg)
+{
+	const struct room_post *rp = arg;
+	char msg[256];
+	int n;
+
+	b->room_sent[k] = now_us();
+	n = snprintf(msg, sizeof msg, "{\"type\":\"room_message\",\"room\":\"%s\","
+	    "\"text\":\"t=%" PRId64 " k=%" PRId64 "\"}", rp->room, b->room_sent[k], k);
+	ws_send(&b->c[b->nlisten + (int)(k % rp->posters)], 0x1, msg, (size_t)n);
+}
+
 /*
  * --room: b->nlisten listeners on one room, spread over two parley-ws processes (one bus), and
  * posters (10 comments/s each, the default limits.room_rate_per_sec) on the first process
@@ -904,35 +971,22 @@ print_ratios(const struct side *pw, const struct side *peer, int conns)
 static void
 bench_room(struct bench *b, const int *pids, const char *secret, int posters, int rate, int secs)
 {
-	char msg[256], room[64];
+	char msg[256];
+	struct room_post rp = { .posters = posters };
 	long long cpu0[2], cpu1[2], mcpu0 = -1, mcpu1 = -1;
-	int64_t t0, next, end, k = 0, *lat;
+	int64_t end, k, *lat;
 	size_t nlat = 0, complete = 0, i;
-	double per_tick, owed = 0;
 	struct thread_cpu tc0[2], tc1[2];
 	int n, d, total = b->nlisten + posters;
+	double secs_open;
 
-	b->c = xcalloc((size_t)total, sizeof *b->c);
-	b->ep = epoll_create1(0);
-	b->room_max = (size_t)rate * (size_t)secs + 16;
-	b->room_sent = xcalloc(b->room_max, sizeof *b->room_sent);
-	b->room_last = xcalloc(b->room_max, sizeof *b->room_last);
-	b->room_got = xcalloc(b->room_max, sizeof *b->room_got);
-	snprintf(room, sizeof room, "bench_room_%s", b->run);
-	t0 = now_us();
-	for (i = 0; i < (size_t)total; i++) {
-		if (conn_open(b, (int)i, secret) != 0)
-			fatal("connection %zu: %s", i, strerror(errno));
-		if (i % 200 == 199)
-			while (b->ready + b->dead < (int)i - 1000)
-				poll_once(b, 10);
-	}
-	while (b->ready + b->dead < total && now_us() - t0 < 120 * 1000000LL)
-		poll_once(b, 50);
+	room_alloc(b, rate, secs);
+	snprintf(rp.room, sizeof rp.room, "bench_room_%s", b->run);
+	secs_open = conns_open(b, total, secret);
 	printf("room: connections: %d ready, %d failed, in %.1f s (%d listeners over 2 processes, "
-	    "%d posters)\n", b->ready, b->dead, (double)(now_us() - t0) / 1e6, b->nlisten, posters);
+	    "%d posters)\n", b->ready, b->dead, secs_open, b->nlisten, posters);
 	/* Join, then a ping: its pong says the join before it was taken. */
-	n = snprintf(msg, sizeof msg, "{\"type\":\"join_room\",\"room\":\"%s\"}", room);
+	n = snprintf(msg, sizeof msg, "{\"type\":\"join_room\",\"room\":\"%s\"}", rp.room);
 	for (i = 0; i < (size_t)b->nlisten; i++) {
 		ws_send(&b->c[i], 0x1, msg, (size_t)n);
 		ws_send(&b->c[i], 0x1, "{\"type\":\"ping\"}", 15);
@@ -948,27 +1002,7 @@ bench_room(struct bench *b, const int *pids, const char *secret, int posters, in
 	}
 	if (b->mysqld_pid > 0)
 		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
-	t0 = now_us();
-	end = t0 + (int64_t)secs * 1000000;
-	per_tick = rate / 1000.0;
-	next = t0;
-	while (now_us() < end) {
-		poll_once(b, 0);
-		if (now_us() < next) {
-			poll_once(b, 1);
-			continue;
-		}
-		next += 1000;
-		owed += per_tick;
-		while (owed >= 1 && (size_t)k < b->room_max) {
-			owed -= 1;
-			b->room_sent[k] = now_us();
-			n = snprintf(msg, sizeof msg, "{\"type\":\"room_message\",\"room\":\"%s\","
-			    "\"text\":\"t=%" PRId64 " k=%" PRId64 "\"}", room, b->room_sent[k], k);
-			ws_send(&b->c[b->nlisten + (int)(k % posters)], 0x1, msg, (size_t)n);
-			k++;
-		}
-	}
+	k = paced_sends(b, rate, secs, (int64_t)b->room_max, room_send, &rp);
 	for (end = now_us() + 5000000; now_us() < end &&
 	    b->room_frames < (uint64_t)k * (uint64_t)b->nlisten;)
 		poll_once(b, 10);
@@ -1004,14 +1038,7 @@ bench_room(struct bench *b, const int *pids, const char *secret, int posters, in
 		printf("room: mysqld CPU: %.1f ms per 1,000 comments\n", (double)(mcpu1 - mcpu0) *
 		    1000.0 / (double)sysconf(_SC_CLK_TCK) / ((double)k / 1000.0));
 	free(lat);
-	for (i = 0; i < (size_t)total; i++) {
-		if (b->c[i].fd >= 0)
-			close(b->c[i].fd);
-		free(b->c[i].rx);
-	}
-	free(b->c);
-	b->c = NULL;
-	close(b->ep);
+	conns_close(b, total);
 }
 
 /* p50 / p99 / max of n latencies (us, sorted in place) as "p50 X ms, p99 Y ms, max Z ms". */
@@ -1028,6 +1055,20 @@ print_lat(const char *what, int64_t *v, size_t n)
 	    n);
 }
 
+/* What bench_group's sender (connection 0) sends: group message k to group *arg. */
+static void
+group_send(struct bench *b, int64_t k, const void *arg)
+{
+	char msg[256];
+	int n;
+
+	b->room_sent[k] = now_us();
+	n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":"
+	    "\"g%" PRId64 "\",\"group_id\":%" PRIu64 ",\"content\":\"t=%" PRId64
+	    " k=%" PRId64 "\"}", k, *(const uint64_t *)arg, b->room_sent[k], k);
+	ws_send(&b->c[0], 0x1, msg, (size_t)n);
+}
+
 /*
  * --group MEMBERS --online M: a group of MEMBERS users (created in MySQL directly, as the
  * store does for POST /groups), M of them connected (the first one sends), rate group messages
@@ -1037,16 +1078,15 @@ print_lat(const char *what, int64_t *v, size_t n)
 static void
 bench_group(struct bench *b, int pid, const struct config *cfg, int members, int rate, int secs)
 {
-	char msg[256], name[PARLEY_ID_MAX + 1], **mv;
+	char name[PARLEY_ID_MAX + 1], **mv;
 	long long cpu0, cpu1, mcpu0 = -1, mcpu1 = -1;
-	int64_t t0, next, end, k = 0, *acklat, *fanlat;
+	int64_t t0, end, k, *acklat, *fanlat;
 	size_t nack = 0, nfan = 0, i;
 	struct store_targets t;
 	struct thread_cpu tc0, tc1;
 	struct store *st;
-	double per_tick, owed = 0;
+	double secs_open;
 	uint64_t g = 0;
-	int n;
 
 	/* The group: created before any member connects (each one's "ready" is after it). */
 	mv = xcalloc((size_t)members, sizeof *mv);
@@ -1067,54 +1107,19 @@ bench_group(struct bench *b, int pid, const struct config *cfg, int members, int
 		free(mv[i]);
 	free(mv);
 
-	b->c = xcalloc((size_t)b->n, sizeof *b->c);
-	b->ep = epoll_create1(0);
-	b->room_max = (size_t)rate * (size_t)secs + 16;
-	b->room_sent = xcalloc(b->room_max, sizeof *b->room_sent);
-	b->room_last = xcalloc(b->room_max, sizeof *b->room_last);
-	b->room_got = xcalloc(b->room_max, sizeof *b->room_got);
+	room_alloc(b, rate, secs);
 	b->group_ack = xcalloc(b->room_max, sizeof *b->group_ack);
-	t0 = now_us();
-	for (i = 0; i < (size_t)b->n; i++) {
-		if (conn_open(b, (int)i, cfg->jwt_secret) != 0)
-			fatal("connection %zu: %s", i, strerror(errno));
-		if (i % 200 == 199)
-			while (b->ready + b->dead < (int)i - 1000)
-				poll_once(b, 10);
-	}
-	while (b->ready + b->dead < b->n && now_us() - t0 < 120 * 1000000LL)
-		poll_once(b, 50);
+	secs_open = conns_open(b, b->n, cfg->jwt_secret);
 	b->c[0].role = 1;
 	printf("group: %d of %d members online (WebSocket), %d failed, in %.1f s\n", b->ready, b->n,
-	    b->dead, (double)(now_us() - t0) / 1e6);
+	    b->dead, secs_open);
 	for (end = now_us() + 1000000; now_us() < end;)
 		poll_once(b, 10);
 	cpu0 = proc_cpu_ticks(pid);
 	proc_thread_cpu(pid, &tc0);
 	if (b->mysqld_pid > 0)
 		mcpu0 = proc_cpu_ticks(b->mysqld_pid);
-	t0 = now_us();
-	end = t0 + (int64_t)secs * 1000000;
-	per_tick = rate / 1000.0;
-	next = t0;
-	while (now_us() < end) {
-		poll_once(b, 0);
-		if (now_us() < next) {
-			poll_once(b, 1);
-			continue;
-		}
-		next += 1000;
-		owed += per_tick;
-		while (owed >= 1 && (size_t)k < b->room_max) {
-			owed -= 1;
-			b->room_sent[k] = now_us();
-			n = snprintf(msg, sizeof msg, "{\"type\":\"send_message\",\"client_msg_id\":"
-			    "\"g%" PRId64 "\",\"group_id\":%" PRIu64 ",\"content\":\"t=%" PRId64
-			    " k=%" PRId64 "\"}", k, g, b->room_sent[k], k);
-			ws_send(&b->c[0], 0x1, msg, (size_t)n);
-			k++;
-		}
-	}
+	k = paced_sends(b, rate, secs, (int64_t)b->room_max, group_send, &g);
 	for (end = now_us() + 10000000; now_us() < end &&
 	    b->room_frames < (uint64_t)k * (uint64_t)(b->ready - 1);)
 		poll_once(b, 10);
@@ -1148,14 +1153,7 @@ bench_group(struct bench *b, int pid, const struct config *cfg, int members, int
 	}
 	free(acklat);
 	free(fanlat);
-	for (i = 0; i < (size_t)b->n; i++) {
-		if (b->c[i].fd >= 0)
-			close(b->c[i].fd);
-		free(b->c[i].rx);
-	}
-	free(b->c);
-	b->c = NULL;
-	close(b->ep);
+	conns_close(b, b->n);
 	free(b->room_sent);
 	free(b->room_last);
 	free(b->room_got);
