@@ -100,13 +100,7 @@ history_fn(struct store *s, void *arg)
 			p->next = last;
 			break;
 		}
-		m.id = store__col_u(s, Q_HIST_PAGE, 0);
-		m.from = store__col_s(s, Q_HIST_PAGE, 1);
-		m.to = store__col_s(s, Q_HIST_PAGE, 2);
-		m.group_id = store__col_u(s, Q_HIST_PAGE, 3);
-		m.content = store__col_s(s, Q_HIST_PAGE, 4);
-		m.client_msg_id = store__col_s(s, Q_HIST_PAGE, 5);
-		m.ts = store__col_i(s, Q_HIST_PAGE, 6);
+		store__col_message(s, Q_HIST_PAGE, 0, &m);
 		store__page_push(p, protocol_message(&m));
 		last = m.id;
 	}

@@ -194,6 +194,9 @@ const char	*store__col_s(struct store *, unsigned q, unsigned i);
 int		 store__col_null(struct store *, unsigned q, unsigned i);
 uint64_t	 store__col_u(struct store *, unsigned q, unsigned i);
 int64_t		 store__col_i(struct store *, unsigned q, unsigned i);
+/* The message of 7 columns from first on, as Q_EV_PAGE has them (store_log.c). */
+void		 store__col_message(struct store *, unsigned q, unsigned first,
+		    struct proto_message *);
 uint64_t	 store__affected(struct store *, unsigned q);
 uint64_t	 store__insert_id(struct store *, unsigned q);
 int		 store__refuse(int err);

@@ -53,6 +53,23 @@ struct events_ctx {
 };
 
 /*
+ * The message in columns first..first+6 of q's current row: id, from, to, group_id, content,
+ * client_msg_id, ts (the order of Q_EV_PAGE and store_history.c's Q_HIST_PAGE). Its strings are
+ * the row's: valid until the next fetch.
+ */
+void
+store__col_message(struct store *s, unsigned q, unsigned first, struct proto_message *m)
+{
+	m->id = store__col_u(s, q, first);
+	m->from = store__col_s(s, q, first + 1);
+	m->to = store__col_s(s, q, first + 2);
+	m->group_id = store__col_u(s, q, first + 3);
+	m->content = store__col_s(s, q, first + 4);
+	m->client_msg_id = store__col_s(s, q, first + 5);
+	m->ts = store__col_i(s, q, first + 6);
+}
+
+/*
  * A page of user's log after c->after; one row more than the limit tells has_more. The page is
  * behind (oldest_seq set) when after + 1 lies before the oldest event kept: first_seq, or the
  * first seq returned if a prune committed in between (the log has no other gaps). Its next then
@@ -89,13 +106,7 @@ events_fn(struct store *s, void *arg)
 		}
 		body = store__col_s(s, Q_EV_PAGE, 2);
 		if (store__col_u(s, Q_EV_PAGE, 1) == EV_MESSAGE && !store__col_null(s, Q_EV_PAGE, 3)) {
-			m.id = store__col_u(s, Q_EV_PAGE, 3);
-			m.from = store__col_s(s, Q_EV_PAGE, 4);
-			m.to = store__col_s(s, Q_EV_PAGE, 5);
-			m.group_id = store__col_u(s, Q_EV_PAGE, 6);
-			m.content = store__col_s(s, Q_EV_PAGE, 7);
-			m.client_msg_id = store__col_s(s, Q_EV_PAGE, 8);
-			m.ts = store__col_i(s, Q_EV_PAGE, 9);
+			store__col_message(s, Q_EV_PAGE, 3, &m);
 			store__page_push(p, protocol_event_new_message(seq, &m));
 		} else if (body != NULL)
 			store__page_push(p, xstrdup(body));
