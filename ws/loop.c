@@ -23,7 +23,7 @@
 #define WS_CLOSE_GRACE	5	/* seconds a closing connection may take to flush */
 #define WS_HELD_RETRY_US (5 * 1000)	/* a full send shard is tried again after this */
 #define WS_STALL_MS	5000	/* pending frames and none taken for this long: too slow */
-#define WS_WRITE_BURST	16	/* most frames written in one writable callback */
+#define WS_WRITE_BURST	16	/* most frames written in one writable callback (one send) */
 
 static void loop_pump(struct ws *, struct conn *);
 
@@ -1387,13 +1387,93 @@ loop_closed(struct ws *ws, struct conn *c)
 	metrics_add(&ws->metrics, M_WS_CONNECTIONS, -1);
 }
 
+/* The header of an unmasked server text frame of len (< 64 KiB) bytes into h (RFC 6455, 5.2). */
+static size_t
+loop_frame_header(unsigned char *h, size_t len)
+{
+	h[0] = 0x81;	/* FIN, text */
+	if (len < 126) {
+		h[1] = (unsigned char)len;
+		return 2;
+	}
+	h[1] = 126;
+	h[2] = (unsigned char)(len >> 8);
+	h[3] = (unsigned char)len;
+	return 4;
+}
+
+/*
+ * Does f, framed, still fit after used bytes of a burst (used 0: f and the next one)? A burst
+ * stays within what lws hands to send() in one piece (the protocol's tx_packet_size, ws_main:
+ * ws_max_message + 1024), and frames of 64 KiB and more go alone (lws frames them).
+ */
+static int
+loop_burst_fits(const struct ws *ws, const struct frame *f, size_t used)
+{
+	size_t need = used + f->len + 4;
+
+	if (f->len > 0xffff)
+		return 0;
+	if (used == 0 && f->next != NULL) {
+		if (f->next->len > 0xffff)
+			return 0;
+		need += f->next->len + 4;
+	}
+	return need <= ws->protocols[0].tx_packet_size;
+}
+
+/* Bookkeeping after a frame of c was taken for writing. */
+static void
+loop_written(struct ws *ws, struct conn *c)
+{
+	c->progress_ms = parley_mono_ms();
+	metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
+	if (c->rx_qpaused)
+		loop_rx_answers_taken(ws, c);
+	if (c->backlog != NULL)
+		loop_pump(ws, c);
+}
+
+/*
+ * Up to WS_WRITE_BURST queued frames in one write: framed here, back to back in one buffer, and
+ * handed to lws as raw bytes (LWS_WRITE_RAW: no extension is ever negotiated, so a text frame
+ * is exactly header + payload). One send() for the ack and the sender's own copy of its message
+ * where one lws_write() per frame took a send() each plus a poll() (lws_send_pipe_choked)
+ * between them; whatever the socket does not take, lws keeps and flushes before the next
+ * writable callback. 0, or -1 to close.
+ */
+static int
+loop_write_burst(struct ws *ws, struct conn *c)
+{
+	size_t used = 0, need;
+	struct frame *f;
+	int burst;
+
+	for (burst = 0; burst < WS_WRITE_BURST && c->qhead != NULL; burst++) {
+		if (burst > 0 && !loop_burst_fits(ws, c->qhead, used))
+			break;
+		f = conn_dequeue(c);
+		need = LWS_PRE + used + 4 + f->len;
+		if (need > ws->wcap) {
+			ws->wcap = need > 2 * ws->wcap ? need : 2 * ws->wcap;
+			ws->wbuf = xrealloc(ws->wbuf, ws->wcap);
+		}
+		used += loop_frame_header(ws->wbuf + LWS_PRE + used, f->len);
+		memcpy(ws->wbuf + LWS_PRE + used, conn_frame_data(f), f->len);
+		used += f->len;
+		conn_frame_free(f);
+		loop_written(ws, c);
+	}
+	return lws_write(c->wsi, ws->wbuf + LWS_PRE, used, LWS_WRITE_RAW) < 0 ? -1 : 0;
+}
+
 static int
 loop_writeable(struct ws *ws, struct conn *c)
 {
 	/* A ping with a payload: lws passes an empty pong on to no callback, and we need to see it. */
 	unsigned char ping[LWS_PRE + 1] = { [LWS_PRE] = 'p' };
 	struct frame *f;
-	int n, burst;
+	int n;
 
 	c->writable_asked = 0;
 	if (c->state == CONN_CLOSING && c->close_reason == NULL)	/* loop_drop */
@@ -1416,25 +1496,16 @@ loop_writeable(struct ws *ws, struct conn *c)
 		}
 		return 0;
 	}
-	/*
-	 * Up to WS_WRITE_BURST frames while the socket takes them whole: lws_send_pipe_choked()
-	 * between two lws_write()s is what lws asks for (it refuses a back-to-back write without
-	 * it), and it costs one poll() where another writable round costs two epoll_ctl()s and a
-	 * wake-up (an ack and the sender's own copy of its message usually leave together).
-	 */
-	for (burst = 0; burst < WS_WRITE_BURST && (f = conn_dequeue(c)) != NULL; burst++) {
+	if (c->qhead->next == NULL || loop_burst_fits(ws, c->qhead, 0) == 0) {
+		/* One frame (or one too big to join others): lws frames it. */
+		f = conn_dequeue(c);
 		n = lws_write(c->wsi, conn_frame_data(f), f->len, LWS_WRITE_TEXT);
 		conn_frame_free(f);
 		if (n < 0)
 			return -1;
-		c->progress_ms = parley_mono_ms();
-		metrics_add(&ws->metrics, M_WS_FRAMES_OUT, 1);
-		if (c->rx_qpaused)
-			loop_rx_answers_taken(ws, c);
-		if (c->backlog != NULL)
-			loop_pump(ws, c);
-		if (c->qhead == NULL || lws_send_pipe_choked(c->wsi))
-			break;
+		loop_written(ws, c);
+	} else if (loop_write_burst(ws, c) != 0) {
+		return -1;
 	}
 	if (c->qhead != NULL || c->state == CONN_CLOSING)
 		loop_writable(c);

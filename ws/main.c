@@ -429,6 +429,7 @@ main(int argc, char **argv)
 		}
 	}
 	free(ws.held);
+	free(ws.wbuf);
 	actor_pool_free(ws.pool);
 	__atomic_store_n(&ws.bus_stop, 1, __ATOMIC_RELEASE);
 	(void)bus_publish(ws.bus, BUS_SHUTDOWN, "", 0, NULL, 0);

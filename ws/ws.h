@@ -126,6 +126,8 @@ struct ws {
 	int			 stopping;
 	int64_t			 stop_deadline;
 	lws_sorted_usec_list_t	 tick;
+	unsigned char		*wbuf;		/* loop_writeable's burst: LWS_PRE + framed frames */
+	size_t			 wcap;
 	struct lws_protocols	 protocols[2];
 	struct lws_token_limits	 token_limits;	/* the request line's URI stops at ws.max_url + 1 */
 	lws_retry_bo_t		 retry;
