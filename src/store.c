@@ -113,6 +113,7 @@ store_stmts_close(struct store *s)
 static void
 store_disconnect(struct store *s)
 {
+	s->chained = 0;
 	store_stmts_close(s);
 	if (s->my != NULL)
 		mysql_close(s->my);
@@ -529,28 +530,73 @@ store_rand(struct store *s)
 	return z;
 }
 
+/*
+ * Is the empty transaction our last COMMIT AND CHAIN opened still open? Both our note and the
+ * server's word (the status flags of its last answer) must say so: anything else that ended it
+ * (a rollback, a deadlock, a new connection) clears one or the other.
+ */
+static int
+store_in_chain(const struct store *s)
+{
+	return s->chained && (s->my->server_status & SERVER_STATUS_IN_TRANS) != 0;
+}
+
+/* End a transaction: COMMIT (AND CHAIN when chaining), or ROLLBACK; 0, or -1 (s->myerr). */
+static int
+store_end(struct store *s, int commit)
+{
+	int rc;
+
+	s->chained = 0;
+	if (!commit)
+		rc = mysql_rollback(s->my);
+	else if (s->chain)
+		rc = mysql_real_query(s->my, "COMMIT AND CHAIN", 16);
+	else
+		rc = mysql_commit(s->my);
+	if (rc != 0) {
+		store__fail(s, mysql_errno(s->my), commit ? "COMMIT" : "ROLLBACK");
+		return -1;
+	}
+	s->chained = commit && s->chain;
+	return 0;
+}
+
 /* One attempt: 0 done, -1 logical failure (errno), -2 MySQL failure (s->myerr). */
 static int
 store_attempt(struct store *s, int txn, store__fn fn, void *arg)
 {
 	int rc, err;
 
-	if (txn && store_sql_plain(s, "START TRANSACTION") != 0)
+	if (store_in_chain(s)) {
+		/*
+		 * A write joins the open empty transaction: no START TRANSACTION. Anything else
+		 * (reads, autocommit writes) must not run in it: it ends first, so that an
+		 * autocommit write is durable when it returns and a read leaves nothing open.
+		 */
+		if (!txn) {
+			s->chained = 0;
+			if (store_sql_plain(s, "COMMIT") != 0)
+				return -2;
+		}
+	} else if (txn && store_sql_plain(s, "START TRANSACTION") != 0) {
 		return -2;
+	}
 	rc = fn(s, arg);
 	if (rc < 0) {
 		if (s->myerr != 0)
 			return -2;
 		err = errno;
-		if (txn)
+		if (txn) {
+			s->chained = 0;
 			mysql_rollback(s->my);	/* an error here shows on the next statement */
+		}
 		errno = err;
 		return -1;
 	}
 	if (!txn)
 		return 0;
-	if ((rc == 0 ? mysql_commit(s->my) : mysql_rollback(s->my)) != 0) {
-		store__fail(s, mysql_errno(s->my), rc == 0 ? "COMMIT" : "ROLLBACK");
+	if (store_end(s, rc == 0) != 0) {
 		/* The server may have applied it and lost only the answer: the re-run checks. */
 		if (rc == 0 && store_err_lost(s->myerr))
 			s->unsure = 1;
@@ -584,6 +630,7 @@ store__run(struct store *s, int txn, store__fn fn, void *arg)
 		if ((rc = store_attempt(s, txn, fn, arg)) != -2)
 			return rc;
 		lost = store_err_lost(s->myerr);
+		s->chained = 0;
 		if (lost)
 			store_disconnect(s);
 		else if (txn)
@@ -917,6 +964,12 @@ uint64_t
 store_reconnects(const struct store *s)
 {
 	return s->reconnects;
+}
+
+void
+store_chain_transactions(struct store *s, int on)
+{
+	s->chain = on != 0;
 }
 
 static int

@@ -158,6 +158,8 @@ struct store {
 	uint64_t		 owner;		/* this store's row in store_attempts */
 	uint64_t		 token;		/* attempt token of the current store__run call */
 	int			 unsure;	/* a COMMIT of this call lost its reply: it may be in */
+	int			 chain;		/* store_chain_transactions() */
+	int			 chained;	/* an empty transaction is open (COMMIT AND CHAIN) */
 	const char		*dup_what;	/* statement of the last duplicate key error */
 	char			 dup_msg[256];	/* and MySQL's message */
 };

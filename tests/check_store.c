@@ -1864,6 +1864,117 @@ raw_sql(MYSQL *my, const char *sql)
 	ck_assert_msg(mysql_query(my, sql) == 0, "%s: %s", sql, mysql_error(my));
 }
 
+/* A number from a one-row, one-column query on my. */
+static uint64_t
+raw_u64(MYSQL *my, const char *sql)
+{
+	MYSQL_RES *r;
+	MYSQL_ROW row;
+	uint64_t v;
+
+	raw_sql(my, sql);
+	ck_assert_ptr_nonnull(r = mysql_store_result(my));
+	ck_assert_ptr_nonnull(row = mysql_fetch_row(r));
+	ck_assert_ptr_nonnull(row[mysql_num_fields(r) - 1]);
+	v = strtoull(row[mysql_num_fields(r) - 1], NULL, 10);
+	mysql_free_result(r);
+	return v;
+}
+
+/*
+ * store_chain_transactions(): write transactions after the first send no START TRANSACTION
+ * (COMMIT AND CHAIN opened the next one), and every guarantee holds: each commit is visible to
+ * another connection at once, an autocommit write after a chain is durable when it returns, a
+ * read sees what others committed since, a refused send leaves the next one whole, and a lost
+ * connection (MySQL restarted) inside a chain is re-made and the send re-run.
+ */
+START_TEST(test_chained_transactions)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char sql[256], cmid[32], *members[1];
+	struct store_send_req r = { a, b, 0, "after restart", "chr-1" };
+	struct store_send_res res;
+	struct store_targets t;
+	struct store *s, *s2;
+	uint64_t begins, cur = 0, g = 0;
+	MYSQL *other;
+	int i, rc = -1;
+
+	s = store_new(&cfg);
+	s2 = store_new(&cfg);
+	store_chain_transactions(s, 1);
+	other = raw_connect();
+	send1(s, a, b, 0, "first", "ch-0", &res);
+	store_send_res_clear(&res);
+	begins = raw_u64(other, "SHOW GLOBAL STATUS LIKE 'Com_begin'");
+	for (i = 1; i <= 5; i++) {
+		snprintf(cmid, sizeof cmid, "ch-%d", i);
+		send1(s, a, b, 0, "chained", cmid, &res);
+		ck_assert_uint_eq(res.seq, (uint64_t)i + 1);
+		store_send_res_clear(&res);
+		snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM events WHERE user_id = '%s'", b);
+		ck_assert_uint_eq(raw_u64(other, sql), (uint64_t)i + 1);
+	}
+	ck_assert_uint_eq(raw_u64(other, "SHOW GLOBAL STATUS LIKE 'Com_begin'"), begins);
+
+	/* An autocommit write right after a chained commit: committed when it returns. */
+	ck_assert_int_eq(store_cursor_set(s, b, "dev1", 4), 0);
+	snprintf(sql, sizeof sql, "SELECT cur_seq FROM device_cursors WHERE user_id = '%s'"
+	    " AND device_id = 'dev1'", b);
+	ck_assert_uint_eq(raw_u64(other, sql), 4);
+	ck_assert_int_eq(store_cursor_get(s, b, "dev1", &cur), 0);
+	ck_assert_uint_eq(cur, 4);
+
+	/* A read through the chained store sees another connection's commit made after it. */
+	send1(s, a, b, 0, "chained again", "ch-6", &res);
+	store_send_res_clear(&res);
+	send1(s2, c, b, 0, "from elsewhere", "ch-7", &res);
+	store_send_res_clear(&res);
+	ck_assert_uint_eq(log_len(s, b), 8);
+
+	/* A send refused inside a chain (not a member) rolls back; the next one commits whole. */
+	members[0] = b;
+	ck_assert_int_eq(store_group_create(s2, b, "chg", members, 1, &g, &t), 0);
+	store_targets_clear(&t);
+	send1(s, a, b, 0, "before refusal", "ch-8", &res);
+	store_send_res_clear(&res);
+	{
+		struct store_send_req bad = { c, NULL, g, "not a member", "ch-9" };
+
+		ck_assert_int_eq(store_send(s, &bad, &res), -1);
+		ck_assert_int_eq(errno, EACCES);
+		store_send_res_clear(&res);
+	}
+	send1(s, a, b, 0, "after refusal", "ch-10", &res);
+	store_send_res_clear(&res);
+	snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM events WHERE user_id = '%s'", b);
+	ck_assert_uint_eq(raw_u64(other, sql), 11);	/* 8, the group's event, 2 sends */
+	mysql_close(other);
+
+	/* MySQL restarts while the chained store holds an open (empty) transaction. */
+	restart_mysql();
+	for (i = 0; i < 20 && rc != 0; i++) {
+		if ((rc = store_send(s, &r, &res)) != 0) {
+			ck_assert_int_eq(errno, EAGAIN);
+			usleep(250 * 1000);
+		}
+	}
+	ck_assert_int_eq(rc, 0);
+	ck_assert_int_eq(res.duplicate, 0);
+	store_send_res_clear(&res);
+	other = raw_connect();
+	snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM messages WHERE client_msg_id = 'chr-1'"
+	    " AND sender = '%s'", a);
+	ck_assert_uint_eq(raw_u64(other, sql), 1);
+	mysql_close(other);
+	store_free(s);
+	store_free(s2);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
 /*
  * A row lock held for longer than every attempt waits (a lock-wait timeout each time, the same
  * path as a deadlock that keeps coming back) is "unavailable, retry later": EAGAIN (503).
@@ -1985,6 +2096,7 @@ store_suite(void)
 	tcase_add_test(tc, test_mysql_restart);
 	tcase_add_test(tc, test_lock_wait_outlasts_attempts);
 	tcase_add_test(tc, test_duplicate_key_logged);
+	tcase_add_test(tc, test_chained_transactions);
 	suite_add_tcase(su, tc);
 
 	tc = tcase_create("lost_commit");

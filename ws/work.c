@@ -77,6 +77,8 @@ work_init(void *arg)
 	w = xcalloc(1, sizeof *w);
 	w->ws = arg;
 	chat_init(&w->chat, w->ws->cfg, w->ws->bus, w->ws->journal);
+	/* Mostly sends: each batch saves the START TRANSACTION round trip (store.h). */
+	store_chain_transactions(w->chat.store, 1);
 	w->chat.local = work_local_hint;
 	w->chat.local_arg = w;
 	w->ftail = &w->frames;
