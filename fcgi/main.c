@@ -341,6 +341,7 @@ main(int argc, char **argv)
 	struct fcgi_thread *threads;
 	const char *cfgarg = NULL, *path;
 	char *cause = NULL, *created = NULL;
+	char host_id[BUS_HOST_ID_MAX + 1];
 	struct stat bound;
 	sigset_t set;
 	uint64_t one = 1;
@@ -418,7 +419,10 @@ main(int argc, char **argv)
 	if ((app.bus = bus_new(app.cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
 	if (app.cfg.redis_url != NULL) {
-		if ((app.redis = redis_new(&app.cfg, app.cfg.bus_dir, &cause)) == NULL)
+		if (bus_host_id(app.cfg.bus_dir, app.cfg.bus_node_id, host_id, sizeof host_id,
+		    &cause) != 0)
+			fatal("host id: %s", cause);
+		if ((app.redis = redis_new(&app.cfg, host_id, &cause)) == NULL)
 			fatal("redis: %s", cause);
 		bus_set_bridge(app.bus, &redis_bus_ops, app.redis);
 	}

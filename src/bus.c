@@ -707,6 +707,95 @@ bus_dir_check(const char *dir, uid_t uid, char **cause)
 	return 0;
 }
 
+/* Read a host id file: 0 and out (NUL-terminated, newline dropped), -1 when absent or bad. */
+static int
+bus_host_id_read(const char *path, char *out, size_t outsz)
+{
+	char buf[BUS_HOST_ID_MAX + 2];
+	ssize_t n;
+	size_t i;
+	int fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
+		return -1;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	for (i = 0; buf[i] != '\0'; i++) {
+		if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-",
+		    buf[i]) == NULL)
+			return -1;
+	}
+	if (i == 0 || i >= outsz)
+		return -1;
+	memcpy(out, buf, i + 1);
+	return 0;
+}
+
+int
+bus_host_id(const char *dir, const char *configured, char *out, size_t outsz, char **cause)
+{
+	unsigned char rnd[16];
+	char *path, *tmp, id[2 * sizeof rnd + 2];
+	size_t i;
+	int fd, rc = -1;
+
+	*cause = NULL;
+	if (configured != NULL) {
+		if (strlen(configured) >= outsz) {
+			xasprintf(cause, "bus.node_id %s: too long", configured);
+			return -1;
+		}
+		snprintf(out, outsz, "%s", configured);
+		return 0;
+	}
+	xasprintf(&path, "%s/host-id", dir);
+	xasprintf(&tmp, "%s/host-id.%ld", dir, (long)getpid());
+	if (bus_host_id_read(path, out, outsz) == 0) {
+		rc = 0;
+		goto out;
+	}
+	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+		xasprintf(cause, "getrandom: %s", strerror(errno));
+		goto out;
+	}
+	for (i = 0; i < sizeof rnd; i++)
+		snprintf(id + 2 * i, 3, "%02x", rnd[i]);
+	strcat(id, "\n");
+	/* Written whole under a private name, then linked: nobody ever reads half an id. */
+	(void)unlink(tmp);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0) {
+		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (write(fd, id, strlen(id)) != (ssize_t)strlen(id) || fsync(fd) != 0) {
+		xasprintf(cause, "%s: %s", tmp, strerror(errno));
+		close(fd);
+		(void)unlink(tmp);
+		goto out;
+	}
+	close(fd);
+	if (link(tmp, path) != 0 && errno != EEXIST) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		(void)unlink(tmp);
+		goto out;
+	}
+	(void)unlink(tmp);
+	/* Ours, or the one another process linked first. */
+	if (bus_host_id_read(path, out, outsz) != 0) {
+		xasprintf(cause, "%s: not a host id (remove it: a new one is made)", path);
+		goto out;
+	}
+	rc = 0;
+out:
+	free(path);
+	free(tmp);
+	return rc;
+}
+
 struct bus *
 bus_new(const char *dir, char **cause)
 {

@@ -44,6 +44,8 @@ struct bus_hint {
 	char		payload[BUS_PAYLOAD_MAX + 1];	/* NUL-terminated */
 };
 
+#define BUS_HOST_ID_MAX	48
+
 struct bus;
 
 /*
@@ -53,6 +55,16 @@ struct bus;
  */
 struct bus	*bus_new(const char *dir, char **cause);
 void		 bus_free(struct bus *);
+/*
+ * This host's identity (BUS_HOST_ID_MAX characters at most, [A-Za-z0-9._-]): configured when not
+ * NULL (bus.node_id, checked by the configuration), else the file "host-id" in dir, made once with
+ * 32 random hex digits (O_EXCL, then link: two processes starting at once agree). Every process
+ * of one host shares dir, hence the id; a cloned host's tmpfs /run does not carry it along. It
+ * names the host on Redis (the bridge's origin) and in presence rows (parley-ws's node).
+ * 0 and out filled, or -1 and *cause (caller frees). Call after bus_new made and checked dir.
+ */
+int		 bus_host_id(const char *dir, const char *configured, char *out, size_t outsz,
+		     char **cause);
 /*
  * The fd for the owner's event loop (an epoll fd: poll it for POLLIN, never read it). When it is
  * readable call bus_recv until -1/EAGAIN: that also flushes backlogs to slow peers.

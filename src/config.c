@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "bus.h"
 #include "config.h"
 #include "log.h"
 #include "parley.h"
@@ -70,6 +71,7 @@ static const struct config_key config_keys[] = {
 	I("auth.token_ttl",		CT_INT,		 token_ttl,		1, 31536000, 3600),
 
 	S("bus.dir",			CT_STR_NONEMPTY, bus_dir,		"/run/parley/bus"),
+	S("bus.node_id",		CT_STR_OPT,	 bus_node_id,		NULL),
 
 	S("redis.url",			CT_STR_OPT,	 redis_url,		NULL),
 	S("redis.user",			CT_STR_OPT,	 redis_user,		NULL),
@@ -439,6 +441,14 @@ config_check(const struct config *cfg, const char **key, const char **other, cha
 		*key = "ws.ping_interval";
 		*other = "ws.idle_timeout";
 		xasprintf(why, "must be less than ws.idle_timeout (%d)", cfg->ws_idle_timeout);
+		return -1;
+	}
+	/* A host id names presence rows and the bridge's origin: plain, and short enough for both. */
+	if (cfg->bus_node_id != NULL && (strlen(cfg->bus_node_id) > BUS_HOST_ID_MAX ||
+	    strspn(cfg->bus_node_id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") !=
+	    strlen(cfg->bus_node_id))) {
+		*key = "bus.node_id";
+		xasprintf(why, "at most %d characters of A-Z a-z 0-9 . _ -", BUS_HOST_ID_MAX);
 		return -1;
 	}
 	/* The auth frame is a message too: a bigger pre-auth limit would mean nothing. */

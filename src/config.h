@@ -37,6 +37,7 @@ struct config {
 
 	/* [bus] */
 	char	*bus_dir;		/* directory of the bus sockets, default "/run/parley/bus" */
+	char	*bus_node_id;		/* this host's id (bus_host_id); NULL: the file host-id in bus_dir */
 
 	/* [redis]: the bridge between hosts (redis.h); unset url: one host, no Redis */
 	char	*redis_url;		/* "redis://host[:port]" or "unix:/path"; NULL: no bridge */

@@ -1,7 +1,5 @@
 /* redis.c - the Redis bridge: hints to and from the other hosts over pub/sub, on its own thread. */
 #include <sys/eventfd.h>
-#include <sys/random.h>
-#include <sys/stat.h>
 
 #include <errno.h>
 #include <inttypes.h>
@@ -244,34 +242,12 @@ bad:
 	return -1;
 }
 
-/* This host's name on Redis: the machine id and the bus directory's identity, hashed. */
+/* This host's name on Redis: its host id (bus_host_id), hashed to REDIS_ORIGIN bytes. */
 static void
-redis_origin(struct redis *r, const char *dir)
+redis_origin(struct redis *r, const char *host_id)
 {
-	char buf[256];
-	struct stat st;
-	uint64_t h = REDIS_FNV_INIT;
-	ssize_t n;
-	FILE *f;
+	uint64_t h = redis_fnv(host_id, strlen(host_id), REDIS_FNV_INIT);
 
-	if ((f = fopen("/etc/machine-id", "r")) != NULL) {
-		if (fgets(buf, sizeof buf, f) != NULL)
-			h = redis_fnv(buf, strlen(buf), h);
-		fclose(f);
-	}
-	if (gethostname(buf, sizeof buf) == 0) {
-		buf[sizeof buf - 1] = '\0';
-		h = redis_fnv(buf, strlen(buf), h);
-	}
-	if (dir != NULL && stat(dir, &st) == 0) {
-		h = redis_fnv(&st.st_dev, sizeof st.st_dev, h);
-		h = redis_fnv(&st.st_ino, sizeof st.st_ino, h);
-	} else {
-		/* No directory to share: a name of this process alone. */
-		n = getrandom(buf, 16, 0);
-		h = redis_fnv(buf, n > 0 ? (size_t)n : 0, h);
-		h = redis_fnv(&r, sizeof r, h);
-	}
 	memcpy(r->origin, &h, sizeof r->origin);
 }
 
@@ -1029,7 +1005,7 @@ redis_thread(void *arg)
 /* --- the owner's side ----------------------------------------------------------------------- */
 
 struct redis *
-redis_new(const struct config *cfg, const char *origin_dir, char **cause)
+redis_new(const struct config *cfg, const char *host_id, char **cause)
 {
 	struct redis *r = xcalloc(1, sizeof *r);
 	int rc;
@@ -1061,7 +1037,7 @@ redis_new(const struct config *cfg, const char *origin_dir, char **cause)
 	if (HMAC(EVP_sha256(), cfg->jwt_secret, (int)strlen(cfg->jwt_secret),
 	    (const unsigned char *)label, sizeof label - 1, r->key, &klen) == NULL)
 		fatal("redis: HMAC failed");
-	redis_origin(r, origin_dir);
+	redis_origin(r, host_id);
 	r->slots = xcalloc(r->nslots, sizeof *r->slots);
 	pthread_mutex_init(&r->lock, NULL);
 	if ((r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)

@@ -23,7 +23,7 @@ struct config;
  * - Every message is signed (HMAC-SHA256, a key derived from auth.jwt_secret) and stamped: a
  *   client that can only reach Redis cannot forge or replay an event (redis.c, the format).
  * - Hints a host published itself come back from Redis too: each process drops those whose
- *   origin is its own host (the bus directory's identity), which the local bus already carried.
+ *   origin is its own host (its host id, bus_host_id), which the local bus already carried.
  * - Redis is not the truth. While the subscription connection is not up (or not yet), the
  *   bridge hands its owner a BUS_LOST hint every redis.fallback_interval: every waiter re-reads
  *   MySQL. It reconnects by itself (backoff up to 2 s), subscribes again, and a BUS_LOST
@@ -38,11 +38,11 @@ struct config;
 struct redis;
 
 /*
- * Start the bridge for cfg->redis_url (must be set; so must cfg->jwt_secret). origin_dir: the bus directory, whose identity
- * (with the machine id) names this host. NULL and *cause (caller frees) when the URL does not
- * parse. An unreachable Redis is not an error: the bridge keeps trying.
+ * Start the bridge for cfg->redis_url (must be set; so must cfg->jwt_secret). host_id: this
+ * host's id (bus_host_id), which names it on Redis (every process of the host the same). NULL
+ * and *cause (caller frees) when the URL does not parse. An unreachable Redis is not an error: the bridge keeps trying.
  */
-struct redis	*redis_new(const struct config *cfg, const char *origin_dir, char **cause);
+struct redis	*redis_new(const struct config *cfg, const char *host_id, char **cause);
 /* Stop the thread and free everything; NULL is a no-op. No other call may be running. */
 void		 redis_free(struct redis *);
 

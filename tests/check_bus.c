@@ -247,6 +247,41 @@ START_TEST(test_dir_and_modes)
 END_TEST
 
 /* A hint reaches the publishing process itself and another process. */
+/* The host id: made once per directory, the same for every later caller; configured wins. */
+START_TEST(test_host_id)
+{
+	char *d1 = bus_dir(), *d2 = bus_dir(), *cause = NULL, *path;
+	char a[BUS_HOST_ID_MAX + 1], b[BUS_HOST_ID_MAX + 1], c[BUS_HOST_ID_MAX + 1];
+	struct stat st;
+	FILE *f;
+
+	ck_assert_int_eq(mkdir(d1, 0700), 0);
+	ck_assert_int_eq(mkdir(d2, 0700), 0);
+	ck_assert_int_eq(bus_host_id(d1, NULL, a, sizeof a, &cause), 0);
+	ck_assert_uint_eq(strlen(a), 32);
+	ck_assert_int_eq(bus_host_id(d1, NULL, b, sizeof b, &cause), 0);
+	ck_assert_str_eq(a, b);		/* a second process (or a restart) of the same host */
+	ck_assert_int_eq(bus_host_id(d2, NULL, c, sizeof c, &cause), 0);
+	ck_assert_str_ne(a, c);		/* another host, whatever its hostname */
+	xasprintf(&path, "%s/host-id", d1);
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(st.st_mode & 0777, 0600);
+	ck_assert_int_eq(bus_host_id(d1, "node-7.example", b, sizeof b, &cause), 0);
+	ck_assert_str_eq(b, "node-7.example");
+	/* A damaged file is refused, never half-read. */
+	ck_assert_ptr_nonnull(f = fopen(path, "w"));
+	fputs("no spaces allowed\n", f);
+	fclose(f);
+	ck_assert_int_eq(bus_host_id(d1, NULL, b, sizeof b, &cause), -1);
+	ck_assert_ptr_nonnull(cause);
+	free(cause);
+	unlink(path);
+	free(path);
+	free(d1);
+	free(d2);
+}
+END_TEST
+
 START_TEST(test_self_and_other)
 {
 	char *dir = bus_dir(), line[512];
@@ -1072,6 +1107,7 @@ bus_suite(void)
 	tcase_set_timeout(tc, 30);
 	tcase_add_test(tc, test_dir_and_modes);
 	tcase_add_test(tc, test_self_and_other);
+	tcase_add_test(tc, test_host_id);
 	tcase_add_test(tc, test_one_to_two);
 	tcase_add_test(tc, test_socket_removed);
 	tcase_add_test(tc, test_stopped_and_killed_peer);

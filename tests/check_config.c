@@ -512,6 +512,11 @@ static const struct {
 	    "ws.ping_interval: must be less than ws.idle_timeout (20)" },
 	{ "[auth]\njwt_secret = " SECRET "\n[ws]\nmax_preauth_message = 65537\n", 4,
 	    "ws.max_preauth_message: must not exceed ws.max_message (65536)" },
+	{ "[auth]\njwt_secret = " SECRET "\n[bus]\nnode_id = a b\n", 4,
+	    "bus.node_id: at most 48 characters of" },
+	{ "[auth]\njwt_secret = " SECRET "\n[bus]\nnode_id = "
+	    "0123456789012345678901234567890123456789012345678\n", 4,
+	    "bus.node_id: at most 48 characters of" },
 	{ "[ws]\nmax_url = 32769\n", 2, "ws.max_url: " },
 	{ "[ws]\nmax_per_user = 0\n", 2, "ws.max_per_user: " },
 	{ "[ws]\nmax_per_ip = 0\n", 2, "ws.max_per_ip: " },
@@ -597,6 +602,10 @@ START_TEST(test_validate)
 	ck_assert_ptr_null(strstr(cause, "sekrit"));
 	free(cause);
 	ck_assert_int_eq(config_set(&c, "auth.jwt_secret", SECRET, &cause), 0);
+	ck_assert_int_eq(config_validate(&c, &cause), 0);
+	/* bus.node_id: 48 characters at most (49 refused in test_bad_files). */
+	ck_assert_int_eq(config_set(&c, "bus.node_id",
+	    "Az09._-45678901234567890123456789012345678901234", &cause), 0);
 	ck_assert_int_eq(config_validate(&c, &cause), 0);
 	config_clear(&c);
 }

@@ -40,7 +40,7 @@ rcfg(struct config *cfg, const char *prefix, const char *password)
 	free(url);
 }
 
-/* A directory standing for one host's bus directory (its identity names the host). */
+/* A directory standing for one host's bus directory (its host-id file names the host). */
 static char *
 host_dir(void)
 {
@@ -54,8 +54,11 @@ host_dir(void)
 static struct redis *
 bridge(struct config *cfg, const char *dir)
 {
-	char *cause = NULL;
-	struct redis *r = redis_new(cfg, dir, &cause);
+	char *cause = NULL, id[BUS_HOST_ID_MAX + 1];
+	struct redis *r;
+
+	ck_assert_msg(bus_host_id(dir, NULL, id, sizeof id, &cause) == 0, "bus_host_id: %s", cause);
+	r = redis_new(cfg, id, &cause);
 
 	ck_assert_msg(r != NULL, "redis_new: %s", cause != NULL ? cause : "?");
 	return r;

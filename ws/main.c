@@ -63,16 +63,14 @@ ws_lws_log(int level, const char *line)
 		log_debug("lws: %.*s", (int)n, line);
 }
 
-/* The presence node: stable across restarts of this daemon, so a restart clears its old rows. */
+/*
+ * The presence node: this port on this host (bus_host_id), stable across restarts of the daemon
+ * (a restart clears its old rows) and never another host's (hostnames and ports may repeat).
+ */
 static void
-ws_node_id(struct ws *ws)
+ws_node_id(struct ws *ws, const char *host_id)
 {
-	char host[256];
-
-	if (gethostname(host, sizeof host) != 0)
-		strcpy(host, "localhost");
-	host[sizeof host - 1] = '\0';
-	snprintf(ws->node, sizeof ws->node, "ws:%d:%.40s", ws->cfg->ws_port, host);
+	snprintf(ws->node, sizeof ws->node, "ws:%d:%s", ws->cfg->ws_port, host_id);
 }
 
 /* Split a comma-separated configuration list (ws.origins, ws.trusted_proxies). */
@@ -310,6 +308,7 @@ main(int argc, char **argv)
 	pthread_t bus_thread, sig_thread;
 	const char *arg = NULL, *path;
 	char *cause = NULL;
+	char host_id[BUS_HOST_ID_MAX + 1];
 	struct done *d, *dn;
 	sigset_t set;
 	size_t i;
@@ -360,15 +359,17 @@ main(int argc, char **argv)
 	ws.held = xcalloc(ws.send_shards, sizeof *ws.held);
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
-	ws_node_id(&ws);
 	ws_list(cfg.ws_origins, &ws.origins, &ws.norigins);
 	ws_list(cfg.ws_trusted_proxies, &ws.proxies, &ws.nproxies);
 	ws.max_conns = ws_conn_cap(&cfg);
 	ws.conns = conns_new(ws.max_conns);
 	if ((ws.bus = bus_new(cfg.bus_dir, &cause)) == NULL)
 		fatal("bus: %s", cause);
+	if (bus_host_id(cfg.bus_dir, cfg.bus_node_id, host_id, sizeof host_id, &cause) != 0)
+		fatal("host id: %s", cause);
+	ws_node_id(&ws, host_id);
 	if (cfg.redis_url != NULL) {
-		if ((ws.redis = redis_new(&cfg, cfg.bus_dir, &cause)) == NULL)
+		if ((ws.redis = redis_new(&cfg, host_id, &cause)) == NULL)
 			fatal("redis: %s", cause);
 		bus_set_bridge(ws.bus, &redis_bus_ops, ws.redis);
 	}

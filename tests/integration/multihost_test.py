@@ -8,6 +8,8 @@ a fourth namespace. What it checks:
   - a user on host a sends, a user on host b receives over WebSocket and over long polling, and
     the reverse;
   - a room with listeners on both hosts; presence seen from both (pushed and GET /presence);
+  - host identity: the two hosts have the same hostname and ws.port, yet distinct presence nodes;
+    a user on both hosts stays online when one connection closes or host b's parley-ws restarts;
   - steady traffic both ways while Redis is killed and restarted, then one memcached is killed:
     every acknowledged message reaches each of four streams (both users' WebSockets and long
     polls) exactly once, every stream's seqs are gap-free, the delivery delay while Redis was
@@ -251,6 +253,32 @@ async def presence(alice, dave, a):
               res)
 
 
+async def host_identity(cl, alice, eve):
+    """Hosts a and b share hostname and ws.port (ip netns gives no hostname of its own): their
+    presence nodes must still differ. eve on both hosts, one connection closed: still online;
+    host b's parley-ws restarted (which clears its own node's rows): eve, on host a, still online."""
+    import re
+    nodes = [re.findall(r"node (\S+)", cl.log(h + "-ws.log")) for h in ("a", "b")]
+    check(nodes[0] and nodes[1] and nodes[0][-1] != nodes[1][-1],
+          "host identity: the presence nodes of hosts a and b differ", nodes)
+
+    async def online(label):
+        for h in ("a", "b"):
+            st, res = await in_thread(http, h, "GET", "/presence?users=" + eve, alice)
+            check(st == 200 and res["presence"][0]["online"] is True,
+                  "host identity: host %s says eve is online %s" % (h, label), res)
+    ea = await WsClient("a", eve).open(sync=None)
+    eb = await WsClient("b", eve).open(sync=None)
+    await asyncio.sleep(0.3)
+    await eb.close()
+    await asyncio.sleep(0.5)            # the disconnect's presence row is gone by now
+    await online("after her connection on host b closed (one left on host a)")
+    await in_thread(cl.restart_ws, "b")
+    await asyncio.sleep(0.3)
+    await online("after host b's parley-ws restarted")
+    await ea.close()
+
+
 def conversations_right(pairs, sent):
     """Both hosts' GET /conversations of each pair's second user: last message and unread count."""
     out = []
@@ -441,6 +469,7 @@ async def scenario(cl):
         await c.close()
     for p in pollers:
         await in_thread(p.join, 10)
+    await host_identity(cl, x, uname("eve"))      # last: it restarts host b's parley-ws
     errors = [e for p in pollers for e in p.errors]
     check(not errors, "long polls answered 200 throughout", errors[:3])
     check(len(sent) > 100, "%d messages acknowledged during the run" % len(sent))

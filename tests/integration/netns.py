@@ -166,6 +166,18 @@ class Cluster:
         if not wait_until(lambda: can_connect(SVC_IP, REDIS_PORT) if self.entered else True, 10):
             raise RuntimeError("redis-server did not listen")
 
+    def restart_ws(self, h, timeout=15):
+        """Stop host h's parley-ws (SIGTERM, a clean shutdown) and start it again; wait until it listens."""
+        p = self.procs.get(h + "-ws")
+        if p is not None and p.poll() is None:
+            p.terminate()
+            p.wait(10)
+        n = self.log(h + "-ws.log").count("listening on")
+        conf = os.path.join(self.dir, h, "parley.conf")
+        self.spawn(h + "-ws", h, [os.path.join(self.build, "parley-ws"), "--config", conf], h + "-ws.log")
+        if not wait_until(lambda: self.log(h + "-ws.log").count("listening on") > n, timeout, 0.05):
+            raise RuntimeError("parley-ws of %s did not start again; see %s/%s-ws.log" % (h, self.dir, h))
+
     def kill(self, key):
         """SIGKILL one service (redis, memcached0, memcached1, mysql) and wait for it."""
         p = self.procs.get(key)
