@@ -25,7 +25,15 @@ static const char *const room_sql[Q_ROOM_END - STORE__Q(STORE__SET_ROOM)] = {
 	/* The user's room_rate row is the lock that serialises their posts across processes. */
 	STORE__SQL(Q_RATE_LOCK) = "INSERT INTO room_rate (user_id, win, n) VALUES (?, 0, 0)"
 	    " ON DUPLICATE KEY UPDATE n = n",
-	STORE__SQL(Q_RATE_COUNT) = "SELECT COUNT(*) FROM room_rate_log WHERE user_id = ? AND ts > ?",
+	/*
+	 * MySQL's clock, in ms (UNIX_TIMESTAMP() is free of time zones; NOW(6), of the same statement
+	 * start, adds the milliseconds), and the user's posts in the second before it. One clock for
+	 * every host: with each host's own, a host ahead would stretch others' windows and prune
+	 * their entries, a host behind would shrink its own.
+	 */
+	STORE__SQL(Q_RATE_COUNT) = "SELECT (SELECT COUNT(*) FROM room_rate_log WHERE user_id = ?"
+	    " AND ts > t.now - 1000), t.now FROM (SELECT UNIX_TIMESTAMP() * 1000 +"
+	    " MICROSECOND(NOW(6)) DIV 1000 AS now) t",
 	STORE__SQL(Q_RATE_LOG) = "INSERT INTO room_rate_log (user_id, ts) VALUES (?, ?)",
 	STORE__SQL(Q_RATE_PRUNE) = "DELETE FROM room_rate_log WHERE user_id = ? AND ts <= ?",
 	STORE__SQL(Q_ROOM_INSERT) = "INSERT INTO room_messages (room, user_id, text, ts)"
@@ -54,8 +62,9 @@ struct room_ctx {
 };
 
 /*
- * Rate limit: a sliding one-second window per user. Under the user's room_rate row lock (so it
- * holds across processes) count the posts of the last 1000 ms in room_rate_log; a fixed
+ * Rate limit: a sliding one-second window per user, on MySQL's clock. Under the user's room_rate
+ * row lock (so it holds across processes and hosts) count the posts of the last 1000 ms in
+ * room_rate_log; a fixed
  * per-second window would let 2 * per_sec through across a second boundary. A refused post rolls
  * back and does not count. Then the comment is stored and the room trimmed to its newest
  * room_history comments.
@@ -71,14 +80,16 @@ room_post_txn(struct store *s, void *arg)
 		c->ts = (int64_t)ts;
 		return rc < 0 ? -1 : 1;
 	}
-	c->ts = parley_now_ms();
 	if (EXEC(s, Q_RATE_LOCK, PS(c->user)) != 0)
 		return -1;
-	rc = ROW(s, Q_RATE_COUNT, PS(c->user), PI(c->ts - 1000));
+	rc = ROW(s, Q_RATE_COUNT, PS(c->user));
 	n = rc == 1 ? store__col_u(s, Q_RATE_COUNT, 0) : 0;
+	c->ts = rc == 1 ? store__col_i(s, Q_RATE_COUNT, 1) : 0;
 	store__done(s, Q_RATE_COUNT);
 	if (rc < 0)
 		return -1;
+	if (rc != 1)
+		return store__refuse(EIO);
 	if (n >= (uint64_t)c->per_sec)
 		return store__refuse(EBUSY);
 	if (EXEC(s, Q_RATE_PRUNE, PS(c->user), PI(c->ts - 1000)) != 0 ||

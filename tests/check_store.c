@@ -17,6 +17,7 @@
 #include "parley.h"
 #include "protocol.h"
 #include "store.h"
+#include "store_int.h"
 #include "testenv.h"
 #include "xmalloc.h"
 
@@ -1497,6 +1498,44 @@ START_TEST(test_rooms)
 }
 END_TEST
 
+/*
+ * The room rate window runs on MySQL's clock, not the host's: with the store's session clock
+ * frozen (SET timestamp, as if MySQL's clock and ours disagreed), comments are stamped with
+ * MySQL's time, and a host second passing does not open the window; a MySQL second does.
+ */
+START_TEST(test_room_rate_mysql_clock)
+{
+	struct store *s;
+	char *room = testenv_name("clockroom"), *u = testenv_name("clocku"), q[128];
+	int64_t ts, t0 = (parley_now_ms() / 1000 - 3600) * 1000;	/* an hour behind us */
+	uint64_t id;
+	int i;
+
+	s = store_new(&cfg);
+	ck_assert_int_eq(store_room_post(s, room, room, "connect", 100, &id, &ts), 0);
+	snprintf(q, sizeof q, "SET timestamp = %lld.%03lld", (long long)(t0 / 1000),
+	    (long long)(t0 % 1000));
+	ck_assert_int_eq(mysql_query(s->my, q), 0);
+	for (i = 0; i < 3; i++) {
+		ck_assert_msg(store_room_post(s, room, u, "at t0", 3, &id, &ts) == 0, "errno %d", errno);
+		ck_assert_int_eq(ts, t0);	/* MySQL's time, not ours */
+	}
+	ck_assert_int_eq(store_room_post(s, room, u, "4th", 3, &id, &ts), -1);
+	ck_assert_int_eq(errno, EBUSY);
+	usleep(1100 * 1000);		/* our second passes, MySQL's does not */
+	ck_assert_int_eq(store_room_post(s, room, u, "still t0", 3, &id, &ts), -1);
+	ck_assert_int_eq(errno, EBUSY);
+	snprintf(q, sizeof q, "SET timestamp = %lld.%03lld", (long long)((t0 + 1001) / 1000),
+	    (long long)((t0 + 1001) % 1000));
+	ck_assert_int_eq(mysql_query(s->my, q), 0);
+	ck_assert_int_eq(store_room_post(s, room, u, "t0 + 1001 ms", 3, &id, &ts), 0);
+	ck_assert_int_eq(ts, t0 + 1001);
+	store_free(s);
+	free(room);
+	free(u);
+}
+END_TEST
+
 /* --- faults -------------------------------------------------------------------------------- */
 
 /*
@@ -2082,6 +2121,7 @@ store_suite(void)
 	tcase_add_test(tc, test_group_receipts_and_conversations);
 	tcase_add_test(tc, test_presence);
 	tcase_add_test(tc, test_rooms);
+	tcase_add_test(tc, test_room_rate_mysql_clock);
 	tcase_add_test(tc, test_history_pair);
 	tcase_add_test(tc, test_history_group);
 	tcase_add_test(tc, test_history_explain);
