@@ -894,6 +894,55 @@ park_notify(struct park *p, const char *user, uint64_t seq)
 	park_wake_key(p, "u", user, seq, PM_WAKE, NULL);
 }
 
+/*
+ * Loop thread: the Redis bridge subscribed to the channel of a slot of users (redis_slot): hints
+ * published before that may have been missed, so the waiters of those users (only) read MySQL.
+ */
+static void
+park_sweep_slot(struct park *p, uint64_t slot)
+{
+	unsigned nslots = p->cfg->redis_slots > 0 ? (unsigned)p->cfg->redis_slots : 1;
+	struct park_key *pk, *next;
+	struct park_wake *wake;
+	struct waiter *w;
+	char **keys = NULL;
+	struct park_wake **batches = NULL;
+	size_t i, n = 0, cap = 0;
+	int last;
+
+	pthread_mutex_lock(&p->lock);
+	for (i = 0; i < p->nbuckets; i++) {
+		for (pk = p->buckets[i]; pk != NULL; pk = next) {
+			next = pk->hnext;
+			if (strncmp(pk->key, "u/", 2) != 0 || pk->head == NULL ||
+			    redis_slot(pk->key + 2, nslots) != slot)
+				continue;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 16;
+				batches = xreallocarray(batches, cap, sizeof *batches);
+				keys = xreallocarray(keys, cap, sizeof *keys);
+			}
+			wake = batches[n] = park_wake_new(PM_WAKE);
+			keys[n++] = xstrdup(pk->key);
+			/* Claiming the last waiter frees pk (next was read before). */
+			do {
+				w = pk->head;
+				last = w->link[PL_WAIT].next == NULL;
+				w->woken_us = 0;
+				park_wake_push(wake, w);
+				park_claim_locked(p, w);
+			} while (!last);
+		}
+	}
+	pthread_mutex_unlock(&p->lock);
+	for (i = 0; i < n; i++) {
+		park_post(p, keys[i], batches[i]);
+		free(keys[i]);
+	}
+	free(batches);
+	free(keys);
+}
+
 /* Loop thread: drain one bus backend and wake the waiters each hint names (never reads MySQL). */
 static void
 park_hints(struct park *p, const struct bus_backend *be)
@@ -915,6 +964,11 @@ park_hints(struct park *p, const struct bus_backend *be)
 			park_wake_key(p, "r", h->key, h->seq, PM_WAKE, NULL);
 			break;
 		case BUS_LOST:
+			/* The bridge's slot subscription took effect: that slot's users re-read. */
+			if (strcmp(h->key, "slot") == 0) {
+				park_sweep_slot(p, h->seq);
+				break;
+			}
 			/* Some process dropped hints for us: which waiters they concerned is unknown. */
 			p->sweep_due = 1;
 			break;

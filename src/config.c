@@ -80,7 +80,7 @@ static const struct config_key config_keys[] = {
 	I("redis.slots",		CT_INT,		 redis_slots,		1, 1048576, 1024),
 	I("redis.fallback_interval",	CT_INT,		 redis_fallback_interval, 1, 3600, 1),
 	I("redis.timeout_ms",		CT_INT,		 redis_timeout_ms,	10, 60000, 1000),
-	I("redis.linger_ms",		CT_INT,		 redis_linger_ms,	0, 3600000, 5000),
+	I("redis.linger_ms",		CT_INT,		 redis_linger_ms,	100, 3600000, 5000),
 	I("redis.queue",		CT_INT,		 redis_queue,		16, 10000000, 65536),
 	I("redis.inline_content",	CT_BOOL,	 redis_inline_content,	0, 1, 0),
 

@@ -140,8 +140,9 @@ struct redis {
 	int64_t			 ping_ms;	/* last PING sent */
 	int			 ping_out;	/* ... and not yet answered */
 	size_t			 inflight;
-	int64_t			 recheck_ms;	/* last fallback BUS_LOST */
-	int			 recheck_owed;	/* a subscription completed */
+	int64_t			 full_ms;	/* last full re-read asked of the owner */
+	int			 full_owed;	/* one is owed (at most one per redis.fallback_interval) */
+	int			 full_after_subs; /* (re)connected: one full re-read once all is subscribed */
 	int			 owe_lost;	/* hints were not published: PUBLISH a BUS_LOST to all */
 	int			 reset_due;
 	int64_t			 recon_ms;	/* a lingering channel's time is up then */
@@ -151,7 +152,7 @@ struct redis {
 	int			 warned;	/* said it is unreachable; quiet until it is back */
 
 	/* Statistics (atomics). */
-	uint64_t		 published, received, own, dropped, reconnects, rechecks;
+	uint64_t		 published, received, own, dropped, reconnects, rechecks, scoped;
 	uint64_t		 auth_failures, malformed, forged, channels;
 	int			 connected;
 };
@@ -325,12 +326,37 @@ redis_deliver(struct redis *r, enum bus_topic topic, const char *key, uint64_t s
 		log_warn("redis: eventfd: %s", strerror(errno));
 }
 
-/* Ask every waiter of the owner to re-read MySQL. */
+/* Ask every waiter of the owner to re-read MySQL (loop thread; redis_step rate-limits it). */
 static void
 redis_recheck(struct redis *r)
 {
 	redis_count(&r->rechecks, 1);
 	redis_deliver(r, BUS_LOST, "", 0, NULL, 0);
+}
+
+/*
+ * A channel's subscription took effect: only its listeners re-read what was published before
+ * (a room: BUS_ROOM without seq; a slot: BUS_LOST with key "slot" and the slot as seq).
+ */
+static void
+redis_recheck_channel(struct redis *r, const char *name, size_t len)
+{
+	size_t plen = strlen(r->prefix) + 1;
+	char key[PARLEY_ID_MAX + 1], num[16], *end;
+	unsigned long v;
+
+	if (len <= plen + 2 || len - plen - 2 > PARLEY_ID_MAX)
+		return;
+	memcpy(key, name + plen + 2, len - plen - 2);
+	key[len - plen - 2] = '\0';
+	redis_count(&r->scoped, 1);
+	if (name[plen] == 'r') {
+		redis_deliver(r, BUS_ROOM, key, 0, NULL, 0);
+	} else if (strlen(key) < sizeof num) {
+		v = strtoul(key, &end, 10);
+		if (*end == '\0')
+			redis_deliver(r, BUS_LOST, "slot", v, NULL, 0);
+	}
 }
 
 /* --- channels ------------------------------------------------------------------------------ */
@@ -508,12 +534,15 @@ redis_teardown(struct redis *r, int64_t now)
 	r->warned = 1;
 	r->pub_ready = r->sub_ready = r->sub_live = 0;
 	redis_set_connected(r);
+	/* What was in flight may be lost: the other hosts re-read (only then: no storm). */
+	if (r->inflight > 0)
+		r->owe_lost = 1;
 	r->inflight = 0;
 	r->sub_pending = 0;
 	r->ping_out = 0;
 	r->conn_ms = 0;
 	r->reset_due = 0;
-	r->owe_lost = 1;	/* what was in flight may be lost: the other hosts re-read */
+	r->full_after_subs = 1;
 	redis_chans_reset(r);
 	r->next_try_ms = now + r->backoff_ms;
 	r->backoff_ms = r->backoff_ms * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS :
@@ -657,9 +686,13 @@ redis_message(struct redis *r, const char *data, size_t len)
 		redis_count(&r->malformed, 1);
 	} else {
 		redis_count(&r->received, 1);
-		if (h->topic == BUS_LOST)
-			redis_count(&r->rechecks, 1);
-		redis_deliver(r, h->topic, h->key, h->seq, h->payload, h->len);
+		if (h->topic == BUS_LOST) {
+			/* Another host lost hints: one full re-read, rate-limited (redis_step). */
+			r->full_owed = 1;
+			redis_soon(r);
+		} else {
+			redis_deliver(r, h->topic, h->key, h->seq, h->payload, h->len);
+		}
 	}
 	free(h);
 }
@@ -672,6 +705,7 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 	redisReply *rep = reply, **e;
 	struct redis_chan *ch;
 	const char *kind;
+	int scoped = 0;
 
 	(void)arg;
 	if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements < 3)
@@ -702,14 +736,24 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 			r->backoff_ms = REDIS_BACKOFF_MIN_MS;
 			redis_set_connected(r);
 		}
-		/* What was published before this took effect: the owner re-reads. */
-		r->recheck_owed = 1;
+		/*
+		 * What was published before this took effect: its listeners re-read. After a
+		 * (re)connect, one full re-read once every channel is back stands for them all.
+		 */
+		if (ch != &r->all && !r->full_after_subs)
+			scoped = 1;
 	} else if (ch != NULL && strcmp(kind, "unsubscribe") == 0 &&
 	    ch->state == RC_UNSUBSCRIBING) {
 		ch->state = RC_NONE;
 		__atomic_sub_fetch(&r->channels, 1, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_unlock(&r->lock);
+	if (scoped)
+		redis_recheck_channel(r, e[1]->str, e[1]->len);
+	if (r->full_after_subs && r->sub_live && r->sub_pending == 0) {
+		r->full_after_subs = 0;
+		r->full_owed = 1;
+	}
 	redis_soon(r);
 }
 
@@ -775,11 +819,13 @@ redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_
 	if (ch->n == 0 && want && ch->zero_ms + r->linger_ms < r->recon_ms)
 		r->recon_ms = ch->zero_ms + r->linger_ms;
 	if (want && ch->state == RC_NONE) {
-		if (redisAsyncCommand(r->sub, redis_on_sub, NULL, "SUBSCRIBE %s", name) == REDIS_OK)
-			ch->state = RC_SUBSCRIBING;
+		if (redisAsyncCommand(r->sub, redis_on_sub, NULL, "SUBSCRIBE %s", name) != REDIS_OK)
+			return;
+		ch->state = RC_SUBSCRIBING;
 	} else if (!want && ch->state == RC_SUBSCRIBED) {
-		if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %s", name) == REDIS_OK)
-			ch->state = RC_UNSUBSCRIBING;
+		if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %s", name) != REDIS_OK)
+			return;
+		ch->state = RC_UNSUBSCRIBING;
 	} else {
 		return;
 	}
@@ -954,11 +1000,12 @@ redis_step(struct redis *r)
 		redis_rooms_prune(r, now);
 	redis_flush(r);
 
-	if (!r->sub_live && now - r->recheck_ms >= r->fallback_ms) {
-		r->recheck_ms = now;
-		redis_recheck(r);
-	} else if (r->recheck_owed) {
-		r->recheck_owed = 0;
+	/* Full re-reads: every interval while not subscribed, else when owed; never more often. */
+	if (!r->sub_live)
+		r->full_owed = 1;
+	if (r->full_owed && now - r->full_ms >= r->fallback_ms) {
+		r->full_owed = 0;
+		r->full_ms = now;
 		redis_recheck(r);
 	}
 }
@@ -1030,10 +1077,12 @@ redis_new(const struct config *cfg, const char *host_id, char **cause)
 	r->nslots = cfg->redis_slots > 0 ? (unsigned)cfg->redis_slots : 1024;
 	r->fallback_ms = (int64_t)(cfg->redis_fallback_interval > 0 ? cfg->redis_fallback_interval : 1) * 1000;
 	r->timeout_ms = cfg->redis_timeout_ms > 0 ? cfg->redis_timeout_ms : 1000;
-	r->linger_ms = cfg->redis_linger_ms >= 0 ? cfg->redis_linger_ms : 5000;
+	r->linger_ms = cfg->redis_linger_ms > 0 ? cfg->redis_linger_ms : 5000;
 	r->queue_max = cfg->redis_queue > 0 ? (size_t)cfg->redis_queue : 65536;
 	r->inline_content = cfg->redis_inline_content;
 	r->backoff_ms = REDIS_BACKOFF_MIN_MS;
+	r->full_after_subs = 1;
+	r->full_ms = INT64_MIN / 2;
 	if (HMAC(EVP_sha256(), cfg->jwt_secret, (int)strlen(cfg->jwt_secret),
 	    (const unsigned char *)label, sizeof label - 1, r->key, &klen) == NULL)
 		fatal("redis: HMAC failed");
@@ -1178,6 +1227,7 @@ redis_stats(struct redis *r, struct redis_stats *st)
 	st->dropped = __atomic_load_n(&r->dropped, __ATOMIC_RELAXED);
 	st->reconnects = __atomic_load_n(&r->reconnects, __ATOMIC_RELAXED);
 	st->rechecks = __atomic_load_n(&r->rechecks, __ATOMIC_RELAXED);
+	st->scoped = __atomic_load_n(&r->scoped, __ATOMIC_RELAXED);
 	st->auth_failures = __atomic_load_n(&r->auth_failures, __ATOMIC_RELAXED);
 	st->malformed = __atomic_load_n(&r->malformed, __ATOMIC_RELAXED);
 	st->forged = __atomic_load_n(&r->forged, __ATOMIC_RELAXED);
@@ -1263,6 +1313,8 @@ redis_metrics(struct redis *r, const char *prefix)
 	RM("reconnects_total", "counter", "connection attempts after the first", st.reconnects);
 	RM("rechecks_total", "counter", "times every waiter re-read MySQL for the bridge",
 	    st.rechecks);
+	RM("rechecks_scoped_total", "counter",
+	    "times one channel's listeners re-read MySQL (its subscription took effect)", st.scoped);
 	RM("auth_failures_total", "counter", "AUTH refused", st.auth_failures);
 	RM("malformed_total", "counter", "messages from Redis that did not decode", st.malformed);
 	RM("forged_total", "counter",

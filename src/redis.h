@@ -26,8 +26,13 @@ struct config;
  *   origin is its own host (its host id, bus_host_id), which the local bus already carried.
  * - Redis is not the truth. While the subscription connection is not up (or not yet), the
  *   bridge hands its owner a BUS_LOST hint every redis.fallback_interval: every waiter re-reads
- *   MySQL. It reconnects by itself (backoff up to 2 s), subscribes again, and a BUS_LOST
- *   follows each completed subscription (what was published before it took effect is re-read).
+ *   MySQL. It reconnects by itself (backoff up to 2 s), subscribes again, and one BUS_LOST
+ *   follows once every channel is back. A full BUS_LOST (empty key) comes at most once per
+ *   redis.fallback_interval (another host's "hints lost" included).
+ * - A subscription that took effect later asks only its listeners to re-read what was published
+ *   before: a room's as BUS_ROOM with seq 0 and no payload, a slot's as BUS_LOST with key "slot"
+ *   and the slot number (redis_slot) as seq. An owner that knows no better may treat either as
+ *   a full BUS_LOST.
  *
  * Threads: the bridge runs its own thread with a private libev loop (hiredis's async API and
  * libev adapter), so nothing of Redis (connects, DNS, a slow server) runs on a daemon's loop.
@@ -53,7 +58,10 @@ int		 redis_publish(struct redis *, enum bus_topic, const char *key, uint64_t se
 void		 redis_listen(struct redis *, enum bus_topic, const char *key, int delta);
 /* An eventfd, readable while hints wait for redis_recv. */
 int		 redis_fd(const struct redis *);
-/* One hint from another host (or BUS_LOST: re-read every waiter). 0 got one, -1/EAGAIN none. */
+/*
+ * One hint from another host, or BUS_LOST: re-read every waiter (key "") or the waiters of the
+ * users in slot seq (key "slot"). 0 got one, -1/EAGAIN none.
+ */
 int		 redis_recv(struct redis *, struct bus_hint *);
 
 /* The user-hash slot of user among nslots (the same on every host). */
@@ -66,7 +74,8 @@ struct redis_stats {
 	uint64_t	own;		/* messages of our own host ignored */
 	uint64_t	dropped;	/* hints not published: queue full, Redis down or too slow */
 	uint64_t	reconnects;	/* connection attempts after the first */
-	uint64_t	rechecks;	/* BUS_LOST handed to the owner (fallback, new subscriptions) */
+	uint64_t	rechecks;	/* full re-reads asked (fallback, reconnect, another host's loss) */
+	uint64_t	scoped;		/* one channel's listeners asked to re-read (its SUBSCRIBE done) */
 	uint64_t	auth_failures;
 	uint64_t	malformed;	/* messages that did not decode */
 	uint64_t	forged;		/* messages with a wrong MAC (not our deployment's) or too old */

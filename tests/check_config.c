@@ -436,6 +436,8 @@ static const struct {
 	{ "retention.batch", "100001", "out of range" },
 	{ "retention.pause_ms", "-1", "out of range" },
 	{ "retention.pause_ms", "60001", "out of range" },
+	{ "redis.linger_ms", "0", "out of range" },
+	{ "redis.linger_ms", "99", "out of range" },
 };
 
 START_TEST(test_bad_values_set)

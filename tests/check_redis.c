@@ -386,7 +386,7 @@ START_TEST(t_subscription_follows_listeners)
 	wait_channels(a, 3, 3000);
 	ck_assert_int_eq(numsub(c, chan), 1);
 	ck_assert_int_eq(numsub(c, rchan), 1);
-	/* A completed subscription asks the owner to re-read (what came before it took effect). */
+	/* A completed subscription asks its listeners to re-read (what came before it took effect). */
 	ck_assert_int_eq(wait_hint(a, BUS_LOST, NULL, 2000, &h, &lost), 0);
 
 	redis_listen(a, BUS_USER_EVENT, u, -1);
@@ -406,6 +406,77 @@ START_TEST(t_subscription_follows_listeners)
 	free(chan);
 	free(rchan);
 	free(room);
+	free(prefix);
+	free(da);
+}
+END_TEST
+
+/*
+ * No re-read storm: new room joins and new slots each ask only their own listeners to re-read
+ * (a room: BUS_ROOM with seq 0; a slot: BUS_LOST "slot" with the slot), never every waiter.
+ * Full re-reads (BUS_LOST with an empty key, rechecks_total) stay bounded.
+ */
+START_TEST(t_recheck_scoped)
+{
+	enum { N = 12 };
+	struct config cfg;
+	struct redis *a;
+	struct redis_stats st;
+	struct bus_hint h;
+	char *da = host_dir(), *prefix = testenv_name("p"), *rooms[N], *users[N];
+	int i, k, full = 0, room_hints = 0, slot_hints = 0;
+	uint64_t before;
+	unsigned slot;
+
+	rcfg(&cfg, prefix, NULL);
+	a = bridge(&cfg, da);
+	wait_channels(a, 1, 3000);
+	usleep(1200 * 1000);	/* the connect's own full re-read is out */
+	while (redis_recv(a, &h) == 0)
+		;
+	redis_stats(a, &st);
+	before = st.rechecks;
+	for (i = 0; i < N; i++) {
+		rooms[i] = testenv_name("rq");
+		users[i] = NULL;
+		/* A user in a slot not yet held (so each is a new subscription). */
+		do {
+			free(users[i]);
+			users[i] = testenv_name("uq");
+			slot = redis_slot(users[i], (unsigned)cfg.redis_slots);
+			for (k = 0; k < i && redis_slot(users[k], (unsigned)cfg.redis_slots) != slot; k++)
+				;
+		} while (k < i);
+		redis_listen(a, BUS_ROOM, rooms[i], 1);
+		wait_channels(a, 2 + 2 * (size_t)i, 3000);
+		redis_listen(a, BUS_USER_EVENT, users[i], 1);
+		wait_channels(a, 3 + 2 * (size_t)i, 3000);
+		usleep(20 * 1000);
+	}
+	/* Collect what the owner was asked; a tick (100 ms) is enough for the last ones. */
+	for (k = 0; k < 30; k++) {
+		while (redis_recv(a, &h) == 0) {
+			if (h.topic == BUS_LOST && h.key[0] == '\0')
+				full++;
+			else if (h.topic == BUS_ROOM && h.seq == 0 && h.len == 0)
+				room_hints++;
+			else if (h.topic == BUS_LOST && strcmp(h.key, "slot") == 0)
+				slot_hints++;
+		}
+		usleep(20 * 1000);
+	}
+	redis_stats(a, &st);
+	ck_assert_msg(st.rechecks - before <= 1 && full <= 1,
+	    "%d room joins and %d new slots made %llu full re-reads (%d seen)", N, N,
+	    (unsigned long long)(st.rechecks - before), full);
+	ck_assert_int_eq(room_hints, N);
+	ck_assert_int_eq(slot_hints, N);
+	redis_free(a);
+	config_clear(&cfg);
+	for (i = 0; i < N; i++) {
+		free(rooms[i]);
+		free(users[i]);
+	}
 	free(prefix);
 	free(da);
 }
@@ -680,6 +751,7 @@ redis_suite(void)
 	tcase_add_test(tc, t_forged);
 	tcase_add_test(tc, t_inline_content);
 	tcase_add_test(tc, t_subscription_follows_listeners);
+	tcase_add_test(tc, t_recheck_scoped);
 	tcase_add_test(tc, t_acl_user);
 	tcase_add_test(tc, t_acl_denied);
 	tcase_add_test(tc, t_auth_failure);

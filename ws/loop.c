@@ -944,6 +944,7 @@ static void
 loop_hint(struct ws *ws, struct done *d)
 {
 	struct conn_user *u;
+	struct conn_room *r;
 	struct conn *c;
 
 	metrics_add(&ws->metrics, M_BUS_HINTS_IN, 1);
@@ -963,8 +964,14 @@ loop_hint(struct ws *ws, struct done *d)
 		}
 		break;
 	case BUS_ROOM:
-		if (conns_room(ws->conns, d->key) == NULL)
+		if ((r = conns_room(ws->conns, d->key)) == NULL)
 			return;
+		if (d->text == NULL && d->seq == 0) {
+			/* The bridge's room subscription took effect: catch up from MySQL. */
+			if (r->based)
+				loop_room_job(ws, d->key, 1, r->last_id, JOB_ROOM_CATCHUP);
+			return;
+		}
 		if (d->text != NULL) {
 			loop_room_event(ws, d->key, d->seq, d->text, d->len);
 			return;
@@ -1042,6 +1049,28 @@ loop_resync_all(struct ws *ws)
 	}
 }
 
+/*
+ * The bridge's subscription of a slot of users took effect: the connections of those users
+ * (only) re-read their logs, as loop_resync_all does for all.
+ */
+static void
+loop_resync_slot(struct ws *ws, uint64_t slot)
+{
+	unsigned nslots = ws->cfg->redis_slots > 0 ? (unsigned)ws->cfg->redis_slots : 1;
+	struct conn *c;
+	size_t i = 0;
+
+	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (c->state != CONN_READY || c->user == NULL ||
+		    redis_slot(c->user->key.name, nslots) != slot)
+			continue;
+		if (c->fetching || c->backlog != NULL)
+			c->need_fetch = 1;
+		else if (c->live)
+			loop_fetch(ws, c);
+	}
+}
+
 static void loop_stop(struct ws *);
 static void loop_tick(lws_sorted_usec_list_t *);
 
@@ -1064,7 +1093,9 @@ loop_drain(struct ws *ws)
 
 	for (; d != NULL; d = dn) {
 		dn = d->next;
-		if (d->kind == DONE_HINT && d->topic == BUS_LOST) {
+		if (d->kind == DONE_HINT && d->topic == BUS_LOST && strcmp(d->key, "slot") == 0) {
+			loop_resync_slot(ws, d->seq);
+		} else if (d->kind == DONE_HINT && d->topic == BUS_LOST) {
 			overflow = 1;	/* a peer dropped hints for us: as if our queue had */
 		} else if (d->kind == DONE_HINT) {
 			hints++;
