@@ -1269,13 +1269,6 @@ bus_listen(struct bus *b, enum bus_topic topic, const char *key, int delta)
 
 /* The local bus as a backend: publish reaches the processes of this host alone (not the bridge). */
 static int
-bus_local_publish(void *arg, enum bus_topic topic, const char *key, uint64_t seq,
-    const char *payload, size_t len)
-{
-	return bus_send_all(arg, 1, topic, key, seq, payload, len);
-}
-
-static int
 bus_local_fd(const void *arg)
 {
 	return bus_fd(arg);
@@ -1289,7 +1282,7 @@ bus_local_recv(void *arg, struct bus_hint *h)
 
 const struct bus_ops bus_local_ops = {
 	.name = "local",
-	.publish = bus_local_publish,
+	.publish = NULL,	/* bus_publish: the local bus and then the bridge */
 	.fd = bus_local_fd,
 	.recv = bus_local_recv,
 	.listen = NULL,

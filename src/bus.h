@@ -119,6 +119,7 @@ size_t		 bus_encode(unsigned char *buf, enum bus_topic, const char *key, size_t 
  */
 struct bus_ops {
 	const char	*name;
+	/* The bridge's: bus_publish hands it every hint. NULL for the local bus (bus_publish). */
 	int		(*publish)(void *, enum bus_topic, const char *key, uint64_t seq,
 			    const char *payload, size_t len);
 	int		(*fd)(const void *);

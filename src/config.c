@@ -451,6 +451,20 @@ config_check(const struct config *cfg, const char **key, const char **other, cha
 		xasprintf(why, "at most %d characters of A-Z a-z 0-9 . _ -", BUS_HOST_ID_MAX);
 		return -1;
 	}
+	/* AUTH needs a password; a user alone would silently connect as the default user. */
+	if (cfg->redis_user != NULL && cfg->redis_password == NULL) {
+		*key = "redis.user";
+		*other = "redis.password";
+		xasprintf(why, "needs redis.password (AUTH user password)");
+		return -1;
+	}
+	/* Channel names are PREFIX:r:ROOM in a fixed buffer: a longer prefix would cut them. */
+	if (cfg->redis_prefix != NULL && strlen(cfg->redis_prefix) > CONFIG_REDIS_PREFIX_MAX) {
+		*key = "redis.prefix";
+		xasprintf(why, "too long (%zu bytes, at most %d)", strlen(cfg->redis_prefix),
+		    CONFIG_REDIS_PREFIX_MAX);
+		return -1;
+	}
 	/* The auth frame is a message too: a bigger pre-auth limit would mean nothing. */
 	if (cfg->ws_max_preauth_message > cfg->ws_max_message) {
 		*key = "ws.max_preauth_message";

@@ -44,6 +44,7 @@ struct config {
 	char	*redis_user;		/* ACL user (AUTH user password); NULL: AUTH password alone */
 	char	*redis_password;	/* NULL: no AUTH */
 	char	*redis_prefix;		/* channel name prefix, default "parley" */
+#define CONFIG_REDIS_PREFIX_MAX 48	/* bytes of redis.prefix (channel names: PREFIX:r:ROOM) */
 	int	 redis_slots;		/* user-hash slots (one channel each), default 1024 */
 	int	 redis_fallback_interval; /* seconds between MySQL rechecks while Redis is down, default 1 */
 	int	 redis_timeout_ms;	/* connect and PING answer timeout, default 1000 */

@@ -53,7 +53,7 @@
 /* Hints received and not yet taken by the owner; past it they are dropped (then BUS_LOST). */
 #define REDIS_RECV_MAX		65536
 #define REDIS_ROOM_BUCKETS	1024
-#define REDIS_CHAN_MAX		(64 + PARLEY_ID_MAX)
+#define REDIS_CHAN_MAX		(CONFIG_REDIS_PREFIX_MAX + 16 + PARLEY_ID_MAX)
 
 enum redis_chan_state {
 	RC_NONE = 0,
@@ -1061,11 +1061,18 @@ redis_new(const struct config *cfg, const char *host_id, char **cause)
 	unsigned int klen = REDIS_MAC;
 
 	if (cfg->redis_url == NULL || cfg->jwt_secret == NULL ||
+	    (cfg->redis_user != NULL && cfg->redis_password == NULL) ||
+	    (cfg->redis_prefix != NULL && strlen(cfg->redis_prefix) > CONFIG_REDIS_PREFIX_MAX) ||
 	    redis_parse_url(r, cfg->redis_url, cause) != 0) {
 		if (cfg->redis_url == NULL)
 			xasprintf(cause, "redis.url is not set");
 		else if (cfg->jwt_secret == NULL)
 			xasprintf(cause, "auth.jwt_secret is needed: it keys the bridge's messages");
+		else if (cfg->redis_user != NULL && cfg->redis_password == NULL)
+			xasprintf(cause, "redis.user needs redis.password");
+		else if (cfg->redis_prefix != NULL &&
+		    strlen(cfg->redis_prefix) > CONFIG_REDIS_PREFIX_MAX)
+			xasprintf(cause, "redis.prefix is longer than %d bytes", CONFIG_REDIS_PREFIX_MAX);
 		free(r->host);
 		free(r->path);
 		free(r);
@@ -1146,8 +1153,6 @@ int
 redis_publish(struct redis *r, enum bus_topic topic, const char *key, uint64_t seq,
     const char *payload, size_t len)
 {
-	int was_empty;
-
 	if (key == NULL)
 		key = "";
 	if (strlen(key) > PARLEY_ID_MAX ||
@@ -1155,7 +1160,13 @@ redis_publish(struct redis *r, enum bus_topic topic, const char *key, uint64_t s
 		errno = EINVAL;
 		return -1;
 	}
-	/* Content stays off Redis unless asked for: receivers read the event from MySQL. */
+	/*
+	 * An ephemeral event too big to travel has nothing a receiver could read instead (it is
+	 * not stored): not published. Content stays off Redis unless asked for: receivers read
+	 * the event from MySQL.
+	 */
+	if (topic == BUS_USER_EPHEMERAL && (payload == NULL || len == 0 || len > BUS_PAYLOAD_MAX))
+		return 0;
 	if (payload == NULL || len > BUS_PAYLOAD_MAX ||
 	    (topic != BUS_USER_EPHEMERAL && !r->inline_content))
 		len = 0;
@@ -1167,11 +1178,10 @@ redis_publish(struct redis *r, enum bus_topic topic, const char *key, uint64_t s
 		errno = EAGAIN;
 		return -1;
 	}
-	was_empty = r->out.n == 0;
 	redis_queue_push(&r->out, redis_item_new(topic, key, seq, payload, len));
 	pthread_mutex_unlock(&r->lock);
-	if (was_empty)
-		ev_async_send(r->loop, &r->wake);
+	/* Always: a queue left non-empty (PUBLISHes in flight at the cap) must not wait for a tick. */
+	ev_async_send(r->loop, &r->wake);
 	return 0;
 }
 

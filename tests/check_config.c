@@ -519,6 +519,11 @@ static const struct {
 	{ "[auth]\njwt_secret = " SECRET "\n[bus]\nnode_id = "
 	    "0123456789012345678901234567890123456789012345678\n", 4,
 	    "bus.node_id: at most 48 characters of" },
+	{ "[auth]\njwt_secret = " SECRET "\n[redis]\nuser = parley\n", 4,
+	    "redis.user: needs redis.password" },
+	{ "[auth]\njwt_secret = " SECRET "\n[redis]\nprefix = "
+	    "0123456789012345678901234567890123456789012345678\n", 4,
+	    "redis.prefix: too long (49 bytes, at most 48)" },
 	{ "[ws]\nmax_url = 32769\n", 2, "ws.max_url: " },
 	{ "[ws]\nmax_per_user = 0\n", 2, "ws.max_per_user: " },
 	{ "[ws]\nmax_per_ip = 0\n", 2, "ws.max_per_ip: " },
@@ -604,6 +609,12 @@ START_TEST(test_validate)
 	ck_assert_ptr_null(strstr(cause, "sekrit"));
 	free(cause);
 	ck_assert_int_eq(config_set(&c, "auth.jwt_secret", SECRET, &cause), 0);
+	ck_assert_int_eq(config_validate(&c, &cause), 0);
+	/* redis.user with redis.password; redis.prefix of 48 bytes (49 refused in test_bad_files). */
+	ck_assert_int_eq(config_set(&c, "redis.user", "parley", &cause), 0);
+	ck_assert_int_eq(config_set(&c, "redis.password", "pw", &cause), 0);
+	ck_assert_int_eq(config_set(&c, "redis.prefix",
+	    "012345678901234567890123456789012345678901234567", &cause), 0);
 	ck_assert_int_eq(config_validate(&c, &cause), 0);
 	/* bus.node_id: 48 characters at most (49 refused in test_bad_files). */
 	ck_assert_int_eq(config_set(&c, "bus.node_id",

@@ -178,6 +178,18 @@ START_TEST(t_bad_url)
 		free(cause);
 		cause = NULL;
 	}
+	/* A user without a password, a prefix that would cut channel names: refused too. */
+	ck_assert_int_eq(config_set(&cfg, "redis.url", "redis://h", &cause), 0);
+	ck_assert_int_eq(config_set(&cfg, "redis.user", "u", &cause), 0);
+	ck_assert_ptr_null(redis_new(&cfg, "h", &cause));
+	ck_assert_ptr_nonnull(strstr(cause, "redis.user needs redis.password"));
+	free(cause);
+	ck_assert_int_eq(config_set(&cfg, "redis.password", "p", &cause), 0);
+	ck_assert_int_eq(config_set(&cfg, "redis.prefix",
+	    "0123456789012345678901234567890123456789012345678", &cause), 0);
+	ck_assert_ptr_null(redis_new(&cfg, "h", &cause));
+	ck_assert_ptr_nonnull(strstr(cause, "redis.prefix is longer than 48 bytes"));
+	free(cause);
 	config_clear(&cfg);
 }
 END_TEST
@@ -341,7 +353,7 @@ START_TEST(t_inline_content)
 	struct bus_hint h;
 	struct redis *a, *b;
 	char *da = host_dir(), *db = host_dir(), *u = testenv_name("ri"), *cause = NULL;
-	char *prefix = testenv_name("p");
+	char *prefix = testenv_name("p"), *big;
 
 	rcfg(&cfg, prefix, NULL);
 	ck_assert_int_eq(config_set(&cfg, "redis.inline_content", "yes", &cause), 0);
@@ -353,6 +365,15 @@ START_TEST(t_inline_content)
 	ck_assert_int_eq(redis_publish(b, BUS_USER_EVENT, u, 3, "{\"e\":1}", 7), 0);
 	ck_assert_int_eq(wait_hint(a, BUS_USER_EVENT, u, 2000, &h, NULL), 0);
 	ck_assert_str_eq(h.payload, "{\"e\":1}");
+	/* An ephemeral event too big to travel is not published at all (not as an empty one). */
+	big = xmalloc(BUS_PAYLOAD_MAX + 2);
+	memset(big, 'x', BUS_PAYLOAD_MAX + 1);
+	big[BUS_PAYLOAD_MAX + 1] = '\0';
+	ck_assert_int_eq(redis_publish(b, BUS_USER_EPHEMERAL, u, 0, big, BUS_PAYLOAD_MAX + 1), 0);
+	ck_assert_int_eq(redis_publish(b, BUS_USER_EPHEMERAL, u, 0, "{\"t\":2}", 7), 0);
+	ck_assert_int_eq(wait_hint(a, BUS_USER_EPHEMERAL, u, 2000, &h, NULL), 0);
+	ck_assert_str_eq(h.payload, "{\"t\":2}");
+	free(big);
 	redis_free(a);
 	redis_free(b);
 	config_clear(&cfg);
