@@ -62,11 +62,19 @@ enum redis_chan_state {
 	RC_UNSUBSCRIBING	/* UNSUBSCRIBE sent: never SUBSCRIBE again before its answer */
 };
 
-/* One channel's listeners (n, zero_ms: under lock) and its subscription (state: loop thread). */
+/*
+ * One channel: its listeners (n, zero_ms: written under lock, atomically, so that the loop thread
+ * may read them without it), its place on the changed list (under lock) and its subscription
+ * (loop thread).
+ */
 struct redis_chan {
-	uint32_t	n;
-	int64_t		zero_ms;	/* when n fell to 0 */
-	uint8_t		state;
+	uint32_t		 n;
+	int64_t			 zero_ms;	/* when n fell to 0 */
+	struct redis_chan	*cnext;		/* lock: on r->changed */
+	uint8_t			 queued;	/* lock: ... */
+	uint8_t			 state;		/* loop thread */
+	uint8_t			 lingering;	/* loop thread: on r->linger */
+	struct redis_chan	*lnext;		/* loop thread: ... */
 };
 
 struct redis_room {
@@ -126,7 +134,7 @@ struct redis {
 	struct redis_queue	 in;		/* for the owner */
 	int			 in_lost;	/* a received hint was dropped: BUS_LOST owed */
 	int			 stop;
-	int			 dirty;		/* listeners changed: reconcile the subscriptions */
+	struct redis_chan	*changed;	/* channels whose listeners went 0 -> 1 or 1 -> 0 */
 
 	/* Loop thread only. */
 	redisAsyncContext	*pub, *sub;
@@ -145,7 +153,8 @@ struct redis {
 	int			 full_after_subs; /* (re)connected: one full re-read once all is subscribed */
 	int			 owe_lost;	/* hints were not published: PUBLISH a BUS_LOST to all */
 	int			 reset_due;
-	int64_t			 recon_ms;	/* a lingering channel's time is up then */
+	struct redis_chan	*linger;	/* no listener, still subscribed: until linger_ms */
+	int			 resync;	/* (re)connected: every channel with listeners */
 	size_t			 sub_pending;	/* (UN)SUBSCRIBEs sent, not yet confirmed */
 	int64_t			 sub_progress_ms; /* last confirmation (or the first pending) */
 	int			 was_up;	/* for logging state changes once */
@@ -430,11 +439,23 @@ redis_chan_find(struct redis *r, const char *name, size_t len)
 	return NULL;
 }
 
+/* Put ch on the changed list for the loop thread (lock held). */
+static void
+redis_chan_queue(struct redis *r, struct redis_chan *ch)
+{
+	if (ch->queued)
+		return;
+	ch->queued = 1;
+	ch->cnext = r->changed;
+	r->changed = ch;
+}
+
 void
 redis_listen(struct redis *r, enum bus_topic topic, const char *key, int delta)
 {
 	struct redis_chan *ch;
 	struct redis_room *rm;
+	uint32_t old, n;
 	int wake = 0;
 
 	if (r == NULL || key == NULL || strlen(key) > PARLEY_ID_MAX ||
@@ -448,17 +469,22 @@ redis_listen(struct redis *r, enum bus_topic topic, const char *key, int delta)
 		ch = &r->slots[redis_slot(key, r->nslots)];
 	}
 	if (ch != NULL) {
-		r->dirty = 1;
+		old = ch->n;
 		if (delta > 0) {
-			wake = ch->n == 0;
-			ch->n += (uint32_t)delta;
-		} else if (ch->n >= (uint32_t)-delta) {
-			ch->n -= (uint32_t)-delta;
-			if (ch->n == 0)
-				ch->zero_ms = parley_mono_ms();
+			n = old + (uint32_t)delta;
+		} else if (old >= (uint32_t)-delta) {
+			n = old - (uint32_t)-delta;
 		} else {
 			log_warn("redis: listener count of %s went below zero", key);
-			ch->n = 0;
+			n = 0;
+		}
+		if (n == 0 && old != 0)
+			__atomic_store_n(&ch->zero_ms, parley_mono_ms(), __ATOMIC_RELAXED);
+		__atomic_store_n(&ch->n, n, __ATOMIC_RELAXED);
+		/* Only a channel that gained its first listener or lost its last needs a look. */
+		if ((n == 0) != (old == 0)) {
+			wake = n > 0;
+			redis_chan_queue(r, ch);
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
@@ -500,16 +526,23 @@ redis_chans_reset(struct redis *r)
 	struct redis_room *rm;
 	size_t i;
 
+	struct redis_chan *ch;
+
+	/* state is the loop thread's: no lock for the slots; the room table's shape needs it. */
 	r->all.state = RC_NONE;
-	pthread_mutex_lock(&r->lock);
-	r->dirty = 1;
 	for (i = 0; i < r->nslots; i++)
 		r->slots[i].state = RC_NONE;
+	pthread_mutex_lock(&r->lock);
 	for (i = 0; i < REDIS_ROOM_BUCKETS; i++) {
 		for (rm = r->rooms[i]; rm != NULL; rm = rm->next)
 			rm->ch.state = RC_NONE;
 	}
 	pthread_mutex_unlock(&r->lock);
+	while ((ch = r->linger) != NULL) {
+		r->linger = ch->lnext;
+		ch->lingering = 0;
+	}
+	r->resync = 1;
 	__atomic_store_n(&r->channels, 0, __ATOMIC_RELAXED);
 }
 
@@ -720,7 +753,6 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 		return;
 	}
 	pthread_mutex_lock(&r->lock);
-	r->dirty = 1;
 	ch = redis_chan_find(r, e[1]->str, e[1]->len);
 	if (r->sub_pending > 0 &&
 	    (strcmp(kind, "subscribe") == 0 || strcmp(kind, "unsubscribe") == 0)) {
@@ -746,6 +778,9 @@ redis_on_sub(redisAsyncContext *ac, void *reply, void *arg)
 	    ch->state == RC_UNSUBSCRIBING) {
 		ch->state = RC_NONE;
 		__atomic_sub_fetch(&r->channels, 1, __ATOMIC_RELAXED);
+		/* A listener came back while it was going: subscribe again. */
+		if (ch->n > 0)
+			redis_chan_queue(r, ch);
 	}
 	pthread_mutex_unlock(&r->lock);
 	if (scoped)
@@ -810,19 +845,51 @@ redis_connect(struct redis *r, int64_t now)
 
 /* --- the loop thread: subscriptions and publishes ---------------------------------------- */
 
-/* Bring one channel's subscription in line with its listeners; notes when to look again. */
+/* The channel's name on Redis (loop thread; ch is a slot, a room or "all"). */
 static void
-redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_t now)
+redis_chan_name(const struct redis *r, const struct redis_chan *ch, char *buf, size_t sz)
 {
-	int want = ch->n > 0 || now - ch->zero_ms < r->linger_ms;
+	const struct redis_room *rm;
 
-	if (ch->n == 0 && want && ch->zero_ms + r->linger_ms < r->recon_ms)
-		r->recon_ms = ch->zero_ms + r->linger_ms;
+	if (ch == &r->all) {
+		redis_channel(r, BUS_LOST, "", buf, sz);
+	} else if (ch >= r->slots && ch < r->slots + r->nslots) {
+		snprintf(buf, sz, "%s:u:%zu", r->prefix, (size_t)(ch - r->slots));
+	} else {
+		rm = (const struct redis_room *)((const char *)ch - offsetof(struct redis_room, ch));
+		redis_channel(r, BUS_ROOM, rm->name, buf, sz);
+	}
+}
+
+static int
+redis_chan_is_room(const struct redis *r, const struct redis_chan *ch)
+{
+	return ch != &r->all && !(ch >= r->slots && ch < r->slots + r->nslots);
+}
+
+/*
+ * Bring one channel's subscription in line with its listeners (n and zero_ms as read under the
+ * lock or atomically); a channel without listeners that is still subscribed goes on the linger
+ * list. Loop thread, lock not held: hiredis is called here.
+ */
+static void
+redis_chan_sync(struct redis *r, struct redis_chan *ch, uint32_t n, int64_t zero_ms, int64_t now)
+{
+	int want = n > 0 || now - zero_ms < r->linger_ms;
+	char name[REDIS_CHAN_MAX];
+
+	if (n == 0 && ch->state != RC_NONE && !ch->lingering) {
+		ch->lingering = 1;
+		ch->lnext = r->linger;
+		r->linger = ch;
+	}
 	if (want && ch->state == RC_NONE) {
+		redis_chan_name(r, ch, name, sizeof name);
 		if (redisAsyncCommand(r->sub, redis_on_sub, NULL, "SUBSCRIBE %s", name) != REDIS_OK)
 			return;
 		ch->state = RC_SUBSCRIBING;
 	} else if (!want && ch->state == RC_SUBSCRIBED) {
+		redis_chan_name(r, ch, name, sizeof name);
 		if (redisAsyncCommand(r->sub, NULL, NULL, "UNSUBSCRIBE %s", name) != REDIS_OK)
 			return;
 		ch->state = RC_UNSUBSCRIBING;
@@ -833,58 +900,131 @@ redis_chan_sync(struct redis *r, struct redis_chan *ch, const char *name, int64_
 		r->sub_progress_ms = now;
 }
 
-/* Subscribe what local listeners need, unsubscribe what nobody needed for redis.linger_ms. */
-static void
-redis_reconcile(struct redis *r, int64_t now)
+/*
+ * Free a room nobody listens to, that no list holds and that is not subscribed (loop thread).
+ * 1 when it was freed.
+ */
+static int
+redis_room_gc(struct redis *r, struct redis_chan *ch, int64_t now)
 {
 	struct redis_room *rm, **pp;
-	char name[REDIS_CHAN_MAX];
-	size_t i;
+	int freed = 0;
 
-	r->all.n = 1;	/* always: recheck requests of the other hosts */
-	redis_channel(r, BUS_LOST, "", name, sizeof name);
-	redis_chan_sync(r, &r->all, name, now);
+	if (!redis_chan_is_room(r, ch) || ch->state != RC_NONE || ch->lingering)
+		return 0;
+	rm = (struct redis_room *)((char *)ch - offsetof(struct redis_room, ch));
 	pthread_mutex_lock(&r->lock);
-	/* A walk of every slot only when something changed or a linger ends (slots may be many). */
-	if (!r->dirty && now < r->recon_ms) {
-		pthread_mutex_unlock(&r->lock);
-		return;
-	}
-	r->dirty = 0;
-	r->recon_ms = INT64_MAX;
-	for (i = 0; i < r->nslots; i++) {
-		if (r->slots[i].n == 0 && r->slots[i].state == RC_NONE)
-			continue;
-		snprintf(name, sizeof name, "%s:u:%zu", r->prefix, i);
-		redis_chan_sync(r, &r->slots[i], name, now);
-	}
-	for (i = 0; i < REDIS_ROOM_BUCKETS; i++) {
-		for (pp = &r->rooms[i]; (rm = *pp) != NULL;) {
-			redis_channel(r, BUS_ROOM, rm->name, name, sizeof name);
-			redis_chan_sync(r, &rm->ch, name, now);
-			if (rm->ch.n == 0 && rm->ch.state == RC_NONE &&
-			    now - rm->ch.zero_ms >= r->linger_ms) {
+	if (ch->n == 0 && !ch->queued && now - ch->zero_ms >= r->linger_ms) {
+		for (pp = &r->rooms[redis_room_bucket(rm->name)]; *pp != NULL; pp = &(*pp)->next) {
+			if (*pp == rm) {
 				*pp = rm->next;
 				free(rm);
-			} else {
-				pp = &rm->next;
+				freed = 1;
+				break;
 			}
 		}
 	}
 	pthread_mutex_unlock(&r->lock);
+	return freed;
 }
 
-/* Drop the rooms nobody listens to any more while we cannot subscribe (lock not held). */
+struct redis_snap {
+	struct redis_chan	*ch;
+	uint32_t		 n;
+	int64_t			 zero_ms;
+};
+
+/*
+ * Subscribe what local listeners need, unsubscribe what nobody needed for redis.linger_ms. Under
+ * the lock only the changed list is taken and the lingering channels' counts copied (both short);
+ * the subscriptions are sent outside it. After a (re)connect every channel with listeners once:
+ * the slots read without the lock (their counts are atomic), the rooms copied under it.
+ */
+static void
+redis_reconcile(struct redis *r, int64_t now)
+{
+	struct redis_snap *v = NULL;
+	struct redis_chan *ch, **pp;
+	struct redis_room *rm;
+	size_t i, j, n = 0, cap = 0;
+	uint32_t cnt;
+
+	r->all.n = 1;	/* always: recheck requests of the other hosts */
+	redis_chan_sync(r, &r->all, 1, 0, now);
+#define SNAP(c, cn, z) do {						\
+		if (n == cap) {						\
+			cap = cap ? cap * 2 : 64;			\
+			v = xreallocarray(v, cap, sizeof *v);		\
+		}							\
+		v[n].ch = (c);						\
+		v[n].n = (cn);						\
+		v[n++].zero_ms = (z);					\
+	} while (0)
+	if (r->resync) {
+		r->resync = 0;
+		for (i = 0; i < r->nslots; i++) {
+			cnt = __atomic_load_n(&r->slots[i].n, __ATOMIC_RELAXED);
+			if (cnt > 0)
+				SNAP(&r->slots[i], cnt, 0);
+		}
+		pthread_mutex_lock(&r->lock);
+		for (i = 0; i < REDIS_ROOM_BUCKETS; i++) {
+			for (rm = r->rooms[i]; rm != NULL; rm = rm->next)
+				SNAP(&rm->ch, rm->ch.n, rm->ch.zero_ms);
+		}
+		pthread_mutex_unlock(&r->lock);
+	}
+	pthread_mutex_lock(&r->lock);
+	while ((ch = r->changed) != NULL) {
+		r->changed = ch->cnext;
+		ch->queued = 0;
+		SNAP(ch, ch->n, ch->zero_ms);
+	}
+	for (ch = r->linger; ch != NULL; ch = ch->lnext)
+		SNAP(ch, ch->n, ch->zero_ms);
+	pthread_mutex_unlock(&r->lock);
+#undef SNAP
+	/* Off the linger list: listeners again, or unsubscribed (then a room may go). */
+	for (pp = &r->linger; (ch = *pp) != NULL;) {
+		if (ch->state == RC_NONE || __atomic_load_n(&ch->n, __ATOMIC_RELAXED) > 0) {
+			*pp = ch->lnext;
+			ch->lingering = 0;
+		} else {
+			pp = &ch->lnext;
+		}
+	}
+	for (i = 0; i < n; i++)
+		redis_chan_sync(r, v[i].ch, v[i].n, v[i].zero_ms, now);
+	/* A channel may be in v twice (changed and lingering): none after it is freed. */
+	for (i = 0; i < n; i++) {
+		if (v[i].ch == NULL || v[i].n != 0 || !redis_room_gc(r, v[i].ch, now))
+			continue;
+		for (j = i + 1; j < n; j++) {
+			if (v[j].ch == v[i].ch)
+				v[j].ch = NULL;
+		}
+	}
+	free(v);
+}
+
+/* While we cannot subscribe: forget the changes (a reconnect looks at everything) and drop the
+ * rooms nobody listens to any more. */
 static void
 redis_rooms_prune(struct redis *r, int64_t now)
 {
 	struct redis_room *rm, **pp;
+	struct redis_chan *ch;
 	size_t i;
 
 	pthread_mutex_lock(&r->lock);
+	while ((ch = r->changed) != NULL) {
+		r->changed = ch->cnext;
+		ch->queued = 0;
+	}
 	for (i = 0; i < REDIS_ROOM_BUCKETS; i++) {
 		for (pp = &r->rooms[i]; (rm = *pp) != NULL;) {
-			if (rm->ch.n == 0 && now - rm->ch.zero_ms >= r->linger_ms) {
+			if (rm->ch.n == 0 && !rm->ch.lingering &&
+			    now - rm->ch.zero_ms >= r->linger_ms) {
 				*pp = rm->next;
 				free(rm);
 			} else {
@@ -1090,6 +1230,7 @@ redis_new(const struct config *cfg, const char *host_id, char **cause)
 	r->backoff_ms = REDIS_BACKOFF_MIN_MS;
 	r->full_after_subs = 1;
 	r->full_ms = INT64_MIN / 2;
+	r->resync = 1;
 	if (HMAC(EVP_sha256(), cfg->jwt_secret, (int)strlen(cfg->jwt_secret),
 	    (const unsigned char *)label, sizeof label - 1, r->key, &klen) == NULL)
 		fatal("redis: HMAC failed");
