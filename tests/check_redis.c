@@ -273,7 +273,8 @@ END_TEST
  * HMAC-SHA256 keyed with HMAC(secret, "parley redis bridge 1"). Returns its length.
  */
 static size_t
-forge(unsigned char *msg, const char *secret, int64_t ts, const char *user, const char *payload)
+forge_topic(unsigned char *msg, const char *secret, int64_t ts, enum bus_topic topic,
+    const char *user, const char *payload)
 {
 	unsigned char key[32];
 	unsigned int n = 32;
@@ -283,13 +284,72 @@ forge(unsigned char *msg, const char *secret, int64_t ts, const char *user, cons
 	memset(msg, 0xab, 8);
 	for (i = 0; i < 8; i++)
 		msg[8 + i] = (unsigned char)((uint64_t)ts >> (8 * i));
-	len = 16 + bus_encode(msg + 16, BUS_USER_EPHEMERAL, user, strlen(user), 0, payload,
-	    strlen(payload));
+	len = 16 + bus_encode(msg + 16, topic, user, strlen(user), 0, payload, strlen(payload));
 	ck_assert_ptr_nonnull(HMAC(EVP_sha256(), secret, (int)strlen(secret),
 	    (const unsigned char *)"parley redis bridge 1", 21, key, &n));
 	ck_assert_ptr_nonnull(HMAC(EVP_sha256(), key, 32, msg, len, msg + len, &n));
 	return len + 32;
 }
+
+static size_t
+forge(unsigned char *msg, const char *secret, int64_t ts, const char *user, const char *payload)
+{
+	return forge_topic(msg, secret, ts, BUS_USER_EPHEMERAL, user, payload);
+}
+
+/*
+ * A captured "hints lost" (validly signed, inside the 60 s window) replayed 50 times in half a
+ * second: the owner re-reads everything at most once per redis.fallback_interval (finding 8).
+ */
+START_TEST(t_lost_replay)
+{
+	struct config cfg;
+	struct redis *a;
+	struct bus_hint h;
+	struct redis_stats st;
+	redisContext *c = admin();
+	unsigned char msg[512];
+	char *da = host_dir(), *prefix = testenv_name("p"), *all;
+	int64_t t0;
+	size_t n;
+	int i, early = 0, late = 0;
+
+	rcfg(&cfg, prefix, NULL);
+	xasprintf(&all, "%s:all", prefix);
+	a = bridge(&cfg, da);
+	wait_channels(a, 1, 3000);
+	usleep(1200 * 1000);	/* the connect's own full re-read is out */
+	while (redis_recv(a, &h) == 0)
+		;
+	n = forge_topic(msg, cfg.jwt_secret, parley_now_ms(), BUS_LOST, "", "");
+	t0 = parley_mono_ms();
+	for (i = 0; i < 50; i++) {
+		freeReplyObject(redisCommand(c, "PUBLISH %s %b", all, msg, n));
+		usleep(10 * 1000);
+	}
+	while (parley_mono_ms() - t0 < 1600) {
+		while (redis_recv(a, &h) == 0) {
+			if (h.topic != BUS_LOST || h.key[0] != '\0')
+				continue;
+			if (parley_mono_ms() - t0 < 900)
+				early++;
+			else
+				late++;
+		}
+		usleep(10 * 1000);
+	}
+	redis_stats(a, &st);
+	ck_assert_uint_eq(st.received, 50);
+	ck_assert_msg(early == 1 && late <= 1, "50 replays: %d full re-reads in 0.9 s, %d after",
+	    early, late);
+	redis_free(a);
+	redisFree(c);
+	config_clear(&cfg);
+	free(all);
+	free(prefix);
+	free(da);
+}
+END_TEST
 
 START_TEST(t_forged)
 {
@@ -770,6 +830,7 @@ redis_suite(void)
 	tcase_add_test(tc, t_bad_url);
 	tcase_add_test(tc, t_cross_host);
 	tcase_add_test(tc, t_forged);
+	tcase_add_test(tc, t_lost_replay);
 	tcase_add_test(tc, t_inline_content);
 	tcase_add_test(tc, t_subscription_follows_listeners);
 	tcase_add_test(tc, t_recheck_scoped);
