@@ -69,12 +69,12 @@ enum redis_chan_state {
  */
 struct redis_chan {
 	uint32_t		 n;
-	int64_t			 zero_ms;	/* when n fell to 0 */
-	struct redis_chan	*cnext;		/* lock: on r->changed */
-	uint8_t			 queued;	/* lock: ... */
+	uint8_t			 queued;	/* lock: on r->changed */
 	uint8_t			 state;		/* loop thread */
 	uint8_t			 lingering;	/* loop thread: on r->linger */
-	struct redis_chan	*lnext;		/* loop thread: ... */
+	int64_t			 zero_ms;	/* when n fell to 0 */
+	struct redis_chan	*cnext;		/* lock: the changed list */
+	struct redis_chan	*lnext;		/* loop thread: the linger list */
 };
 
 struct redis_room {
