@@ -298,8 +298,9 @@ forge(unsigned char *msg, const char *secret, int64_t ts, const char *user, cons
 }
 
 /*
- * A captured "hints lost" (validly signed, inside the 60 s window) replayed 50 times in half a
- * second: the owner re-reads everything at most once per redis.fallback_interval (finding 8).
+ * A captured "hints lost" (validly signed, inside the 60 s window) replayed 50 times at once: in
+ * the next 1.5 s the owner re-reads everything once or twice (at most once per
+ * redis.fallback_interval, 1 s here), not 50 times (finding 8).
  */
 START_TEST(t_lost_replay)
 {
@@ -312,7 +313,7 @@ START_TEST(t_lost_replay)
 	char *da = host_dir(), *prefix = testenv_name("p"), *all;
 	int64_t t0;
 	size_t n;
-	int i, early = 0, late = 0;
+	int i, full = 0;
 
 	rcfg(&cfg, prefix, NULL);
 	xasprintf(&all, "%s:all", prefix);
@@ -323,25 +324,18 @@ START_TEST(t_lost_replay)
 		;
 	n = forge_topic(msg, cfg.jwt_secret, parley_now_ms(), BUS_LOST, "", "");
 	t0 = parley_mono_ms();
-	for (i = 0; i < 50; i++) {
+	for (i = 0; i < 50; i++)
 		freeReplyObject(redisCommand(c, "PUBLISH %s %b", all, msg, n));
-		usleep(10 * 1000);
-	}
-	while (parley_mono_ms() - t0 < 1600) {
+	while (parley_mono_ms() - t0 < 1500) {
 		while (redis_recv(a, &h) == 0) {
-			if (h.topic != BUS_LOST || h.key[0] != '\0')
-				continue;
-			if (parley_mono_ms() - t0 < 900)
-				early++;
-			else
-				late++;
+			if (h.topic == BUS_LOST && h.key[0] == '\0')
+				full++;
 		}
 		usleep(10 * 1000);
 	}
 	redis_stats(a, &st);
 	ck_assert_uint_eq(st.received, 50);
-	ck_assert_msg(early == 1 && late <= 1, "50 replays: %d full re-reads in 0.9 s, %d after",
-	    early, late);
+	ck_assert_msg(full >= 1 && full <= 2, "50 replays: %d full re-reads in 1.5 s", full);
 	redis_free(a);
 	redisFree(c);
 	config_clear(&cfg);
