@@ -29,8 +29,7 @@
 #define STORE_ATTEMPTS_KEEP	86400000	/* ms a gone store's store_attempts row is kept */
 
 /*
- * The 2-row form is the common 1:1 message: its two events and two conversation rows go in one
- * round trip each.
+ * The 2-row form is the common 1:1 message: its two events go in one round trip.
  */
 const size_t store__chunks[STORE__NCHUNKS] = { 512, 64, 16, 4, 2, 1 };
 

@@ -6,7 +6,7 @@
  * The store is one module (prefix store_, public API in store.h) spread over one file per
  * concern; only those files include this header:
  *   store.c           connection, statements, store__run (transactions, retries), shared helpers
- *   store_send.c      sends (messages, new_message events, conversation rows)
+ *   store_send.c      sends (messages, new_message events)
  *   store_log.c       event log pages, last seq, device cursors
  *   store_receipt.c   receipts, the receipts of a message, the conversation list
  *   store_group.c     groups and membership

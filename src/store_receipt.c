@@ -10,16 +10,40 @@
 #include "protocol.h"
 #include "store.h"
 #include "store_int.h"
+#include "xmalloc.h"
+
+/*
+ * GET /conversations, derived on read (no row is written per message): one statement lists the
+ * conversations, then one count per conversation that may have something unread.
+ *  - v: the user's conversations from its own log, one loose index scan of ev_history
+ *    (user_id, conv_group, conv_peer, message_id) ("Using index for group-by": one seek per
+ *    conversation; user_id is in the GROUP BY for that, it is constant), newest last message
+ *    first, LIMIT n. Kind-2 events (conv_group NULL) are not a conversation.
+ *  - m: the last message by primary key (last_ts is its ts); a conversation whose messages were
+ *    all pruned has no kind-1 event left (retention) and leaves the list.
+ *  - c: the user's receipt markers, when a receipt made the row (else read_upto 0).
+ * Parameters: user, limit, user.
+ */
+#define CONV_LIST_SQL \
+	"SELECT v.conv_group, v.conv_peer, m.id, m.sender, m.recipient, m.group_id, m.content," \
+	" m.client_msg_id, m.ts, COALESCE(c.read_upto, 0)" \
+	" FROM (SELECT conv_group, conv_peer, MAX(message_id) AS last_id FROM events" \
+	" WHERE user_id = ? AND conv_group IS NOT NULL GROUP BY user_id, conv_group, conv_peer" \
+	" ORDER BY last_id DESC LIMIT ?) v" \
+	" JOIN messages m ON m.id = v.last_id" \
+	" LEFT JOIN conversations c ON c.user_id = ? AND c.group_id = v.conv_group" \
+	" AND c.peer = v.conv_peer" \
+	" ORDER BY v.last_id DESC"
 
 enum {
 	Q_MSG_GET = STORE__Q(STORE__SET_RECEIPT),
 	Q_CONV_MARKERS,
 	Q_CONV_MARKERS_LOCK,
+	Q_CONV_CREATE,
 	Q_CONV_SET_MARKERS,
-	Q_CONV_SET_READ,
+	Q_CONV_LIST,
 	Q_UNREAD_PAIR,
 	Q_UNREAD_GROUP,
-	Q_CONV_LIST,
 	Q_RCPT_PAIR,
 	Q_RCPT_GROUP,
 	Q_GROUP_OTHERS,
@@ -33,18 +57,29 @@ static const char *const receipt_sql[Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT
 	    " WHERE user_id = ? AND group_id = ? AND peer = ?",
 	STORE__SQL(Q_CONV_MARKERS_LOCK) = "SELECT delivered_upto, read_upto FROM conversations"
 	    " WHERE user_id = ? AND group_id = ? AND peer = ? FOR UPDATE",
+	/*
+	 * A marker row at (0, 0), made by the first receipt in a conversation. On a duplicate key
+	 * ON DUPLICATE KEY UPDATE takes the row's exclusive lock (INSERT IGNORE would take a shared
+	 * one, and two receipts upgrading theirs to FOR UPDATE deadlock).
+	 */
+	STORE__SQL(Q_CONV_CREATE) = "INSERT INTO conversations (user_id, group_id, peer)"
+	    " VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE user_id = user_id",
 	STORE__SQL(Q_CONV_SET_MARKERS) = "UPDATE conversations SET delivered_upto = ?,"
 	    " read_upto = ? WHERE user_id = ? AND group_id = ? AND peer = ?",
-	STORE__SQL(Q_CONV_SET_READ) = "UPDATE conversations SET delivered_upto = ?, read_upto = ?,"
-	    " unread = ? WHERE user_id = ? AND group_id = ? AND peer = ?",
+	STORE__SQL(Q_CONV_LIST) = CONV_LIST_SQL,
+	/*
+	 * Unread counts scan only what is after read_upto (bound as a constant: as a correlated
+	 * subquery of Q_CONV_LIST the id bound is not used for the index range and the whole
+	 * conversation is read). 1:1: the peer's messages to the user, msg_pair range, index-only.
+	 * Group: the user's own log (ev_history range, index-only), so only messages it received
+	 * as a member count (none from before it joined or after it left), each looked up by
+	 * primary key to leave out its own.
+	 */
 	STORE__SQL(Q_UNREAD_PAIR) = "SELECT COUNT(*) FROM messages"
 	    " WHERE recipient = ? AND sender = ? AND id > ?",
-	STORE__SQL(Q_UNREAD_GROUP) = "SELECT COUNT(*) FROM messages"
-	    " WHERE group_id = ? AND id > ? AND sender <> ?",
-	STORE__SQL(Q_CONV_LIST) = "SELECT c.group_id, c.peer, c.unread, c.last_ts, m.id, m.sender,"
-	    " m.recipient, m.group_id, m.content, m.client_msg_id, m.ts FROM conversations c"
-	    " JOIN messages m ON m.id = c.last_message_id WHERE c.user_id = ?"
-	    " ORDER BY c.last_ts DESC, c.last_message_id DESC LIMIT ?",
+	STORE__SQL(Q_UNREAD_GROUP) = "SELECT COUNT(*) FROM events e"
+	    " JOIN messages u ON u.id = e.message_id WHERE e.user_id = ? AND e.conv_group = ?"
+	    " AND e.conv_peer = '' AND e.message_id > ? AND u.sender <> ?",
 	STORE__SQL(Q_RCPT_PAIR) = "SELECT delivered_upto, read_upto FROM conversations"
 	    " WHERE user_id = ? AND group_id = 0 AND peer = ?",
 	STORE__SQL(Q_RCPT_GROUP) = "SELECT c.user_id, c.read_upto >= ? FROM group_members gm"
@@ -92,13 +127,17 @@ struct receipt_ctx {
 	struct store_targets	*t;
 };
 
-/* Read the user's markers in conversation (g, peer); 1 found, 0 none, -1 error. */
+/*
+ * Read the user's markers in conversation (g, peer); 1 found, 0 none (both 0: no receipt yet),
+ * -1 error.
+ */
 static int
 markers(struct store *s, unsigned q, const char *user, uint64_t g, const char *peer,
     uint64_t *d, uint64_t *r)
 {
 	int rc;
 
+	*d = *r = 0;
 	if ((rc = ROW(s, q, PS(user), PU(g), PS(peer))) == 1) {
 		*d = store__col_u(s, q, 0);
 		*r = store__col_u(s, q, 1);
@@ -112,19 +151,21 @@ markers(struct store *s, unsigned q, const char *user, uint64_t g, const char *p
  * message (never back); read moves delivered along. When a marker moved, the message's sender
  * gets one message_status event about this message (the status the message reached: read if the
  * read marker moved, else delivered); senders of earlier messages covered by the same move are
- * not told separately. A note to oneself moves the markers but tells nobody.
+ * not told separately. A note to oneself moves the markers but tells nobody. The markers' row
+ * (conversations) is made by the first receipt in the conversation; until then both are 0.
  *
- * Lock order is the send's: the sender's seq row first, then conversation rows.
+ * Lock order is the send's: the sender's seq row first, then the conversation row (made if the
+ * look found none, then locked).
  */
 static int
 receipt_txn(struct store *s, void *arg)
 {
 	struct receipt_ctx *c = arg;
 	struct msg_info mi;
-	uint64_t g, d, r, nd, nr, seq = 0, unread = 0, changed, unused;
+	uint64_t g, d, r, nd, nr, seq = 0, changed, unused;
 	const char *peer;
 	char *body;
-	int rc, self;
+	int rc, self, found;
 
 	c->changed = 0;
 	store_targets_clear(c->t);
@@ -150,33 +191,21 @@ receipt_txn(struct store *s, void *arg)
 	}
 	self = strcmp(mi.sender, c->user) == 0;
 	/* A cheap look without locks: most repeated receipts stop here. */
-	if ((rc = markers(s, Q_CONV_MARKERS, c->user, g, peer, &d, &r)) != 1)
-		return rc < 0 ? -1 : store__refuse(ENOENT);
+	if ((found = markers(s, Q_CONV_MARKERS, c->user, g, peer, &d, &r)) < 0)
+		return -1;
 	if (d >= c->mid && (c->status != PROTO_READ || r >= c->mid))
 		return 1;
 	if (!self && store__seq_alloc(s, mi.sender, 1, &seq) != 0)
 		return -1;
+	if (!found && EXEC(s, Q_CONV_CREATE, PS(c->user), PU(g), PS(peer)) != 0)
+		return -1;
 	if ((rc = markers(s, Q_CONV_MARKERS_LOCK, c->user, g, peer, &d, &r)) != 1)
-		return rc < 0 ? -1 : store__refuse(ENOENT);
+		return rc < 0 ? -1 : store__refuse(EIO);
 	nd = d > c->mid ? d : c->mid;
 	nr = c->status == PROTO_READ && r < c->mid ? c->mid : r;
 	if (nd == d && nr == r)
 		return 1;	/* someone else moved it meanwhile; the rollback returns the seq */
-	if (nr != r) {
-		if (g != 0)
-			rc = ROW(s, Q_UNREAD_GROUP, PU(g), PU(nr), PS(c->user));
-		else
-			rc = ROW(s, Q_UNREAD_PAIR, PS(c->user), PS(mi.sender), PU(nr));
-		unread = rc == 1 ? store__col_u(s, g != 0 ? Q_UNREAD_GROUP : Q_UNREAD_PAIR, 0) : 0;
-		store__done(s, g != 0 ? Q_UNREAD_GROUP : Q_UNREAD_PAIR);
-		if (rc < 0)
-			return -1;
-		if (self)
-			unread = 0;
-		if (EXEC(s, Q_CONV_SET_READ, PU(nd), PU(nr), PU(unread), PS(c->user), PU(g),
-		    PS(peer)) != 0)
-			return -1;
-	} else if (EXEC(s, Q_CONV_SET_MARKERS, PU(nd), PU(nr), PS(c->user), PU(g), PS(peer)) != 0)
+	if (EXEC(s, Q_CONV_SET_MARKERS, PU(nd), PU(nr), PS(c->user), PU(g), PS(peer)) != 0)
 		return -1;
 	c->changed = 1;
 	if (!self) {
@@ -297,41 +326,99 @@ jstr_or_null(const char *v)
 	return v != NULL ? json_object_new_string(v) : NULL;
 }
 
-/* user's conversations, newest first, each with its last message (the contract's shape). */
+/* A listed conversation whose unread count is still to be read. */
+struct conv_unread {
+	struct json_object	*entry;
+	uint64_t		 g;
+	char			 peer[PARLEY_ID_MAX + 1];
+	uint64_t		 read_upto;
+};
+
+/* Set the unread count of each listed conversation with messages after its read marker. */
+static int
+conversations_unread(struct store *s, const char *user, struct conv_unread *u, size_t n)
+{
+	unsigned q;
+	size_t i;
+	int rc;
+
+	for (i = 0; i < n; i++) {
+		if (u[i].g != 0) {
+			q = Q_UNREAD_GROUP;
+			rc = ROW(s, q, PS(user), PU(u[i].g), PU(u[i].read_upto), PS(user));
+		} else {
+			q = Q_UNREAD_PAIR;
+			rc = ROW(s, q, PS(user), PS(u[i].peer), PU(u[i].read_upto));
+		}
+		if (rc == 1)
+			json_object_object_add(u[i].entry, "unread",
+			    json_object_new_int64(store__col_i(s, q, 0)));
+		store__done(s, q);
+		if (rc < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/*
+ * user's conversations, newest first, each with its last message (the contract's shape):
+ * CONV_LIST_SQL, then Q_UNREAD_* for those whose last message is after the read marker and not
+ * a note to oneself (never unread).
+ */
 static int
 conversations_fn(struct store *s, void *arg)
 {
 	struct json_ctx *c = arg;
 	struct json_object *o, *list, *e, *m;
+	struct conv_unread *u = NULL;
 	unsigned q = Q_CONV_LIST;
-	uint64_t g;
+	const char *peer;
+	uint64_t g, last, ru;
+	size_t nu = 0, cap = 0;
 	int rc;
 
 	free(c->json);
 	c->json = NULL;
-	if (EXEC(s, q, PS(c->user), PU((uint64_t)c->limit)) != 0)
+	if (EXEC(s, q, PS(c->user), PU((uint64_t)c->limit), PS(c->user)) != 0)
 		return -1;
 	list = json_object_new_array();
 	while ((rc = store__fetch(s, q)) == 1) {
 		g = store__col_u(s, q, 0);
+		peer = store__col_s(s, q, 1);
+		last = store__col_u(s, q, 2);
+		ru = store__col_u(s, q, 9);
 		m = json_object_new_object();
-		json_object_object_add(m, "id", json_object_new_int64(store__col_i(s, q, 4)));
-		json_object_object_add(m, "from", jstr_or_null(store__col_s(s, q, 5)));
-		json_object_object_add(m, "to", jstr_or_null(store__col_s(s, q, 6)));
+		json_object_object_add(m, "id", json_object_new_int64(store__col_i(s, q, 2)));
+		json_object_object_add(m, "from", jstr_or_null(store__col_s(s, q, 3)));
+		json_object_object_add(m, "to", jstr_or_null(store__col_s(s, q, 4)));
 		json_object_object_add(m, "group_id",
-		    store__col_null(s, q, 7) ? NULL : json_object_new_int64(store__col_i(s, q, 7)));
-		json_object_object_add(m, "content", jstr_or_null(store__col_s(s, q, 8)));
-		json_object_object_add(m, "client_msg_id", jstr_or_null(store__col_s(s, q, 9)));
-		json_object_object_add(m, "ts", json_object_new_int64(store__col_i(s, q, 10)));
+		    store__col_null(s, q, 5) ? NULL : json_object_new_int64(store__col_i(s, q, 5)));
+		json_object_object_add(m, "content", jstr_or_null(store__col_s(s, q, 6)));
+		json_object_object_add(m, "client_msg_id", jstr_or_null(store__col_s(s, q, 7)));
+		json_object_object_add(m, "ts", json_object_new_int64(store__col_i(s, q, 8)));
 		e = json_object_new_object();
-		json_object_object_add(e, "with", g == 0 ? jstr_or_null(store__col_s(s, q, 1)) : NULL);
+		json_object_object_add(e, "with", g == 0 ? jstr_or_null(peer) : NULL);
 		json_object_object_add(e, "group_id", g != 0 ? json_object_new_int64((int64_t)g) : NULL);
 		json_object_object_add(e, "last_message", m);
-		json_object_object_add(e, "unread", json_object_new_int64(store__col_i(s, q, 2)));
-		json_object_object_add(e, "last_ts", json_object_new_int64(store__col_i(s, q, 3)));
+		json_object_object_add(e, "unread", json_object_new_int64(0));
+		json_object_object_add(e, "last_ts", json_object_new_int64(store__col_i(s, q, 8)));
 		json_object_array_add(list, e);
+		if (last > ru && (g != 0 || (peer != NULL && strcmp(peer, c->user) != 0))) {
+			if (nu == cap) {
+				cap = cap == 0 ? 16 : cap * 2;
+				u = xreallocarray(u, cap, sizeof *u);
+			}
+			u[nu].entry = e;
+			u[nu].g = g;
+			snprintf(u[nu].peer, sizeof u[nu].peer, "%s", g == 0 ? peer : "");
+			u[nu].read_upto = ru;
+			nu++;
+		}
 	}
 	store__done(s, q);
+	if (rc >= 0)
+		rc = conversations_unread(s, c->user, u, nu);
+	free(u);
 	if (rc < 0) {
 		json_object_put(list);
 		return -1;

@@ -1,4 +1,4 @@
-/* store_send.c - sends: message rows, new_message events, conversation rows, in one transaction. */
+/* store_send.c - sends: message rows and new_message events, in one transaction. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -17,18 +17,12 @@ enum {
 	Q_EV_FIND,
 	Q_MSG_INSERT,
 	Q_EV_INSERT_MSG,
-	Q_CONV_UPSERT,
-	/* Multi-row forms of Q_EV_INSERT_MSG and Q_CONV_UPSERT (their SQL is built by send_sql). */
+	/* Multi-row forms of Q_EV_INSERT_MSG (their SQL is built by send_sql). */
 	Q_EV_M2,
 	Q_EV_M4,
 	Q_EV_M16,
 	Q_EV_M64,
 	Q_EV_M512,
-	Q_CONV_M2,
-	Q_CONV_M4,
-	Q_CONV_M16,
-	Q_CONV_M64,
-	Q_CONV_M512,
 	/* Multi-row seq reservation, reading the new values back (SQL built by send_sql). */
 	Q_SEQ_M1,
 	Q_SEQ_M2,
@@ -49,31 +43,23 @@ STORE__QSET_CHECK(Q_SEND_END, STORE__SET_SEND);
 /* The multi-row forms, by store__chunks[] rows (the last: the one-row form). */
 static const unsigned store_ev_rows[] = { Q_EV_M512, Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
     Q_EV_INSERT_MSG };
-static const unsigned store_conv_rows[] = { Q_CONV_M512, Q_CONV_M64, Q_CONV_M16, Q_CONV_M4,
-    Q_CONV_M2, Q_CONV_UPSERT };
 static const unsigned store_msg_rows[] = { Q_MSG_M512, Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
     Q_MSG_INSERT };
 static const unsigned store_seq_rows[] = { Q_SEQ_M512, Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
     Q_SEQ_M1 };
 _Static_assert(PARLEY_NITEMS(store_ev_rows) == STORE__NCHUNKS &&
-    PARLEY_NITEMS(store_conv_rows) == STORE__NCHUNKS &&
     PARLEY_NITEMS(store_msg_rows) == STORE__NCHUNKS &&
     PARLEY_NITEMS(store_seq_rows) == STORE__NCHUNKS, "one form per store__chunks[] size");
 
-/* conv_group, conv_peer: the event's conversation for history (schema/004, index ev_history). */
+/*
+ * conv_group, conv_peer: the event's conversation for history and for GET /conversations
+ * (schema/004, index ev_history). No conversation row is written: summaries are derived on read
+ * from ev_history (store_receipt.c); conversations holds only receipt markers (schema/005).
+ */
 #define EV_HEAD		"INSERT INTO events (user_id, seq, kind, message_id, conv_group, conv_peer)" \
 			" VALUES "
 #define EV_ROW		"(?, ?, 1, ?, ?, ?)"
 #define EV_WIDTH	5
-#define CONV_HEAD	"INSERT INTO conversations (user_id, group_id, peer, last_message_id," \
-			" last_ts, unread) VALUES "
-#define CONV_ROW	"(?, ?, ?, ?, ?, ?)"
-#define CONV_WIDTH	6
-/* ts is assigned before id: MySQL evaluates the assignments left to right. */
-#define CONV_TAIL	" ON DUPLICATE KEY UPDATE" \
-	" last_ts = IF(VALUES(last_message_id) > last_message_id, VALUES(last_ts), last_ts)," \
-	" last_message_id = GREATEST(last_message_id, VALUES(last_message_id))," \
-	" unread = unread + VALUES(unread)"
 
 #define MSG_HEAD	"INSERT INTO messages (sender, recipient, group_id, content, client_msg_id," \
 			" ts, sender_seq, attempt) VALUES "
@@ -100,7 +86,6 @@ static const char *const send_sql_text[Q_SEND_END - STORE__Q(STORE__SET_SEND)] =
 	    " ORDER BY seq DESC LIMIT 1",
 	STORE__SQL(Q_MSG_INSERT) = MSG_HEAD MSG_ROW,
 	STORE__SQL(Q_EV_INSERT_MSG) = EV_HEAD EV_ROW,
-	STORE__SQL(Q_CONV_UPSERT) = CONV_HEAD CONV_ROW CONV_TAIL,
 };
 
 /* The SQL of the multi-row form with index i in the set. */
@@ -113,8 +98,6 @@ send_sql(unsigned i)
 	for (k = 0; k < STORE__NCHUNKS; k++) {
 		if (q == store_ev_rows[k])
 			return store__multi_sql(EV_HEAD, EV_ROW, store__chunks[k], "");
-		if (q == store_conv_rows[k])
-			return store__multi_sql(CONV_HEAD, CONV_ROW, store__chunks[k], CONV_TAIL);
 		if (q == store_msg_rows[k])
 			return store__multi_sql(MSG_HEAD, MSG_ROW, store__chunks[k], "");
 		if (q == store_seq_rows[k])
@@ -135,16 +118,6 @@ struct send_user {
 	uint64_t	 next;
 };
 
-/* A conversation row a send batch touches: gathered, merged and written in one go. */
-struct send_conv {
-	const char	*user;
-	uint64_t	 g;
-	const char	*peer;
-	uint64_t	 id;
-	int64_t		 ts;
-	uint64_t	 unread;
-};
-
 struct send_ctx {
 	const struct store_send_req	*reqs;
 	struct store_send_res		*res;
@@ -161,9 +134,6 @@ struct send_ctx {
 	struct store_param		*evs;	/* EV_WIDTH parameters per event row */
 	size_t				 nevs;
 	size_t				 evcap;
-	struct send_conv		*convs;
-	size_t				 nconvs;
-	size_t				 convcap;
 };
 
 static int
@@ -204,10 +174,9 @@ send_reset(struct send_ctx *c)
 	c->users = NULL;
 	c->nusers = 0;
 	c->nevs = 0;
-	c->nconvs = 0;
 }
 
-/* Queue user's new_message event of message id in conversation (g, peer) as conversations has it. */
+/* Queue user's new_message event of message id in conversation (g, peer): 1:1 (0, other user), group (g, ''). */
 static void
 send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id, uint64_t g,
     const char *peer)
@@ -224,72 +193,13 @@ send_event(struct send_ctx *c, const char *user, uint64_t seq, uint64_t id, uint
 	c->nevs++;
 }
 
-static void
-send_conv(struct send_ctx *c, const char *user, uint64_t g, const char *peer, uint64_t id,
-    int64_t ts, uint64_t unread)
-{
-	if (c->nconvs == c->convcap) {
-		c->convcap = c->convcap == 0 ? 64 : c->convcap * 2;
-		c->convs = xreallocarray(c->convs, c->convcap, sizeof *c->convs);
-	}
-	c->convs[c->nconvs++] = (struct send_conv){ user, g, peer, id, ts, unread };
-}
-
-static int
-send_conv_cmp(const void *a, const void *b)
-{
-	const struct send_conv *x = a, *y = b;
-	int d;
-
-	if ((d = strcmp(x->user, y->user)) != 0)
-		return d;
-	if (x->g != y->g)
-		return x->g < y->g ? -1 : 1;
-	return strcmp(x->peer, y->peer);
-}
-
-/*
- * Write the batch's events and conversation rows with multi-row statements. Conversation rows
- * are merged per (user, conversation) and written in sorted order, so that two batches lock the
- * rows they share in the same order.
- */
+/* Write the batch's events with multi-row statements. */
 static int
 send_flush(struct store *s, struct send_ctx *c)
 {
-	struct store_param *p;
-	struct send_conv *v = c->convs;
-	size_t i, j, n;
-	int rc;
-
 	if (c->nevs > 0 && store__exec_rows(s, store_ev_rows, c->evs, c->nevs, EV_WIDTH) != 0)
 		return -1;
-	if (c->nconvs == 0)
-		return 0;
-	qsort(v, c->nconvs, sizeof *v, send_conv_cmp);
-	for (i = 1, n = 1; i < c->nconvs; i++) {
-		if (send_conv_cmp(&v[n - 1], &v[i]) != 0) {
-			v[n++] = v[i];
-			continue;
-		}
-		if (v[i].id > v[n - 1].id) {
-			v[n - 1].id = v[i].id;
-			v[n - 1].ts = v[i].ts;
-		}
-		v[n - 1].unread += v[i].unread;
-	}
-	p = xreallocarray(NULL, n, CONV_WIDTH * sizeof *p);
-	for (i = 0; i < n; i++) {
-		j = i * CONV_WIDTH;
-		p[j] = PS(v[i].user);
-		p[j + 1] = PU(v[i].g);
-		p[j + 2] = PS(v[i].peer);
-		p[j + 3] = PU(v[i].id);
-		p[j + 4] = PI(v[i].ts);
-		p[j + 5] = PU(v[i].unread);
-	}
-	rc = store__exec_rows(s, store_conv_rows, p, n, CONV_WIDTH);
-	free(p);
-	return rc;
+	return 0;
 }
 
 /* Who besides the sender gets item i: the peer, or the other members of the group. */
@@ -427,7 +337,7 @@ send_insert_failed(struct store *s, struct send_ctx *c)
 }
 
 /*
- * Item i's message got id and its sender seq: queue an event and conversation row per target.
+ * Item i's message got id and its sender seq: queue an event per target.
  * rseq: the recipients' seqs taken before, or NULL to take them now.
  */
 static void
@@ -444,18 +354,15 @@ send_record(struct send_ctx *c, size_t i, uint64_t seq, const uint64_t *rseq, ui
 	res->duplicate = 0;
 	store__targets_push(&res->targets, r->from, seq);
 	send_event(c, r->from, seq, id, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "");
-	send_conv(c, r->from, r->to != NULL ? 0 : r->group_id, r->to != NULL ? r->to : "", id, now, 0);
 	for (j = 0; j < c->nrcpt[i]; j++) {
 		seq = rseq != NULL ? rseq[j] : send_take(c, c->rcpt[i][j]);
 		store__targets_push(&res->targets, c->rcpt[i][j], seq);
 		send_event(c, c->rcpt[i][j], seq, id, r->to != NULL ? 0 : r->group_id,
 		    r->to != NULL ? r->from : "");
-		send_conv(c, c->rcpt[i][j], r->to != NULL ? 0 : r->group_id,
-		    r->to != NULL ? r->from : "", id, now, 1);
 	}
 }
 
-/* Insert item i's message; queue an event for each target's log and its conversation row. */
+/* Insert item i's message; queue an event for each target's log. */
 static int
 send_insert(struct store *s, struct send_ctx *c, size_t i, int64_t now)
 {
@@ -729,7 +636,6 @@ store_send_batch(struct store *s, const struct store_send_req *reqs, size_t n,
 	free(c.stored);
 	free(c.users);
 	free(c.evs);
-	free(c.convs);
 	free(valid);
 	errno = saved;
 	return rc;
