@@ -123,8 +123,18 @@ int	store_receipt(struct store *, const char *user, uint64_t message_id, enum pr
 /* {"members":N,"delivered":[..],"read":[..]} for message_id; EACCES unless sender or member. */
 int	store_receipts_json(struct store *, const char *user, uint64_t message_id, char **json);
 
-/* {"conversations":[...]} newest first (protocol.md GET /conversations). Caller frees. */
+/*
+ * {"conversations":[...]} newest first (protocol.md GET /conversations), derived on read from the
+ * user's log, the messages and its receipt markers (store_receipt.c). Caller frees.
+ */
 int	store_conversations_json(struct store *, const char *user, int limit, char **json);
+/*
+ * For EXPLAIN: the SQL of the conversation list (parameters: user, limit, user) and of the unread
+ * counts, 1:1 (user, peer, read_upto) and group (user, group_id, read_upto, user).
+ */
+const char *store_conversations_sql(void);
+const char *store_unread_pair_sql(void);
+const char *store_unread_group_sql(void);
 
 /* Groups. Membership changes append group_update events to the members' logs (targets). */
 int	store_group_create(struct store *, const char *creator, const char *name,

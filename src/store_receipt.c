@@ -429,6 +429,24 @@ conversations_fn(struct store *s, void *arg)
 	return 0;
 }
 
+const char *
+store_conversations_sql(void)
+{
+	return CONV_LIST_SQL;
+}
+
+const char *
+store_unread_pair_sql(void)
+{
+	return receipt_sql[Q_UNREAD_PAIR - STORE__Q(STORE__SET_RECEIPT)];
+}
+
+const char *
+store_unread_group_sql(void)
+{
+	return receipt_sql[Q_UNREAD_GROUP - STORE__Q(STORE__SET_RECEIPT)];
+}
+
 int
 store_conversations_json(struct store *s, const char *user, int limit, char **json)
 {

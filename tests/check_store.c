@@ -1287,6 +1287,431 @@ START_TEST(test_prune)
 }
 END_TEST
 
+/* --- conversation summaries, derived on read (issue 11) ------------------------------------- */
+
+/* A second, plain connection to the stack's MariaDB (not through the store). */
+static MYSQL *
+raw_connect(void)
+{
+	MYSQL *my = mysql_init(NULL);
+
+	ck_assert_ptr_nonnull(my);
+	ck_assert_msg(mysql_real_connect(my, NULL, cfg.mysql_user, cfg.mysql_password,
+	    cfg.mysql_database, 0, cfg.mysql_socket, 0) != NULL, "connect: %s", mysql_error(my));
+	return my;
+}
+
+/* The first column of the first row of a query, as a number. */
+static long long
+raw_number(MYSQL *my, const char *sql)
+{
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+	long long v;
+
+	ck_assert_msg(mysql_query(my, sql) == 0, "%s: %s", sql, mysql_error(my));
+	res = mysql_store_result(my);
+	ck_assert_ptr_nonnull(res);
+	row = mysql_fetch_row(res);
+	ck_assert_msg(row != NULL, "no row: %s", sql);
+	v = row[0] != NULL ? atoll(row[0]) : -1;
+	mysql_free_result(res);
+	return v;
+}
+
+/* user's conversations as "with:unread" or "#group:unread", newest first, comma separated. */
+static char *
+conv_list(struct store *s, const char *user, int limit)
+{
+	struct json_object *o, *l, *e;
+	char *json, *out = xcalloc(1, 4096);
+	size_t i;
+
+	ck_assert_int_eq(store_conversations_json(s, user, limit, &json), 0);
+	o = testenv_json(json);
+	l = testenv_json_get(o, "conversations");
+	for (i = 0; i < json_object_array_length(l); i++) {
+		e = json_object_array_get_idx(l, i);
+		if (json_object_get_type(testenv_json_get(e, "with")) == json_type_string)
+			snprintf(out + strlen(out), 4096 - strlen(out), "%s%s:%lld", i ? "," : "",
+			    testenv_json_str(e, "with"), (long long)testenv_json_int(e, "unread"));
+		else
+			snprintf(out + strlen(out), 4096 - strlen(out), "%s#%lld:%lld", i ? "," : "",
+			    (long long)testenv_json_int(e, "group_id"),
+			    (long long)testenv_json_int(e, "unread"));
+		/* last_ts is the last message's ts. */
+		ck_assert_int_eq(testenv_json_int(e, "last_ts"),
+		    testenv_json_int(e, "last_message.ts"));
+	}
+	json_object_put(o);
+	free(json);
+	return out;
+}
+
+#define ASSERT_CONVS(s, user, limit, ...) do {						\
+	char *got_ = conv_list(s, user, limit), want_[1024];				\
+	snprintf(want_, sizeof want_, __VA_ARGS__);					\
+	ck_assert_str_eq(got_, want_);							\
+	free(got_);									\
+} while (0)
+
+/*
+ * Summaries from reads: a send writes no conversations row; unread counts for 1:1 and groups
+ * (only what a member received: nothing from before it was added or after it was removed), read
+ * receipts lower them and delivered ones do not, newest first, limit; the first receipt of a
+ * conversation makes its marker row.
+ */
+START_TEST(test_conversations_on_read)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *d = testenv_name("dave");
+	char *members[1], sql[512], cmid[16];
+	struct store *s = store_new(&cfg);
+	struct store_send_res r, m[4];
+	struct store_targets t;
+	uint64_t g;
+	MYSQL *my = raw_connect();
+	int i, changed;
+
+	for (i = 0; i < 3; i++) {
+		snprintf(cmid, sizeof cmid, "ab%d", i);
+		send1(s, a, b, 0, "hi", cmid, &m[i]);
+	}
+	send1(s, b, a, 0, "yo", "ba0", &m[3]);
+	snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM conversations WHERE user_id IN ('%s', '%s')",
+	    a, b);
+	ck_assert_int_eq(raw_number(my, sql), 0);	/* nothing written per message */
+	ASSERT_CONVS(s, a, 50, "%s:1", b);
+	ASSERT_CONVS(s, b, 50, "%s:3", a);
+
+	/* Delivered does not lower unread; read does. The first receipt makes the marker row. */
+	ck_assert_int_eq(store_receipt(s, b, m[2].server_msg_id, PROTO_DELIVERED, &changed, &t), 0);
+	ck_assert_int_eq(changed, 1);
+	store_targets_clear(&t);
+	ASSERT_CONVS(s, b, 50, "%s:3", a);
+	snprintf(sql, sizeof sql, "SELECT delivered_upto FROM conversations WHERE user_id = '%s'"
+	    " AND group_id = 0 AND peer = '%s'", b, a);
+	ck_assert_int_eq(raw_number(my, sql), (long long)m[2].server_msg_id);
+	ck_assert_int_eq(store_receipt(s, b, m[0].server_msg_id, PROTO_READ, &changed, &t), 0);
+	store_targets_clear(&t);
+	ASSERT_CONVS(s, b, 50, "%s:2", a);
+	assert_receipts(s, a, m[1].server_msg_id, 1, b, "");
+
+	/* A group: dave is added after two messages, bob removed after three. */
+	members[0] = b;
+	ck_assert_int_eq(store_group_create(s, a, "conv", members, 1, &g, &t), 0);
+	store_targets_clear(&t);
+	send1(s, a, NULL, g, "g0", "g0", &r);
+	store_send_res_clear(&r);
+	send1(s, b, NULL, g, "g1", "g1", &r);
+	store_send_res_clear(&r);
+	ck_assert_int_eq(store_group_add(s, a, g, d, &t), 0);
+	store_targets_clear(&t);
+	send1(s, a, NULL, g, "g2", "g2", &r);
+	store_send_res_clear(&r);
+	ASSERT_CONVS(s, a, 50, "#%llu:1,%s:1", (unsigned long long)g, b);
+	ASSERT_CONVS(s, b, 50, "#%llu:2,%s:2", (unsigned long long)g, a);
+	ASSERT_CONVS(s, d, 50, "#%llu:1", (unsigned long long)g);
+	ck_assert_int_eq(store_group_remove(s, a, g, b, &t), 0);
+	store_targets_clear(&t);
+	send1(s, d, NULL, g, "g3", "g3", &r);
+	ASSERT_CONVS(s, b, 50, "#%llu:2,%s:2", (unsigned long long)g, a);
+	ASSERT_CONVS(s, d, 50, "#%llu:1", (unsigned long long)g);
+	ASSERT_CONVS(s, a, 50, "#%llu:2,%s:1", (unsigned long long)g, b);
+	/* dave reads the newest: nothing unread; the limit keeps the newest. */
+	ck_assert_int_eq(store_receipt(s, a, r.server_msg_id, PROTO_READ, &changed, &t), 0);
+	store_targets_clear(&t);
+	store_send_res_clear(&r);
+	ASSERT_CONVS(s, a, 50, "#%llu:0,%s:1", (unsigned long long)g, b);
+	ASSERT_CONVS(s, a, 1, "#%llu:0", (unsigned long long)g);
+	/* A 1:1 message puts its conversation first again; a note to oneself is never unread. */
+	send1(s, b, a, 0, "back", "ba1", &r);
+	store_send_res_clear(&r);
+	send1(s, a, a, 0, "note", "aa0", &r);
+	store_send_res_clear(&r);
+	ASSERT_CONVS(s, a, 50, "%s:0,%s:2,#%llu:0", a, b, (unsigned long long)g);
+	ASSERT_CONVS(s, a, 2, "%s:0,%s:2", a, b);
+
+	for (i = 0; i < 4; i++)
+		store_send_res_clear(&m[i]);
+	mysql_close(my);
+	store_free(s);
+	free(a);
+	free(b);
+	free(d);
+}
+END_TEST
+
+/* A conversation whose messages were all pruned leaves the list; the others stay. */
+START_TEST(test_conversations_pruned)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	struct store *s = store_new(&cfg);
+	struct store_prune_res pr;
+	struct store_send_res r;
+	int64_t cut;
+
+	send1(s, b, a, 0, "old", "old", &r);
+	store_send_res_clear(&r);
+	cut = moment();
+	send1(s, c, a, 0, "new", "new", &r);
+	store_send_res_clear(&r);
+	ASSERT_CONVS(s, a, 50, "%s:1,%s:1", c, b);
+	ck_assert_int_eq(store_prune(s, 0, cut, 1000, 0, &pr), 0);
+	ASSERT_CONVS(s, a, 50, "%s:1", c);
+	ASSERT_CONVS(s, b, 50, "%s", "");
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+struct first_receipt {
+	const char	*user;
+	uint64_t	 mid;
+	int		 rc;
+	int		 err;
+	pthread_barrier_t *go;
+};
+
+static void *
+first_receipt_worker(void *arg)
+{
+	struct first_receipt *w = arg;
+	struct store *s = store_new(&cfg);
+	struct store_targets t;
+	int changed;
+
+	pthread_barrier_wait(w->go);
+	w->rc = store_receipt(s, w->user, w->mid, PROTO_READ, &changed, &t);
+	w->err = errno;
+	store_targets_clear(&t);
+	store_free(s);
+	return NULL;
+}
+
+/*
+ * Two first receipts in one conversation at once (group messages of two senders, so the
+ * senders' seq rows do not serialise them): both make the marker row, neither fails, and the
+ * marker ends at the higher message.
+ */
+START_TEST(test_receipts_first_concurrent)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char *members[2] = { b, c }, sql[512], cmid[16];
+	struct store *s = store_new(&cfg);
+	struct store_send_res r1, r2;
+	struct first_receipt w[2];
+	struct store_targets t;
+	pthread_barrier_t go;
+	pthread_t th[2];
+	MYSQL *my = raw_connect();
+	uint64_t g;
+	int round, i;
+
+	for (round = 0; round < 10; round++) {
+		ck_assert_int_eq(store_group_create(s, a, "race", members, 2, &g, &t), 0);
+		store_targets_clear(&t);
+		snprintf(cmid, sizeof cmid, "r%d", round);
+		send1(s, a, NULL, g, "one", cmid, &r1);
+		send1(s, b, NULL, g, "two", cmid, &r2);
+		pthread_barrier_init(&go, NULL, 2);
+		w[0] = (struct first_receipt){ c, r1.server_msg_id, 0, 0, &go };
+		w[1] = (struct first_receipt){ c, r2.server_msg_id, 0, 0, &go };
+		for (i = 0; i < 2; i++)
+			ck_assert_int_eq(pthread_create(&th[i], NULL, first_receipt_worker, &w[i]), 0);
+		for (i = 0; i < 2; i++)
+			pthread_join(th[i], NULL);
+		pthread_barrier_destroy(&go);
+		for (i = 0; i < 2; i++)
+			ck_assert_msg(w[i].rc == 0, "round %d receipt %d: %s", round, i,
+			    strerror(w[i].err));
+		snprintf(sql, sizeof sql, "SELECT read_upto FROM conversations WHERE user_id = '%s'"
+		    " AND group_id = %llu AND peer = ''", c, (unsigned long long)g);
+		ck_assert_int_eq(raw_number(my, sql), (long long)r2.server_msg_id);
+		ASSERT_CONVS(s, c, 1, "#%llu:0", (unsigned long long)g);
+		store_send_res_clear(&r1);
+		store_send_res_clear(&r2);
+	}
+	mysql_close(my);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
+/* EXPLAIN sql (its '?' filled with args) and the rows as "table type key extra;..." */
+static char *
+explain(MYSQL *my, const char *sql, const char *const *args)
+{
+	char *filled = sql_fill(sql, args), *q, *out = xcalloc(1, 4096);
+	MYSQL_RES *res;
+	MYSQL_ROW row;
+
+	xasprintf(&q, "EXPLAIN %s", filled);
+	ck_assert_msg(mysql_query(my, q) == 0, "%s", mysql_error(my));
+	res = mysql_store_result(my);
+	ck_assert_ptr_nonnull(res);
+	/* id select_type table type possible_keys key key_len ref rows Extra */
+	while ((row = mysql_fetch_row(res)) != NULL)
+		snprintf(out + strlen(out), 4096 - strlen(out), "%s %s %s %s;", row[2],
+		    row[3], row[5] != NULL ? row[5] : "-", row[9] != NULL ? row[9] : "");
+	fprintf(stderr, "explain: %s\n", out);
+	mysql_free_result(res);
+	free(q);
+	free(filled);
+	return out;
+}
+
+/*
+ * The plan of the conversation list: one loose index scan of ev_history (one seek per
+ * conversation, whatever the number of messages), the last messages and markers by primary key;
+ * the unread counts are index ranges after the read marker (msg_pair index-only; the user's
+ * ev_history range, then messages by primary key).
+ */
+START_TEST(test_conversations_explain)
+{
+	char *a = testenv_name("alice"), *p[4], *user, *peer, *e, cmid[16];
+	struct store *s = store_new(&cfg);
+	struct store_send_res r;
+	const char *args[4];
+	MYSQL *my = raw_connect();
+	int i, k;
+
+	for (k = 0; k < 4; k++)
+		p[k] = testenv_name("peer");
+	for (i = 0; i < 30; i++) {
+		for (k = 0; k < 4; k++) {
+			snprintf(cmid, sizeof cmid, "x%d", i);
+			send1(s, p[k], a, 0, "x", cmid, &r);
+			store_send_res_clear(&r);
+		}
+	}
+	ck_assert_int_eq(mysql_query(my, "ANALYZE TABLE events, messages, conversations"), 0);
+	mysql_free_result(mysql_store_result(my));
+	xasprintf(&user, "'%s'", a);
+	xasprintf(&peer, "'%s'", p[0]);
+	args[0] = user;
+	args[1] = "100";
+	args[2] = user;
+	e = explain(my, store_conversations_sql(), args);
+	ck_assert_msg(strstr(e, "events range ev_history Using where; Using index for group-by") !=
+	    NULL, "%s", e);
+	ck_assert_msg(strstr(e, "m eq_ref PRIMARY") != NULL, "%s", e);
+	ck_assert_msg(strstr(e, "c eq_ref PRIMARY") != NULL, "%s", e);
+	free(e);
+	args[0] = user;
+	args[1] = peer;
+	args[2] = "1";
+	e = explain(my, store_unread_pair_sql(), args);
+	ck_assert_str_eq(e, "messages range msg_pair Using where; Using index;");
+	free(e);
+	args[0] = user;
+	args[1] = "1";
+	args[2] = "1";
+	args[3] = user;
+	e = explain(my, store_unread_group_sql(), args);
+	ck_assert_msg(strncmp(e, "e range ev_history Using where; Using index;u eq_ref PRIMARY",
+	    strlen("e range ev_history Using where; Using index;u eq_ref PRIMARY")) == 0, "%s", e);
+	free(e);
+	mysql_close(my);
+	free(user);
+	free(peer);
+	for (k = 0; k < 4; k++)
+		free(p[k]);
+	store_free(s);
+	free(a);
+}
+END_TEST
+
+/*
+ * Not a test of speed (that is bench/): prints how long rebuilding a summary from MySQL takes
+ * for a user with 100 conversations and for one with a group of 1,000 unread messages, so the
+ * figures in docs/benchmarks.md can be reproduced. Asserts only the answers.
+ */
+START_TEST(test_conversations_rebuild_cost)
+{
+	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
+	char *members[1] = { b }, *json;
+	struct store_send_req *reqs;
+	struct store_send_res *res;
+	struct store *s = store_new(&cfg);
+	struct store_targets t;
+	char (*ids)[16], (*peers)[PARLEY_ID_MAX + 1];
+	int *err, i, k;
+	int64_t t0, t1;
+	uint64_t g;
+
+	reqs = xcalloc(500, sizeof *reqs);
+	res = xcalloc(500, sizeof *res);
+	err = xcalloc(500, sizeof *err);
+	ids = xcalloc(500, sizeof *ids);
+	peers = xcalloc(100, sizeof *peers);
+	for (k = 0; k < 100; k++) {
+		char *n = testenv_name("p");
+
+		snprintf(peers[k], sizeof peers[k], "%s", n);
+		free(n);
+	}
+	/* 100 conversations of 5 messages each, to a. */
+	for (i = 0; i < 500; i++) {
+		snprintf(ids[i], sizeof ids[i], "c%d", i);
+		reqs[i] = (struct store_send_req){ peers[i % 100], a, 0, "x", ids[i] };
+	}
+	ck_assert_int_eq(store_send_batch(s, reqs, 500, res, err), 0);
+	for (i = 0; i < 500; i++) {
+		ck_assert_int_eq(err[i], 0);
+		store_send_res_clear(&res[i]);
+	}
+	/* 1,000 unread group messages for c. */
+	ck_assert_int_eq(store_group_create(s, b, "unread", members, 1, &g, &t), 0);
+	store_targets_clear(&t);
+	ck_assert_int_eq(store_group_add(s, b, g, c, &t), 0);
+	store_targets_clear(&t);
+	for (k = 0; k < 2; k++) {
+		for (i = 0; i < 500; i++) {
+			snprintf(ids[i], sizeof ids[i], "g%d", k * 500 + i);
+			reqs[i] = (struct store_send_req){ b, NULL, g, "x", ids[i] };
+		}
+		ck_assert_int_eq(store_send_batch(s, reqs, 500, res, err), 0);
+		for (i = 0; i < 500; i++) {
+			ck_assert_int_eq(err[i], 0);
+			store_send_res_clear(&res[i]);
+		}
+	}
+	t0 = parley_now_ms();
+	for (i = 0; i < 20; i++) {
+		ck_assert_int_eq(store_conversations_json(s, a, 100, &json), 0);
+		free(json);
+	}
+	t1 = parley_now_ms();
+	fprintf(stderr, "summary of 100 conversations: %.2f ms per rebuild\n", (t1 - t0) / 20.0);
+	ck_assert_int_eq(store_conversations_json(s, a, 100, &json), 0);
+	ck_assert_uint_eq(json_object_array_length(testenv_json_get(testenv_json(json),
+	    "conversations")), 100);
+	free(json);
+	t0 = parley_now_ms();
+	for (i = 0; i < 20; i++) {
+		ck_assert_int_eq(store_conversations_json(s, c, 100, &json), 0);
+		free(json);
+	}
+	t1 = parley_now_ms();
+	fprintf(stderr, "summary of a group with 1,000 unread: %.2f ms per rebuild\n",
+	    (t1 - t0) / 20.0);
+	ASSERT_CONVS(s, c, 100, "#%llu:1000", (unsigned long long)g);
+	free(reqs);
+	free(res);
+	free(err);
+	free(ids);
+	free(peers);
+	store_free(s);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
 struct prune_sender {
 	const char	*from;
 	const char	*to;
@@ -1885,17 +2310,6 @@ END_TEST
 
 /* --- errors that outlast every attempt, and unexpected duplicate keys ---------------------- */
 
-/* A second, plain connection to the stack's MariaDB (not through the store). */
-static MYSQL *
-raw_connect(void)
-{
-	MYSQL *my = mysql_init(NULL);
-
-	ck_assert_ptr_nonnull(my);
-	ck_assert_msg(mysql_real_connect(my, NULL, cfg.mysql_user, cfg.mysql_password,
-	    cfg.mysql_database, 0, cfg.mysql_socket, 0) != NULL, "connect: %s", mysql_error(my));
-	return my;
-}
 
 static void
 raw_sql(MYSQL *my, const char *sql)
@@ -2127,6 +2541,11 @@ store_suite(void)
 	tcase_add_test(tc, test_history_explain);
 	tcase_add_test(tc, test_prune);
 	tcase_add_test(tc, test_prune_while_sending);
+	tcase_add_test(tc, test_conversations_on_read);
+	tcase_add_test(tc, test_conversations_pruned);
+	tcase_add_test(tc, test_receipts_first_concurrent);
+	tcase_add_test(tc, test_conversations_explain);
+	tcase_add_test(tc, test_conversations_rebuild_cost);
 	suite_add_tcase(su, tc);
 
 	tc = tcase_create("faults");
