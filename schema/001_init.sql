@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS device_cursors (
 -- conversation has peer '' and its group_id. Kept up to date by the send and receipt transactions,
 -- so GET /conversations is one indexed read. delivered_upto / read_upto are the user's receipt
 -- markers (message ids) in that conversation; they only move forward.
+-- (Since 005_conversations_on_read.sql: sends write no row here; the first receipt in a
+-- conversation makes it, and only delivered_upto / read_upto are read. GET /conversations is
+-- derived from events (ev_history), messages and these markers; last_message_id, last_ts and
+-- unread are unused, and conv_recent is dropped.)
 CREATE TABLE IF NOT EXISTS conversations (
 	user_id		VARCHAR(64) NOT NULL,
 	group_id	BIGINT UNSIGNED NOT NULL,

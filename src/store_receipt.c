@@ -7,6 +7,7 @@
 
 #include <json-c/json.h>
 
+#include "log.h"
 #include "protocol.h"
 #include "store.h"
 #include "store_int.h"
@@ -14,7 +15,8 @@
 
 /*
  * GET /conversations, derived on read (no row is written per message): one statement lists the
- * conversations, then one count per conversation that may have something unread.
+ * conversations, then one statement counts the unread of the 1:1 ones and one those of the groups
+ * (per up to 64 conversations: the summary has at most 100).
  *  - v: the user's conversations from its own log, one loose index scan of ev_history
  *    (user_id, conv_group, conv_peer, message_id) ("Using index for group-by": one seek per
  *    conversation; user_id is in the GROUP BY for that, it is constant), newest last message
@@ -22,18 +24,39 @@
  *  - m: the last message by primary key (last_ts is its ts); a conversation whose messages were
  *    all pruned has no kind-1 event left (retention) and leaves the list.
  *  - c: the user's receipt markers, when a receipt made the row (else read_upto 0).
- * Parameters: user, limit, user.
+ * Parameters: user, limit, user. The unread counts follow (UNREAD_PAIR, UNREAD_GROUP).
  */
 #define CONV_LIST_SQL \
 	"SELECT v.conv_group, v.conv_peer, m.id, m.sender, m.recipient, m.group_id, m.content," \
 	" m.client_msg_id, m.ts, COALESCE(c.read_upto, 0)" \
-	" FROM (SELECT conv_group, conv_peer, MAX(message_id) AS last_id FROM events" \
+	" FROM (SELECT conv_group, conv_peer, MAX(message_id) AS last_id" \
+	" FROM events FORCE INDEX (ev_history)" \
 	" WHERE user_id = ? AND conv_group IS NOT NULL GROUP BY user_id, conv_group, conv_peer" \
 	" ORDER BY last_id DESC LIMIT ?) v" \
 	" JOIN messages m ON m.id = v.last_id" \
 	" LEFT JOIN conversations c ON c.user_id = ? AND c.group_id = v.conv_group" \
 	" AND c.peer = v.conv_peer" \
 	" ORDER BY v.last_id DESC"
+
+/*
+ * Unread counts scan only what is after read_upto, bound as a constant (as a correlated
+ * subquery of CONV_LIST_SQL the id bound is not used for the index range and the whole
+ * conversation is read). 1:1 (user, peer, read_upto): the peer's messages to the user, msg_pair
+ * range, index-only. Group (user, group_id, read_upto, user): the user's own log (ev_history
+ * range, index-only), so only messages it received as a member count (none from before it was
+ * added or after it was removed), each looked up by primary key to leave out its own. The hints
+ * keep these plans whatever the statistics say: with a user's log mostly one group, MariaDB
+ * preferred the primary key (the whole log) to the ev_history range. Several conversations are
+ * counted in one round trip: one column per conversation.
+ */
+#define UNREAD_PAIR	"(SELECT COUNT(*) FROM messages FORCE INDEX (msg_pair)" \
+	" WHERE recipient = ? AND sender = ? AND id > ?)"
+#define UNREAD_PAIR_WIDTH	3
+#define UNREAD_GROUP	"(SELECT STRAIGHT_JOIN COUNT(*) FROM events e FORCE INDEX (ev_history)" \
+	" JOIN messages u ON u.id = e.message_id" \
+	" WHERE e.user_id = ? AND e.conv_group = ? AND e.conv_peer = '' AND e.message_id > ?" \
+	" AND u.sender <> ?)"
+#define UNREAD_GROUP_WIDTH	4
 
 enum {
 	Q_MSG_GET = STORE__Q(STORE__SET_RECEIPT),
@@ -44,6 +67,17 @@ enum {
 	Q_CONV_LIST,
 	Q_UNREAD_PAIR,
 	Q_UNREAD_GROUP,
+	/* Multi-column forms of Q_UNREAD_PAIR and Q_UNREAD_GROUP (SQL built by receipt_sql_build). */
+	Q_UNREAD_PAIR_M2,
+	Q_UNREAD_PAIR_M4,
+	Q_UNREAD_PAIR_M16,
+	Q_UNREAD_PAIR_M64,
+	Q_UNREAD_PAIR_M512,
+	Q_UNREAD_GROUP_M2,
+	Q_UNREAD_GROUP_M4,
+	Q_UNREAD_GROUP_M16,
+	Q_UNREAD_GROUP_M64,
+	Q_UNREAD_GROUP_M512,
 	Q_RCPT_PAIR,
 	Q_RCPT_GROUP,
 	Q_GROUP_OTHERS,
@@ -67,19 +101,8 @@ static const char *const receipt_sql[Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT
 	STORE__SQL(Q_CONV_SET_MARKERS) = "UPDATE conversations SET delivered_upto = ?,"
 	    " read_upto = ? WHERE user_id = ? AND group_id = ? AND peer = ?",
 	STORE__SQL(Q_CONV_LIST) = CONV_LIST_SQL,
-	/*
-	 * Unread counts scan only what is after read_upto (bound as a constant: as a correlated
-	 * subquery of Q_CONV_LIST the id bound is not used for the index range and the whole
-	 * conversation is read). 1:1: the peer's messages to the user, msg_pair range, index-only.
-	 * Group: the user's own log (ev_history range, index-only), so only messages it received
-	 * as a member count (none from before it joined or after it left), each looked up by
-	 * primary key to leave out its own.
-	 */
-	STORE__SQL(Q_UNREAD_PAIR) = "SELECT COUNT(*) FROM messages"
-	    " WHERE recipient = ? AND sender = ? AND id > ?",
-	STORE__SQL(Q_UNREAD_GROUP) = "SELECT COUNT(*) FROM events e"
-	    " JOIN messages u ON u.id = e.message_id WHERE e.user_id = ? AND e.conv_group = ?"
-	    " AND e.conv_peer = '' AND e.message_id > ? AND u.sender <> ?",
+	STORE__SQL(Q_UNREAD_PAIR) = "SELECT " UNREAD_PAIR,
+	STORE__SQL(Q_UNREAD_GROUP) = "SELECT " UNREAD_GROUP,
 	STORE__SQL(Q_RCPT_PAIR) = "SELECT delivered_upto, read_upto FROM conversations"
 	    " WHERE user_id = ? AND group_id = 0 AND peer = ?",
 	STORE__SQL(Q_RCPT_GROUP) = "SELECT c.user_id, c.read_upto >= ? FROM group_members gm"
@@ -90,8 +113,32 @@ static const char *const receipt_sql[Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT
 	    " WHERE group_id = ? AND user_id <> ?",
 };
 
+/* The multi-column forms, by store__chunks[] columns (the last: the one-column form). */
+static const unsigned unread_pair_cols[] = { Q_UNREAD_PAIR_M512, Q_UNREAD_PAIR_M64,
+    Q_UNREAD_PAIR_M16, Q_UNREAD_PAIR_M4, Q_UNREAD_PAIR_M2, Q_UNREAD_PAIR };
+static const unsigned unread_group_cols[] = { Q_UNREAD_GROUP_M512, Q_UNREAD_GROUP_M64,
+    Q_UNREAD_GROUP_M16, Q_UNREAD_GROUP_M4, Q_UNREAD_GROUP_M2, Q_UNREAD_GROUP };
+_Static_assert(PARLEY_NITEMS(unread_pair_cols) == STORE__NCHUNKS &&
+    PARLEY_NITEMS(unread_group_cols) == STORE__NCHUNKS, "one form per store__chunks[] size");
+
+/* The SQL of the multi-column form with index i in the set. */
+static char *
+receipt_sql_build(unsigned i)
+{
+	unsigned q = STORE__Q(STORE__SET_RECEIPT) + i;
+	size_t k;
+
+	for (k = 0; k < STORE__NCHUNKS; k++) {
+		if (q == unread_pair_cols[k])
+			return store__multi_sql("SELECT ", UNREAD_PAIR, store__chunks[k], "");
+		if (q == unread_group_cols[k])
+			return store__multi_sql("SELECT ", UNREAD_GROUP, store__chunks[k], "");
+	}
+	fatal("store: receipt statement %u has no SQL", q);
+}
+
 const struct store__qset store__receipt_qset = { receipt_sql,
-    Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT), NULL };
+    Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT), receipt_sql_build };
 
 /* --- receipts ------------------------------------------------------------------------------ */
 
@@ -334,48 +381,69 @@ struct conv_unread {
 	uint64_t		 read_upto;
 };
 
-/* Set the unread count of each listed conversation with messages after its read marker. */
+/*
+ * Set the unread count of the n listed conversations u[] (all 1:1 or all groups): one statement
+ * per store__chunks[] columns, each column one conversation's count.
+ */
 static int
-conversations_unread(struct store *s, const char *user, struct conv_unread *u, size_t n)
+conversations_unread(struct store *s, const char *user, struct conv_unread *u, size_t n,
+    int group)
 {
+	const unsigned *qs = group ? unread_group_cols : unread_pair_cols;
+	size_t w = group ? UNREAD_GROUP_WIDTH : UNREAD_PAIR_WIDTH, done, i, k;
+	struct store_param *p;
 	unsigned q;
-	size_t i;
-	int rc;
+	int rc = 0;
 
+	if (n == 0)
+		return 0;
+	p = xreallocarray(NULL, n, w * sizeof *p);
 	for (i = 0; i < n; i++) {
-		if (u[i].g != 0) {
-			q = Q_UNREAD_GROUP;
-			rc = ROW(s, q, PS(user), PU(u[i].g), PU(u[i].read_upto), PS(user));
-		} else {
-			q = Q_UNREAD_PAIR;
-			rc = ROW(s, q, PS(user), PS(u[i].peer), PU(u[i].read_upto));
-		}
-		if (rc == 1)
-			json_object_object_add(u[i].entry, "unread",
-			    json_object_new_int64(store__col_i(s, q, 0)));
-		store__done(s, q);
-		if (rc < 0)
-			return -1;
+		p[i * w] = PS(user);
+		p[i * w + 1] = group ? PU(u[i].g) : PS(u[i].peer);
+		p[i * w + 2] = PU(u[i].read_upto);
+		if (group)
+			p[i * w + 3] = PS(user);
 	}
-	return 0;
+	for (done = 0; done < n && rc == 0; done += store__chunks[k]) {
+		for (k = 0; store__chunks[k] > n - done; k++)
+			;
+		q = qs[k];
+		if (store__exec(s, q, p + done * w, store__chunks[k] * w) != 0) {
+			rc = -1;
+			break;
+		}
+		if ((rc = store__fetch(s, q)) == 1) {
+			for (i = 0; i < store__chunks[k]; i++)
+				json_object_object_add(u[done + i].entry, "unread",
+				    json_object_new_int64(store__col_i(s, q, (unsigned)i)));
+			rc = 0;
+		} else if (rc == 0) {
+			errno = EIO;
+			rc = -1;
+		}
+		store__done(s, q);
+	}
+	free(p);
+	return rc;
 }
 
 /*
  * user's conversations, newest first, each with its last message (the contract's shape):
- * CONV_LIST_SQL, then Q_UNREAD_* for those whose last message is after the read marker and not
- * a note to oneself (never unread).
+ * CONV_LIST_SQL, then the unread counts (UNREAD_PAIR, UNREAD_GROUP) of those whose last message
+ * is after the read marker and is not a note to oneself (never unread).
  */
 static int
 conversations_fn(struct store *s, void *arg)
 {
 	struct json_ctx *c = arg;
 	struct json_object *o, *list, *e, *m;
-	struct conv_unread *u = NULL;
+	struct conv_unread *u[2] = { NULL, NULL }, *x;
 	unsigned q = Q_CONV_LIST;
 	const char *peer;
 	uint64_t g, last, ru;
-	size_t nu = 0, cap = 0;
-	int rc;
+	size_t nu[2] = { 0, 0 }, cap[2] = { 0, 0 };
+	int rc, k;
 
 	free(c->json);
 	c->json = NULL;
@@ -404,21 +472,25 @@ conversations_fn(struct store *s, void *arg)
 		json_object_object_add(e, "last_ts", json_object_new_int64(store__col_i(s, q, 8)));
 		json_object_array_add(list, e);
 		if (last > ru && (g != 0 || (peer != NULL && strcmp(peer, c->user) != 0))) {
-			if (nu == cap) {
-				cap = cap == 0 ? 16 : cap * 2;
-				u = xreallocarray(u, cap, sizeof *u);
+			k = g != 0;
+			if (nu[k] == cap[k]) {
+				cap[k] = cap[k] == 0 ? 16 : cap[k] * 2;
+				u[k] = xreallocarray(u[k], cap[k], sizeof *u[k]);
 			}
-			u[nu].entry = e;
-			u[nu].g = g;
-			snprintf(u[nu].peer, sizeof u[nu].peer, "%s", g == 0 ? peer : "");
-			u[nu].read_upto = ru;
-			nu++;
+			x = &u[k][nu[k]++];
+			x->entry = e;
+			x->g = g;
+			snprintf(x->peer, sizeof x->peer, "%s", g == 0 ? peer : "");
+			x->read_upto = ru;
 		}
 	}
 	store__done(s, q);
 	if (rc >= 0)
-		rc = conversations_unread(s, c->user, u, nu);
-	free(u);
+		rc = conversations_unread(s, c->user, u[0], nu[0], 0);
+	if (rc >= 0)
+		rc = conversations_unread(s, c->user, u[1], nu[1], 1);
+	free(u[0]);
+	free(u[1]);
 	if (rc < 0) {
 		json_object_put(list);
 		return -1;

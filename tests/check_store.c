@@ -1605,15 +1605,16 @@ START_TEST(test_conversations_explain)
 	args[1] = peer;
 	args[2] = "1";
 	e = explain(my, store_unread_pair_sql(), args);
-	ck_assert_str_eq(e, "messages range msg_pair Using where; Using index;");
+	ck_assert_msg(strstr(e, "messages range msg_pair Using where; Using index;") != NULL, "%s",
+	    e);
 	free(e);
 	args[0] = user;
 	args[1] = "1";
 	args[2] = "1";
 	args[3] = user;
 	e = explain(my, store_unread_group_sql(), args);
-	ck_assert_msg(strncmp(e, "e range ev_history Using where; Using index;u eq_ref PRIMARY",
-	    strlen("e range ev_history Using where; Using index;u eq_ref PRIMARY")) == 0, "%s", e);
+	ck_assert_msg(strstr(e, "e range ev_history Using where; Using index;u eq_ref PRIMARY") !=
+	    NULL, "%s", e);
 	free(e);
 	mysql_close(my);
 	free(user);

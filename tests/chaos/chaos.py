@@ -700,7 +700,10 @@ class Run:
         return nviol
 
     async def check_summaries(self, st):
-        """GET /conversations of every user against MySQL (last message and unread), after the faults."""
+        """GET /conversations of every user against MySQL (last message and unread), after the faults.
+
+        A user's conversations are those its log has a message of (summaries are derived on read:
+        the conversations table holds only receipt markers, made by the first receipt)."""
         db = st.db
         bad = {}
         for attempt in range(6):
@@ -712,8 +715,14 @@ class Run:
                                           (m.sender = c.peer AND m.recipient = c.user_id)))),
                   (SELECT COUNT(*) FROM messages m WHERE m.id > c.read_upto AND
                      ((c.group_id <> 0 AND m.group_id = c.group_id AND m.sender <> c.user_id) OR
-                      (c.group_id = 0 AND m.sender = c.peer AND m.recipient = c.user_id)))
-                FROM conversations c WHERE c.user_id LIKE '%s\\_%%'""" % self.tag)
+                      (c.group_id = 0 AND c.peer <> c.user_id AND m.sender = c.peer AND
+                       m.recipient = c.user_id)))
+                FROM (SELECT e.user_id, e.conv_group AS group_id, e.conv_peer AS peer,
+                        COALESCE(MAX(r.read_upto), 0) AS read_upto
+                      FROM events e LEFT JOIN conversations r ON r.user_id = e.user_id AND
+                        r.group_id = e.conv_group AND r.peer = e.conv_peer
+                      WHERE e.user_id LIKE '%s\\_%%' AND e.conv_group IS NOT NULL
+                      GROUP BY e.user_id, e.conv_group, e.conv_peer) c""" % self.tag)
             truth = collections.defaultdict(dict)
             for u, gid, peer, _r, last_id, unread in rows:
                 k = ("g", int(gid)) if int(gid) else ("u", peer)
