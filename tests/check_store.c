@@ -1670,6 +1670,7 @@ START_TEST(test_conversations_rebuild_cost)
 {
 	char *a = testenv_name("alice"), *b = testenv_name("bob"), *c = testenv_name("carol");
 	char *members[1] = { b }, *json;
+	struct json_object *o;
 	struct store_send_req *reqs;
 	struct store_send_res *res;
 	struct store *s = store_new(&cfg);
@@ -1724,8 +1725,9 @@ START_TEST(test_conversations_rebuild_cost)
 	t1 = parley_now_ms();
 	fprintf(stderr, "summary of 100 conversations: %.2f ms per rebuild\n", (t1 - t0) / 20.0);
 	ck_assert_int_eq(store_conversations_json(s, a, 100, &json), 0);
-	ck_assert_uint_eq(json_object_array_length(testenv_json_get(testenv_json(json),
-	    "conversations")), 100);
+	o = testenv_json(json);
+	ck_assert_uint_eq(json_object_array_length(testenv_json_get(o, "conversations")), 100);
+	json_object_put(o);
 	free(json);
 	t0 = parley_now_ms();
 	for (i = 0; i < 20; i++) {
