@@ -38,10 +38,11 @@ int		 store_wait(struct store *, int seconds, char **cause);
 /* How many times this connection was re-established (metrics, tests). */
 uint64_t	 store_reconnects(const struct store *);
 /*
- * Chained transactions (off by default): a write transaction ends with COMMIT AND CHAIN, so the
- * next one needs no START TRANSACTION round trip; a read or autocommit body first ends the
- * (empty) chained one with a COMMIT. For a connection that mostly writes (parley-ws's workers).
- * Same thread as the store's other calls.
+ * Chained transactions (off by default): while on, a write transaction ends with COMMIT AND
+ * CHAIN, so the next write (chaining on or off) needs no START TRANSACTION round trip; a read or
+ * autocommit body first ends the (empty) chained one with a COMMIT. Worth it around writes that
+ * are usually followed by more writes (parley-ws's send batches). Same thread as the store's
+ * other calls.
  */
 void		 store_chain_transactions(struct store *, int on);
 

@@ -77,8 +77,6 @@ work_init(void *arg)
 	w = xcalloc(1, sizeof *w);
 	w->ws = arg;
 	chat_init(&w->chat, w->ws->cfg, w->ws->bus, w->ws->journal);
-	/* Mostly sends: each batch saves the START TRANSACTION round trip (store.h). */
-	store_chain_transactions(w->chat.store, 1);
 	w->chat.local = work_local_hint;
 	w->chat.local_arg = w;
 	w->ftail = &w->frames;
@@ -434,7 +432,14 @@ work_run_batch(void *ctx, const char *key, int kind, void **data, size_t n, int 
 		j = data[i];
 		chat_send_request(&reqs[i], j->user, &j->req.send);
 	}
+	/*
+	 * A send batch ends with COMMIT AND CHAIN (store.h): the worker's next send batch needs
+	 * no START TRANSACTION. Only here: after an auth (a write, then reads) a chain would cost
+	 * a COMMIT more, not a START less.
+	 */
+	store_chain_transactions(w->chat.store, 1);
 	rc = chat_send_many(&w->chat, reqs, n, res, err);
+	store_chain_transactions(w->chat.store, 0);
 	if (rc != 0 && errno == EAGAIN) {
 		for (i = 0; i < n; i++)
 			store_send_res_clear(&res[i]);
