@@ -12,6 +12,7 @@ reconnection by itself. Prints one line per check and "N passed, N failed" last.
 (Real hosts, in network namespaces, are the multi-host test's; this one needs no root.)
 """
 import asyncio
+import configparser
 import json
 import os
 import re
@@ -49,10 +50,16 @@ def services(cmd):
                    stdout=subprocess.DEVNULL)
 
 
+def configparser_section(path, name):
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(path)
+    return dict(conf[name])
+
+
 class Host:
     """One app host: parley-ws, parley-fcgi behind lighttpd, a bus directory of its own."""
 
-    def __init__(self, name):
+    def __init__(self, name, ws_mysql=None):
         self.name = name
         self.dir = os.path.join(TOP, name)
         os.makedirs(self.dir)
@@ -67,10 +74,15 @@ class Host:
                             "password": os.environ["PARLEY_TEST_REDIS_PASSWORD"],
                             "prefix": "t" + RUN, "fallback_interval": FALLBACK, "timeout_ms": 500},
                      log={"level": "info"})
+        ws_conf = self.conf
+        if ws_mysql:	# this parley-ws reaches MariaDB through a proxy (tests/harness/mysql-slow)
+            ws_conf = os.path.join(self.dir, "parley-ws.conf")
+            mysql = dict(configparser_section(self.conf, "mysql"), socket=ws_mysql)
+            L.write_conf(ws_conf, self.conf, mysql=mysql)
         self.procs = []
-        for prog in ("parley-ws", "parley-fcgi"):
+        for prog, c in (("parley-ws", ws_conf), ("parley-fcgi", self.conf)):
             log = open(os.path.join(self.dir, prog + ".log"), "ab")
-            self.procs.append(subprocess.Popen([os.path.join(BUILD, prog), "--config", self.conf],
+            self.procs.append(subprocess.Popen([os.path.join(BUILD, prog), "--config", c],
                                                stdout=log, stderr=subprocess.STDOUT))
         if not wait_until(lambda: os.path.exists(self.fcgi_sock) and self.ws_listening(), 15):
             raise RuntimeError("%s did not start; see %s" % (name, self.dir))
@@ -244,10 +256,108 @@ async def room_and_ephemeral(a, b):
     await cb.ws.close()
 
 
+async def room_ids(c, want, timeout):
+    """Room comment ids c gets until every id of want came (or timeout), then 0.5 s more."""
+    got = [m["comment"]["id"] for m in c.inbox if m.get("type") == "room_message"]
+    c.inbox = [m for m in c.inbox if m.get("type") != "room_message"]
+    end = time.monotonic() + timeout
+    while True:
+        if set(want) <= set(got):	# all came: 0.5 s more for a duplicate
+            end = min(end, time.monotonic() + 0.5)
+        left = end - time.monotonic()
+        if left <= 0:
+            return got
+        try:
+            m = json.loads(await asyncio.wait_for(c.ws.recv(), left))
+        except asyncio.TimeoutError:
+            return got
+        if m.get("type") == "room_message":
+            got.append(m["comment"]["id"])
+        else:
+            c.inbox.append(m)
+
+
+def exactly_once(got, want):
+    """'' when got holds every id of want once and nothing else, else what is wrong."""
+    dup = sorted(i for i in set(got) if got.count(i) > 1)
+    return "" if sorted(got) == sorted(want) else \
+        "missing %s, twice %s, extra %s" % (sorted(set(want) - set(got)), dup, sorted(set(got) - set(want)))
+
+
+async def room_race(a, b):
+    """
+    Comments posted on b (pushed at once, text on the local bus) interleaved with comments posted
+    on a (b fetches each one's text from MySQL: Redis carries no text): b's listener gets every
+    id exactly once, whatever order the pushes and the fetches finish in.
+    """
+    room = uname("race")
+    cl = await connect(b, uname("rl"))
+    await cl.send({"type": "join_room", "room": room})
+    await asyncio.sleep(0.3)
+    posters = [await connect(b, uname("rp")) for _ in range(4)]
+    http_users = [uname("hp") for _ in range(4)]
+    codes = []
+
+    def http_poster(u):
+        for i in range(8):
+            st, _ = a.req("POST", "/rooms/%s/messages" % room, token(u), {"text": "a %s %d" % (u, i)})
+            codes.append(st)
+            time.sleep(0.12)	# under the room rate limit (10 a second a user)
+
+    threads = [threading.Thread(target=http_poster, args=(u,), daemon=True) for u in http_users]
+    for t in threads:
+        t.start()
+    for i in range(8):
+        for c in posters:
+            await c.send({"type": "room_message", "room": room, "text": "b %d" % i})
+        await asyncio.sleep(0.12)
+    for t in threads:
+        t.join(30)
+    _, j = a.req("GET", "/rooms/%s/messages" % room, token(http_users[0]))
+    want = [e["comment"]["id"] for e in j["events"]]
+    got = await room_ids(cl, want, 5)
+    bad = exactly_once(got, want)
+    check(codes.count(200) == 32 and len(want) == 64 and not bad,
+          "64 room comments posted on both hosts at once reach host b's listener exactly once "
+          "(%d out of id order)" % sum(1 for x, y in zip(got, got[1:]) if y < x), (codes, len(want), bad))
+    for c in posters + [cl]:
+        await c.ws.close()
+
+
+async def join_while_slow(a, b, arm):
+    """
+    A comment posted on a while b's first join of the room is still reading its starting point
+    (b's MySQL slow: tests/harness/mysql-slow) reaches b's listener, once.
+    """
+    room = uname("sroom")
+    cw = await connect(b, uname("sj"))
+    with open(arm, "w") as f:
+        f.write("1500")
+    await cw.send({"type": "join_room", "room": room})
+    await asyncio.sleep(0.3)	# the room's SUBSCRIBE is done; its starting point is held back
+    u = uname("sp")
+    st, j = a.req("POST", "/rooms/%s/messages" % room, token(u), {"text": "during the join"})
+    os.unlink(arm)
+    got = await room_ids(cw, [j.get("comment", {}).get("id")] if isinstance(j, dict) else [], 6)
+    _, h = a.req("GET", "/rooms/%s/messages" % room, token(u))
+    want = [e["comment"]["id"] for e in h["events"]]
+    bad = exactly_once(got, want)
+    check(st == 200 and len(want) == 1 and not bad and os.path.exists(arm + ".log"),
+          "a comment posted on host a while host b's join reads its starting point reaches "
+          "host b's listener once", (st, j, got, want, bad))
+    await cw.ws.close()
+
+
 async def main():
     a = b = None
+    arm = os.path.join(TOP, "mysql-slow.arm")
+    proxy_sock = os.path.join(TOP, "mysql-slow.sock")
+    proxy = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "tests/harness/mysql-slow"), proxy_sock,
+                              configparser_section(BASE_CONF, "mysql")["socket"], arm])
     try:
-        a, b = Host("hostA"), Host("hostB")
+        if not wait_until(lambda: os.path.exists(proxy_sock), 10):
+            raise RuntimeError("tests/harness/mysql-slow did not start")
+        a, b = Host("hostA"), Host("hostB", ws_mysql=proxy_sock)
         check(wait_until(lambda: a.redis_state() == ("ok", "ok") and b.redis_state() == ("ok", "ok"), 10),
               "/health of both daemons on both hosts: redis ok", (a.redis_state(), b.redis_state()))
         m0 = [a.metrics(), b.metrics()]
@@ -256,6 +366,8 @@ async def main():
             lats.append(await ws_cross(x, y, "", 1.0))
             lats.append(poll_cross(x, y, "", 1.0))
         await room_and_ephemeral(a, b)
+        await room_race(a, b)
+        await join_while_slow(a, b, arm)
         m1 = [a.metrics(), b.metrics()]
         pub = sum(m1[i].get(k, 0) - m0[i].get(k, 0) for i in range(2)
                   for k in ("ws_redis_published_total", "fcgi_redis_published_total"))
@@ -286,6 +398,21 @@ async def main():
         check(st == 200 and got is not None and dt <= limit,
               "room comment from host a reaches host b's WebSocket room listener while Redis is down "
               "(%.0f ms)" % (dt * 1000), (st, got))
+        # Interleaved with comments posted on b (pushed at once there): a's still caught up.
+        cz = await connect(b, uname("rz"))
+        want = []
+        for i in range(3):
+            st, j = a.req("POST", "/rooms/%s/messages" % room, token(rx), {"text": "down a%d" % i})
+            await cz.send({"type": "room_message", "room": room, "text": "down b%d" % i})
+            want.append(j["comment"]["id"] if st == 200 else None)
+            await asyncio.sleep(0.15)
+        _, j = a.req("GET", "/rooms/%s/messages?after=%d" % (room, want[0] - 1), token(rx))
+        want = [e["comment"]["id"] for e in j["events"]]
+        got = await room_ids(cy, want, limit + 1.0)
+        bad = exactly_once(got, want)
+        check(len(want) == 6 and not bad, "room comments from host a interleaved with host b's own, "
+              "Redis down: host b's listener gets each once", (want, got, bad))
+        await cz.ws.close()
         for x, y in ((a, b), (b, a)):
             lat = await ws_cross(x, y, " while Redis is down", limit)
             print("     (%.0f ms)" % (lat * 1000 if lat else -1))
@@ -317,6 +444,10 @@ async def main():
         poll_cross(b, a, " after Redis came back", 1.0)
         print("     cross-host latency (ms), Redis up: %s" % ", ".join("%.1f" % (x * 1000) for x in lats if x))
     finally:
+        if os.path.exists(arm):
+            os.unlink(arm)
+        proxy.kill()
+        proxy.wait()
         services("start-redis")
         for h in (a, b):
             if h is not None:
