@@ -780,7 +780,9 @@ store_page_clear(struct store_page *p)
 	for (i = 0; i < p->n; i++)
 		free(p->events[i]);
 	free(p->events);
+	free(p->ids);
 	p->events = NULL;
+	p->ids = NULL;
 	p->n = 0;
 }
 

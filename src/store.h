@@ -102,6 +102,7 @@ struct store_page {
 	uint64_t	  next;
 	int		  has_more;
 	uint64_t	  oldest_seq;
+	uint64_t	 *ids;		/* room pages: each event's comment id; NULL otherwise */
 };
 int	store_events(struct store *, const char *user, uint64_t after, int limit, struct store_page *);
 void	store_page_clear(struct store_page *);
@@ -208,8 +209,10 @@ int	store_presence_json(struct store *, char *const *users, size_t n, char **jso
  */
 int	store_room_post(struct store *, const char *room, const char *user, const char *text,
 	    int per_sec, uint64_t *id, int64_t *ts);
-/* room_message events (JSON texts) with id > after, oldest first, at most limit. */
+/* room_message events (JSON texts) with id > after, oldest first, at most limit; ids[i] each id. */
 int	store_room_history(struct store *, const char *room, uint64_t after, int limit,
 	    struct store_page *);
+/* The room's newest comment id in *id (0 when it has none). */
+int	store_room_last_id(struct store *, const char *room, uint64_t *id);
 
 #endif

@@ -7,6 +7,7 @@
 #include "protocol.h"
 #include "store.h"
 #include "store_int.h"
+#include "xmalloc.h"
 
 enum {
 	Q_RATE_LOCK = STORE__Q(STORE__SET_ROOM),
@@ -17,6 +18,7 @@ enum {
 	Q_ROOM_NTH,
 	Q_ROOM_TRIM,
 	Q_ROOM_PAGE,
+	Q_ROOM_LAST,
 	Q_ROOM_END
 };
 STORE__QSET_CHECK(Q_ROOM_END, STORE__SET_ROOM);
@@ -43,6 +45,7 @@ static const char *const room_sql[Q_ROOM_END - STORE__Q(STORE__SET_ROOM)] = {
 	STORE__SQL(Q_ROOM_TRIM) = "DELETE FROM room_messages WHERE room = ? AND id <= ?",
 	STORE__SQL(Q_ROOM_PAGE) = "SELECT id, user_id, text, ts FROM room_messages"
 	    " WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
+	STORE__SQL(Q_ROOM_LAST) = "SELECT COALESCE(MAX(id), 0) FROM room_messages WHERE room = ?",
 };
 
 const struct store__qset store__room_qset = { room_sql, Q_ROOM_END - STORE__Q(STORE__SET_ROOM),
@@ -145,6 +148,8 @@ room_history_fn(struct store *s, void *arg)
 			break;
 		}
 		id = store__col_u(s, Q_ROOM_PAGE, 0);
+		p->ids = xreallocarray(p->ids, p->n + 1, sizeof *p->ids);
+		p->ids[p->n] = id;
 		store__page_push(p, protocol_event_room_message(c->room, id, store__col_s(s, Q_ROOM_PAGE, 1),
 		    store__col_s(s, Q_ROOM_PAGE, 2), store__col_i(s, Q_ROOM_PAGE, 3)));
 		p->next = id;
@@ -166,5 +171,31 @@ store_room_history(struct store *s, const char *room, uint64_t after, int limit,
 		store_page_clear(p);
 		return -1;
 	}
+	return 0;
+}
+
+/* The room's newest comment id (the starting point of a listener's catch-ups). */
+static int
+room_last_fn(struct store *s, void *arg)
+{
+	struct room_ctx *c = arg;
+	int rc;
+
+	rc = ROW(s, Q_ROOM_LAST, PS(c->room));
+	c->id = rc == 1 ? store__col_u(s, Q_ROOM_LAST, 0) : 0;
+	store__done(s, Q_ROOM_LAST);
+	return rc < 0 ? -1 : 0;
+}
+
+int
+store_room_last_id(struct store *s, const char *room, uint64_t *id)
+{
+	struct room_ctx c = { .room = room };
+
+	if (room == NULL || !protocol_valid_room(room))
+		return store__refuse(EINVAL);
+	if (store__run(s, 0, room_last_fn, &c) != 0)
+		return -1;
+	*id = c.id;
 	return 0;
 }

@@ -31,6 +31,7 @@ struct conns {
 	struct conn_table	 rooms;		/* of struct conn_room */
 	struct conn_table	 addrs;		/* of struct conn_addr */
 	struct bus		*bus;		/* told of users and rooms that come and go; may be NULL */
+	uint32_t		 room_gen;	/* the last conn_room.gen given */
 };
 
 /* FNV-1a: short keys, good enough spread, no allocation. */
@@ -159,8 +160,13 @@ conns_set_bus(struct conns *cs, struct bus *bus)
 void
 conns_free(struct conns *cs)
 {
+	struct conn_room *r, *rn = NULL;
+	size_t i = 0;
+
 	if (cs == NULL)
 		return;
+	while (conns_room_at(cs, &i, &r, &rn) == 0)
+		free(r->seen);
 	conn_table_free(&cs->users);
 	conn_table_free(&cs->rooms);
 	conn_table_free(&cs->addrs);
@@ -313,6 +319,8 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 	struct conn_room *r;
 	struct room_join *j;
 
+	int first = 0;
+
 	for (j = c->rooms; j != NULL; j = j->cnext) {
 		if (strcmp(j->room->key.name, room) == 0)
 			return 0;
@@ -324,8 +332,10 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 	if ((r = conns_room(cs, room)) == NULL) {
 		r = xcalloc(1, sizeof *r);
 		strncpy(r->key.name, room, PARLEY_ID_MAX);
+		r->gen = ++cs->room_gen;
 		conn_table_add(&cs->rooms, &r->key);
 		bus_listen(cs->bus, BUS_ROOM, r->key.name, 1);
+		first = 1;
 	}
 	j = xcalloc(1, sizeof *j);
 	j->room = r;
@@ -338,6 +348,39 @@ conn_join(struct conns *cs, struct conn *c, const char *room)
 	j->cnext = c->rooms;
 	c->rooms = j;
 	c->nrooms++;
+	return first;
+}
+
+int
+conn_room_seen(const struct conn_room *r, uint64_t id)
+{
+	uint32_t i;
+
+	if (id <= r->seen_below)
+		return 1;
+	for (i = 0; i < r->seen_n; i++) {
+		if (r->seen[i] == id)
+			return 1;
+	}
+	return 0;
+}
+
+int
+conn_room_pushed(struct conn_room *r, uint64_t id)
+{
+	if (conn_room_seen(r, id))
+		return 1;
+	if (r->seen == NULL)
+		r->seen = xcalloc(CONN_ROOM_SEEN, sizeof *r->seen);
+	if (r->seen_n < CONN_ROOM_SEEN) {
+		r->seen[r->seen_n++] = id;
+		return 0;
+	}
+	/* Full: the oldest push is forgotten; ids up to it count as pushed from now on. */
+	if (r->seen[r->seen_pos] > r->seen_below)
+		r->seen_below = r->seen[r->seen_pos];
+	r->seen[r->seen_pos] = id;
+	r->seen_pos = (r->seen_pos + 1) % CONN_ROOM_SEEN;
 	return 0;
 }
 
@@ -355,6 +398,7 @@ conn_join_free(struct conns *cs, struct room_join *j)
 		j->rnext->rprev = j->rprev;
 	if (--r->n == 0) {
 		bus_listen(cs->bus, BUS_ROOM, r->key.name, -1);
+		free(r->seen);
 		conn_table_drop(&cs->rooms, &r->key);
 	}
 	free(j);

@@ -113,17 +113,31 @@ struct conn_addr {
 	size_t			 n;
 };
 
+/*
+ * How many comment ids a room remembers as pushed (the newest pushes): duplicates are decided by
+ * membership, since comments arrive out of id order (a local one is pushed at once, another
+ * host's is fetched from MySQL first). An id at or below one the window forgot counts as pushed.
+ */
+#define CONN_ROOM_SEEN 256
+
 struct conn_room {
 	struct conn_key		 key;		/* first: the rooms table's entry */
 	struct room_join	*head;
 	size_t			 n;
 	/*
-	 * The highest comment id pushed to the listeners (or the room's newest when it was first
-	 * joined, once the baseline read is back: based). Lost hints are caught up from MySQL after
-	 * it; ids at or below it are never pushed again.
+	 * Catch-ups (lost hints) read the room's comments after floor from MySQL. The floor is
+	 * raised only from what MySQL returned (the starting point read when the room is first
+	 * joined here, then each catch-up's last id), never from live pushes: a comment pushed live
+	 * says nothing about the lower ids still being fetched.
 	 */
-	uint64_t		 last_id;
-	int			 based;
+	uint64_t		 floor;
+	uint64_t		*seen;		/* ring of the last CONN_ROOM_SEEN ids pushed, or NULL */
+	uint64_t		 seen_below;	/* the highest id the ring forgot */
+	uint32_t		 seen_n, seen_pos;
+	uint32_t		 gen;		/* tells this entry's worker results from a former one's */
+	uint8_t			 based:1,	/* the starting point is back: floor is valid */
+				 reading:1,	/* a starting-point or catch-up read is in flight */
+				 catchup_due:1;	/* hints may be lost: catch up when the read is back */
 };
 
 struct room_join {
@@ -173,11 +187,17 @@ struct conns_stats {
 };
 void		 conns_stats(struct conns *, struct conns_stats *);
 
-/* Rooms: 0, or -1 with errno E2BIG when c is in too many rooms. Joining twice is a no-op. */
+/*
+ * Rooms: 1 when c is the room's first member here (a new entry: its starting point is to be
+ * read), 0 when joined (joining twice is a no-op), -1 with errno E2BIG when c is in too many rooms.
+ */
 #define CONN_ROOMS_MAX 32
 int		 conn_join(struct conns *, struct conn *, const char *room);
 void		 conn_leave(struct conns *, struct conn *, const char *room);
 struct conn_room *conns_room(struct conns *, const char *room);
+/* Was id pushed to the room's listeners already (1)? conn_room_pushed then remembers it. */
+int		 conn_room_seen(const struct conn_room *, uint64_t id);
+int		 conn_room_pushed(struct conn_room *, uint64_t id);
 
 /*
  * Outbound queue. conn_queue() copies text; 0 when queued, -1 with errno ENOBUFS when the frame

@@ -50,6 +50,7 @@ ws_done_free(struct done *d)
 	for (i = 0; i < d->n; i++)
 		free(d->events[i]);
 	free(d->events);
+	free(d->ids);
 	free(d->text);
 	free(d);
 }
@@ -377,7 +378,7 @@ loop_ready(struct ws *ws, struct conn *c, struct done *d)
 	c->progress_ms = parley_mono_ms();
 	loop_writable(c);
 	json_object_put(o);
-	if (c->live && c->hint_max > c->delivered)
+	if (c->live && (c->hint_max > c->delivered || c->need_fetch))
 		loop_fetch(ws, c);
 }
 
@@ -578,7 +579,7 @@ loop_job_frame(struct ws *ws, struct conn *c, struct proto_frame_req *r, int kin
 	ws_job_free(kind, j);
 }
 
-static void loop_room_job(struct ws *, const char *room, int has_after, uint64_t after, int kind);
+static void loop_room_read(struct ws *, struct conn_room *);
 
 static void
 loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
@@ -586,7 +587,7 @@ loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 	struct proto_frame_req r;
 	const char *field = "json", *why = "invalid";
 	char *cmid = NULL, *ack;
-	struct conn_room *rm;
+	int first;
 
 	if (protocol_decode_frame(buf, len, ws->cfg->content_max_chars, ws->cfg->room_text_max_chars,
 	    &r, &field, &why, &cmid) != 0) {
@@ -625,13 +626,12 @@ loop_frame_ready(struct ws *ws, struct conn *c, const char *buf, size_t len)
 		loop_job_frame(ws, c, &r, JOB_ROOM_POST);
 		break;
 	case PROTO_F_JOIN_ROOM:
-		if (conn_join(ws->conns, c, r.room) != 0) {
+		if ((first = conn_join(ws->conns, c, r.room)) < 0) {
 			loop_error(ws, c, "bad_request", "room: too many rooms joined");
 			break;
 		}
-		rm = conns_room(ws->conns, r.room);
-		if (rm != NULL && rm->n == 1 && !rm->based)
-			loop_room_job(ws, r.room, 0, 0, JOB_ROOM_CATCHUP);
+		if (first)	/* a new entry here: read its starting point */
+			loop_room_read(ws, conns_room(ws->conns, r.room));
 		break;
 	case PROTO_F_LEAVE_ROOM:
 		conn_leave(ws->conns, c, r.room);
@@ -900,29 +900,19 @@ loop_user_event(struct ws *ws, struct conn *c, const struct done *d)
  * A room comment to every listener of this process: its text (encoded once, by the poster) is
  * copied once into a shared payload that every listener's queue points to. A listener whose queue
  * is full is cut off (loop_slow) and the others go on: a slow one never holds the room back.
+ * Never twice: a comment may come live (local, with its text), fetched after a hint from another
+ * host, and caught up from MySQL, in any order; the room remembers which ids it pushed
+ * (conn_room_pushed). Comments may reach listeners out of id order (clients sort by id).
  */
 static void
-loop_room_event(struct ws *ws, const char *room, uint64_t id, const char *text, size_t len)
+loop_room_push(struct ws *ws, struct conn_room *r, uint64_t id, const char *text, size_t len)
 {
-	struct conn_room *r;
 	struct room_join *j, *jn;
 	struct frame_shared *sh = NULL;
 	struct conn *c;
 
-	if ((r = conns_room(ws->conns, room)) == NULL)
+	if (id != 0 && conn_room_pushed(r, id))
 		return;
-	/*
-	 * Never twice: a comment caught up from MySQL (loop_resync_all) may arrive live too, or
-	 * the reverse. Residual risk: two posts committing out of id order, the higher one pushed
-	 * first, drop the lower one here (ids are the room's order; such a pair is rare and
-	 * /rooms/{room}/messages still has it).
-	 */
-	if (id != 0 && id <= r->last_id)
-		return;
-	if (id > r->last_id) {
-		r->last_id = id;
-		r->based = 1;
-	}
 	for (j = r->head; j != NULL; j = jn) {
 		jn = j->rnext;	/* loop_slow never unlinks, but stay safe */
 		c = j->conn;
@@ -938,6 +928,92 @@ loop_room_event(struct ws *ws, const char *room, uint64_t id, const char *text, 
 		loop_writable(c);
 	}
 	frame_shared_unref(sh);
+}
+
+/* A worker job about room r (key "room:NAME", one at a time per room): 0, or -1 when refused. */
+static int
+loop_room_job(struct ws *ws, struct conn_room *r, int kind, uint64_t after)
+{
+	struct job *j;
+
+	j = xcalloc(1, sizeof *j);
+	snprintf(j->user, sizeof j->user, "room:%.59s", r->key.name);
+	j->req.room = xstrdup(r->key.name);
+	j->has_after = 1;
+	j->after = after;
+	j->epoch = r->gen;
+	return loop_post(ws, j, kind);
+}
+
+/*
+ * The room's next read from MySQL, one at a time: its starting point until it has one (a
+ * catch-up asked meanwhile stays due and runs when the starting point is back), else a catch-up
+ * after the floor. A read that cannot be posted stays due for the next recheck.
+ */
+static void
+loop_room_read(struct ws *ws, struct conn_room *r)
+{
+	if (r == NULL || r->reading)
+		return;
+	if (loop_room_job(ws, r, r->based ? JOB_ROOM_CATCHUP : JOB_ROOM_BASE, r->floor) != 0)
+		return;
+	r->reading = 1;
+	if (r->based)
+		r->catchup_due = 0;
+}
+
+/* Hints for r may be lost: catch it up now, or once its read in flight is back. */
+static void
+loop_room_lost(struct ws *ws, struct conn_room *r)
+{
+	if (r == NULL || r->n == 0)
+		return;
+	r->catchup_due = 1;
+	loop_room_read(ws, r);
+}
+
+/* A comment fetched after another host's hint (a fetch that gave up: the room catches up). */
+static void
+loop_room_fetched(struct ws *ws, struct done *d)
+{
+	struct conn_room *r;
+
+	if ((r = conns_room(ws->conns, d->key)) == NULL)
+		return;
+	if (d->err != 0 || d->text == NULL)
+		loop_room_lost(ws, r);
+	else
+		loop_room_push(ws, r, d->seq, d->text, d->len);
+}
+
+/* A room read came back (DONE_ROOM_BASE or DONE_ROOM_PAGE); stale ones are dropped. */
+static void
+loop_room_done(struct ws *ws, struct done *d)
+{
+	struct conn_room *r;
+	size_t i;
+
+	if ((r = conns_room(ws->conns, d->key)) == NULL || r->gen != d->epoch)
+		return;	/* the room was left, and maybe joined again, meanwhile */
+	r->reading = 0;
+	if (d->err != 0) {
+		r->catchup_due = 1;	/* the next recheck tries again */
+		return;
+	}
+	if (d->kind == DONE_ROOM_BASE) {
+		if (d->seq > r->floor)
+			r->floor = d->seq;
+		r->based = 1;
+	} else {
+		for (i = 0; i < d->n; i++)
+			loop_room_push(ws, r, d->ids[i], d->events[i], strlen(d->events[i]));
+		if (d->last > r->floor)
+			r->floor = d->last;
+		if (d->has_more)
+			r->catchup_due = 1;
+	}
+	if (r->catchup_due)
+		loop_room_read(ws, r);
 }
 
 static void
@@ -967,16 +1043,17 @@ loop_hint(struct ws *ws, struct done *d)
 		if ((r = conns_room(ws->conns, d->key)) == NULL)
 			return;
 		if (d->text == NULL && d->seq == 0) {
-			/* The bridge's room subscription took effect: catch up from MySQL. */
-			if (r->based)
-				loop_room_job(ws, d->key, 1, r->last_id, JOB_ROOM_CATCHUP);
+			/*
+			 * The bridge's room subscription took effect: catch up from MySQL, or once
+			 * the room's starting point is back.
+			 */
+			loop_room_lost(ws, r);
 			return;
 		}
-		if (d->text != NULL) {
-			loop_room_event(ws, d->key, d->seq, d->text, d->len);
-			return;
-		}
-		loop_room_job(ws, d->key, 1, d->seq, JOB_ROOM_FETCH);
+		if (d->text != NULL)
+			loop_room_push(ws, r, d->seq, d->text, d->len);
+		else if (!conn_room_seen(r, d->seq) && loop_room_job(ws, r, JOB_ROOM_FETCH, d->seq) != 0)
+			loop_room_lost(ws, r);	/* not fetched: caught up instead */
 		break;
 	default:
 		break;
@@ -994,37 +1071,11 @@ loop_frame_done(struct ws *ws, struct conn *c, struct done *d)
 }
 
 /*
- * Lost hints (the loop fell behind, or a peer dropped hints for us): every live connection
- * re-reads its log; one already reading may have read before the lost commit, so it reads
- * once more when done (the tick).
+ * Lost hints (the loop fell behind, a peer dropped hints for us, Redis is down): every live connection re-reads its log; one already reading may have read before
+ * the lost commit, so it reads once more when done (the tick); one still authenticating may have
+ * read its newest seq before it, so it reads once it is ready. Every room with listeners catches
+ * up from MySQL, or once its starting point or the read in flight is back.
  */
-/* A worker job about a room (key "room:NAME"): a fetch by id, a catch-up or the baseline. */
-static void
-loop_room_job(struct ws *ws, const char *room, int has_after, uint64_t after, int kind)
-{
-	struct job *j;
-
-	j = xcalloc(1, sizeof *j);
-	snprintf(j->user, sizeof j->user, "room:%.59s", room);
-	j->req.room = xstrdup(room);
-	j->has_after = has_after;
-	j->after = after;
-	(void)loop_post(ws, j, kind);
-}
-
-/* The room's newest id when it was first joined here: catch-ups start after it. */
-static void
-loop_room_based(struct ws *ws, const char *room, uint64_t id)
-{
-	struct conn_room *r;
-
-	if ((r = conns_room(ws->conns, room)) == NULL)
-		return;
-	if (id > r->last_id)
-		r->last_id = id;
-	r->based = 1;
-}
-
 static void
 loop_resync_all(struct ws *ws)
 {
@@ -1032,14 +1083,12 @@ loop_resync_all(struct ws *ws)
 	struct conn_room *r, *rn = NULL;
 	size_t i = 0;
 
-	/* Room listeners: the comments after the last one pushed, from MySQL (one page a room). */
-	while (conns_room_at(ws->conns, &i, &r, &rn) == 0) {
-		if (r->n > 0 && r->based)
-			loop_room_job(ws, r->key.name, 1, r->last_id, JOB_ROOM_CATCHUP);
-	}
+	while (conns_room_at(ws->conns, &i, &r, &rn) == 0)
+		loop_room_lost(ws, r);
 	i = 0;
-
 	while (conn_at(ws->conns, &i, &c) == 0) {
+		if (c->state == CONN_AUTHING)
+			c->need_fetch = 1;	/* loop_ready reads after the newest seq it got */
 		if (c->state != CONN_READY)
 			continue;
 		if (c->fetching || c->backlog != NULL)
@@ -1061,14 +1110,36 @@ loop_resync_slot(struct ws *ws, uint64_t slot)
 	size_t i = 0;
 
 	while (conn_at(ws->conns, &i, &c) == 0) {
-		if (c->state != CONN_READY || c->user == NULL ||
-		    redis_slot(c->user->key.name, nslots) != slot)
+		if (c->user == NULL || redis_slot(c->user->key.name, nslots) != slot)
+			continue;
+		if (c->state == CONN_AUTHING)
+			c->need_fetch = 1;	/* loop_ready reads after the newest seq it got */
+		if (c->state != CONN_READY)
 			continue;
 		if (c->fetching || c->backlog != NULL)
 			c->need_fetch = 1;
 		else if (c->live)
 			loop_fetch(ws, c);
 	}
+}
+
+/*
+ * Say that hints may be lost, at most once a minute: while Redis is down the bridge asks for a
+ * recheck every fallback interval.
+ */
+static void
+loop_resync_log(struct ws *ws)
+{
+	int64_t now = parley_mono_ms();
+
+	ws->resyncs_unlogged++;
+	if (ws->resync_log_ms != 0 && now - ws->resync_log_ms < 60 * 1000)
+		return;
+	log_warn("bus hints may be lost (our queue or a peer's was full, or Redis is down): "
+	    "re-reading MySQL for every connection and room (%" PRIu64 " times since the last "
+	    "such message)", ws->resyncs_unlogged);
+	ws->resync_log_ms = now;
+	ws->resyncs_unlogged = 0;
 }
 
 static void loop_stop(struct ws *);
@@ -1100,10 +1171,10 @@ loop_drain(struct ws *ws)
 		} else if (d->kind == DONE_HINT) {
 			hints++;
 			loop_hint(ws, d);
-		} else if (d->kind == DONE_ROOM && d->text == NULL) {
-			loop_room_based(ws, d->key, d->seq);
+		} else if (d->kind == DONE_ROOM_BASE || d->kind == DONE_ROOM_PAGE) {
+			loop_room_done(ws, d);
 		} else if (d->kind == DONE_ROOM) {
-			loop_room_event(ws, d->key, d->seq, d->text, d->len);
+			loop_room_fetched(ws, d);
 		} else if ((c = conn_find(ws->conns, d->conn)) == NULL) {
 			/* Closed while authenticating: the +1 it counted still needs its -1. */
 			if (d->kind == DONE_READY && d->presence)
@@ -1126,8 +1197,7 @@ loop_drain(struct ws *ws)
 		ws_done_free(d);
 	}
 	if (overflow) {
-		log_warn("bus hints lost (our queue, or a peer's backlog for us, was full); "
-		    "resyncing every connection");
+		loop_resync_log(ws);
 		loop_resync_all(ws);
 	}
 	if (ws->nheld > 0)

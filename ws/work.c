@@ -269,9 +269,23 @@ work_sync(struct wctx *w, struct job *j)
 	return work_page(w, j, after);
 }
 
+/* A room read that gave up (MySQL down past the retries): the loop tries again later. */
+static void
+work_room_failed(struct wctx *w, struct job *j, enum done_kind kind, int err)
+{
+	struct done *d;
+
+	d = ws_done_new(kind, 0);
+	strncpy(d->key, j->req.room, PARLEY_ID_MAX);
+	d->epoch = j->epoch;
+	d->err = err != 0 ? err : EIO;
+	ws_done_push(w->ws, d);
+}
+
 /*
  * A room event by id, for a hint too large to carry it. A comment trimmed meanwhile is skipped:
- * the next one arrives through its own hint.
+ * the next one arrives through its own hint. A read that fails otherwise becomes a DONE_ROOM
+ * with err: the loop catches the room up from MySQL.
  */
 static int
 work_room_fetch(struct wctx *w, struct job *j)
@@ -280,8 +294,13 @@ work_room_fetch(struct wctx *w, struct job *j)
 	struct done *d;
 	char *event = NULL;
 
-	if (chat_room_comment_json(&w->chat, room, j->after, &event) != 0)
-		return errno == EAGAIN ? -1 : 0;
+	if (chat_room_comment_json(&w->chat, room, j->after, &event) != 0) {
+		if (errno == EAGAIN)
+			return -1;
+		if (errno != ENOENT)
+			work_room_failed(w, j, DONE_ROOM, errno);
+		return 0;
+	}
 	d = ws_done_new(DONE_ROOM, 0);
 	strncpy(d->key, room, PARLEY_ID_MAX);
 	d->seq = j->after;
@@ -291,41 +310,58 @@ work_room_fetch(struct wctx *w, struct job *j)
 	return 0;
 }
 
+/* A room first joined here: its newest id, the floor its catch-ups start from. */
+static int
+work_room_base(struct wctx *w, struct job *j)
+{
+	struct done *d;
+	uint64_t id;
+
+	if (store_room_last_id(w->chat.store, j->req.room, &id) != 0) {
+		if (errno == EAGAIN)
+			return -1;
+		work_room_failed(w, j, DONE_ROOM_BASE, errno);
+		return 0;
+	}
+	d = ws_done_new(DONE_ROOM_BASE, 0);
+	strncpy(d->key, j->req.room, PARLEY_ID_MAX);
+	d->epoch = j->epoch;
+	d->seq = id;
+	ws_done_push(w->ws, d);
+	return 0;
+}
+
 /*
- * Lost hints: the room's comments after the newest this process pushed, one page (room_history,
- * the most a room keeps), oldest first, each its own DONE_ROOM the loop drops when already pushed.
- * Without has_after (a room first joined here): only the room's newest id, the catch-ups' floor.
+ * Lost hints: the room's comments after the floor, one page (room_history, the most a room
+ * keeps), oldest first, with their ids; the loop pushes those it has not pushed yet and raises
+ * the floor to the page's last id.
  */
 static int
 work_room_catchup(struct wctx *w, struct job *j)
 {
 	struct store_page page;
 	struct done *d;
-	const char *p;
-	size_t i;
 
-	if (store_room_history(w->chat.store, j->req.room, j->has_after ? j->after : 0,
-	    w->ws->cfg->room_history, &page) != 0)
-		return errno == EAGAIN ? -1 : 0;
-	if (!j->has_after) {
-		d = ws_done_new(DONE_ROOM, 0);
-		strncpy(d->key, j->req.room, PARLEY_ID_MAX);
-		d->seq = page.next;
-		ws_done_push(w->ws, d);
-	} else {
-		for (i = 0; i < page.n; i++) {
-			/* Our own canonical text: {"type":"room_message","room":..,"comment":{"id":N,.. */
-			if ((p = strstr(page.events[i], "\"comment\":{\"id\":")) == NULL)
-				continue;
-			d = ws_done_new(DONE_ROOM, 0);
-			strncpy(d->key, j->req.room, PARLEY_ID_MAX);
-			d->seq = strtoull(p + 16, NULL, 10);
-			d->text = xstrdup(page.events[i]);
-			d->len = strlen(d->text);
-			ws_done_push(w->ws, d);
-		}
+	if (store_room_history(w->chat.store, j->req.room, j->after, w->ws->cfg->room_history,
+	    &page) != 0) {
+		if (errno == EAGAIN)
+			return -1;
+		work_room_failed(w, j, DONE_ROOM_PAGE, errno);
+		return 0;
 	}
-	store_page_clear(&page);
+	d = ws_done_new(DONE_ROOM_PAGE, 0);
+	strncpy(d->key, j->req.room, PARLEY_ID_MAX);
+	d->epoch = j->epoch;
+	d->seq = j->after;
+	d->last = page.next;
+	d->has_more = page.has_more;
+	d->events = page.events;
+	d->ids = page.ids;
+	d->n = page.n;
+	page.events = NULL;
+	page.ids = NULL;
+	page.n = 0;
+	ws_done_push(w->ws, d);
 	return 0;
 }
 
@@ -372,6 +408,8 @@ work_run(void *ctx, const char *key, int kind, void *data)
 		break;
 	case JOB_ROOM_FETCH:
 		return work_room_fetch(w, j);
+	case JOB_ROOM_BASE:
+		return work_room_base(w, j);
 	case JOB_ROOM_CATCHUP:
 		return work_room_catchup(w, j);
 	case JOB_HISTORY:
@@ -498,9 +536,16 @@ work_failed(void *ctx, const char *key, int kind, void *data, int err)
 	case JOB_SEND:
 		work_ack(w, j, NULL, err);
 		break;
-	case JOB_PRESENCE_DOWN:
-	case JOB_ROOM_FETCH:
+	case JOB_ROOM_FETCH:	/* the comment is caught up from MySQL instead */
+		work_room_failed(w, j, DONE_ROOM, err);
+		break;
+	case JOB_ROOM_BASE:
+		work_room_failed(w, j, DONE_ROOM_BASE, err);
+		break;
 	case JOB_ROOM_CATCHUP:
+		work_room_failed(w, j, DONE_ROOM_PAGE, err);
+		break;
+	case JOB_PRESENCE_DOWN:
 		break;
 	default:
 		work_error(w, j, err);

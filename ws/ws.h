@@ -33,8 +33,10 @@ enum done_kind {
 	DONE_FRAME,	/* one frame for a connection (ack, error), then close if close_code */
 	DONE_PAGE,	/* events read from MySQL for a sync or a catch-up */
 	DONE_HINT,	/* a bus hint */
-	DONE_ROOM	/* a room event (seq: its id) fetched because its hint carried no payload
-			   or hints were lost; no text: the room's newest id when first joined */
+	DONE_ROOM,	/* a room event (seq: its id) fetched because its hint carried no payload */
+	DONE_ROOM_BASE,	/* a room's starting point: seq its newest id (epoch: the entry's gen) */
+	DONE_ROOM_PAGE	/* a room's catch-up: events and ids after seq, last the page's last id,
+			   has_more (epoch: the entry's gen; err when the read failed) */
 };
 
 struct done {
@@ -49,7 +51,8 @@ struct done {
 	enum bus_topic	 topic;
 	uint64_t	 seq;		/* READY: cursor; PAGE: the page's after; HINT: seq */
 	uint64_t	 last;		/* PAGE: last seq returned; READY: the user's newest seq */
-	char		**events;	/* PAGE */
+	char		**events;	/* PAGE, ROOM_PAGE */
+	uint64_t	*ids;		/* ROOM_PAGE: each event's comment id */
 	size_t		 n;
 	char		*text;		/* FRAME / HINT payload / ROOM event; NULL when none */
 	size_t		 len;
@@ -68,8 +71,8 @@ enum job_kind {
 	JOB_PRESENCE_DOWN,	/* presence -1 when a connection closes */
 	JOB_ROOM_FETCH,		/* a room event by id (key "room:NAME") */
 	JOB_HISTORY,		/* a history page -> one history frame */
-	JOB_ROOM_CATCHUP	/* room comments after an id, one DONE_ROOM each; without has_after,
-				   the room's newest id only (DONE_ROOM, no text) */
+	JOB_ROOM_BASE,		/* a room's newest id -> DONE_ROOM_BASE (key "room:NAME") */
+	JOB_ROOM_CATCHUP	/* a room's comments after an id, one page -> DONE_ROOM_PAGE */
 };
 
 struct job {
@@ -123,6 +126,8 @@ struct ws {
 	uint64_t		 refused_preauth; /* closed: message over ws.max_preauth_message */
 	uint64_t		 refused_url;	/* requests refused: URL over ws.max_url */
 	uint64_t		 protocol_closed; /* closed 1002 for a frame lws refused */
+	int64_t			 resync_log_ms;	/* when "hints may be lost" was last logged */
+	uint64_t		 resyncs_unlogged; /* rechecks since */
 	int			 stopping;
 	int64_t			 stop_deadline;
 	lws_sorted_usec_list_t	 tick;
