@@ -1921,6 +1921,18 @@ START_TEST(test_rooms)
 	ck_assert_int_eq(store_room_history(s, room, 0, 100, &p), 0);
 	ck_assert_uint_eq(p.n, 5);	/* only the newest 5 kept */
 	ck_assert_int_eq(p.has_more, 0);
+	ck_assert_ptr_nonnull(p.ids);	/* each event's id, in order */
+	for (i = 0; i < 5; i++)
+		ck_assert_uint_eq(p.ids[i], ids[3 + i]);
+	ck_assert_int_eq(store_room_last_id(s, room, &id), 0);
+	ck_assert_uint_eq(id, ids[7]);
+	spammer = testenv_name("emptyroom");
+	ck_assert_int_eq(store_room_last_id(s, spammer, &id), 0);
+	ck_assert_uint_eq(id, 0);
+	free(spammer);
+	errno = 0;
+	ck_assert_int_eq(store_room_last_id(s, "bad room", &id), -1);
+	ck_assert_int_eq(errno, EINVAL);
 	o = testenv_json(p.events[0]);
 	ck_assert_str_eq(testenv_json_str(o, "type"), "room_message");
 	ck_assert_str_eq(testenv_json_str(o, "room"), room);
