@@ -948,15 +948,17 @@ loop_room_job(struct ws *ws, struct conn_room *r, int kind, uint64_t after)
 /*
  * The room's next read from MySQL, one at a time: its starting point until it has one (a
  * catch-up asked meanwhile stays due and runs when the starting point is back), else a catch-up
- * after the floor. A read that cannot be posted stays due for the next recheck.
+ * after the floor. A read that cannot be posted (or fails) is tried again by the tick.
  */
 static void
 loop_room_read(struct ws *ws, struct conn_room *r)
 {
 	if (r == NULL || r->reading)
 		return;
-	if (loop_room_job(ws, r, r->based ? JOB_ROOM_CATCHUP : JOB_ROOM_BASE, r->floor) != 0)
+	if (loop_room_job(ws, r, r->based ? JOB_ROOM_CATCHUP : JOB_ROOM_BASE, r->floor) != 0) {
+		ws->rooms_due = 1;	/* mailbox full: the tick tries again */
 		return;
+	}
 	r->reading = 1;
 	if (r->based)
 		r->catchup_due = 0;
@@ -997,7 +999,8 @@ loop_room_done(struct ws *ws, struct done *d)
 		return;	/* the room was left, and maybe joined again, meanwhile */
 	r->reading = 0;
 	if (d->err != 0) {
-		r->catchup_due = 1;	/* the next recheck tries again */
+		r->catchup_due = 1;	/* MySQL gave up: the tick tries again */
+		ws->rooms_due = 1;
 		return;
 	}
 	if (d->kind == DONE_ROOM_BASE) {
@@ -1140,6 +1143,20 @@ loop_resync_log(struct ws *ws)
 	    "such message)", ws->resyncs_unlogged);
 	ws->resync_log_ms = now;
 	ws->resyncs_unlogged = 0;
+}
+
+/* The tick: room reads that failed or found the mailbox full, again (a start-up read too). */
+static void
+loop_rooms_retry(struct ws *ws)
+{
+	struct conn_room *r, *rn = NULL;
+	size_t i = 0;
+
+	ws->rooms_due = 0;
+	while (conns_room_at(ws->conns, &i, &r, &rn) == 0) {
+		if (r->n > 0 && !r->reading && (r->catchup_due || !r->based))
+			loop_room_read(ws, r);
+	}
 }
 
 static void loop_stop(struct ws *);
@@ -1286,6 +1303,8 @@ loop_tick(lws_sorted_usec_list_t *sul)
 	loop_presence_retry(ws);
 	if (ws->nheld > 0)
 		loop_held_retry(ws);
+	if (ws->rooms_due)
+		loop_rooms_retry(ws);
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (loop_keepalive(ws, c, now) != 0)
 			continue;

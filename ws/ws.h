@@ -128,6 +128,7 @@ struct ws {
 	uint64_t		 protocol_closed; /* closed 1002 for a frame lws refused */
 	int64_t			 resync_log_ms;	/* when "hints may be lost" was last logged */
 	uint64_t		 resyncs_unlogged; /* rechecks since */
+	int			 rooms_due;	/* a room read failed or was refused: the tick retries */
 	int			 stopping;
 	int64_t			 stop_deadline;
 	lws_sorted_usec_list_t	 tick;
