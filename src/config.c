@@ -83,6 +83,9 @@ static const struct config_key config_keys[] = {
 	I("redis.linger_ms",		CT_INT,		 redis_linger_ms,	100, 3600000, 5000),
 	I("redis.queue",		CT_INT,		 redis_queue,		16, 10000000, 65536),
 	I("redis.inline_content",	CT_BOOL,	 redis_inline_content,	0, 1, 0),
+	I("redis.max_age",		CT_INT,		 redis_max_age,		1, 3600, 60),
+	I("redis.inflight",		CT_INT,		 redis_inflight,	1, 1000000, 8192),
+	I("redis.recv_queue",		CT_INT,		 redis_recv_queue,	16, 10000000, 65536),
 
 	I("limits.body_max",		CT_SIZE,	 body_max,		1024, 67108864, 65536),
 	I("limits.content_max_chars",	CT_INT,		 content_max_chars,	1, 65536, 4000),

@@ -51,6 +51,9 @@ struct config {
 	int	 redis_linger_ms;	/* a channel stays subscribed this long after its last listener, default 5000 */
 	int	 redis_queue;		/* hints waiting to be published, default 65536 */
 	int	 redis_inline_content;	/* a new message's event travels inline (content on Redis), default no */
+	int	 redis_max_age;		/* seconds a message may be older (or newer) than our clock, default 60 */
+	int	 redis_inflight;	/* PUBLISH commands unanswered before hints wait, default 8192 */
+	int	 redis_recv_queue;	/* received hints not yet taken by the owner, default 65536 */
 
 	/* [limits] */
 	size_t	 body_max;		/* HTTP body bytes, default 65536 */

@@ -33,25 +33,19 @@
  *   end 32 bytes: HMAC-SHA256 of everything before, with the bridge's key
  * The key is HMAC-SHA256(auth.jwt_secret, "parley redis bridge 1"): every host has the secret,
  * a client that can only talk to Redis has not, so it cannot forge an event that a receiver
- * would push inline (typing, presence, inline content), nor replay one later than REDIS_MAX_AGE_MS.
+ * would push inline (typing, presence, inline content), nor replay one later than redis.max_age.
  */
 #define REDIS_ORIGIN		8
 #define REDIS_TS		8
 #define REDIS_MAC		32
 #define REDIS_HDR		(REDIS_ORIGIN + REDIS_TS)
 #define REDIS_MSG_MAX		(REDIS_HDR + BUS_DGRAM_MAX + REDIS_MAC)
-/* A message older (or newer: clocks) than this is refused; hosts' clocks must agree within it. */
-#define REDIS_MAX_AGE_MS	60000
 /* The bridge's clock: reconnects, PINGs, fallback rechecks and unsubscribes run on it. */
 #define REDIS_TICK_MS		100
 #define REDIS_BACKOFF_MIN_MS	100
 #define REDIS_BACKOFF_MAX_MS	2000
 /* A PING on the publishing connection this often; no answer within redis.timeout_ms: reconnect. */
 #define REDIS_PING_MS		1000
-/* PUBLISH commands sent and not yet answered; past it hints wait in the queue. */
-#define REDIS_INFLIGHT_MAX	8192
-/* Hints received and not yet taken by the owner; past it they are dropped (then BUS_LOST). */
-#define REDIS_RECV_MAX		65536
 #define REDIS_ROOM_BUCKETS	1024
 #define REDIS_CHAN_MAX		(CONFIG_REDIS_PREFIX_MAX + 16 + PARLEY_ID_MAX)
 
@@ -115,6 +109,9 @@ struct redis {
 	int64_t			 timeout_ms;
 	int64_t			 linger_ms;	/* a channel outlives its last listener this long */
 	size_t			 queue_max;
+	int64_t			 max_age_ms;	/* older (or newer: clocks) messages are refused */
+	size_t			 inflight_max;	/* PUBLISHes unanswered; past it hints wait */
+	size_t			 recv_max;	/* received, not yet taken; past it dropped (BUS_LOST) */
 	int			 inline_content;
 	unsigned char		 origin[REDIS_ORIGIN];
 	unsigned char		 key[REDIS_MAC];	/* the messages' HMAC key */
@@ -323,7 +320,7 @@ redis_deliver(struct redis *r, enum bus_topic topic, const char *key, uint64_t s
 	int was_empty;
 
 	pthread_mutex_lock(&r->lock);
-	if (r->in.n >= REDIS_RECV_MAX) {
+	if (r->in.n >= r->recv_max) {
 		r->in_lost = 1;
 		pthread_mutex_unlock(&r->lock);
 		return;
@@ -709,7 +706,7 @@ redis_message(struct redis *r, const char *data, size_t len)
 	ts = (int64_t)v;
 	now = parley_now_ms();
 	if (CRYPTO_memcmp(mac, m + len, REDIS_MAC) != 0 ||
-	    ts < now - REDIS_MAX_AGE_MS || ts > now + REDIS_MAX_AGE_MS) {
+	    ts < now - r->max_age_ms || ts > now + r->max_age_ms) {
 		redis_count(&r->forged, 1);
 		return;
 	}
@@ -1065,7 +1062,7 @@ redis_flush(struct redis *r)
 {
 	struct redis_queue q;
 	struct redis_item *it;
-	size_t room = r->inflight < REDIS_INFLIGHT_MAX ? REDIS_INFLIGHT_MAX - r->inflight : 0;
+	size_t room = r->inflight < r->inflight_max ? r->inflight_max - r->inflight : 0;
 
 	pthread_mutex_lock(&r->lock);
 	if (r->out_lost) {
@@ -1226,6 +1223,9 @@ redis_new(const struct config *cfg, const char *host_id, char **cause)
 	r->timeout_ms = cfg->redis_timeout_ms > 0 ? cfg->redis_timeout_ms : 1000;
 	r->linger_ms = cfg->redis_linger_ms > 0 ? cfg->redis_linger_ms : 5000;
 	r->queue_max = cfg->redis_queue > 0 ? (size_t)cfg->redis_queue : 65536;
+	r->max_age_ms = (int64_t)(cfg->redis_max_age > 0 ? cfg->redis_max_age : 60) * 1000;
+	r->inflight_max = cfg->redis_inflight > 0 ? (size_t)cfg->redis_inflight : 8192;
+	r->recv_max = cfg->redis_recv_queue > 0 ? (size_t)cfg->redis_recv_queue : 65536;
 	r->inline_content = cfg->redis_inline_content;
 	r->backoff_ms = REDIS_BACKOFF_MIN_MS;
 	r->full_after_subs = 1;

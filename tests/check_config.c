@@ -320,11 +320,26 @@ static const struct {
 	{ "retention.batch", "100000", 100000 },
 	{ "retention.pause_ms", "0", 0 },
 	{ "retention.pause_ms", "60000", 60000 },
+	{ "redis.linger_ms", "100", 100 },
+	{ "redis.max_age", "1", 1 },
+	{ "redis.max_age", "3600", 3600 },
+	{ "redis.inflight", "1", 1 },
+	{ "redis.inflight", "1000000", 1000000 },
+	{ "redis.recv_queue", "16", 16 },
+	{ "redis.recv_queue", "10000000", 10000000 },
 };
 
 static long long
 field_value(const struct config *c, const char *key)
 {
+	if (strcmp(key, "redis.linger_ms") == 0)
+		return c->redis_linger_ms;
+	if (strcmp(key, "redis.max_age") == 0)
+		return c->redis_max_age;
+	if (strcmp(key, "redis.inflight") == 0)
+		return c->redis_inflight;
+	if (strcmp(key, "redis.recv_queue") == 0)
+		return c->redis_recv_queue;
 	if (strcmp(key, "mysql.port") == 0)
 		return c->mysql_port;
 	if (strcmp(key, "auth.jwt_leeway") == 0)
@@ -437,6 +452,12 @@ static const struct {
 	{ "retention.pause_ms", "-1", "out of range" },
 	{ "retention.pause_ms", "60001", "out of range" },
 	{ "redis.linger_ms", "0", "out of range" },
+	{ "redis.max_age", "0", "out of range" },
+	{ "redis.max_age", "3601", "out of range" },
+	{ "redis.inflight", "0", "out of range" },
+	{ "redis.inflight", "1000001", "out of range" },
+	{ "redis.recv_queue", "15", "out of range" },
+	{ "redis.recv_queue", "10000001", "out of range" },
 	{ "redis.linger_ms", "99", "out of range" },
 };
 

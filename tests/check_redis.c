@@ -360,6 +360,7 @@ START_TEST(t_forged)
 	redisReply *rep;
 	unsigned char msg[BUS_DGRAM_MAX + 64];
 	char *da = host_dir(), *u = testenv_name("rf"), *prefix = testenv_name("p"), *chan;
+	char *cause = NULL;
 	size_t n;
 	int i;
 
@@ -390,6 +391,20 @@ START_TEST(t_forged)
 	}
 	ck_assert_uint_eq(st.forged, 3);
 	ck_assert_uint_eq(st.received, 1);
+	redis_free(a);
+	/* redis.max_age = 5: 10 s old is a replay, 3 s old is not. */
+	ck_assert_int_eq(config_set(&cfg, "redis.max_age", "5", &cause), 0);
+	a = bridge(&cfg, da);
+	redis_listen(a, BUS_USER_EVENT, u, 1);
+	wait_channels(a, 2, 3000);
+	n = forge(msg, cfg.jwt_secret, parley_now_ms() - 10000, u, "{\"type\":\"typing\",\"from\":\"old\"}");
+	freeReplyObject(redisCommand(c, "PUBLISH %s %b", chan, msg, n));
+	n = forge(msg, cfg.jwt_secret, parley_now_ms() - 3000, u, "{\"type\":\"typing\",\"from\":\"ok\"}");
+	freeReplyObject(redisCommand(c, "PUBLISH %s %b", chan, msg, n));
+	ck_assert_int_eq(wait_hint(a, BUS_USER_EPHEMERAL, u, 2000, &h, NULL), 0);
+	ck_assert_str_eq(h.payload, "{\"type\":\"typing\",\"from\":\"ok\"}");
+	redis_stats(a, &st);
+	ck_assert_uint_eq(st.forged, 1);
 	redis_free(a);
 	redisFree(c);
 	config_clear(&cfg);
