@@ -19,6 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "bus.h"
 #include "log.h"
 #include "xmalloc.h"
@@ -735,6 +737,41 @@ bus_host_id_read(const char *path, char *out, size_t outsz)
 	return 0;
 }
 
+/*
+ * The bytes of a host id that a reboot does not change: SHA-256 of /etc/machine-id and the bus
+ * directory's path. bus.dir is on tmpfs, so the host-id file goes with a reboot; made again from
+ * these, the id stays the same and start-up clears the presence rows a crash left behind. The
+ * machine id differs between real hosts; the path tells apart hosts that share one (network
+ * namespaces, containers). 0, or -1 when there is no machine id (then a random one is made).
+ */
+static int
+bus_host_id_derive(const char *dir, unsigned char *out16)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	char mid[64], *real, *text;
+	unsigned int mdlen = 0;
+	FILE *f;
+	int ok;
+
+	if ((f = fopen("/etc/machine-id", "re")) == NULL)
+		return -1;
+	ok = fgets(mid, sizeof mid, f) != NULL;
+	fclose(f);
+	mid[strcspn(mid, "\n")] = '\0';
+	if (!ok || strlen(mid) < 16)
+		return -1;
+	if ((real = realpath(dir, NULL)) == NULL)
+		return -1;
+	xasprintf(&text, "parley host id\n%s\n%s", mid, real);
+	free(real);
+	ok = EVP_Digest(text, strlen(text), md, &mdlen, EVP_sha256(), NULL) == 1 && mdlen >= 16;
+	free(text);
+	if (!ok)
+		return -1;
+	memcpy(out16, md, 16);
+	return 0;
+}
+
 int
 bus_host_id(const char *dir, const char *configured, char *out, size_t outsz, char **cause)
 {
@@ -758,7 +795,8 @@ bus_host_id(const char *dir, const char *configured, char *out, size_t outsz, ch
 		rc = 0;
 		goto out;
 	}
-	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+	if (bus_host_id_derive(dir, rnd) != 0 &&
+	    getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
 		xasprintf(cause, "getrandom: %s", strerror(errno));
 		goto out;
 	}

@@ -58,8 +58,9 @@ void		 bus_free(struct bus *);
 /*
  * This host's identity (BUS_HOST_ID_MAX characters at most, [A-Za-z0-9._-]): configured when not
  * NULL (bus.node_id, checked by the configuration), else the file "host-id" in dir, made once with
- * 32 random hex digits (O_EXCL, then link: two processes starting at once agree). Every process
- * of one host shares dir, hence the id; a cloned host's tmpfs /run does not carry it along. It
+ * 32 hex digits (O_EXCL, then link: two processes starting at once agree): a hash of
+ * /etc/machine-id and dir's path, so that a reboot (dir is on tmpfs) makes the same id again, or
+ * random bytes where there is no machine id. Every process of one host shares dir, hence the id. It
  * names the host on Redis (the bridge's origin) and in presence rows (parley-ws's node).
  * 0 and out filled, or -1 and *cause (caller frees). Call after bus_new made and checked dir.
  */

@@ -247,7 +247,7 @@ START_TEST(test_dir_and_modes)
 END_TEST
 
 /* A hint reaches the publishing process itself and another process. */
-/* The host id: made once per directory, the same for every later caller; configured wins. */
+/* The host id: one per directory, the same for every later caller and after a reboot; configured wins. */
 START_TEST(test_host_id)
 {
 	char *d1 = bus_dir(), *d2 = bus_dir(), *cause = NULL, *path;
@@ -266,6 +266,10 @@ START_TEST(test_host_id)
 	xasprintf(&path, "%s/host-id", d1);
 	ck_assert_int_eq(stat(path, &st), 0);
 	ck_assert_int_eq(st.st_mode & 0777, 0600);
+	/* A reboot empties bus.dir (tmpfs): the id made again is the same one. */
+	ck_assert_int_eq(unlink(path), 0);
+	ck_assert_int_eq(bus_host_id(d1, NULL, b, sizeof b, &cause), 0);
+	ck_assert_str_eq(a, b);
 	ck_assert_int_eq(bus_host_id(d1, "node-7.example", b, sizeof b, &cause), 0);
 	ck_assert_str_eq(b, "node-7.example");
 	/* A damaged file is refused, never half-read. */
