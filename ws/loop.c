@@ -1073,6 +1073,20 @@ loop_frame_done(struct ws *ws, struct conn *c, struct done *d)
 		loop_close(c, d->close_code, "closed");
 }
 
+/* Hints for c may be lost: re-read its log now, or once it is ready or its fetch is back. */
+static void
+loop_recheck(struct ws *ws, struct conn *c)
+{
+	if (c->state == CONN_AUTHING)
+		c->need_fetch = 1;	/* loop_ready reads after the newest seq it got */
+	if (c->state != CONN_READY)
+		return;
+	if (c->fetching || c->backlog != NULL)
+		c->need_fetch = 1;
+	else if (c->live)
+		loop_fetch(ws, c);
+}
+
 /*
  * Lost hints (the loop fell behind, a peer dropped hints for us, Redis is down): every live connection re-reads its log; one already reading may have read before
  * the lost commit, so it reads once more when done (the tick); one still authenticating may have
@@ -1090,14 +1104,7 @@ loop_resync_all(struct ws *ws)
 		loop_room_lost(ws, r);
 	i = 0;
 	while (conn_at(ws->conns, &i, &c) == 0) {
-		if (c->state == CONN_AUTHING)
-			c->need_fetch = 1;	/* loop_ready reads after the newest seq it got */
-		if (c->state != CONN_READY)
-			continue;
-		if (c->fetching || c->backlog != NULL)
-			c->need_fetch = 1;
-		else if (c->live)
-			loop_fetch(ws, c);
+		loop_recheck(ws, c);
 	}
 }
 
@@ -1115,14 +1122,7 @@ loop_resync_slot(struct ws *ws, uint64_t slot)
 	while (conn_at(ws->conns, &i, &c) == 0) {
 		if (c->user == NULL || redis_slot(c->user->key.name, nslots) != slot)
 			continue;
-		if (c->state == CONN_AUTHING)
-			c->need_fetch = 1;	/* loop_ready reads after the newest seq it got */
-		if (c->state != CONN_READY)
-			continue;
-		if (c->fetching || c->backlog != NULL)
-			c->need_fetch = 1;
-		else if (c->live)
-			loop_fetch(ws, c);
+		loop_recheck(ws, c);
 	}
 }
 
