@@ -183,6 +183,7 @@ async def ws_sender(p, stop):
 
 async def ws_receiver(p, after, started, done):
     ws = await ws_connect(p.receiver)
+    early = {}	# seq -> cmid of live events that came before the replay filled the gap below them
     try:
         await ws.send(json.dumps({"type": "sync", "after": after}))
         started.release()
@@ -195,10 +196,18 @@ async def ws_receiver(p, after, started, done):
                 continue
             if m.get("type") == "reset":
                 p.errors.append(("live WebSocket got a reset", m))
-            elif m.get("type") == "new_message" and (not p.got or m["seq"] > p.got[-1][0]):
-                # A live event pushed before the replay began comes again in it: drop every
-                # seq already seen, as docs/websocket.md tells clients to.
-                p.got.append((m["seq"], m["message"]["client_msg_id"]))
+            elif m.get("type") == "new_message":
+                # Process in seq order, as docs/websocket.md tells clients to: drop a seq already
+                # processed (the replay sends again what was pushed live before it began), hold
+                # one above the next expected (ready's mark can be above `after`, so live events
+                # can come before the replay's older ones) until the replay fills the gap.
+                early.setdefault(m["seq"], m["message"]["client_msg_id"])
+                last = p.got[-1][0] if p.got else after
+                while last + 1 in early:
+                    last += 1
+                    p.got.append((last, early.pop(last)))
+                for s in [s for s in early if s <= last]:
+                    del early[s]
     finally:
         await ws.close()
 
