@@ -365,13 +365,14 @@ work_room_catchup(struct wctx *w, struct job *j)
 	return 0;
 }
 
+static int	work_run_batch(void *, const char *, int, void **, size_t, int *);
+
 /* Run one job. Expected failures become frames here; only EAGAIN goes back for a retry. */
 static int
 work_run(void *ctx, const char *key, int kind, void *data)
 {
 	struct wctx *w = ctx;
 	struct job *j = data;
-	struct store_send_res res;
 	char *ev = NULL;
 	int rc;
 
@@ -384,14 +385,13 @@ work_run(void *ctx, const char *key, int kind, void *data)
 	case JOB_FETCH:
 		return work_page(w, j, j->after);
 	case JOB_SEND:
-		if (chat_send(&w->chat, j->user, &j->req.send, &res) != 0) {
-			if (errno == EAGAIN)
-				return -1;
-			work_ack(w, j, NULL, errno);
-			return 0;
+		/* A batch of one: the same chained transaction as a larger batch (no START). */
+		if (work_run_batch(w, key, kind, &data, 1, &rc) != 0)
+			return -1;
+		if (rc == EAGAIN) {
+			errno = EAGAIN;
+			return -1;
 		}
-		work_ack(w, j, &res, 0);
-		store_send_res_clear(&res);
 		return 0;
 	case JOB_RECEIPT:
 		rc = chat_receipt(&w->chat, j->user, &j->req.receipt);
