@@ -22,11 +22,11 @@
  *
  * Per user there are two keys, both stored on the server the user's name hashes to (so one round
  * trip reads both):
- *   parley:convgen:v1:<user>  a generation number (decimal, so memcached can "incr" it);
+ *   parley:convgen:v1:<user>  a generation number (decimal);
  *   parley:conv:v1:<user>     "<gen> <count>\n<json>": the summary list built from MySQL while the
  *                             generation was <gen>; <count> entries, at most CACHE_LIST_MAX.
  * A summary is served only when its <gen> equals the current generation. Invalidation (after the
- * MySQL commit) increments the generation; a refill reads the generation BEFORE it reads MySQL and
+ * MySQL commit) deletes the generation; a refill reads the generation BEFORE it reads MySQL and
  * tags what it writes with that value. So the classic race (reader misses, reads old rows, writer
  * commits and invalidates, reader writes the old rows back) leaves a value tagged with a generation
  * that is already gone: nobody ever serves it, it just expires. A missing generation key is a miss
@@ -47,13 +47,15 @@
  * server's pending answers before each multi-get and reports a dead server's error on calls meant
  * for another (tried: a live server marked down after its neighbour was killed).
  *
- * Bumps are pipelined: a batch of sends invalidates its users with "incr ... noreply" on a second
- * connection (one write each, no answer awaited), then, per server touched, one multi-get of that
+ * Bumps are pipelined: a batch of sends invalidates its users with "delete ... noreply" on a second
+ * connection that buffers them (no answer awaited), then, per server touched, one multi-get of that
  * server's keys on that connection as a barrier (memcached answers one connection's commands in
- * order), so the batch costs one round trip per server instead of one per user, and no ack leaves
- * before memcached applied its bumps. An incr of a missing generation does nothing, which is right:
- * a reader creates the generation before it reads MySQL, so one missing at bump time (after the
- * commit) means any reader still to come reads the commit.
+ * order): the deletes and the get leave in one write, the batch costs one round trip per server
+ * instead of one per user, and no ack leaves before memcached applied its bumps. A deleted
+ * generation is a missing one: the next reader starts a new one from the clock (never a value a
+ * summary was tagged with before), and one missing at bump time (after the commit) means any reader
+ * still to come reads the commit. (An "incr" would do as well, but libmemcached writes each incr
+ * at once: one send() per user where the buffered deletes share one.)
  *
  * A generation bump that cannot reach its server (down or stopped) is remembered in the process's
  * journal (struct cache_journal, shared by every thread's cache) with the server it belongs to,
@@ -255,6 +257,7 @@ cache_new(const struct config *cfg, struct cache_journal *journal)
 		if ((c->mcq[i] = memcached_clone(NULL, c->mc[i])) == NULL)
 			fatal("memcached_clone: out of memory");
 		memcached_behavior_set(c->mcq[i], MEMCACHED_BEHAVIOR_NOREPLY, 1);
+		memcached_behavior_set(c->mcq[i], MEMCACHED_BEHAVIOR_BUFFER_REQUESTS, 1);
 		c->alive[i] = 1;	/* until an operation says otherwise */
 	}
 	return c;
@@ -360,7 +363,6 @@ cache_bump(struct cache *c, uint32_t k, const char *const *users, size_t n)
 	size_t *lens, i;
 	memcached_result_st *r;
 	memcached_return_t rc = MEMCACHED_SUCCESS;
-	uint64_t v;
 	int ret = -1;
 
 	if (n == 0)
@@ -372,8 +374,10 @@ cache_bump(struct cache *c, uint32_t k, const char *const *users, size_t n)
 		cache_key_gen(keys[i], sizeof keys[i], users[i]);
 		kp[i] = keys[i];
 		lens[i] = strlen(keys[i]);
-		rc = memcached_increment(c->mcq[k], kp[i], lens[i], 1, &v);
-		if (cache_result(c, k, rc, "incr") != 0)
+		rc = memcached_delete(c->mcq[k], kp[i], lens[i], 0);
+		if (rc == MEMCACHED_BUFFERED)
+			rc = MEMCACHED_SUCCESS;
+		if (cache_result(c, k, rc, "delete") != 0)
 			goto out;
 	}
 	/*
