@@ -65,6 +65,7 @@ struct conn {
 	struct conn		*unext, *uprev;	/* the user's connections */
 	struct room_join	*rooms;		/* rooms joined */
 	struct frame		*qhead, *qtail;
+	struct conn		*flush_next;	/* the loop's flush list */
 	uint32_t		 qbytes;
 	uint32_t		 qframes;
 	char			*rxbuf;		/* fragment reassembly, NULL unless in use */
@@ -88,7 +89,8 @@ struct conn {
 				 rx_binary:1,
 				 writable_asked:1,
 				 ping_due:1,	/* a ping goes out at the next writeable */
-				 rx_qpaused:1;	/* reading paused: answers fill the outbound queue */
+				 rx_qpaused:1,	/* reading paused: answers fill the outbound queue */
+				 flush_listed:1; /* on the loop's flush list (loop_flush) */
 	uint8_t			 pings;		/* asked for since the last frame or pong received */
 	uint8_t			 nrooms;
 	uint32_t		 nheld;		/* sends on the loop's held lists */

@@ -112,13 +112,27 @@ ws_done_push_chain(struct ws *ws, struct done *d, struct done *more)
 
 /* --- sending and closing ------------------------------------------------------------------ */
 
+/*
+ * c has something to write. Frames queued while the loop drains the workers' answers (acks,
+ * pushed events, room comments: nearly all of them) are written at the end of the drain, at
+ * once (loop_flush); the rest wait for lws's writeable callback.
+ */
 static void
 loop_writable(struct conn *c)
 {
-	if (!c->writable_asked) {
-		c->writable_asked = 1;
-		lws_callback_on_writable(c->wsi);
+	struct ws *ws;
+
+	if (c->writable_asked || c->flush_listed)
+		return;
+	ws = lws_context_user(lws_get_context(c->wsi));
+	if (ws->draining) {
+		c->flush_listed = 1;
+		c->flush_next = ws->flush_head;
+		ws->flush_head = c;
+		return;
 	}
+	c->writable_asked = 1;
+	lws_callback_on_writable(c->wsi);
 }
 
 /* Something arrived from the client: it is alive. */
@@ -1161,6 +1175,7 @@ loop_rooms_retry(struct ws *ws)
 
 static void loop_stop(struct ws *);
 static void loop_tick(lws_sorted_usec_list_t *);
+static void loop_flush(struct ws *);
 
 /* Everything workers and the bus reader finished since the last wake-up. */
 static void
@@ -1178,6 +1193,7 @@ loop_drain(struct ws *ws)
 	overflow = ws->qoverflow;
 	ws->qoverflow = 0;
 	pthread_mutex_unlock(&ws->qlock);
+	ws->draining = 1;
 
 	for (; d != NULL; d = dn) {
 		dn = d->next;
@@ -1219,6 +1235,8 @@ loop_drain(struct ws *ws)
 	}
 	if (ws->nheld > 0)
 		loop_held_retry(ws);
+	ws->draining = 0;
+	loop_flush(ws);
 	if (__atomic_load_n(&ws->stop, __ATOMIC_ACQUIRE) && !ws->stopping)
 		loop_stop(ws);
 }
@@ -1499,6 +1517,16 @@ loop_established(struct ws *ws, struct conn *c, struct lws *wsi)
 static void
 loop_closed(struct ws *ws, struct conn *c)
 {
+	struct conn **pp;
+
+	/* Never on the flush list outside a drain; but a freed conn must not stay on it. */
+	for (pp = &ws->flush_head; c->flush_listed && *pp != NULL; pp = &(*pp)->flush_next) {
+		if (*pp == c) {
+			*pp = c->flush_next;
+			c->flush_listed = 0;
+			break;
+		}
+	}
 	if (!c->registered)
 		return;
 	if (c->presence && c->user != NULL)
@@ -1630,6 +1658,43 @@ loop_writeable(struct ws *ws, struct conn *c)
 	if (c->qhead != NULL || c->state == CONN_CLOSING)
 		loop_writable(c);
 	return 0;
+}
+
+/*
+ * Write the frames queued during a drain now, from the service thread but outside a writeable
+ * callback: the ack, the sender's copy and the recipient's frame of a message leave without
+ * lws turning POLLOUT on and off for each connection (two epoll_ctl() each) and without the
+ * extra loop turn. lws 4.1.6 allows it for a plain socket: lws_issue_raw() appends to what a
+ * partial send left (buflist_out) and asks for writeable itself when the socket does not take
+ * everything; the rule "one lws_write() per writeable callback" is about that partial send,
+ * which lws_partial_buffered() tells us about. A connection that is not simply open (still
+ * authenticating: "ready" goes first; closing; a ping due), has a partial send pending or a
+ * frame lws must frame itself (64 KiB and more) goes the usual way.
+ */
+static void
+loop_flush(struct ws *ws)
+{
+	struct conn *c;
+
+	while ((c = ws->flush_head) != NULL) {
+		ws->flush_head = c->flush_next;
+		c->flush_next = NULL;
+		c->flush_listed = 0;
+		if (c->qhead == NULL)
+			continue;
+		if (c->state == CONN_AUTHING || c->state == CONN_CLOSING || c->ping_due ||
+		    c->writable_asked || lws_partial_buffered(c->wsi) ||
+		    !loop_burst_fits(ws, c->qhead, 0)) {
+			loop_writable(c);
+			continue;
+		}
+		if (loop_write_burst(ws, c) != 0) {
+			loop_drop(c);
+			continue;
+		}
+		if (c->qhead != NULL)
+			loop_writable(c);
+	}
 }
 
 /* One whole HTTP answer on the daemon's own port; 0, or -1 to close. */

@@ -132,6 +132,8 @@ struct ws {
 	int			 stopping;
 	int64_t			 stop_deadline;
 	lws_sorted_usec_list_t	 tick;
+	struct conn		*flush_head;	/* written at the end of loop_drain (loop_flush) */
+	int			 draining;	/* in loop_drain: queued frames wait for loop_flush */
 	unsigned char		*wbuf;		/* loop_writeable's burst: LWS_PRE + framed frames */
 	size_t			 wcap;
 	struct lws_protocols	 protocols[2];
