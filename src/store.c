@@ -31,7 +31,7 @@
 /*
  * The 2-row form is the common 1:1 message: its two events go in one round trip.
  */
-const size_t store__chunks[STORE__NCHUNKS] = { 512, 64, 16, 4, 2, 1 };
+const size_t store__chunks[STORE__NCHUNKS] = { 512, 256, 128, 64, 32, 16, 8, 4, 2, 1 };
 
 static const char *const core_sql[Q_CORE_END - STORE__Q(STORE__SET_CORE)] = {
 	/* Reserve k seqs in one statement; LAST_INSERT_ID(expr) hands back the last of them. */

@@ -115,7 +115,7 @@ enum {
  * Rows per statement of the multi-row forms, largest first; the last is the one-row form
  * (STORE__NCHUNKS entries). See store__exec_rows.
  */
-#define STORE__NCHUNKS	6
+#define STORE__NCHUNKS	10
 extern const size_t store__chunks[STORE__NCHUNKS];
 
 /* One result column, fetched as text into a buffer that grows on truncation. */

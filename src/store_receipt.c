@@ -70,13 +70,21 @@ enum {
 	/* Multi-column forms of Q_UNREAD_PAIR and Q_UNREAD_GROUP (SQL built by receipt_sql_build). */
 	Q_UNREAD_PAIR_M2,
 	Q_UNREAD_PAIR_M4,
+	Q_UNREAD_PAIR_M8,
 	Q_UNREAD_PAIR_M16,
+	Q_UNREAD_PAIR_M32,
 	Q_UNREAD_PAIR_M64,
+	Q_UNREAD_PAIR_M128,
+	Q_UNREAD_PAIR_M256,
 	Q_UNREAD_PAIR_M512,
 	Q_UNREAD_GROUP_M2,
 	Q_UNREAD_GROUP_M4,
+	Q_UNREAD_GROUP_M8,
 	Q_UNREAD_GROUP_M16,
+	Q_UNREAD_GROUP_M32,
 	Q_UNREAD_GROUP_M64,
+	Q_UNREAD_GROUP_M128,
+	Q_UNREAD_GROUP_M256,
 	Q_UNREAD_GROUP_M512,
 	Q_RCPT_PAIR,
 	Q_RCPT_GROUP,
@@ -114,10 +122,12 @@ static const char *const receipt_sql[Q_RECEIPT_END - STORE__Q(STORE__SET_RECEIPT
 };
 
 /* The multi-column forms, by store__chunks[] columns (the last: the one-column form). */
-static const unsigned unread_pair_cols[] = { Q_UNREAD_PAIR_M512, Q_UNREAD_PAIR_M64,
-    Q_UNREAD_PAIR_M16, Q_UNREAD_PAIR_M4, Q_UNREAD_PAIR_M2, Q_UNREAD_PAIR };
-static const unsigned unread_group_cols[] = { Q_UNREAD_GROUP_M512, Q_UNREAD_GROUP_M64,
-    Q_UNREAD_GROUP_M16, Q_UNREAD_GROUP_M4, Q_UNREAD_GROUP_M2, Q_UNREAD_GROUP };
+static const unsigned unread_pair_cols[] = { Q_UNREAD_PAIR_M512, Q_UNREAD_PAIR_M256,
+    Q_UNREAD_PAIR_M128, Q_UNREAD_PAIR_M64, Q_UNREAD_PAIR_M32, Q_UNREAD_PAIR_M16, Q_UNREAD_PAIR_M8,
+    Q_UNREAD_PAIR_M4, Q_UNREAD_PAIR_M2, Q_UNREAD_PAIR };
+static const unsigned unread_group_cols[] = { Q_UNREAD_GROUP_M512, Q_UNREAD_GROUP_M256,
+    Q_UNREAD_GROUP_M128, Q_UNREAD_GROUP_M64, Q_UNREAD_GROUP_M32, Q_UNREAD_GROUP_M16,
+    Q_UNREAD_GROUP_M8, Q_UNREAD_GROUP_M4, Q_UNREAD_GROUP_M2, Q_UNREAD_GROUP };
 _Static_assert(PARLEY_NITEMS(unread_pair_cols) == STORE__NCHUNKS &&
     PARLEY_NITEMS(unread_group_cols) == STORE__NCHUNKS, "one form per store__chunks[] size");
 

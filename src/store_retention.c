@@ -23,15 +23,23 @@ enum {
 	/* Multi-row forms of Q_RET_FIRST. */
 	Q_RET_FIRST_M2,
 	Q_RET_FIRST_M4,
+	Q_RET_FIRST_M8,
 	Q_RET_FIRST_M16,
+	Q_RET_FIRST_M32,
 	Q_RET_FIRST_M64,
+	Q_RET_FIRST_M128,
+	Q_RET_FIRST_M256,
 	Q_RET_FIRST_M512,
 	/* Lock the seq rows of a batch that are free now, never waiting (multi-row forms). */
 	Q_RET_LOCK,
 	Q_RET_LOCK_M2,
 	Q_RET_LOCK_M4,
+	Q_RET_LOCK_M8,
 	Q_RET_LOCK_M16,
+	Q_RET_LOCK_M32,
 	Q_RET_LOCK_M64,
+	Q_RET_LOCK_M128,
+	Q_RET_LOCK_M256,
 	Q_RET_LOCK_M512,
 	Q_RETENTION_END
 };
@@ -99,10 +107,12 @@ static const char *const retention_sql[Q_RETENTION_END - STORE__Q(STORE__SET_RET
 };
 
 /* The forms of the first_seq update, by store__chunks[] rows (the last: the one-row form). */
-static const unsigned retention_first_rows[] = { Q_RET_FIRST_M512, Q_RET_FIRST_M64,
-    Q_RET_FIRST_M16, Q_RET_FIRST_M4, Q_RET_FIRST_M2, Q_RET_FIRST };
-static const unsigned retention_lock_rows[] = { Q_RET_LOCK_M512, Q_RET_LOCK_M64, Q_RET_LOCK_M16,
-    Q_RET_LOCK_M4, Q_RET_LOCK_M2, Q_RET_LOCK };
+static const unsigned retention_first_rows[] = { Q_RET_FIRST_M512, Q_RET_FIRST_M256,
+    Q_RET_FIRST_M128, Q_RET_FIRST_M64, Q_RET_FIRST_M32, Q_RET_FIRST_M16, Q_RET_FIRST_M8,
+    Q_RET_FIRST_M4, Q_RET_FIRST_M2, Q_RET_FIRST };
+static const unsigned retention_lock_rows[] = { Q_RET_LOCK_M512, Q_RET_LOCK_M256, Q_RET_LOCK_M128,
+    Q_RET_LOCK_M64, Q_RET_LOCK_M32, Q_RET_LOCK_M16, Q_RET_LOCK_M8, Q_RET_LOCK_M4, Q_RET_LOCK_M2,
+    Q_RET_LOCK };
 _Static_assert(PARLEY_NITEMS(retention_first_rows) == STORE__NCHUNKS,
     "one form per store__chunks[] size");
 _Static_assert(PARLEY_NITEMS(retention_lock_rows) == STORE__NCHUNKS,

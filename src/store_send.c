@@ -20,33 +20,45 @@ enum {
 	/* Multi-row forms of Q_EV_INSERT_MSG (their SQL is built by send_sql). */
 	Q_EV_M2,
 	Q_EV_M4,
+	Q_EV_M8,
 	Q_EV_M16,
+	Q_EV_M32,
 	Q_EV_M64,
+	Q_EV_M128,
+	Q_EV_M256,
 	Q_EV_M512,
 	/* Multi-row seq reservation, reading the new values back (SQL built by send_sql). */
 	Q_SEQ_M1,
 	Q_SEQ_M2,
 	Q_SEQ_M4,
+	Q_SEQ_M8,
 	Q_SEQ_M16,
+	Q_SEQ_M32,
 	Q_SEQ_M64,
+	Q_SEQ_M128,
+	Q_SEQ_M256,
 	Q_SEQ_M512,
 	/* Multi-row forms of Q_MSG_INSERT (used only when the ids they get are consecutive). */
 	Q_MSG_M2,
 	Q_MSG_M4,
+	Q_MSG_M8,
 	Q_MSG_M16,
+	Q_MSG_M32,
 	Q_MSG_M64,
+	Q_MSG_M128,
+	Q_MSG_M256,
 	Q_MSG_M512,
 	Q_SEND_END
 };
 STORE__QSET_CHECK(Q_SEND_END, STORE__SET_SEND);
 
 /* The multi-row forms, by store__chunks[] rows (the last: the one-row form). */
-static const unsigned store_ev_rows[] = { Q_EV_M512, Q_EV_M64, Q_EV_M16, Q_EV_M4, Q_EV_M2,
-    Q_EV_INSERT_MSG };
-static const unsigned store_msg_rows[] = { Q_MSG_M512, Q_MSG_M64, Q_MSG_M16, Q_MSG_M4, Q_MSG_M2,
-    Q_MSG_INSERT };
-static const unsigned store_seq_rows[] = { Q_SEQ_M512, Q_SEQ_M64, Q_SEQ_M16, Q_SEQ_M4, Q_SEQ_M2,
-    Q_SEQ_M1 };
+static const unsigned store_ev_rows[] = { Q_EV_M512, Q_EV_M256, Q_EV_M128, Q_EV_M64, Q_EV_M32,
+    Q_EV_M16, Q_EV_M8, Q_EV_M4, Q_EV_M2, Q_EV_INSERT_MSG };
+static const unsigned store_msg_rows[] = { Q_MSG_M512, Q_MSG_M256, Q_MSG_M128, Q_MSG_M64, Q_MSG_M32,
+    Q_MSG_M16, Q_MSG_M8, Q_MSG_M4, Q_MSG_M2, Q_MSG_INSERT };
+static const unsigned store_seq_rows[] = { Q_SEQ_M512, Q_SEQ_M256, Q_SEQ_M128, Q_SEQ_M64, Q_SEQ_M32,
+    Q_SEQ_M16, Q_SEQ_M8, Q_SEQ_M4, Q_SEQ_M2, Q_SEQ_M1 };
 _Static_assert(PARLEY_NITEMS(store_ev_rows) == STORE__NCHUNKS &&
     PARLEY_NITEMS(store_msg_rows) == STORE__NCHUNKS &&
     PARLEY_NITEMS(store_seq_rows) == STORE__NCHUNKS, "one form per store__chunks[] size");
