@@ -271,22 +271,22 @@ class Stack:
 
     # --- the services' processes (faults) ---
 
-    def mysql_pid(self):
+    def _pidfile(self, name):
         try:
-            with open(os.path.join(self.svc, "mysql.pid")) as f:
+            with open(os.path.join(self.svc, name)) as f:
                 return int(f.read().strip())
         except (OSError, ValueError):
             return -1
+
+    def mysql_pid(self):
+        return self._pidfile("mysql.pid")
 
     def memcached_pid(self):
-        try:
-            with open(os.path.join(self.svc, "memcached.pid")) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError):
-            return -1
+        return self._pidfile("memcached.pid")
 
-    def mysql_kill9_restart(self, down_s=1.0):
-        pid = self.mysql_pid()
+    @staticmethod
+    def _kill9(pid, down_s):
+        """SIGKILL pid (when there is one), wait up to 5 s for it to go, then down_s seconds more."""
         if pid > 0:
             os.kill(pid, signal.SIGKILL)
             for _ in range(100):
@@ -294,6 +294,9 @@ class Stack:
                     break
                 time.sleep(0.05)
         time.sleep(down_s)
+
+    def mysql_kill9_restart(self, down_s=1.0):
+        self._kill9(self.mysql_pid(), down_s)
         # The pid file is stale now: restart-mysql finds nothing to stop and starts mariadbd.
         r = subprocess.run([os.path.join(HARNESS, "services"), "restart-mysql", self.svc],
                            capture_output=True, text=True, timeout=120)
@@ -301,14 +304,7 @@ class Stack:
             raise RuntimeError("MariaDB did not restart: " + r.stderr)
 
     def memcached_kill9_restart(self, down_s=1.0):
-        pid = self.memcached_pid()
-        if pid > 0:
-            os.kill(pid, signal.SIGKILL)
-            for _ in range(100):
-                if not pid_alive(pid):
-                    break
-                time.sleep(0.05)
-        time.sleep(down_s)
+        self._kill9(self.memcached_pid(), down_s)
         self.memcached_start()
 
     def memcached_start(self):

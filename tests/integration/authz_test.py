@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -522,10 +521,7 @@ def main():
             ST.stop()
         print(T.summary())
         rc = 0 if T.failed == 0 else 1
-        if rc == 0 and not os.environ.get("PARLEY_KEEP"):
-            shutil.rmtree(TOP, ignore_errors=True)
-        else:
-            print("# logs kept in %s" % TOP)
+        L.remove_unless_failed(TOP, rc)
     return rc
 
 

@@ -14,6 +14,7 @@ import hmac
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -271,6 +272,15 @@ def start_web(dir, fcgi_sock, server="lighttpd", extra=()):
 
 def stop_web(dir):
     subprocess.run([os.path.join(HARNESS, "webserver"), "stop", dir], capture_output=True)
+
+
+def remove_unless_failed(top, rc):
+    """Remove a test's work directory top after a pass (rc 0) unless PARLEY_KEEP is set; else say
+    where its logs are."""
+    if rc == 0 and not os.environ.get("PARLEY_KEEP"):
+        shutil.rmtree(top, ignore_errors=True)
+    else:
+        print("# logs kept in %s" % top)
 
 
 def stop_procs(procs, sig=signal.SIGTERM, timeout=10):

@@ -12,7 +12,6 @@ import configparser
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -1930,10 +1929,7 @@ def main():
             env.fcgi.wait(10)
         if "dir" in _fault:
             services("stop", _fault["dir"])
-        if rc == 0 and not os.environ.get("PARLEY_KEEP"):
-            shutil.rmtree(TOP, ignore_errors=True)
-        else:
-            print("# logs kept in %s" % TOP)
+        L.remove_unless_failed(TOP, rc)
     return rc
 
 
