@@ -566,7 +566,7 @@ daemon_start(const char *dir, const char *base, int port, int conns, int workers
     const char *busdir)
 {
 	char line[1024], *bin, *bdir, *logpath;
-	const char *skip[] = { "[bus]", "[ws]", "[actor]", "[log]" };
+	const char *skip[] = { "[bus]", "[ws]", "[actor]", "[log]" }, *extra;
 	char *argv[4];
 	FILE *in, *out;
 	int skipping = 0, i;
@@ -592,9 +592,12 @@ daemon_start(const char *dir, const char *base, int port, int conns, int workers
 		fprintf(out, "\n[bus]\ndir = %s\n", busdir);
 	else
 		fprintf(out, "\n[bus]\ndir = %s/bus\n", dir);
-	fprintf(out, "[ws]\nlisten = 127.0.0.1\nport = %d\n"
+	/* $PARLEY_BENCH_WS: more [ws] settings for an experiment, e.g. "send_window_us = 500". */
+	extra = getenv("PARLEY_BENCH_WS");
+	fprintf(out, "[ws]\n%s%slisten = 127.0.0.1\nport = %d\n"
 	    "max_connections = %d\nmax_per_ip = %d\n[actor]\nworkers = %d\n[log]\nlevel = warn\n",
-	    port, conns + 100, conns + 100, workers);
+	    extra != NULL ? extra : "", extra != NULL ? "\n" : "", port, conns + 100, conns + 100,
+	    workers);
 	fclose(out);
 	bdir = getenv("PARLEY_BUILDDIR");
 	xasprintf(&bin, "%s/parley-ws", bdir != NULL ? bdir : ".");

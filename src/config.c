@@ -119,6 +119,7 @@ static const struct config_key config_keys[] = {
 	I("ws.max_message",		CT_SIZE,	 ws_max_message,	256, 16777216, 65536),
 	I("ws.queue_bytes",		CT_SIZE,	 ws_queue_bytes,	1024, 1073741824, 262144),
 	I("ws.queue_frames",		CT_INT,		 ws_queue_frames,	1, 1000000, 1024),
+	I("ws.send_window_us",		CT_INT,		 ws_send_window_us,	0, 100000, 0),
 	I("ws.ping_interval",		CT_INT,		 ws_ping_interval,	1, 3600, 20),
 	I("ws.idle_timeout",		CT_INT,		 ws_idle_timeout,	2, 3600, 60),
 	I("ws.auth_timeout",		CT_INT,		 ws_auth_timeout,	1, 3600, 10),

@@ -92,6 +92,7 @@ struct config {
 	size_t	 ws_max_message;	/* largest frame/message bytes, default 65536 */
 	size_t	 ws_queue_bytes;	/* outbound bytes queued per connection, default 262144 */
 	int	 ws_queue_frames;	/* outbound frames queued per connection, default 1024 */
+	int	 ws_send_window_us;	/* a send waits this long for others to commit with, 0: none */
 	int	 ws_ping_interval;	/* seconds between WebSocket pings, default 20 */
 	int	 ws_idle_timeout;	/* seconds of silence before closing, default 60 */
 	int	 ws_auth_timeout;	/* seconds to send the auth frame, default 10 */

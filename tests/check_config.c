@@ -99,6 +99,7 @@ START_TEST(test_defaults)
 	ck_assert_uint_eq(c.ws_max_message, 65536);
 	ck_assert_uint_eq(c.ws_queue_bytes, 262144);
 	ck_assert_int_eq(c.ws_queue_frames, 1024);
+	ck_assert_int_eq(c.ws_send_window_us, 0);
 	ck_assert_int_eq(c.ws_ping_interval, 20);
 	ck_assert_int_eq(c.ws_idle_timeout, 60);
 	ck_assert_int_eq(c.ws_auth_timeout, 10);
@@ -188,6 +189,7 @@ START_TEST(test_every_key)
 	    "max_message = 1M\n"
 	    "queue_bytes = 1048576\n"
 	    "queue_frames = 64\n"
+	    "send_window_us = 100000\n"
 	    "ping_interval = 15\n"
 	    "idle_timeout = 45\n"
 	    "auth_timeout = 3\n"
@@ -242,6 +244,7 @@ START_TEST(test_every_key)
 	ck_assert_uint_eq(c.ws_max_message, 1048576);
 	ck_assert_uint_eq(c.ws_queue_bytes, 1048576);
 	ck_assert_int_eq(c.ws_queue_frames, 64);
+	ck_assert_int_eq(c.ws_send_window_us, 100000);
 	ck_assert_int_eq(c.ws_ping_interval, 15);
 	ck_assert_int_eq(c.ws_idle_timeout, 45);
 	ck_assert_int_eq(c.ws_auth_timeout, 3);
@@ -548,6 +551,8 @@ static const struct {
 	{ "[ws]\nmax_url = 32769\n", 2, "ws.max_url: " },
 	{ "[ws]\nmax_per_user = 0\n", 2, "ws.max_per_user: " },
 	{ "[ws]\nmax_per_ip = 0\n", 2, "ws.max_per_ip: " },
+	{ "[ws]\nsend_window_us = 100001\n", 2, "ws.send_window_us: " },
+	{ "[ws]\nsend_window_us = -1\n", 2, "ws.send_window_us: " },
 };
 
 START_TEST(test_bad_files)

@@ -357,6 +357,7 @@ main(int argc, char **argv)
 	 */
 	ws.send_shards = cfg.actor_workers > 0 ? ((unsigned)cfg.actor_workers + 7) / 8 : 1;
 	ws.held = xcalloc(ws.send_shards, sizeof *ws.held);
+	ws.gather = xcalloc(ws.send_shards, sizeof *ws.gather);
 	if (ws.page_limit < 1)
 		ws.page_limit = 1;
 	ws_list(cfg.ws_origins, &ws.origins, &ws.norigins);
@@ -420,7 +421,7 @@ main(int argc, char **argv)
 		if (actor_post(ws.pool, j->user, JOB_PRESENCE_DOWN, ACTOR_BACKPRESSURE, j) != 0)
 			ws_job_free(JOB_PRESENCE_DOWN, j);
 	}
-	/* Held sends were never acknowledged: their clients send them again. */
+	/* Held and gathered sends were never acknowledged: their clients send them again. */
 	for (i = 0; i < ws.send_shards; i++) {
 		while (ws.held[i].head != NULL) {
 			struct job *j = ws.held[i].head;
@@ -428,8 +429,15 @@ main(int argc, char **argv)
 			ws.held[i].head = j->next;
 			ws_job_free(JOB_SEND, j);
 		}
+		while (ws.gather[i].head != NULL) {
+			struct job *j = ws.gather[i].head;
+
+			ws.gather[i].head = j->next;
+			ws_job_free(JOB_SEND, j);
+		}
 	}
 	free(ws.held);
+	free(ws.gather);
 	free(ws.wbuf);
 	actor_pool_free(ws.pool);
 	__atomic_store_n(&ws.bus_stop, 1, __ATOMIC_RELEASE);

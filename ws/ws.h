@@ -115,6 +115,9 @@ struct ws {
 	struct conns		*conns;
 	struct job		*presence_retry;	/* presence -1 waiting for mailbox room */
 	struct held		*held;		/* per send shard: sends waiting for mailbox room */
+	struct held		*gather;	/* per send shard: sends in the commit window */
+	int			 window_armed;	/* the window's timer runs */
+	lws_sorted_usec_list_t	 window;
 	size_t			 nheld;		/* sends waiting, all shards */
 	lws_sorted_usec_list_t	 held_retry;
 	char			**origins;
@@ -151,6 +154,7 @@ struct ws {
 /* Sends of one send shard waiting for room in its mailbox, in arrival order (loop thread). */
 struct held {
 	struct job	*head, *tail;
+	size_t		 n;		/* gathered sends (the commit window's lists only) */
 };
 
 /* The largest number of hints waiting for the loop before they are dropped (then: resync). */

@@ -275,6 +275,54 @@ async def send_ack_push(env):
 
 
 @test
+async def send_window_gathers(env):
+    # ws.send_window_us: a send waits up to 30 ms for others before its group commit. Pipelined
+    # sends of two clients still get every ack in order with the sender's seqs gap-free, the
+    # recipient gets each message once in seq order, and a client_msg_id repeated in the window
+    # is answered as a duplicate of the first.
+    d = Daemon("window", send_window_us=30000)
+    try:
+        alice, carol, bob = uname("alice"), uname("carol"), uname("bob")
+        a = await connect(d, alice, sync=0)
+        c = await connect(d, carol, sync=0)
+        b = await connect(d, bob, sync=0)
+        # A lone send waits out the window before its commit starts: its ack cannot come sooner.
+        t0 = time.monotonic()
+        lone, ack = await send(c, bob, "alone")
+        waited = time.monotonic() - t0
+        assert ack["status"] == "success" and waited >= 0.025, (ack, waited)
+        await b.next(is_msg(lone))
+        sent = {alice: [], carol: []}
+        for i in range(5):
+            for who, name in ((a, alice), (c, carol)):
+                cmid = uname("w")
+                sent[name].append(cmid)
+                await who.send({"type": "send_message", "client_msg_id": cmid, "to": bob,
+                                "content": "%s %d" % (name, i)})
+        await a.send({"type": "send_message", "client_msg_id": sent[alice][0], "to": bob,
+                      "content": "%s 0" % alice})
+        first = {}
+        for who, name, seq0 in ((a, alice, 1), (c, carol, 2)):
+            acks = [await who.next(is_ack(cmid)) for cmid in sent[name]]
+            assert all(k["status"] == "success" and not k.get("duplicate") for k in acks), acks
+            assert [k["seq"] for k in acks] == list(range(seq0, seq0 + 5)), acks
+            first[name] = acks[0]
+        dup = await a.next(lambda m: m.get("type") == "ack" and m.get("duplicate"))
+        assert dup["client_msg_id"] == sent[alice][0] and dup["status"] == "success", dup
+        assert dup["server_msg_id"] == first[alice]["server_msg_id"], (dup, first)
+        got = [await b.next(lambda m: m.get("type") == "new_message") for _ in range(10)]
+        assert [g["seq"] for g in got] == list(range(2, 12)), got
+        for name in (alice, carol):
+            mine = [g["message"]["client_msg_id"] for g in got if g["message"]["from"] == name]
+            assert mine == sent[name], (name, mine, sent[name])
+        await b.none(lambda m: m.get("type") == "new_message", 0.3)
+        for x in (a, b, c):
+            await x.close()
+    finally:
+        assert d.stop() == 0, "parley-ws with a send window did not stop cleanly"
+
+
+@test
 async def same_user_two_devices(env):
     alice, bob = uname("alice"), uname("bob")
     a1 = await connect(env.a, alice, dev="phone", sync=0)
