@@ -50,11 +50,12 @@
  * Bumps are pipelined: a batch of sends invalidates its users with "delete ... noreply" on a second
  * connection that buffers them (no answer awaited), then, per server touched, one multi-get of that
  * server's keys on that connection as a barrier (memcached answers one connection's commands in
- * order): the deletes and the get leave in one write, the batch costs one round trip per server
- * instead of one per user, and no ack leaves before memcached applied its bumps. A deleted
- * generation is a missing one: the next reader starts a new one from the clock (never a value a
- * summary was tagged with before), and one missing at bump time (after the commit) means any reader
- * still to come reads the commit. (An "incr" would do as well, but libmemcached writes each incr
+ * order): the deletes and the get leave together (one write, or several for a batch past
+ * libmemcached's write buffer), the batch costs one round trip per server instead of one per user,
+ * and no ack leaves before memcached applied its bumps. A deleted generation is a missing one: the
+ * next reader starts a new one from the clock (microseconds and 4 random bits: a value a summary
+ * was tagged with before only if the clock stepped back onto it), and one missing at bump time
+ * (after the commit) means any reader still to come reads the commit. (An "incr" would do as well, but libmemcached writes each incr
  * at once: one send() per user where the buffered deletes share one.)
  *
  * A generation bump that cannot reach its server (down or stopped) is remembered in the process's
@@ -381,7 +382,7 @@ cache_bump(struct cache *c, uint32_t k, const char *const *users, size_t n)
 			goto out;
 	}
 	/*
-	 * The barrier: a get of every key on the connection that carried the incrs, so the server
+	 * The barrier: a get of every key on the connection that carried the deletes, so the server
 	 * answers after applying them (memcached keeps order on a connection).
 	 */
 	rc = memcached_mget(c->mcq[k], kp, lens, n);

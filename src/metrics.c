@@ -30,6 +30,8 @@ static const struct metric_desc metric_descs[M_METRIC_COUNT] = {
 	    "WebSockets closed because their outbound queue was full" },
 	[M_WS_IDLE_CLOSED] = { "ws_idle_closed_total", "counter",
 	    "WebSockets dropped after ws.idle_timeout with nothing received" },
+	[M_WS_SEND_BATCHES] = { "ws_send_batches_total", "counter",
+	    "group commits of WebSocket sends (one transaction each)" },
 	[M_BUS_HINTS_IN] = { "bus_hints_received_total", "counter", "bus hints received" },
 	[M_STORE_ERRORS] = { "store_errors_total", "counter", "MySQL failures seen by requests" },
 };

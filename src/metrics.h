@@ -22,6 +22,7 @@ enum metric {
 	M_WS_FRAMES_OUT,
 	M_WS_SLOW_CLOSED,	/* closed because their outbound queue was full */
 	M_WS_IDLE_CLOSED,	/* dropped after ws.idle_timeout with nothing received */
+	M_WS_SEND_BATCHES,	/* group commits of WebSocket sends */
 	M_BUS_HINTS_IN,
 	M_STORE_ERRORS,		/* MySQL failures seen by requests */
 	M_METRIC_COUNT

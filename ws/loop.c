@@ -1746,11 +1746,15 @@ loop_flush(struct ws *ws)
 		ws->flush_head = c->flush_next;
 		c->flush_next = NULL;
 		c->flush_listed = 0;
+		/* A close begun in the drain (loop_slow empties the queue first) needs its writeable. */
+		if (c->state == CONN_CLOSING) {
+			loop_writable(c);
+			continue;
+		}
 		if (c->qhead == NULL)
 			continue;
-		if (c->state == CONN_AUTHING || c->state == CONN_CLOSING || c->ping_due ||
-		    c->writable_asked || lws_partial_buffered(c->wsi) ||
-		    !loop_burst_fits(ws, c->qhead, 0)) {
+		if (c->state == CONN_AUTHING || c->ping_due || c->writable_asked ||
+		    lws_partial_buffered(c->wsi) || !loop_burst_fits(ws, c->qhead, 0)) {
 			loop_writable(c);
 			continue;
 		}

@@ -476,6 +476,7 @@ work_run_batch(void *ctx, const char *key, int kind, void **data, size_t n, int 
 	 * a COMMIT more, not a START less.
 	 */
 	store_chain_transactions(w->chat.store, 1);
+	metrics_add(&w->ws->metrics, M_WS_SEND_BATCHES, 1);
 	rc = chat_send_many(&w->chat, reqs, n, res, err);
 	store_chain_transactions(w->chat.store, 0);
 	if (rc != 0 && errno == EAGAIN) {

@@ -276,11 +276,12 @@ async def send_ack_push(env):
 
 @test
 async def send_window_gathers(env):
-    # ws.send_window_us: a send waits up to 30 ms for others before its group commit. Pipelined
-    # sends of two clients still get every ack in order with the sender's seqs gap-free, the
-    # recipient gets each message once in seq order, and a client_msg_id repeated in the window
-    # is answered as a duplicate of the first.
-    d = Daemon("window", send_window_us=30000)
+    # ws.send_window_us: a send waits up to 60 ms for others before its group commit. Sends of
+    # two clients 2 ms apart share one or two commits (without the window each would start its
+    # own), every ack comes in order with the sender's seqs gap-free, the recipient gets each
+    # message once in seq order, and a client_msg_id repeated in the window is answered as a
+    # duplicate of the first.
+    d = Daemon("window", send_window_us=60000)
     try:
         alice, carol, bob = uname("alice"), uname("carol"), uname("bob")
         a = await connect(d, alice, sync=0)
@@ -290,8 +291,9 @@ async def send_window_gathers(env):
         t0 = time.monotonic()
         lone, ack = await send(c, bob, "alone")
         waited = time.monotonic() - t0
-        assert ack["status"] == "success" and waited >= 0.025, (ack, waited)
+        assert ack["status"] == "success" and waited >= 0.05, (ack, waited)
         await b.next(is_msg(lone))
+        batches = d.metric("ws_send_batches_total")
         sent = {alice: [], carol: []}
         for i in range(5):
             for who, name in ((a, alice), (c, carol)):
@@ -299,6 +301,7 @@ async def send_window_gathers(env):
                 sent[name].append(cmid)
                 await who.send({"type": "send_message", "client_msg_id": cmid, "to": bob,
                                 "content": "%s %d" % (name, i)})
+                await asyncio.sleep(0.002)
         await a.send({"type": "send_message", "client_msg_id": sent[alice][0], "to": bob,
                       "content": "%s 0" % alice})
         first = {}
@@ -316,6 +319,8 @@ async def send_window_gathers(env):
             mine = [g["message"]["client_msg_id"] for g in got if g["message"]["from"] == name]
             assert mine == sent[name], (name, mine, sent[name])
         await b.none(lambda m: m.get("type") == "new_message", 0.3)
+        commits = d.metric("ws_send_batches_total") - batches
+        assert 1 <= commits <= 3, "11 sends in %d group commits" % commits
         for x in (a, b, c):
             await x.close()
     finally:
@@ -950,6 +955,35 @@ async def slow_reader_cut_off(env):
         pass
     for c in (a, f):
         await c.close()
+
+
+@test
+async def frame_over_queue_closes_1008(env):
+    # A frame bigger than the whole outbound queue (ws.queue_bytes = 1024 here) cuts its client
+    # off with a close frame 1008, also when its queue was empty and nothing was being written: a
+    # room comment of 500 three-byte characters from another daemon, pushed in the loop's drain.
+    d = Daemon("tinyq", queue_bytes=1024)
+    try:
+        room = uname("room")
+        a = await connect(env.a, uname("alice"), sync=0)
+        b = await connect(d, uname("bob"), sync=0)
+        for c in (a, b):
+            await c.send({"type": "join_room", "room": room})
+            await c.send({"type": "ping"})
+            await c.next(lambda m: m.get("type") == "pong")
+        await a.send({"type": "room_message", "room": room, "text": "\u20ac" * 500})
+        m = await a.next(lambda m: m.get("type") == "room_message")
+        assert m["comment"]["text"] == "\u20ac" * 500, m
+        code = None
+        try:
+            while True:
+                await asyncio.wait_for(b.ws.recv(), 5)
+        except websockets.ConnectionClosed as e:
+            code = e.code
+        assert code == 1008, "closed with %s, not 1008 (slow consumer)" % code
+        await a.close()
+    finally:
+        assert d.stop() == 0, "parley-ws with a 1 KiB queue did not stop cleanly"
 
 
 @test
