@@ -434,6 +434,19 @@ loop_sync(struct ws *ws, struct conn *c, const struct proto_frame_req *r)
 	c->fetching = 1;
 }
 
+/* Append send job j to list h (held or gathered sends: first in, first out). */
+static void
+loop_held_append(struct held *h, struct job *j)
+{
+	j->next = NULL;
+	if (h->tail != NULL)
+		h->tail->next = j;
+	else
+		h->head = j;
+	h->tail = j;
+	h->n++;
+}
+
 /* The send shard of a user: FNV-1a, so a user always lands on the same one. */
 static unsigned
 loop_send_shard(const struct ws *ws, const char *user)
@@ -478,14 +491,7 @@ loop_send_refused(struct ws *ws, struct conn *c, struct job *j, const char *code
 static void
 loop_send_hold(struct ws *ws, struct conn *c, unsigned shard, struct job *j)
 {
-	struct held *h = &ws->held[shard];
-
-	j->next = NULL;
-	if (h->tail != NULL)
-		h->tail->next = j;
-	else
-		h->head = j;
-	h->tail = j;
+	loop_held_append(&ws->held[shard], j);
 	ws->nheld++;
 	if (c->nheld++ == 0)
 		lws_rx_flow_control(c->wsi, 0);
@@ -554,13 +560,8 @@ loop_send_job(struct ws *ws, struct conn *c, struct job *j)
 		loop_send_now(ws, c, shard, j);
 		return;
 	}
-	j->next = NULL;
-	if (g->tail != NULL)
-		g->tail->next = j;
-	else
-		g->head = j;
-	g->tail = j;
-	if (++g->n >= WS_SEND_BATCH) {
+	loop_held_append(g, j);
+	if (g->n >= WS_SEND_BATCH) {
 		loop_window_shard(ws, shard);
 		return;
 	}
@@ -610,6 +611,7 @@ loop_held_shard(struct ws *ws, unsigned shard)
 			loop_rx_resume(ws, c);
 	}
 	h->tail = NULL;
+	h->n = 0;
 	return 0;
 }
 

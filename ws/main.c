@@ -292,6 +292,20 @@ ws_context(struct ws *ws)
 	return lws_create_context(&info);
 }
 
+/* Free the send jobs left on h (at exit). */
+static void
+ws_sends_free(struct held *h)
+{
+	struct job *j;
+
+	while ((j = h->head) != NULL) {
+		h->head = j->next;
+		ws_job_free(JOB_SEND, j);
+	}
+	h->tail = NULL;
+	h->n = 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -423,18 +437,8 @@ main(int argc, char **argv)
 	}
 	/* Held and gathered sends were never acknowledged: their clients send them again. */
 	for (i = 0; i < ws.send_shards; i++) {
-		while (ws.held[i].head != NULL) {
-			struct job *j = ws.held[i].head;
-
-			ws.held[i].head = j->next;
-			ws_job_free(JOB_SEND, j);
-		}
-		while (ws.gather[i].head != NULL) {
-			struct job *j = ws.gather[i].head;
-
-			ws.gather[i].head = j->next;
-			ws_job_free(JOB_SEND, j);
-		}
+		ws_sends_free(&ws.held[i]);
+		ws_sends_free(&ws.gather[i]);
 	}
 	free(ws.held);
 	free(ws.gather);

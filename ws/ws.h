@@ -154,7 +154,7 @@ struct ws {
 /* Sends of one send shard waiting for room in its mailbox, in arrival order (loop thread). */
 struct held {
 	struct job	*head, *tail;
-	size_t		 n;		/* gathered sends (the commit window's lists only) */
+	size_t		 n;		/* appended since the list was last emptied (the window's count) */
 };
 
 /* The largest number of hints waiting for the loop before they are dropped (then: resync). */
